@@ -1,0 +1,40 @@
+# Everything a fresh machine needs beyond python3 and make is installed here, from the package registries.
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
+
+WORK := .work
+UV_VERSION := 0.13.9
+UV := $(WORK)/uv/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: all venv test demo bench lint clean
+
+all: test
+
+$(UV):
+	python3 -m venv $(WORK)/uv
+	$(WORK)/uv/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# Synced from the committed lock only (--frozen): a fresh machine gets exactly what CI tested.
+$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --all-extras --python python3
+	touch $@
+
+venv: $(VENV)/.synced
+
+test: venv
+	$(PY) -m pytest
+
+demo: venv
+	$(PY) scripts/demo.py
+
+bench: venv
+	$(PY) -m tests.bench
+
+lint: venv
+	$(PY) -m ruff check leapi_provider tests dags example_dags scripts
+
+clean:
+	rm -rf $(VENV) $(WORK)
