@@ -117,7 +117,7 @@ def read_header(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
             image = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError as exc:
         raise EngineError(f"the {fmt} image is too large to process: {exc}") from None
-    except Exception as exc:  # Pillow raises many types for malformed headers
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for malformed headers
         raise EngineError(f"cannot read the {fmt} image: {exc or type(exc).__name__}") from None
     width, height = image.size
     if width < 1 or height < 1:
@@ -152,7 +152,7 @@ def decode(data: bytes, *, max_pixels: int, draft_size: tuple[int, int] | None =
         rgb, alpha = _to_srgb(image)
     except EngineError:
         raise
-    except Exception as exc:  # truncated data, broken chunks, bad EXIF: all the image's own fault
+    except Exception as exc:  # noqa: BLE001 - truncated data, broken chunks, bad EXIF: the image's own fault
         raise EngineError(f"cannot decode the {fmt} image: {exc or type(exc).__name__}") from None
     mime, ext = FORMATS[fmt]
     info = ImageInfo(format=fmt, mime=mime, ext=ext, width=width, height=height, interpret=interpret)

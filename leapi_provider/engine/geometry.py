@@ -7,9 +7,7 @@ import numpy as np
 from PIL import Image
 
 
-def fit_box(
-    width: int, height: int, box_width: int | None, box_height: int | None
-) -> tuple[int, int]:
+def fit_box(width: int, height: int, box_width: int | None, box_height: int | None) -> tuple[int, int]:
     """The largest size with the input's aspect ratio that fits inside the box, one side equal to it.
 
     The docs: "the API will never stretch or squeeze an image". A missing side leaves that dimension
@@ -51,7 +49,7 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         mode = {1: "L", 3: "RGB", 4: "RGBA"}[image.shape[2] if image.ndim == 3 else 1]
         pil = Image.fromarray(image, mode=mode)
         out = np.asarray(pil.resize((out_w, out_h), Image.Resampling.LANCZOS, reducing_gap=3.0))
-        return out if image.ndim == 3 else out
+        return out
     if image.ndim == 3 and image.shape[2] == 4:
         return _resize_premultiplied(image, (out_w, out_h))
     return cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_CUBIC)

@@ -22,9 +22,15 @@ class PresetDefaults:
 
 
 PRESET_DEFAULTS: dict[str, PresetDefaults] = {
-    "preset/marketplace": PresetDefaults(restoration_level=4, lightai_intensity=1.0, toneai_intensity=0.5, quality=85),
-    "preset/realestate": PresetDefaults(restoration_level=4, lightai_intensity=1.0, toneai_intensity=0.5, quality=85),
-    "preset/print": PresetDefaults(restoration_level=2, lightai_intensity=1.0, toneai_intensity=0.5, quality=90),
+    "preset/marketplace": PresetDefaults(
+        restoration_level=4, lightai_intensity=1.0, toneai_intensity=0.5, quality=85
+    ),
+    "preset/realestate": PresetDefaults(
+        restoration_level=4, lightai_intensity=1.0, toneai_intensity=0.5, quality=85
+    ),
+    "preset/print": PresetDefaults(
+        restoration_level=2, lightai_intensity=1.0, toneai_intensity=0.5, quality=90
+    ),
 }
 
 
