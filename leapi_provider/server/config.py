@@ -1,0 +1,90 @@
+"""Configuration of ``leapi-server``: every flag and limit in one frozen object.
+
+The command line (``__main__``) builds it; the app, store, worker and webhook sender only read it.
+Defaults are the documented LEAPI behaviour where the docs give one (24 h temp URLs, webhook retries
+after 3, 6 and 10 minutes) and conservative limits where they are silent (see README, "Limits").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PORT = 8080
+DEFAULT_TEMP_URL_TTL_S = 24 * 60 * 60
+DEFAULT_WEBHOOK_RETRY_DELAYS_S = (180.0, 360.0, 600.0)
+DEFAULT_RATE_LIMIT_PER_MINUTE = 120
+DEFAULT_MONTHLY_QUOTA = 10_000
+DEFAULT_MAX_URLS_PER_PIPELINE = 100
+DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_INPUT_PIXELS = 100_000_000
+DEFAULT_MAX_OUTPUT_PIXELS = 150_000_000
+DEFAULT_IDEMPOTENCY_TTL_S = 24 * 60 * 60
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``leapi-server`` can be told. See ``leapi-server --help`` for the flag of each field."""
+
+    data_dir: Path
+    api_keys: tuple[str, ...]
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    #: Base of the URLs this server hands out (``tmp_url``, webhook payloads). ``None``: derived from the
+    #: address the client used (GET answers) or from ``host``/``port`` (webhooks).
+    public_url: str | None = None
+    #: POST /v1/pipeline requests per key and sliding minute; 0 disables the limit.
+    rate_limit_per_minute: int = DEFAULT_RATE_LIMIT_PER_MINUTE
+    #: Credits (image URLs) per key and calendar month (UTC); 0 disables the quota.
+    monthly_quota: int = DEFAULT_MONTHLY_QUOTA
+    workers: int = field(default_factory=default_workers)
+    temp_url_ttl_s: float = DEFAULT_TEMP_URL_TTL_S
+    webhook_retry_delays_s: tuple[float, ...] = DEFAULT_WEBHOOK_RETRY_DELAYS_S
+    webhook_timeout_s: float = 10.0
+    #: HMAC secret of webhook signatures; ``None``: generated once and kept in the data dir.
+    webhook_secret: str | None = None
+    allow_private_sources: bool = False
+    #: Private networks allowed even without ``allow_private_sources`` (e.g. an internal CDN).
+    allowed_source_networks: tuple[str, ...] = ()
+    max_urls_per_pipeline: int = DEFAULT_MAX_URLS_PER_PIPELINE
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
+    fetch_connect_timeout_s: float = 5.0
+    fetch_read_timeout_s: float = 15.0
+    #: Whole-download deadline, so a source trickling bytes (slow-loris) cannot hold a worker.
+    fetch_deadline_s: float = 60.0
+    max_redirects: int = 5
+    #: A task interrupted this many times (server killed, worker crashed) fails instead of looping.
+    max_task_attempts: int = 3
+    gc_interval_s: float = 600.0
+    idempotency_ttl_s: float = DEFAULT_IDEMPOTENCY_TTL_S
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "leapi.sqlite3"
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    @property
+    def listen_url(self) -> str:
+        host = self.host
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """Base for URLs that are built without a request at hand (webhook payloads)."""
+        return (self.public_url or self.listen_url).rstrip("/")
