@@ -1,0 +1,1071 @@
+"""Catalog manifests and result tables: the data side of the catalog DAGs (no HTTP, no Airflow at import).
+
+A **manifest** is Parquet (one file, a folder, or a glob; local or any fsspec / ``ObjectStoragePath``
+location), one row per image, with the columns of :data:`MANIFEST_SCHEMA`. :func:`validate_manifest`
+splits it into valid rows (each with its effective operation and a stable hash of it) and a rejects table
+with one reason per bad row; :func:`plan_batches` groups the valid rows by operation and cuts them into
+pipelines and mapped batches. A **result table** (:data:`RESULT_SCHEMA`) has one row per manifest row and is
+written partitioned by run date and preset with :func:`write_result_table`, atomically per file.
+
+Decisions (documented here once, referenced from ``docs/catalog.md``):
+
+* **Types.** Numeric option columns may be integer, floating, decimal or string typed; each value is then
+  validated by the preset's pydantic model from :mod:`leapi_provider.models` (the single source of ranges),
+  so ``1200.0`` is accepted as ``1200`` and ``12.5``, ``"abc"`` or ``50000`` are rejected with the model's
+  message. Any other column type (bool, timestamp, nested) rejects every row that sets it. ``image_id`` may
+  be string or integer typed (integers are used as their decimal text). A float NaN counts as null, as
+  pandas writes missing floats that way.
+* **Null options** mean "not set": the DAG's per-preset defaults apply, then the service's own defaults.
+* **Presets** are ``marketplace``, ``realestate`` and ``print``, case-insensitive, with or without the
+  ``preset/`` prefix of the wire ``op``.
+* **Duplicate image_id.** Among rows that pass every other check, the first occurrence in manifest order
+  (files in path order, rows in file order) is kept; every later occurrence is rejected as
+  ``duplicate_image_id`` naming the kept row. Rows already rejected for another reason do not claim an id,
+  so a broken first row does not block a good second one.
+* **Effective operation** is the wire form (:meth:`~leapi_provider.models._PresetOperation.to_wire`) of the
+  preset model built from the DAG's per-preset defaults overlaid with the row's non-null options. Its hash is
+  the sha256 of its canonical JSON (sorted keys, compact separators): the same operation always hashes the
+  same, whatever spelling the manifest used (``jpg`` / ``JPEG``, ``1200`` / ``1200.0``).
+* **Planning.** Rows with the same operation are cut into pipelines of at most ``urls_per_pipeline`` URLs
+  (the user's cap is never exceeded); consecutive pipelines are packed into batches (one mapped task and one
+  trigger each) of ``pipelines_per_batch`` pipelines, sized up so that there are at most ``max_batches``.
+* **Atomic writes.** Each file is written under a hidden temporary name (``.`` prefix: every Parquet
+  dataset reader skips it) in its final folder, then moved to its final name. On a local disk that is an
+  atomic rename; on object stores the move is a server-side copy, which publishes the object whole.
+  File names derive from the DAG run id, so a retried write replaces its own files instead of adding rows.
+  A commit marker (``_commits/<run>.json``, listing the files) is written last.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from pydantic import ValidationError
+
+from leapi_provider.models import PRESET_OPS, PresetOperation
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------------
+# Schemas
+# --------------------------------------------------------------------------------------------------
+
+#: Short preset names accepted in the ``preset`` column, mapped to the wire ``op``.
+PRESETS: dict[str, str] = {op.removeprefix("preset/"): op for op in PRESET_OPS}
+
+#: Option columns, in wire order, that a manifest row may set (null = not set).
+OPTION_COLUMNS: tuple[str, ...] = (
+    "width",
+    "height",
+    "restoration_level",
+    "lightai_intensity",
+    "toneai_intensity",
+    "image_format",
+    "quality",
+    "dpi",
+)
+_STRING_OPTIONS = frozenset({"image_format"})
+
+#: The published manifest schema. Only ``image_id``, ``source_url`` and ``preset`` are required columns;
+#: option columns may be absent; ``attributes`` (free, any type) is carried through to the outputs; any
+#: other column is ignored.
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("source_url", pa.string(), nullable=False),
+        pa.field("preset", pa.string(), nullable=False),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("restoration_level", pa.int32()),
+        pa.field("lightai_intensity", pa.float64()),
+        pa.field("toneai_intensity", pa.float64()),
+        pa.field("image_format", pa.string()),
+        pa.field("quality", pa.int32()),
+        pa.field("dpi", pa.int32()),
+        pa.field("attributes", pa.map_(pa.string(), pa.string())),
+    ],
+    metadata={b"leapi.manifest.version": b"1"},
+)
+REQUIRED_COLUMNS: tuple[str, ...] = ("image_id", "source_url", "preset")
+
+_DICT_STRING = pa.dictionary(pa.int32(), pa.string())
+
+#: Valid rows, as :func:`validate_manifest` returns them (``attributes`` is appended when the manifest has
+#: it). ``preset`` is the short name; ``operation_json`` the canonical wire JSON of the effective operation.
+VALID_ROWS_SCHEMA = pa.schema(
+    [
+        pa.field("manifest_row", pa.int64(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("source_url", pa.string(), nullable=False),
+        pa.field("preset", _DICT_STRING, nullable=False),
+        pa.field("operation_json", _DICT_STRING, nullable=False),
+        pa.field("operation_hash", _DICT_STRING, nullable=False),
+    ]
+)
+
+
+class RejectCode(str, enum.Enum):
+    """Why a manifest row was rejected (the first failing check; ``reason`` lists every failure)."""
+
+    MISSING_IMAGE_ID = "missing_image_id"
+    WRONG_TYPE = "wrong_type"
+    MISSING_SOURCE_URL = "missing_source_url"
+    INVALID_SOURCE_URL = "invalid_source_url"
+    MISSING_PRESET = "missing_preset"
+    UNKNOWN_PRESET = "unknown_preset"
+    INVALID_OPTION = "invalid_option"
+    DUPLICATE_IMAGE_ID = "duplicate_image_id"
+
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field("manifest_row", pa.int64(), nullable=False),
+        pa.field("source_file", pa.string()),
+        pa.field("image_id", pa.string()),
+        pa.field("source_url", pa.string()),
+        pa.field("preset", pa.string()),
+        pa.field("reject_code", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
+
+class ResultStatus(str, enum.Enum):
+    """The terminal status of one manifest row in a result table: exactly one per row and run."""
+
+    DONE = "done"
+    ERROR = "error"
+    REJECTED_ROW = "rejected_row"
+    SKIPPED_UNCHANGED = "skipped_unchanged"
+    DEFERRED_QUOTA = "deferred_quota"
+
+
+_TS = pa.timestamp("us", tz="UTC")
+#: Partition value for result rows that have no (known) preset: rows rejected before one was known.
+UNKNOWN_PRESET_PARTITION = "__unknown__"
+
+#: Partition columns of a result table (hive layout ``run_date=YYYY-MM-DD/preset=NAME/``).
+RESULT_PARTITIONING = pa.schema([pa.field("run_date", pa.string()), pa.field("preset", pa.string())])
+
+#: The published result table schema: one row per manifest row and run. ``run_date`` and ``preset`` live
+#: in the partition path (readers restore them); every other column is in the files.
+RESULT_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string()),
+        pa.field("manifest_row", pa.int64()),
+        pa.field("source_url", pa.string()),
+        pa.field("preset", pa.string()),
+        pa.field("operation_json", pa.string()),
+        pa.field("operation_hash", pa.string()),
+        pa.field("pipeline_id", pa.int64()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("input_width", pa.int32()),
+        pa.field("input_height", pa.int32()),
+        pa.field("input_format", pa.string()),
+        pa.field("input_mps", pa.float64()),
+        pa.field("input_bytes", pa.int64()),
+        pa.field("output_width", pa.int32()),
+        pa.field("output_height", pa.int32()),
+        pa.field("output_format", pa.string()),
+        pa.field("output_mps", pa.float64()),
+        pa.field("output_bytes", pa.int64()),
+        pa.field("output_uri", pa.string()),
+        pa.field("output_sha256", pa.string()),
+        pa.field("source_fingerprint", pa.string()),
+        pa.field("submitted_at", _TS),
+        pa.field("started_at", _TS),
+        pa.field("finished_at", _TS),
+        pa.field("dag_run_id", pa.string()),
+        pa.field("run_date", pa.string()),
+        pa.field("recorded_at", _TS),
+    ],
+    metadata={b"leapi.result.version": b"1"},
+)
+_RESULT_FILE_SCHEMA = pa.schema([f for f in RESULT_SCHEMA if f.name not in RESULT_PARTITIONING.names])
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be used at all: unreadable, not Parquet, missing a column, or no valid row."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Locations: local paths, URLs and ObjectStoragePath alike
+# --------------------------------------------------------------------------------------------------
+
+Location = Any  # str | os.PathLike | airflow.sdk.ObjectStoragePath (anything with ``.fs`` and ``.path``)
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def resolve_location(location: Location) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem and the path on it, for a local path, a URL or an ``ObjectStoragePath``.
+
+    An ``ObjectStoragePath`` brings its own filesystem (with its Airflow connection); a plain URL uses fsspec's
+    default credentials for its scheme.
+    """
+    fs = getattr(location, "fs", None)
+    if fs is not None and hasattr(location, "path"):
+        return fs, str(location.path)
+    import fsspec.core
+
+    text = os.fspath(location)
+    if "://" not in text:
+        text = os.path.abspath(text)
+    fs, path = fsspec.core.url_to_fs(text)
+    return fs, path
+
+
+def _is_local(fs: AbstractFileSystem) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def _arrow_fs(fs: AbstractFileSystem) -> Any:
+    """pyarrow's native local filesystem where possible (faster), fsspec's otherwise."""
+    if _is_local(fs):
+        import pyarrow.fs as pafs
+
+        return pafs.LocalFileSystem()
+    return fs
+
+
+def _uri(fs: AbstractFileSystem, path: str) -> str:
+    if _is_local(fs):
+        return path
+    return fs.unstrip_protocol(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading manifests
+# --------------------------------------------------------------------------------------------------
+
+
+def manifest_files(location: Location) -> tuple[AbstractFileSystem, list[str]]:
+    """The Parquet files a manifest location names, sorted (one file, a folder searched recursively, a glob)."""
+    fs, path = resolve_location(location)
+    try:
+        if _GLOB_CHARS.search(path):
+            files = [p for p in sorted(fs.glob(path)) if fs.isfile(p)]
+        elif fs.isdir(path):
+            files = sorted(
+                p
+                for p in fs.find(path)
+                if not any(part.startswith((".", "_")) for part in p[len(path) :].split("/") if part)
+            )
+        elif fs.exists(path):
+            files = [path]
+        else:
+            raise ManifestError(f"manifest {location!s}: no such file or folder")
+    except ManifestError:
+        raise
+    except Exception as exc:  # every fsspec backend raises its own errors
+        raise ManifestError(f"manifest {location!s}: cannot list it: {exc}") from exc
+    if not files:
+        raise ManifestError(f"manifest {location!s}: no Parquet file found")
+    return fs, files
+
+
+@dataclass(frozen=True)
+class ManifestTable:
+    """A manifest as read: its columns, plus the global row number and the file each row came from."""
+
+    table: pa.Table
+    files: list[str]
+    file_of_row: pa.Array  # dictionary<int32, string>, one entry per row
+
+
+def read_manifest(location: Location, *, extra_columns: Sequence[str] = ()) -> ManifestTable:
+    """Read the manifest columns of every file at ``location`` (see :func:`manifest_files`).
+
+    Only the manifest columns (and ``extra_columns`` if present) are read. Files may disagree on numeric
+    widths (``int32`` here, ``int64`` there); their schemas are unified with permissive promotion.
+
+    :raises ManifestError: nothing to read, a file that is not Parquet, incompatible schemas, or a required
+        column missing.
+    """
+    fs, files = manifest_files(location)
+    arrow_fs = _arrow_fs(fs)
+    schemas: list[pa.Schema] = []
+    for path in files:
+        try:
+            with fs.open(path, "rb") as handle:
+                schemas.append(pq.read_schema(handle))
+        except Exception as exc:
+            raise ManifestError(
+                f"manifest file {_uri(fs, path)} is not a readable Parquet file: {exc}"
+            ) from exc
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ManifestError(f"manifest {location!s}: its files have incompatible schemas: {exc}") from exc
+    missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
+    if missing:
+        raise ManifestError(
+            f"manifest {location!s} has no column {', '.join(repr(m) for m in missing)}; "
+            f"required: {list(REQUIRED_COLUMNS)}; found: {schema.names}"
+        )
+    wanted = [n for n in (*MANIFEST_SCHEMA.names, *extra_columns) if n in schema.names]
+    ignored = [n for n in schema.names if n not in wanted]
+    if ignored:
+        log.info("manifest %s: ignoring columns %s", location, ignored)
+    tables: list[pa.Table] = []
+    for path in files:
+        try:
+            dataset = ds.dataset(path, schema=schema, format="parquet", filesystem=arrow_fs)
+            tables.append(dataset.to_table(columns=wanted))
+        except Exception as exc:
+            raise ManifestError(f"manifest file {_uri(fs, path)} could not be read: {exc}") from exc
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    lengths = np.array([t.num_rows for t in tables], dtype=np.int32)
+    file_indices = np.repeat(np.arange(len(files), dtype=np.int32), lengths)
+    file_of_row = pa.DictionaryArray.from_arrays(
+        pa.array(file_indices, pa.int32()), pa.array([_uri(fs, p) for p in files], pa.string())
+    )
+    return ManifestTable(table=table, files=[_uri(fs, p) for p in files], file_of_row=file_of_row)
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManifestValidation:
+    """The outcome of :func:`validate_manifest`: valid rows (with operations), rejects, and totals."""
+
+    valid: pa.Table
+    rejects: pa.Table
+    total_rows: int
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def reject_counts(self) -> dict[str, int]:
+        if self.rejects.num_rows == 0:
+            return {}
+        counts = self.rejects.group_by("reject_code").aggregate([("reject_code", "count")])
+        return dict(
+            zip(counts["reject_code"].to_pylist(), counts["reject_code_count"].to_pylist(), strict=True)
+        )
+
+    def require_valid_rows(self, location: Location = "manifest") -> None:
+        """:raises ManifestError: when not a single row is valid, with the reasons that rejected them."""
+        if self.valid.num_rows:
+            return
+        if self.total_rows == 0:
+            raise ManifestError(f"{location!s}: the manifest has no rows")
+        counts = ", ".join(
+            f"{n} x {code}" for code, n in sorted(self.reject_counts.items(), key=lambda i: -i[1])
+        )
+        examples = "; ".join(
+            f"row {row}: {reason}"
+            for row, reason in zip(
+                self.rejects["manifest_row"][:3].to_pylist(),
+                self.rejects["reason"][:3].to_pylist(),
+                strict=True,
+            )
+        )
+        raise ManifestError(
+            f"{location!s}: none of the {self.total_rows} manifest rows is valid ({counts}). First rejects: "
+            f"{examples}"
+        )
+
+
+def canonical_operation_json(operation: PresetOperation) -> str:
+    """The canonical JSON of an operation's wire form: sorted keys, no whitespace."""
+    return json.dumps(operation.to_wire(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def operation_hash(operation_json: str) -> str:
+    """The stable hash of an operation: sha256 (hex) of :func:`canonical_operation_json`."""
+    return hashlib.sha256(operation_json.encode()).hexdigest()
+
+
+def build_operation(
+    preset: str, options: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> PresetOperation:
+    """The effective operation of one row: the preset model over ``defaults`` overlaid with ``options``.
+
+    Null options are left out (not set). :raises ValidationError: from the preset model.
+    """
+    op = PRESETS[preset]
+    values: dict[str, Any] = {k: v for k, v in (defaults or {}).items() if v is not None}
+    values.update({k: v for k, v in options.items() if v is not None})
+    values["op"] = op
+    return PRESET_OPS[op].model_validate(values)
+
+
+def _normalize_preset_name(name: str) -> str:
+    return name.strip().lower().removeprefix("preset/")
+
+
+def normalize_preset_defaults(defaults: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """Validate per-preset default options (as DAG params give them), keyed by short preset name.
+
+    :raises ValueError: an unknown preset or an option its model rejects, before any row is looked at.
+    """
+    normalized: dict[str, dict[str, Any]] = {}
+    for name, options in (defaults or {}).items():
+        preset = _normalize_preset_name(str(name))
+        if preset not in PRESETS:
+            raise ValueError(f"preset defaults: unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        opts = {k: v for k, v in dict(options or {}).items() if k != "op"}
+        try:
+            build_operation(preset, opts)
+        except ValidationError as exc:
+            raise ValueError(f"preset defaults for {preset!r}: {_format_errors(exc)}") from exc
+        normalized[preset] = opts
+    return normalized
+
+
+def _format_errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "operation"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{where} is not an option of this preset")
+        else:
+            parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def _as_plain(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_dictionary(array.type):
+        array = array.cast(array.type.value_type)
+    return array
+
+
+def _is_stringlike(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _null_strings(n: int) -> pa.Array:
+    return pa.nulls(n, pa.string())
+
+
+def _reason_where(mask: pa.Array, message: str | pa.Array) -> pa.Array:
+    """``message`` where ``mask`` is true, null elsewhere (null mask counts as false)."""
+    mask = pc.fill_null(mask, False)
+    if isinstance(message, str):
+        message = pa.scalar(message, pa.string())
+    return pc.if_else(mask, message, pa.scalar(None, pa.string()))
+
+
+def _dense_ids(arrays: Sequence[pa.Array]) -> np.ndarray:
+    """One int64 id per row for the combination of values of ``arrays`` (nulls are a value).
+
+    Ids are dense and numbered in order of first appearance. Built by dictionary-encoding column by column and
+    re-densifying the combined key each time, so it never overflows and stays vectorised.
+    """
+    ids: np.ndarray | None = None
+    for array in arrays:
+        encoded = pc.dictionary_encode(array, null_encoding="encode")
+        idx = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        if ids is None:
+            ids = idx
+            continue
+        combined = ids * len(encoded.dictionary) + idx
+        ids = pc.dictionary_encode(pa.array(combined)).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    assert ids is not None
+    return ids
+
+
+def _first_rows(ids: np.ndarray) -> np.ndarray:
+    """For dense ids in order of first appearance, the first row of each id."""
+    _, first = np.unique(ids, return_index=True)
+    return first
+
+
+def _string_column(
+    table: pa.Table, name: str, *, allow_integers: bool
+) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """``(values as trimmed strings, is-missing mask, wrong-type reasons)`` for a required string column."""
+    raw = _as_plain(table[name])
+    n = len(raw)
+    if (
+        _is_stringlike(raw.type)
+        or (allow_integers and pa.types.is_integer(raw.type))
+        or pa.types.is_null(raw.type)
+    ):
+        values = pc.utf8_trim_whitespace(raw.cast(pa.string()))
+        missing = pc.fill_null(pc.equal(pc.utf8_length(values), 0), True)
+        return values, missing, _null_strings(n)
+    expected = "a string or integer" if allow_integers else "a string"
+    wrong = _reason_where(pc.is_valid(raw), f"{name} must be {expected} (the column is {raw.type})")
+    return pa.nulls(n, pa.string()), pc.invert(pc.is_valid(raw)), wrong
+
+
+_URL_PATTERN = r"^https?://[^/\s?#]+([/?#]\S*)?$"
+_NUMERIC_OK = (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal)
+
+
+def _option_column(table: pa.Table, name: str) -> tuple[pa.Array, pa.Array]:
+    """``(values to validate, wrong-type reasons)`` of one option column (all null when absent)."""
+    n = table.num_rows
+    if name not in table.column_names:
+        return pa.nulls(n), _null_strings(n)
+    raw = _as_plain(table[name])
+    if pa.types.is_null(raw.type):
+        return raw, _null_strings(n)
+    if pa.types.is_floating(raw.type):
+        raw = pc.if_else(pc.is_nan(raw), pa.scalar(None, raw.type), raw)
+    accepted = _is_stringlike(raw.type) or (
+        name not in _STRING_OPTIONS and any(check(raw.type) for check in _NUMERIC_OK)
+    )
+    if accepted:
+        return raw, _null_strings(n)
+    expected = "a string" if name in _STRING_OPTIONS else "a number"
+    wrong = _reason_where(pc.is_valid(raw), f"{name} must be {expected} (the column is {raw.type})")
+    return pa.nulls(n), wrong
+
+
+def validate_manifest(
+    manifest: ManifestTable | pa.Table,
+    *,
+    preset_defaults: Mapping[str, Mapping[str, Any]] | None = None,
+) -> ManifestValidation:
+    """Split a manifest into valid rows and rejects (one reason per rejected row), vectorised.
+
+    Options are validated by the preset models once per distinct combination of values (catalogs repeat a
+    handful of combinations, so a million rows cost a handful of model validations).
+
+    :param manifest: from :func:`read_manifest`, or a table with the manifest columns.
+    :param preset_defaults: per-preset default options (short preset name -> options), overlaid by rows.
+    :raises ManifestError: a required column is missing.
+    """
+    if isinstance(manifest, pa.Table):
+        manifest = ManifestTable(
+            table=manifest, files=[], file_of_row=pa.nulls(manifest.num_rows, _DICT_STRING)
+        )
+    table = manifest.table
+    missing_columns = [name for name in REQUIRED_COLUMNS if name not in table.column_names]
+    if missing_columns:
+        raise ManifestError(f"the manifest has no column {missing_columns}; found: {table.column_names}")
+    defaults = normalize_preset_defaults(preset_defaults)
+    n = table.num_rows
+    manifest_row = pa.array(np.arange(n, dtype=np.int64))
+
+    image_id, id_missing, id_wrong = _string_column(table, "image_id", allow_integers=True)
+    url, url_missing, url_wrong = _string_column(table, "source_url", allow_integers=False)
+    preset_raw, preset_missing, preset_wrong = _string_column(table, "preset", allow_integers=False)
+
+    url_invalid = pc.and_(
+        pc.invert(url_missing),
+        pc.invert(pc.fill_null(pc.match_substring_regex(url, _URL_PATTERN, ignore_case=True), False)),
+    )
+    preset = pc.replace_substring_regex(pc.utf8_lower(preset_raw), "^preset/", "")
+    preset_known = pc.fill_null(pc.is_in(preset, pa.array(sorted(PRESETS))), False)
+    preset_unknown = pc.and_(pc.invert(preset_missing), pc.invert(preset_known))
+
+    # Options: validated by the models once per distinct (preset, options) combination.
+    option_values: list[pa.Array] = []
+    option_wrong: list[pa.Array] = []
+    for name in OPTION_COLUMNS:
+        values, wrong = _option_column(table, name)
+        option_values.append(values)
+        option_wrong.append(wrong)
+    combo_ids = _dense_ids([preset, *option_values])
+    first = _first_rows(combo_ids)
+    combo_preset = preset.take(pa.array(first)).to_pylist()
+    combo_options = pa.Table.from_arrays(
+        [v.take(pa.array(first)) for v in option_values], names=list(OPTION_COLUMNS)
+    ).to_pylist()
+    # Distinct effective operations (several spellings may give the same one), and each combination's.
+    operation_texts: dict[str, int] = {}
+    combo_operation = np.full(len(first), -1, dtype=np.int32)
+    combo_error: list[str | None] = []
+    for combo, (name, options) in enumerate(zip(combo_preset, combo_options, strict=True)):
+        if name not in PRESETS:
+            combo_error.append(None)  # reported as an unknown or missing preset
+            continue
+        try:
+            operation = build_operation(name, options, defaults.get(name))
+        except ValidationError as exc:
+            combo_error.append(_format_errors(exc))
+            continue
+        combo_error.append(None)
+        combo_operation[combo] = operation_texts.setdefault(
+            canonical_operation_json(operation), len(operation_texts)
+        )
+    indices = pa.array(combo_ids.astype(np.int32))
+    option_error = pa.array(combo_error, pa.string()).take(indices)
+
+    # One reason per failing check; the code is the first failing check's.
+    checks: list[tuple[RejectCode, pa.Array]] = [
+        (
+            RejectCode.MISSING_IMAGE_ID,
+            _reason_where(pc.and_(id_missing, pc.is_null(id_wrong)), "missing image_id"),
+        ),
+        (RejectCode.WRONG_TYPE, id_wrong),
+        (RejectCode.WRONG_TYPE, url_wrong),
+        (RejectCode.WRONG_TYPE, preset_wrong),
+        *((RejectCode.WRONG_TYPE, wrong) for wrong in option_wrong),
+        (
+            RejectCode.MISSING_SOURCE_URL,
+            _reason_where(pc.and_(url_missing, pc.is_null(url_wrong)), "missing source_url"),
+        ),
+        (
+            RejectCode.INVALID_SOURCE_URL,
+            _reason_where(
+                url_invalid,
+                pc.binary_join_element_wise(
+                    "source_url is not an http(s) URL: ", pc.utf8_slice_codeunits(url, 0, 200), ""
+                ),
+            ),
+        ),
+        (
+            RejectCode.MISSING_PRESET,
+            _reason_where(pc.and_(preset_missing, pc.is_null(preset_wrong)), "missing preset"),
+        ),
+        (
+            RejectCode.UNKNOWN_PRESET,
+            _reason_where(
+                preset_unknown,
+                pc.binary_join_element_wise(
+                    "unknown preset '",
+                    pc.utf8_slice_codeunits(preset_raw, 0, 100),
+                    f"' (expected one of {', '.join(sorted(PRESETS))})",
+                    "",
+                ),
+            ),
+        ),
+        (RejectCode.INVALID_OPTION, option_error),
+    ]
+    reasons = _null_strings(n)
+    for _, reason in checks:
+        # (binary_join_element_wise's null_handling="skip" drops rows in pyarrow 26; join pairwise instead.)
+        reasons = pc.coalesce(pc.binary_join_element_wise(reasons, reason, "; "), reasons, reason)
+    codes = pc.coalesce(*(_reason_where(pc.is_valid(r), code.value) for code, r in checks))
+    passes = pc.is_null(codes)
+
+    # Duplicates among rows that pass everything else: the first keeps the id.
+    passing_rows = np.flatnonzero(passes.to_numpy(zero_copy_only=False))
+    duplicate_of = np.full(n, -1, dtype=np.int64)
+    if len(passing_rows):
+        passing_ids = image_id.take(pa.array(passing_rows))
+        id_groups = pc.dictionary_encode(passing_ids).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        first_of_group = passing_rows[_first_rows(id_groups)]
+        kept_row = first_of_group[id_groups]
+        is_dup = kept_row != passing_rows
+        duplicate_of[passing_rows[is_dup]] = kept_row[is_dup]
+    dup_mask = pa.array(duplicate_of >= 0)
+    if pc.any(dup_mask).as_py():
+        dup_reason = _reason_where(
+            dup_mask,
+            pc.binary_join_element_wise(
+                "duplicate image_id (kept manifest row ", pa.array(duplicate_of).cast(pa.string()), ")", ""
+            ),
+        )
+        reasons = pc.if_else(dup_mask, dup_reason, reasons)
+        codes = pc.if_else(dup_mask, pa.scalar(RejectCode.DUPLICATE_IMAGE_ID.value), codes)
+        passes = pc.and_(passes, pc.invert(dup_mask))
+
+    row_operation = combo_operation[combo_ids]
+    operation_indices = pa.array(row_operation, pa.int32(), mask=row_operation < 0)
+    texts = list(operation_texts)
+    operation_json = pa.DictionaryArray.from_arrays(operation_indices, pa.array(texts, pa.string()))
+    operation_hash_col = pa.DictionaryArray.from_arrays(
+        operation_indices, pa.array([operation_hash(t) for t in texts], pa.string())
+    )
+    preset_dict = pc.dictionary_encode(preset)
+    valid_columns = {
+        "manifest_row": manifest_row,
+        "image_id": image_id,
+        "source_url": url,
+        "preset": preset_dict,
+        "operation_json": operation_json,
+        "operation_hash": operation_hash_col,
+    }
+    if "attributes" in table.column_names:
+        valid_columns["attributes"] = _as_plain(table["attributes"])
+    valid = pa.Table.from_pydict(valid_columns).filter(passes)
+    valid = valid.cast(
+        pa.schema(
+            [
+                *VALID_ROWS_SCHEMA,
+                *([valid.schema.field("attributes")] if "attributes" in valid_columns else []),
+            ]
+        )
+    )
+    rejected = pc.invert(passes)
+    rejects = pa.Table.from_arrays(
+        [
+            manifest_row,
+            manifest.file_of_row.cast(pa.string()),
+            _display_strings(table["image_id"]),
+            _display_strings(table["source_url"]),
+            _display_strings(table["preset"]),
+            codes,
+            reasons,
+        ],
+        names=REJECTS_SCHEMA.names,
+    ).filter(rejected)
+    rejects = rejects.cast(REJECTS_SCHEMA)
+    return ManifestValidation(valid=valid, rejects=rejects, total_rows=n, files=list(manifest.files))
+
+
+def _display_strings(column: pa.ChunkedArray) -> pa.Array:
+    """A column as text for the rejects table, whatever its type (values that cannot be shown become null)."""
+    array = _as_plain(column)
+    try:
+        return pc.utf8_slice_codeunits(array.cast(pa.string()), 0, 2000)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pa.nulls(len(array), pa.string())
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------------
+
+#: Default cap on URLs per pipeline. The docs allow several URLs per pipeline without a stated maximum; ten
+#: keeps one failed pipeline's blast radius small.
+DEFAULT_URLS_PER_PIPELINE = 10
+
+PLAN_SCHEMA = pa.schema(
+    [
+        *VALID_ROWS_SCHEMA,
+        pa.field("pipeline_index", pa.int64(), nullable=False),
+        pa.field("batch_index", pa.int32(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Valid rows with the pipeline and batch each goes to, sorted by batch, pipeline, manifest row."""
+
+    table: pa.Table
+    urls_per_pipeline: int
+    pipelines_per_batch: int
+    num_pipelines: int
+    num_batches: int
+    num_operations: int
+
+    def batch(self, index: int) -> pa.Table:
+        """The rows of one batch (contiguous in :attr:`table`)."""
+        batch_index = self.table["batch_index"].to_numpy()
+        start, stop = np.searchsorted(batch_index, [index, index + 1])
+        return self.table.slice(int(start), int(stop - start))
+
+    def batches(self) -> Iterable[tuple[int, pa.Table]]:
+        batch_index = self.table["batch_index"].to_numpy()
+        bounds = np.searchsorted(batch_index, np.arange(self.num_batches + 1))
+        for index in range(self.num_batches):
+            yield index, self.table.slice(int(bounds[index]), int(bounds[index + 1] - bounds[index]))
+
+
+def plan_batches(
+    valid: pa.Table, *, urls_per_pipeline: int = DEFAULT_URLS_PER_PIPELINE, max_batches: int
+) -> Plan:
+    """Group valid rows by operation, cut each group into pipelines, and pack pipelines into batches.
+
+    A pipeline carries at most ``urls_per_pipeline`` URLs of one operation (one POST, one credit per URL).
+    Consecutive pipelines are packed into batches, the unit of one mapped task and one trigger: as many per
+    batch as needed to keep the number of batches within ``max_batches`` (Airflow's ``[core]
+    max_map_length``), so any manifest size fits. Groups are ordered by operation hash and rows by manifest
+    row, so the same manifest always gives the same plan.
+
+    :param valid: :attr:`ManifestValidation.valid` (or any table with its columns), possibly filtered.
+    """
+    if urls_per_pipeline < 1:
+        raise ValueError(f"urls_per_pipeline must be >= 1, got {urls_per_pipeline}")
+    if max_batches < 1:
+        raise ValueError(f"max_batches must be >= 1, got {max_batches}")
+    n = valid.num_rows
+    if n == 0:
+        empty = pa.Table.from_batches([], schema=PLAN_SCHEMA)
+        return Plan(empty, urls_per_pipeline, 1, 0, 0, 0)
+    hashes = pc.dictionary_encode(_as_plain(valid["operation_hash"]))
+    # Rank operations by their hash text so group order does not depend on the manifest's row order.
+    order_of_hash = np.argsort(np.argsort(np.array(hashes.dictionary.to_pylist(), dtype=object)))
+    group = order_of_hash[hashes.indices.to_numpy(zero_copy_only=False)]
+    rows = valid["manifest_row"].to_numpy()
+    order = np.lexsort((rows, group))
+    sorted_group = group[order]
+    # Position of each row inside its group, then the pipeline it falls into.
+    starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    position = np.arange(n) - np.repeat(starts, sizes)
+    pipelines_per_group = -(-sizes // urls_per_pipeline)
+    first_pipeline_of_group = np.r_[0, np.cumsum(pipelines_per_group)[:-1]]
+    pipeline_index = np.repeat(first_pipeline_of_group, sizes) + position // urls_per_pipeline
+    num_pipelines = int(pipelines_per_group.sum())
+    pipelines_per_batch = max(1, -(-num_pipelines // max_batches))
+    batch_index = (pipeline_index // pipelines_per_batch).astype(np.int32)
+    table = valid.select(VALID_ROWS_SCHEMA.names).take(pa.array(order))
+    table = table.append_column("pipeline_index", pa.array(pipeline_index, pa.int64()))
+    table = table.append_column("batch_index", pa.array(batch_index, pa.int32()))
+    return Plan(
+        table=table.cast(PLAN_SCHEMA),
+        urls_per_pipeline=urls_per_pipeline,
+        pipelines_per_batch=pipelines_per_batch,
+        num_pipelines=num_pipelines,
+        num_batches=int(batch_index[-1]) + 1,
+        num_operations=len(starts),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing and reading tables atomically
+# --------------------------------------------------------------------------------------------------
+
+
+def _atomic_write(fs: AbstractFileSystem, path: str, write: Any) -> str:
+    """Run ``write(handle)`` into a hidden temporary file beside ``path``, then move it into place."""
+    parent, _, name = path.rpartition("/")
+    temp = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
+    fs.makedirs(parent, exist_ok=True)
+    try:
+        with fs.open(temp, "wb") as handle:
+            write(handle)
+        if _is_local(fs):
+            os.replace(temp, path)
+        else:
+            fs.mv(temp, path)
+    except BaseException:
+        try:
+            if fs.exists(temp):
+                fs.rm(temp)
+        except OSError:  # cleanup is best effort; the original error is what matters
+            log.warning("could not remove temporary file %s", temp)
+        raise
+    return _uri(fs, path)
+
+
+def write_parquet_atomic(table: pa.Table, location: Location, *, compression: str = "zstd") -> str:
+    """Write ``table`` to ``location`` so that no reader ever sees a partial file; return its URI.
+
+    The file is written under a hidden name (``.`` prefix, which Parquet dataset readers skip) beside its
+    destination and then moved into place: an atomic rename on a local disk, a server-side copy (published
+    whole) on object stores.
+    """
+    fs, path = resolve_location(location)
+    return _atomic_write(fs, path, lambda handle: pq.write_table(table, handle, compression=compression))
+
+
+def write_json_atomic(payload: Any, location: Location) -> str:
+    """As :func:`write_parquet_atomic`, for a small JSON document."""
+    fs, path = resolve_location(location)
+    data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
+    return _atomic_write(fs, path, lambda handle: handle.write(data))
+
+
+def read_parquet(location: Location) -> pa.Table:
+    """Read one Parquet file from any location."""
+    fs, path = resolve_location(location)
+    with fs.open(path, "rb") as handle:
+        return pq.read_table(handle)
+
+
+def read_json(location: Location) -> Any:
+    fs, path = resolve_location(location)
+    with fs.open(path, "rb") as handle:
+        return json.loads(handle.read())
+
+
+def run_key(dag_run_id: str) -> str:
+    """A file-name-safe, unique form of a DAG run id (readable prefix + short hash)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", dag_run_id).strip("_.")[:60]
+    return f"{slug}-{hashlib.sha256(dag_run_id.encode()).hexdigest()[:10]}"
+
+
+def empty_results() -> pa.Table:
+    return RESULT_SCHEMA.empty_table()
+
+
+def conform_results(table: pa.Table | Sequence[Mapping[str, Any]]) -> pa.Table:
+    """A table (or rows) with the result schema: missing columns null, types cast, unknown columns dropped.
+
+    :raises ValueError: a status outside :class:`ResultStatus`, or a row without status.
+    """
+    if not isinstance(table, pa.Table):
+        rows = list(table)
+        table = pa.Table.from_pylist(rows) if rows else pa.table({})
+    n = table.num_rows
+    columns = []
+    for f in RESULT_SCHEMA:
+        if f.name in table.column_names:
+            column = _as_plain(table[f.name])
+            if (
+                pa.types.is_timestamp(f.type)
+                and pa.types.is_timestamp(column.type)
+                and column.type.tz is None
+            ):
+                column = pc.assume_timezone(column, "UTC")
+            columns.append(column.cast(f.type))
+        else:
+            columns.append(pa.nulls(n, f.type))
+    result = pa.Table.from_arrays(columns, schema=RESULT_SCHEMA)
+    statuses = set(pc.unique(result["status"]).to_pylist())
+    unknown = statuses - {s.value for s in ResultStatus}
+    if unknown:
+        raise ValueError(f"result rows with unknown status {sorted(map(str, unknown))}")
+    return result
+
+
+@dataclass(frozen=True)
+class WrittenResults:
+    """What :func:`write_result_table` wrote: the part files and the commit marker."""
+
+    files: list[str]
+    commit_marker: str
+    rows: int
+
+
+def write_result_table(
+    results: pa.Table, root: Location, *, dag_run_id: str, run_date: date | str
+) -> WrittenResults:
+    """Write one run's result rows under ``root``, partitioned ``run_date=YYYY-MM-DD/preset=NAME/``.
+
+    Every file is written atomically (:func:`write_parquet_atomic`) under a name derived from the run id,
+    so a retried write replaces the same files. Rows without a preset (rejected before one was known) go to
+    ``preset=__unknown__``. The commit marker ``_commits/run_date=.../<run>.json`` lists the files and is
+    written last.
+    """
+    results = conform_results(results)
+    day = run_date.isoformat() if isinstance(run_date, date) else str(run_date)
+    key = run_key(dag_run_id)
+    now = pa.scalar(datetime.now(UTC), _TS)
+    results = results.set_column(
+        RESULT_SCHEMA.get_field_index("recorded_at"),
+        "recorded_at",
+        pc.fill_null(results["recorded_at"], now),
+    )
+    known = pc.fill_null(pc.is_in(results["preset"], pa.array(sorted(PRESETS))), False)
+    presets = pc.if_else(known, results["preset"], pa.scalar(UNKNOWN_PRESET_PARTITION))
+    fs, base = resolve_location(root)
+    base = base.rstrip("/")
+    files: list[str] = []
+    for preset in sorted(set(pc.unique(presets).to_pylist())):
+        part = results.filter(pc.equal(presets, preset)).select(_RESULT_FILE_SCHEMA.names)
+        path = f"{base}/run_date={day}/preset={preset}/part-{key}.parquet"
+        files.append(
+            _atomic_write(
+                fs, path, lambda handle, part=part: pq.write_table(part, handle, compression="zstd")
+            )
+        )
+    counts = results.group_by("status").aggregate([("status", "count")])
+    payload = {
+        "dag_run_id": dag_run_id,
+        "run_date": day,
+        "rows": results.num_rows,
+        "files": files,
+        "status_counts": dict(
+            zip(counts["status"].to_pylist(), counts["status_count"].to_pylist(), strict=True)
+        ),
+        "committed_at": datetime.now(UTC).isoformat(),
+    }
+    data = json.dumps(payload, indent=2, sort_keys=True).encode()
+    marker = _atomic_write(
+        fs, f"{base}/_commits/run_date={day}/{key}.json", lambda handle: handle.write(data)
+    )
+    return WrittenResults(files=files, commit_marker=marker, rows=results.num_rows)
+
+
+def read_result_tables(
+    root: Location, *, filter: pc.Expression | None = None, columns: Sequence[str] | None = None
+) -> pa.Table:
+    """Every result row written under ``root`` (all runs), with the result schema; empty if none yet.
+
+    Hidden and ``_``-prefixed paths (temporary files, commit markers) are skipped, as every Parquet reader
+    does. ``run_date`` and ``preset`` come from the partition path.
+
+    :param filter: a pyarrow expression pushed down to the files (e.g. ``pc.field("status") == "done"``).
+    """
+    fs, base = resolve_location(root)
+    base = base.rstrip("/")
+    wanted = list(columns) if columns is not None else RESULT_SCHEMA.names
+    try:
+        exists = fs.isdir(base)
+    except OSError:  # some stores raise instead of answering False for a missing bucket prefix
+        exists = False
+    if not exists:
+        return RESULT_SCHEMA.empty_table().select(wanted)
+    dataset = ds.dataset(
+        base,
+        schema=RESULT_SCHEMA,
+        format="parquet",
+        filesystem=_arrow_fs(fs),
+        partitioning=ds.partitioning(RESULT_PARTITIONING, flavor="hive"),
+    )
+    table = dataset.to_table(columns=wanted, filter=filter)
+    if "preset" in wanted:
+        index = table.schema.get_field_index("preset")
+        preset = table["preset"]
+        table = table.set_column(
+            index,
+            "preset",
+            pc.if_else(pc.equal(preset, UNKNOWN_PRESET_PARTITION), pa.scalar(None, pa.string()), preset),
+        )
+    return table
+
+
+def latest_results(results: pa.Table, *, statuses: Iterable[ResultStatus | str] | None = None) -> pa.Table:
+    """The latest row per ``image_id`` (by ``recorded_at``, then ``finished_at``), optionally of some statuses.
+
+    Use it on :func:`read_result_tables` to find, say, the last successful enhancement of every image.
+    """
+    if statuses is not None:
+        wanted = pa.array(sorted(ResultStatus(s).value for s in statuses))
+        results = results.filter(pc.is_in(results["status"], wanted))
+    results = results.filter(pc.is_valid(results["image_id"]))
+    if results.num_rows == 0:
+        return results
+    order = pc.sort_indices(
+        results,
+        sort_keys=[("image_id", "ascending"), ("recorded_at", "descending"), ("finished_at", "descending")],
+        null_placement="at_end",
+    )
+    ordered = results.take(order)
+    ids = ordered["image_id"].combine_chunks()
+    first = (
+        np.r_[True, pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)]
+        if len(ids) > 1
+        else np.array([True])
+    )
+    return ordered.filter(pa.array(first))
+
+
+def rejects_as_results(rejects: pa.Table, *, dag_run_id: str, run_date: date | str) -> pa.Table:
+    """Result rows (status ``rejected_row``, error = the reason) for a rejects table."""
+    n = rejects.num_rows
+    preset = pc.replace_substring_regex(
+        pc.utf8_lower(pc.utf8_trim_whitespace(rejects["preset"])), "^preset/", ""
+    )
+    preset = pc.if_else(
+        pc.fill_null(pc.is_in(preset, pa.array(sorted(PRESETS))), False), preset, pa.scalar(None, pa.string())
+    )
+    day = run_date.isoformat() if isinstance(run_date, date) else str(run_date)
+    return conform_results(
+        pa.table(
+            {
+                "image_id": rejects["image_id"],
+                "manifest_row": rejects["manifest_row"],
+                "source_url": rejects["source_url"],
+                "preset": preset,
+                "status": pa.array([ResultStatus.REJECTED_ROW.value] * n, pa.string()),
+                "error": rejects["reason"],
+                "dag_run_id": pa.array([dag_run_id] * n, pa.string()),
+                "run_date": pa.array([day] * n, pa.string()),
+            }
+        )
+    )
