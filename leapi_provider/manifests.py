@@ -45,7 +45,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
@@ -458,18 +458,6 @@ def _is_stringlike(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
-def _null_strings(n: int) -> pa.Array:
-    return pa.nulls(n, pa.string())
-
-
-def _reason_where(mask: pa.Array, message: str | pa.Array) -> pa.Array:
-    """``message`` where ``mask`` is true, null elsewhere (null mask counts as false)."""
-    mask = pc.fill_null(mask, False)
-    if isinstance(message, str):
-        message = pa.scalar(message, pa.string())
-    return pc.if_else(mask, message, pa.scalar(None, pa.string()))
-
-
 def _dense_ids(arrays: Sequence[pa.Array]) -> np.ndarray:
     """One int64 id per row for the combination of values of ``arrays`` (nulls are a value).
 
@@ -478,12 +466,15 @@ def _dense_ids(arrays: Sequence[pa.Array]) -> np.ndarray:
     """
     ids: np.ndarray | None = None
     for array in arrays:
-        encoded = pc.dictionary_encode(array, null_encoding="encode")
-        idx = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        if not pa.types.is_dictionary(array.type):
+            array = pc.dictionary_encode(array, null_encoding="encode")
+        # An already-encoded array may hold null indices: they become one more value.
+        size = len(array.dictionary) + 1
+        idx = array.indices.fill_null(size - 1).to_numpy(zero_copy_only=False).astype(np.int64)
         if ids is None:
             ids = idx
             continue
-        combined = ids * len(encoded.dictionary) + idx
+        combined = ids * size + idx
         ids = pc.dictionary_encode(pa.array(combined)).indices.to_numpy(zero_copy_only=False).astype(np.int64)
     assert ids is not None
     return ids
@@ -495,47 +486,89 @@ def _first_rows(ids: np.ndarray) -> np.ndarray:
     return first
 
 
-def _string_column(
-    table: pa.Table, name: str, *, allow_integers: bool
-) -> tuple[pa.Array, pa.Array, pa.Array]:
-    """``(values as trimmed strings, is-missing mask, wrong-type reasons)`` for a required string column."""
+def _mask(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A boolean pyarrow array as numpy, null counting as false."""
+    return np.asarray(pc.fill_null(array, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+@dataclass(frozen=True)
+class _Check:
+    """One row check: where it fails, and how to word the reason for some failing rows."""
+
+    code: RejectCode
+    fails: np.ndarray
+    reason: str | Callable[[pa.Array], pa.Array]  # text, or rows -> one reason per row
+
+    def reasons(self, rows: pa.Array) -> pa.Array:
+        if isinstance(self.reason, str):
+            return pa.array([self.reason] * len(rows), pa.string())
+        return self.reason(rows)
+
+
+def _string_column(table: pa.Table, name: str, *, allow_integers: bool) -> tuple[pa.Array, list[_Check]]:
+    """A required string column as trimmed strings (null where unusable), and its missing / wrong-type checks."""
     raw = _as_plain(table[name])
-    n = len(raw)
-    if (
+    usable = (
         _is_stringlike(raw.type)
         or (allow_integers and pa.types.is_integer(raw.type))
         or pa.types.is_null(raw.type)
-    ):
+    )
+    if usable:
         values = pc.utf8_trim_whitespace(raw.cast(pa.string()))
-        missing = pc.fill_null(pc.equal(pc.utf8_length(values), 0), True)
-        return values, missing, _null_strings(n)
+        missing = ~_mask(pc.greater(pc.binary_length(values), 0))
+        return values, [_Check(_MISSING_CODES[name], missing, f"missing {name}")]
     expected = "a string or integer" if allow_integers else "a string"
-    wrong = _reason_where(pc.is_valid(raw), f"{name} must be {expected} (the column is {raw.type})")
-    return pa.nulls(n, pa.string()), pc.invert(pc.is_valid(raw)), wrong
+    present = _mask(pc.is_valid(raw))
+    return pa.nulls(len(raw), pa.string()), [
+        _Check(_MISSING_CODES[name], ~present, f"missing {name}"),
+        _Check(RejectCode.WRONG_TYPE, present, f"{name} must be {expected} (the column is {raw.type})"),
+    ]
 
 
+_MISSING_CODES = {
+    "image_id": RejectCode.MISSING_IMAGE_ID,
+    "source_url": RejectCode.MISSING_SOURCE_URL,
+    "preset": RejectCode.MISSING_PRESET,
+}
 _URL_PATTERN = r"^https?://[^/\s?#]+([/?#]\S*)?$"
 _NUMERIC_OK = (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal)
 
 
-def _option_column(table: pa.Table, name: str) -> tuple[pa.Array, pa.Array]:
-    """``(values to validate, wrong-type reasons)`` of one option column (all null when absent)."""
+def _option_column(table: pa.Table, name: str) -> tuple[pa.Array, list[_Check]]:
+    """An option column's values to validate (all null when absent), and its wrong-type check."""
     n = table.num_rows
     if name not in table.column_names:
-        return pa.nulls(n), _null_strings(n)
+        return pa.nulls(n), []
     raw = _as_plain(table[name])
-    if pa.types.is_null(raw.type):
-        return raw, _null_strings(n)
     if pa.types.is_floating(raw.type):
         raw = pc.if_else(pc.is_nan(raw), pa.scalar(None, raw.type), raw)
-    accepted = _is_stringlike(raw.type) or (
-        name not in _STRING_OPTIONS and any(check(raw.type) for check in _NUMERIC_OK)
+    accepted = (
+        pa.types.is_null(raw.type)
+        or _is_stringlike(raw.type)
+        or (name not in _STRING_OPTIONS and any(check(raw.type) for check in _NUMERIC_OK))
     )
     if accepted:
-        return raw, _null_strings(n)
+        return raw, []
     expected = "a string" if name in _STRING_OPTIONS else "a number"
-    wrong = _reason_where(pc.is_valid(raw), f"{name} must be {expected} (the column is {raw.type})")
-    return pa.nulls(n), wrong
+    check = _Check(
+        RejectCode.WRONG_TYPE,
+        _mask(pc.is_valid(raw)),
+        f"{name} must be {expected} (the column is {raw.type})",
+    )
+    return pa.nulls(n), [check]
+
+
+def _normalized_presets(raw: pa.Array) -> pa.DictionaryArray:
+    """Short preset names (null where missing or unknown), normalising each distinct spelling once."""
+    encoded = pc.dictionary_encode(raw)
+    names = [None if v is None else _normalize_preset_name(v) for v in encoded.dictionary.to_pylist()]
+    short = sorted(PRESETS)
+    lookup = np.array([short.index(v) if v in PRESETS else -1 for v in names] or [-1], dtype=np.int32)
+    codes = lookup[encoded.indices.fill_null(0).to_numpy(zero_copy_only=False)]
+    known = (codes >= 0) & _mask(encoded.indices.is_valid())
+    return pa.DictionaryArray.from_arrays(
+        pa.array(codes, pa.int32(), mask=~known), pa.array(short, pa.string())
+    )
 
 
 def validate_manifest(
@@ -543,14 +576,16 @@ def validate_manifest(
     *,
     preset_defaults: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ManifestValidation:
-    """Split a manifest into valid rows and rejects (one reason per rejected row), vectorised.
+    """Split a manifest into valid rows and rejects (with every reason of each rejected row), vectorised.
 
     Options are validated by the preset models once per distinct combination of values (catalogs repeat a
-    handful of combinations, so a million rows cost a handful of model validations).
+    handful of combinations, so a million rows cost a handful of model validations). Reasons are worded
+    only for the rows that fail.
 
     :param manifest: from :func:`read_manifest`, or a table with the manifest columns.
     :param preset_defaults: per-preset default options (short preset name -> options), overlaid by rows.
     :raises ManifestError: a required column is missing.
+    :raises ValueError: ``preset_defaults`` names an unknown preset or an invalid option.
     """
     if isinstance(manifest, pa.Table):
         manifest = ManifestTable(
@@ -562,170 +597,148 @@ def validate_manifest(
         raise ManifestError(f"the manifest has no column {missing_columns}; found: {table.column_names}")
     defaults = normalize_preset_defaults(preset_defaults)
     n = table.num_rows
-    manifest_row = pa.array(np.arange(n, dtype=np.int64))
 
-    image_id, id_missing, id_wrong = _string_column(table, "image_id", allow_integers=True)
-    url, url_missing, url_wrong = _string_column(table, "source_url", allow_integers=False)
-    preset_raw, preset_missing, preset_wrong = _string_column(table, "preset", allow_integers=False)
-
-    url_invalid = pc.and_(
-        pc.invert(url_missing),
-        pc.invert(pc.fill_null(pc.match_substring_regex(url, _URL_PATTERN, ignore_case=True), False)),
-    )
-    preset = pc.replace_substring_regex(pc.utf8_lower(preset_raw), "^preset/", "")
-    preset_known = pc.fill_null(pc.is_in(preset, pa.array(sorted(PRESETS))), False)
-    preset_unknown = pc.and_(pc.invert(preset_missing), pc.invert(preset_known))
+    image_id, id_checks = _string_column(table, "image_id", allow_integers=True)
+    url, url_checks = _string_column(table, "source_url", allow_integers=False)
+    preset_raw, preset_checks = _string_column(table, "preset", allow_integers=False)
+    url_present = ~url_checks[0].fails
+    url_invalid = url_present & ~_mask(pc.match_substring_regex(url, _URL_PATTERN, ignore_case=True))
+    preset = _normalized_presets(preset_raw)
+    preset_unknown = ~preset_checks[0].fails & ~_mask(preset.is_valid())
 
     # Options: validated by the models once per distinct (preset, options) combination.
     option_values: list[pa.Array] = []
-    option_wrong: list[pa.Array] = []
+    option_checks: list[_Check] = []
     for name in OPTION_COLUMNS:
-        values, wrong = _option_column(table, name)
+        values, checks = _option_column(table, name)
         option_values.append(values)
-        option_wrong.append(wrong)
+        option_checks.extend(checks)
     combo_ids = _dense_ids([preset, *option_values])
-    first = _first_rows(combo_ids)
-    combo_preset = preset.take(pa.array(first)).to_pylist()
-    combo_options = pa.Table.from_arrays(
-        [v.take(pa.array(first)) for v in option_values], names=list(OPTION_COLUMNS)
-    ).to_pylist()
+    first = pa.array(_first_rows(combo_ids))
+    combo_preset = preset.take(first).to_pylist()
+    combo_options = pa.Table.from_arrays([v.take(first) for v in option_values], names=list(OPTION_COLUMNS))
     # Distinct effective operations (several spellings may give the same one), and each combination's.
     operation_texts: dict[str, int] = {}
     combo_operation = np.full(len(first), -1, dtype=np.int32)
     combo_error: list[str | None] = []
-    for combo, (name, options) in enumerate(zip(combo_preset, combo_options, strict=True)):
-        if name not in PRESETS:
-            combo_error.append(None)  # reported as an unknown or missing preset
-            continue
-        try:
-            operation = build_operation(name, options, defaults.get(name))
-        except ValidationError as exc:
-            combo_error.append(_format_errors(exc))
-            continue
-        combo_error.append(None)
-        combo_operation[combo] = operation_texts.setdefault(
-            canonical_operation_json(operation), len(operation_texts)
-        )
-    indices = pa.array(combo_ids.astype(np.int32))
-    option_error = pa.array(combo_error, pa.string()).take(indices)
+    for combo, (name, options) in enumerate(zip(combo_preset, combo_options.to_pylist(), strict=True)):
+        error = None
+        if name is not None:  # missing and unknown presets are reported as such
+            try:
+                operation = build_operation(name, options, defaults.get(name))
+            except ValidationError as exc:
+                error = _format_errors(exc)
+            else:
+                text = canonical_operation_json(operation)
+                combo_operation[combo] = operation_texts.setdefault(text, len(operation_texts))
+        combo_error.append(error)
+    combo_errors = pa.array(combo_error, pa.string())
+    option_invalid = _mask(combo_errors.is_valid())[combo_ids]
 
-    # One reason per failing check; the code is the first failing check's.
-    checks: list[tuple[RejectCode, pa.Array]] = [
-        (
-            RejectCode.MISSING_IMAGE_ID,
-            _reason_where(pc.and_(id_missing, pc.is_null(id_wrong)), "missing image_id"),
-        ),
-        (RejectCode.WRONG_TYPE, id_wrong),
-        (RejectCode.WRONG_TYPE, url_wrong),
-        (RejectCode.WRONG_TYPE, preset_wrong),
-        *((RejectCode.WRONG_TYPE, wrong) for wrong in option_wrong),
-        (
-            RejectCode.MISSING_SOURCE_URL,
-            _reason_where(pc.and_(url_missing, pc.is_null(url_wrong)), "missing source_url"),
-        ),
-        (
+    unknown_suffix = f"' (expected one of {', '.join(sorted(PRESETS))})"
+    checks: list[_Check] = [
+        *id_checks,
+        *url_checks,
+        *preset_checks,
+        *option_checks,
+        _Check(
             RejectCode.INVALID_SOURCE_URL,
-            _reason_where(
-                url_invalid,
-                pc.binary_join_element_wise(
-                    "source_url is not an http(s) URL: ", pc.utf8_slice_codeunits(url, 0, 200), ""
-                ),
+            url_invalid,
+            lambda rows: pc.binary_join_element_wise(
+                "source_url is not an http(s) URL: ", pc.utf8_slice_codeunits(url.take(rows), 0, 200), ""
             ),
         ),
-        (
-            RejectCode.MISSING_PRESET,
-            _reason_where(pc.and_(preset_missing, pc.is_null(preset_wrong)), "missing preset"),
-        ),
-        (
+        _Check(
             RejectCode.UNKNOWN_PRESET,
-            _reason_where(
-                preset_unknown,
-                pc.binary_join_element_wise(
-                    "unknown preset '",
-                    pc.utf8_slice_codeunits(preset_raw, 0, 100),
-                    f"' (expected one of {', '.join(sorted(PRESETS))})",
-                    "",
-                ),
+            preset_unknown,
+            lambda rows: pc.binary_join_element_wise(
+                "unknown preset '", pc.utf8_slice_codeunits(preset_raw.take(rows), 0, 100), unknown_suffix, ""
             ),
         ),
-        (RejectCode.INVALID_OPTION, option_error),
+        _Check(
+            RejectCode.INVALID_OPTION,
+            option_invalid,
+            lambda rows: combo_errors.take(pa.array(combo_ids[rows.to_numpy()])),
+        ),
     ]
-    reasons = _null_strings(n)
-    for _, reason in checks:
-        # (binary_join_element_wise's null_handling="skip" drops rows in pyarrow 26; join pairwise instead.)
-        reasons = pc.coalesce(pc.binary_join_element_wise(reasons, reason, "; "), reasons, reason)
-    codes = pc.coalesce(*(_reason_where(pc.is_valid(r), code.value) for code, r in checks))
-    passes = pc.is_null(codes)
+    fails = np.zeros(n, dtype=bool)
+    for check in checks:
+        fails |= check.fails
 
     # Duplicates among rows that pass everything else: the first keeps the id.
-    passing_rows = np.flatnonzero(passes.to_numpy(zero_copy_only=False))
+    passing_rows = np.flatnonzero(~fails)
     duplicate_of = np.full(n, -1, dtype=np.int64)
     if len(passing_rows):
-        passing_ids = image_id.take(pa.array(passing_rows))
-        id_groups = pc.dictionary_encode(passing_ids).indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        first_of_group = passing_rows[_first_rows(id_groups)]
-        kept_row = first_of_group[id_groups]
-        is_dup = kept_row != passing_rows
-        duplicate_of[passing_rows[is_dup]] = kept_row[is_dup]
-    dup_mask = pa.array(duplicate_of >= 0)
-    if pc.any(dup_mask).as_py():
-        dup_reason = _reason_where(
-            dup_mask,
-            pc.binary_join_element_wise(
-                "duplicate image_id (kept manifest row ", pa.array(duplicate_of).cast(pa.string()), ")", ""
+        passing_ids = pc.dictionary_encode(image_id.take(pa.array(passing_rows))).indices
+        groups = passing_ids.to_numpy(zero_copy_only=False).astype(np.int64)
+        kept_row = passing_rows[_first_rows(groups)][groups]
+        is_duplicate = kept_row != passing_rows
+        duplicate_of[passing_rows[is_duplicate]] = kept_row[is_duplicate]
+    duplicates = duplicate_of >= 0
+    checks.append(
+        _Check(
+            RejectCode.DUPLICATE_IMAGE_ID,
+            duplicates,
+            lambda rows: pc.binary_join_element_wise(
+                "duplicate image_id (kept manifest row ",
+                pa.array(duplicate_of[rows.to_numpy()]).cast(pa.string()),
+                ")",
+                "",
             ),
         )
-        reasons = pc.if_else(dup_mask, dup_reason, reasons)
-        codes = pc.if_else(dup_mask, pa.scalar(RejectCode.DUPLICATE_IMAGE_ID.value), codes)
-        passes = pc.and_(passes, pc.invert(dup_mask))
+    )
+    fails |= duplicates
+
+    # Reasons, worded for the failing rows only: every failed check, in order; the code is the first's.
+    rejected_rows = np.flatnonzero(fails)
+    rows = pa.array(rejected_rows, pa.int64())
+    reasons = pa.nulls(len(rows), pa.string())
+    first_code = np.full(len(rows), len(checks), dtype=np.int64)
+    for position, check in enumerate(checks):
+        failing = check.fails[rejected_rows]
+        if not failing.any():
+            continue
+        first_code = np.where(failing & (first_code == len(checks)), position, first_code)
+        reason = pc.if_else(pa.array(failing), check.reasons(rows), pa.scalar(None, pa.string()))
+        # (binary_join_element_wise's null_handling="skip" drops rows in pyarrow 26; join pairwise instead.)
+        reasons = pc.coalesce(pc.binary_join_element_wise(reasons, reason, "; "), reasons, reason)
+    code_names = np.array([check.code.value for check in checks], dtype=object)
+    rejects = pa.Table.from_arrays(
+        [
+            rows,
+            manifest.file_of_row.take(rows).cast(pa.string()),
+            _display_strings(table["image_id"], rows),
+            _display_strings(table["source_url"], rows),
+            _display_strings(table["preset"], rows),
+            pa.array(code_names[first_code] if len(rows) else [], pa.string()),
+            reasons,
+        ],
+        schema=REJECTS_SCHEMA,
+    )
 
     row_operation = combo_operation[combo_ids]
     operation_indices = pa.array(row_operation, pa.int32(), mask=row_operation < 0)
-    texts = list(operation_texts)
-    operation_json = pa.DictionaryArray.from_arrays(operation_indices, pa.array(texts, pa.string()))
-    operation_hash_col = pa.DictionaryArray.from_arrays(
-        operation_indices, pa.array([operation_hash(t) for t in texts], pa.string())
-    )
-    preset_dict = pc.dictionary_encode(preset)
+    texts = pa.array(list(operation_texts), pa.string())
+    hashes = pa.array([operation_hash(t) for t in operation_texts], pa.string())
     valid_columns = {
-        "manifest_row": manifest_row,
+        "manifest_row": pa.array(np.arange(n, dtype=np.int64)),
         "image_id": image_id,
         "source_url": url,
-        "preset": preset_dict,
-        "operation_json": operation_json,
-        "operation_hash": operation_hash_col,
+        "preset": preset,
+        "operation_json": pa.DictionaryArray.from_arrays(operation_indices, texts),
+        "operation_hash": pa.DictionaryArray.from_arrays(operation_indices, hashes),
     }
+    schema = VALID_ROWS_SCHEMA
     if "attributes" in table.column_names:
         valid_columns["attributes"] = _as_plain(table["attributes"])
-    valid = pa.Table.from_pydict(valid_columns).filter(passes)
-    valid = valid.cast(
-        pa.schema(
-            [
-                *VALID_ROWS_SCHEMA,
-                *([valid.schema.field("attributes")] if "attributes" in valid_columns else []),
-            ]
-        )
-    )
-    rejected = pc.invert(passes)
-    rejects = pa.Table.from_arrays(
-        [
-            manifest_row,
-            manifest.file_of_row.cast(pa.string()),
-            _display_strings(table["image_id"]),
-            _display_strings(table["source_url"]),
-            _display_strings(table["preset"]),
-            codes,
-            reasons,
-        ],
-        names=REJECTS_SCHEMA.names,
-    ).filter(rejected)
-    rejects = rejects.cast(REJECTS_SCHEMA)
+        schema = schema.append(pa.field("attributes", valid_columns["attributes"].type))
+    valid = pa.Table.from_pydict(valid_columns).filter(pa.array(~fails)).cast(schema)
     return ManifestValidation(valid=valid, rejects=rejects, total_rows=n, files=list(manifest.files))
 
 
-def _display_strings(column: pa.ChunkedArray) -> pa.Array:
-    """A column as text for the rejects table, whatever its type (values that cannot be shown become null)."""
-    array = _as_plain(column)
+def _display_strings(column: pa.ChunkedArray, rows: pa.Array) -> pa.Array:
+    """Some rows of a column as text for the rejects table, whatever its type (else null)."""
+    array = _as_plain(column.take(rows))
     try:
         return pc.utf8_slice_codeunits(array.cast(pa.string()), 0, 2000)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
