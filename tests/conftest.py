@@ -14,4 +14,6 @@ os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_AIRFL
 
 pytest_plugins = [
     "tests.fixtures.server",
+    "tests.fixtures.airflow",
+    "tests.fixtures.s3",
 ]
