@@ -28,12 +28,22 @@ from pydantic import (
     ConfigDict,
     Field,
     TypeAdapter,
+    ValidationError,
     field_serializer,
     field_validator,
 )
 
 #: The exact ``reason`` text the docs give for a rate-limited submit.
 RATE_LIMIT_REASON = "Too Many Requests. Rate limit exceeded."
+
+#: Extension of ``leapi-server`` (not in the LEAPI docs): a client may send this request header on
+#: ``POST /v1/pipeline``; the same key from the same API key within 24 h returns the original ACCEPTED
+#: answer (same pipeline, no second charge). Rely on it only when a response carries
+#: ``IDEMPOTENCY_SUPPORT_HEADER: supported``.
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_SUPPORT_HEADER = "X-Leapi-Idempotency"
+#: Set to ``true`` on an ACCEPTED answer that replays an earlier request with the same Idempotency-Key.
+IDEMPOTENT_REPLAY_HEADER = "Idempotent-Replayed"
 
 #: Documented intensity range is 0.1 - 0.99; examples send 1.0 and 0.0 switches the stage off (extension).
 INTENSITY_MIN = 0.0
@@ -178,7 +188,7 @@ class PipelineRequest(_RequestModel):
     def _http_notify_url(cls, value: str | None) -> str | None:
         # The docs: "This url can be http or https".
         if value is not None and not value.lower().startswith(("http://", "https://")):
-            raise ValueError("notify_url must be an http or https URL")
+            raise ValueError("must be an http or https URL")
         return value
 
     @property
@@ -329,6 +339,17 @@ class SubmitResponse(_ResponseModel):
         )
 
 
+class Rejection(_ResponseModel):
+    """Body of every refused request: the documented ``{"status": "REJECTED", "reason": "..."}``.
+
+    ``leapi-server`` answers with it on ``POST /v1/pipeline`` (as documented) and, for one error shape
+    everywhere, on authentication failures (401), unknown pipelines (404) and refused temp URLs (403).
+    """
+
+    status: Literal["REJECTED"] = "REJECTED"
+    reason: str
+
+
 class PipelineEnvelope(_ResponseModel):
     """Answer of ``GET /v1/pipeline/{id}``: ``{"pipeline": {...}}``."""
 
@@ -370,3 +391,33 @@ class WebhookEvent(_ResponseModel):
     id: int
     status: PipelineStatus | None = None
     pipeline: Pipeline | None = None
+
+
+def validation_reason(error: ValidationError, *, max_errors: int = 5) -> str:
+    """A REJECTED ``reason`` naming each bad field, e.g.
+    ``operations.0.restoration_level: Input should be less than or equal to 10``.
+
+    Field paths are dotted, list indices included; the discriminator tag pydantic inserts into the path of
+    an operation (``operations.0.preset/marketplace.width``) is left out.
+    """
+    parts = []
+    for item in error.errors(include_url=False)[:max_errors]:
+        loc = [str(p) for p in item["loc"] if not (isinstance(p, str) and p in PRESET_OPS)]
+        kind = item["type"]
+        message = item["msg"]
+        if kind == "union_tag_invalid":
+            loc.append("op")
+            tag = item.get("ctx", {}).get("tag")
+            message = f"unknown operation {tag!r}; expected one of " + ", ".join(sorted(PRESET_OPS))
+        elif kind == "union_tag_not_found":
+            loc.append("op")
+            message = "Field required (the operation name, e.g. 'preset/marketplace')"
+        elif kind == "extra_forbidden":
+            message = "unknown field"
+        elif kind == "value_error":
+            message = message.removeprefix("Value error, ")
+        parts.append(f"{'.'.join(loc) or 'body'}: {message}")
+    hidden = len(error.errors()) - len(parts)
+    if hidden > 0:
+        parts.append(f"and {hidden} more error(s)")
+    return "; ".join(parts)

@@ -1,0 +1,205 @@
+"""The dispatcher: leases pending tasks from the store, runs them on the worker-process pool, records
+their outcomes. Lives on the API event loop but only awaits: image work happens in other processes and
+database calls in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict
+
+from leapi_provider.server.config import ServerConfig
+from leapi_provider.server.fetch import FetchPolicy
+from leapi_provider.server.netguard import AddressPolicy
+from leapi_provider.server.store import ClaimedTask, Store
+from leapi_provider.server.tempstore import TempStore, safe_basename
+from leapi_provider.server.worker import TaskJob, TaskOutcome, init_worker, process_task
+
+log = logging.getLogger("leapi_server.dispatcher")
+
+#: Tasks leased per worker: one running plus one queued keeps every worker busy between round trips.
+QUEUE_DEPTH_PER_WORKER = 2
+_IDLE_POLL_S = 1.0
+
+
+def _noop() -> None:
+    return None
+
+
+class Dispatcher:
+    """Feeds the worker pool from the store.
+
+    :param on_pipeline_finished: called (on the loop) with a pipeline id when its last task is recorded.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: ServerConfig,
+        store: Store,
+        temp_store: TempStore,
+        boot_id: str,
+        on_pipeline_finished: Callable[[int], None],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.temp_store = temp_store
+        self.boot_id = boot_id
+        self.on_pipeline_finished = on_pipeline_finished
+        self.fetch_policy = FetchPolicy(
+            address_policy=AddressPolicy(
+                allow_private=config.allow_private_sources, allowed_networks=config.allowed_source_networks
+            ),
+            connect_timeout_s=config.fetch_connect_timeout_s,
+            read_timeout_s=config.fetch_read_timeout_s,
+            deadline_s=config.fetch_deadline_s,
+            max_bytes=config.max_download_bytes,
+            max_redirects=config.max_redirects,
+        )
+        self._pool: ProcessPoolExecutor | None = None
+        self._wake = asyncio.Event()
+        self._inflight: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self._stopping = False
+
+    # -- pool -----------------------------------------------------------------------------------------
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        threads = max(1, (os.cpu_count() or 1) // self.config.workers)
+        # spawn, not fork: the API process has threads (sqlite, anyio) that fork would copy mid-flight.
+        return ProcessPoolExecutor(
+            max_workers=self.config.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=init_worker,
+            initargs=(os.getpid(), threads),
+        )
+
+    def start(self) -> None:
+        self._pool = self._new_pool()
+        for _ in range(self.config.workers):  # start the processes now, not on the first image
+            self._pool.submit(_noop)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def busy(self) -> int:
+        return len(self._inflight)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in list(self._inflight.values()):
+            task.cancel()
+        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        if self._pool is not None:
+            # Leased tasks stay RUNNING in the store; the next start re-queues them.
+            _terminate_pool(self._pool)
+            self._pool = None
+
+    # -- loop -----------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            capacity = self.config.workers * QUEUE_DEPTH_PER_WORKER - len(self._inflight)
+            claimed: list[ClaimedTask] = []
+            if capacity > 0:
+                try:
+                    claimed = await asyncio.to_thread(
+                        self.store.claim_tasks, limit=capacity, boot_id=self.boot_id, now=time.time()
+                    )
+                except Exception:  # noqa: BLE001 - a transient DB error must not stop dispatching
+                    log.exception("claiming tasks failed; retrying")
+            for task in claimed:
+                key = (task.pipeline_id, task.index)
+                self._inflight[key] = asyncio.create_task(self._run_one(task), name=f"task-{key}")
+            if not claimed:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=_IDLE_POLL_S)
+                except TimeoutError:
+                    pass
+
+    def _job(self, task: ClaimedTask) -> TaskJob:
+        basename = safe_basename(task.url.split("?", 1)[0].split("#", 1)[0])
+        return TaskJob(
+            pipeline_id=task.pipeline_id,
+            index=task.index,
+            url=task.url,
+            operations=task.operations,
+            temp_dir=str(self.temp_store.root),
+            key_stem=self.temp_store.key_stem(task.pipeline_id, task.index, basename),
+            fetch_policy=self.fetch_policy,
+            max_input_pixels=self.config.max_input_pixels,
+            max_output_pixels=self.config.max_output_pixels,
+        )
+
+    async def _run_one(self, task: ClaimedTask) -> None:
+        loop = asyncio.get_running_loop()
+        pool = self._pool
+        finished = False
+        try:
+            assert pool is not None
+            try:
+                outcome: TaskOutcome = await loop.run_in_executor(pool, process_task, self._job(task))
+            except BrokenProcessPool:
+                # A worker died (OOM killer, segfault in a codec): every task it had is re-queued; one
+                # that keeps killing workers fails after max_task_attempts.
+                log.error(
+                    "worker process died while pipeline %s image %s was in flight (attempt %s)",
+                    task.pipeline_id,
+                    task.index,
+                    task.attempts,
+                )
+                self._replace_pool(pool)
+                finished = await asyncio.to_thread(
+                    self.store.release_task,
+                    pipeline_id=task.pipeline_id,
+                    index=task.index,
+                    boot_id=self.boot_id,
+                    max_attempts=self.config.max_task_attempts,
+                    now=time.time(),
+                )
+            else:
+                now = time.time()
+                if outcome.error:
+                    log.info("pipeline %s image %s failed: %s", task.pipeline_id, task.index, outcome.error)
+                finished = await asyncio.to_thread(
+                    self.store.complete_task,
+                    pipeline_id=task.pipeline_id,
+                    index=task.index,
+                    boot_id=self.boot_id,
+                    now=now,
+                    input_meta=None if outcome.input is None else asdict(outcome.input),
+                    output_meta=None if outcome.output is None else asdict(outcome.output),
+                    output_key=outcome.output_key,
+                    expires_at=None if outcome.error else now + self.config.temp_url_ttl_s,
+                    error=outcome.error,
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the lease stays RUNNING and is re-queued at the next start
+            log.exception("recording pipeline %s image %s failed", task.pipeline_id, task.index)
+        finally:
+            self._inflight.pop((task.pipeline_id, task.index), None)
+            self._wake.set()
+        if finished:
+            self.on_pipeline_finished(task.pipeline_id)
+
+    def _replace_pool(self, broken: ProcessPoolExecutor) -> None:
+        if self._pool is broken and not self._stopping:
+            _terminate_pool(broken)
+            self._pool = self._new_pool()
+
+
+def _terminate_pool(pool: ProcessPoolExecutor) -> None:
+    processes = list(getattr(pool, "_processes", {}).values())  # no public API to stop running workers
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()

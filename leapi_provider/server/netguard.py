@@ -1,0 +1,169 @@
+"""SSRF policy: which addresses the server may connect to for sources and webhooks.
+
+The check happens where the socket is opened (an httpcore network backend): the host is resolved once,
+every resolved address is checked, and the connection goes to a checked address. So a DNS answer
+cannot change between check and use (rebinding), and every redirect hop is checked the same way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import anyio
+import httpcore
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: Cloud metadata endpoints: refused even with ``--allow-private-sources`` (only an explicit
+#: ``--allow-source-network`` lets them through). Credentials live there.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "169.254.169.123")
+)
+
+
+class BlockedAddressError(Exception):
+    """The destination resolves to an address the policy refuses; the message is user-facing."""
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """``allow_private``: loopback/private/link-local allowed (local use); ``allowed_networks``: CIDRs
+    always allowed."""
+
+    allow_private: bool = False
+    allowed_networks: tuple[str, ...] = ()
+
+    def _networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(n, strict=False) for n in self.allowed_networks]
+
+    def refusal(self, address: IPAddress) -> str | None:
+        """Why ``address`` is refused, or ``None`` when it is allowed."""
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if any(address in net for net in self._networks()):
+            return None
+        if address in METADATA_ADDRESSES:
+            return "a cloud metadata address"
+        if address.is_global and not address.is_multicast:
+            return None
+        if self.allow_private:
+            return None
+        for label, flag in (
+            ("a loopback", address.is_loopback),
+            ("a link-local", address.is_link_local),
+            ("a private", address.is_private),
+            ("a multicast", address.is_multicast),
+            ("an unspecified", address.is_unspecified),
+        ):
+            if flag:
+                return f"{label} address"
+        return "a non-public address"
+
+    def check_literal_host(self, host: str) -> None:
+        """Refuse a URL whose host is a literal refused IP (checked at submit; names are checked at
+        connect time, after resolution)."""
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return
+        reason = self.refusal(address)
+        if reason is not None:
+            raise BlockedAddressError(f"{host} is {reason} (private sources are not allowed on this server)")
+
+    def check_resolved(self, host: str, addresses: Iterable[str]) -> list[str]:
+        """Every resolved address must be allowed (one bad answer refuses the host)."""
+        result = []
+        for raw in addresses:
+            address = ipaddress.ip_address(raw.split("%", 1)[0])
+            reason = self.refusal(address)
+            if reason is not None:
+                raise BlockedAddressError(
+                    f"{host} resolves to {address}, {reason} (private sources are not allowed on this server)"
+                )
+            result.append(raw)
+        if not result:
+            raise BlockedAddressError(f"{host} does not resolve to any address")
+        return result
+
+
+def check_http_url(url: str, policy: AddressPolicy) -> str:
+    """Validate an http(s) URL with a host, and refuse literal blocked IPs. Returns a reason or ''."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises on a malformed port
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "must be an http or https URL"
+    if not host:
+        return "has no host"
+    try:
+        policy.check_literal_host(host)
+    except BlockedAddressError as exc:
+        return f"is refused: {exc}"
+    return ""
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror or exc}") from None
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class GuardedSyncBackend(httpcore.SyncBackend):
+    """Blocking network backend that resolves, checks and connects to a checked address."""
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[typing.Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        addresses = self.policy.check_resolved(host, _resolve(host, port))
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return super().connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+
+class GuardedAsyncBackend(httpcore.AnyIOBackend):
+    """Async counterpart of :class:`GuardedSyncBackend` (webhook deliveries)."""
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[typing.Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        addresses = self.policy.check_resolved(host, await anyio.to_thread.run_sync(_resolve, host, port))
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return await super().connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        assert last is not None
+        raise last
