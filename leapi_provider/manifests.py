@@ -259,17 +259,25 @@ def _uri(fs: AbstractFileSystem, path: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def _hidden(name: str) -> bool:
+    """Names every Parquet dataset reader skips: temporary files and metadata (``.x``, ``_x``)."""
+    return name.startswith((".", "_"))
+
+
 def manifest_files(location: Location) -> tuple[AbstractFileSystem, list[str]]:
-    """The Parquet files a manifest location names, sorted (one file, a folder searched recursively, a glob)."""
+    """The Parquet files a manifest location names, sorted (one file, a folder searched recursively, a glob).
+
+    Hidden and ``_``-prefixed names are skipped in folders and globs, as Parquet dataset readers do.
+    """
     fs, path = resolve_location(location)
     try:
         if _GLOB_CHARS.search(path):
-            files = [p for p in sorted(fs.glob(path)) if fs.isfile(p)]
+            files = [p for p in sorted(fs.glob(path)) if not _hidden(p.rsplit("/", 1)[-1]) and fs.isfile(p)]
         elif fs.isdir(path):
             files = sorted(
                 p
                 for p in fs.find(path)
-                if not any(part.startswith((".", "_")) for part in p[len(path) :].split("/") if part)
+                if not any(_hidden(part) for part in p[len(path) :].split("/") if part)
             )
         elif fs.exists(path):
             files = [path]
@@ -1043,19 +1051,17 @@ def latest_results(results: pa.Table, *, statuses: Iterable[ResultStatus | str] 
     results = results.filter(pc.is_valid(results["image_id"]))
     if results.num_rows == 0:
         return results
-    order = pc.sort_indices(
-        results,
-        sort_keys=[("image_id", "ascending"), ("recorded_at", "descending"), ("finished_at", "descending")],
-        null_placement="at_end",
-    )
-    ordered = results.take(order)
-    ids = ordered["image_id"].combine_chunks()
-    first = (
-        np.r_[True, pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)]
-        if len(ids) > 1
-        else np.array([True])
-    )
-    return ordered.filter(pa.array(first))
+
+    def newest_first(name: str) -> np.ndarray:
+        values = results[name].cast(pa.int64()).fill_null(np.iinfo(np.int64).min)
+        return -values.to_numpy().astype(np.float64)  # (float: negating int64 min would overflow)
+
+    ids = pc.dictionary_encode(results["image_id"].combine_chunks())
+    rank = np.argsort(np.argsort(np.array(ids.dictionary.to_pylist(), dtype=object)))
+    group = rank[ids.indices.to_numpy(zero_copy_only=False)]
+    order = np.lexsort((newest_first("finished_at"), newest_first("recorded_at"), group))
+    first = np.r_[True, group[order][1:] != group[order][:-1]]
+    return results.take(pa.array(order[first]))
 
 
 def rejects_as_results(rejects: pa.Table, *, dag_run_id: str, run_date: date | str) -> pa.Table:
