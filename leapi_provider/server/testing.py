@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -223,6 +224,61 @@ def running_server(
         server.stop()
         if owned:
             shutil.rmtree(path, ignore_errors=True)
+
+
+#: scikit-image sample photographs (shipped with the package, nothing downloaded) by short name.
+SAMPLE_PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
+
+
+def sample_photo(name: str = "coffee", *, size: tuple[int, int] | None = (900, 600)) -> Any:
+    """A real photograph from scikit-image as a Pillow RGB image, resized to ``size`` (width, height).
+
+    ``coffee`` is 600x400 (3:2, so 900x600 keeps its shape, like the docs' reference image).
+    Needs scikit-image (dev dependency).
+    """
+    from PIL import Image
+    from skimage import data
+
+    if name not in SAMPLE_PHOTOS:
+        raise ValueError(f"unknown sample photo {name!r}; choose from {SAMPLE_PHOTOS}")
+    image = Image.fromarray(getattr(data, name)()).convert("RGB")
+    if size is not None and image.size != size:
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return image
+
+
+def write_sample_photo(
+    path: str | os.PathLike[str],
+    name: str = "coffee",
+    *,
+    size: tuple[int, int] | None = (900, 600),
+    image_format: str = "JPEG",
+    quality: int = 80,
+) -> Path:
+    """Save :func:`sample_photo` to ``path`` (JPEG with ``quality``, or any Pillow format)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image = sample_photo(name, size=size)
+    options: dict[str, Any] = {"quality": quality} if image_format.upper() == "JPEG" else {}
+    image.save(target, format=image_format, **options)
+    return target
+
+
+def wait_for_pipeline(client: httpx.Client, pipeline_id: int, *, timeout: float = 60.0, interval: float = 0.1) -> dict[str, Any]:
+    """Poll ``GET /v1/pipeline/{id}`` until DONE or ERROR; return the pipeline object.
+
+    :raises TimeoutError: still PROCESSING after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(f"/v1/pipeline/{pipeline_id}")
+        response.raise_for_status()
+        pipeline = response.json()["pipeline"]
+        if pipeline["status"] != "PROCESSING":
+            return pipeline
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pipeline {pipeline_id} still PROCESSING after {timeout:g} s")
+        time.sleep(interval)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
