@@ -50,6 +50,8 @@ from leapi_provider.exceptions import (
 )
 from leapi_provider.get_provider_info import LEAPI_UI_FIELD_BEHAVIOUR, PACKAGE_VERSION
 from leapi_provider.models import (
+    IDEMPOTENCY_KEY_HEADER,
+    IDEMPOTENCY_SUPPORT_HEADER,
     Pipeline,
     PipelineEnvelope,
     PipelineRequest,
@@ -62,10 +64,6 @@ DEFAULT_BASE_URL = "https://api.letsenhance.io"
 PIPELINE_PATH = "/v1/pipeline"
 USAGE_PATH = "/v1/me/usage/"
 API_KEY_HEADER = "X-API-KEY"
-#: Request header of the idempotency extension: the same key returns the same ACCEPTED answer.
-IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
-#: Response header by which a server advertises the idempotency extension (value ``supported``).
-IDEMPOTENCY_SUPPORT_HEADER = "X-Leapi-Idempotency"
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_RETRIES = 6
@@ -702,8 +700,16 @@ class LeapiHook(BaseHook):
 
     def _judge_response(self, response: httpx.Response, *, submit: bool) -> _Outcome:
         status = response.status_code
+        if status == 429:
+            return _Outcome(_Verdict.RETRY, "rate limited (HTTP 429)", retry_after_seconds(response.headers))
+        if status >= 500 or status == 408:
+            verdict = _Verdict.AMBIGUOUS if submit else _Verdict.RETRY
+            return _Outcome(verdict, f"HTTP {status}", retry_after_seconds(response.headers))
+        if status in (401, 403, 404):
+            return _Outcome(_Verdict.OK, error=self._http_error(response))
         body = _json_or_none(response)
         if isinstance(body, dict) and body.get("status") == SubmitStatus.REJECTED.value:
+            # The documented refusal: no pipeline was created and no credit charged.
             parsed = SubmitResponse.model_validate(body)
             if parsed.is_rate_limited:
                 return _Outcome(
@@ -712,12 +718,6 @@ class LeapiHook(BaseHook):
             return _Outcome(_Verdict.OK, error=LeapiRejectedError(parsed.reason or "", status_code=status))
         if 200 <= status < 300:
             return _Outcome(_Verdict.OK)
-        if status == 429:
-            return _Outcome(_Verdict.RETRY, "rate limited (HTTP 429)", retry_after_seconds(response.headers))
-        if status >= 500 or status == 408:
-            reason = f"HTTP {status}"
-            hint = retry_after_seconds(response.headers)
-            return _Outcome(_Verdict.AMBIGUOUS if submit else _Verdict.RETRY, reason, hint)
         return _Outcome(_Verdict.OK, error=self._http_error(response))
 
     @staticmethod

@@ -1,0 +1,398 @@
+"""Operators for the Let's Enhance image API (LEAPI): submit a pipeline (and wait), download its results."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from airflow.providers.common.compat.sdk import XCom
+from airflow.sdk import BaseOperator, BaseOperatorLink, ObjectStoragePath, ResumableJobMixin, conf
+from pydantic import BaseModel, ValidationError
+
+from leapi_provider.exceptions import (
+    LeapiError,
+    LeapiNotFoundError,
+    LeapiPipelineFailedError,
+    LeapiWaitTimeoutError,
+)
+from leapi_provider.hooks.leapi import LeapiHook, derive_idempotency_key
+from leapi_provider.models import (
+    OPERATION_ADAPTER,
+    Pipeline,
+    PipelineRequest,
+    PipelineStatus,
+    validation_reason,
+)
+from leapi_provider.results import file_record, raise_for_failed_results, result_files, spooled_download
+from leapi_provider.triggers.leapi import (
+    EVENT_SUCCESS,
+    EVENT_TIMEOUT,
+    LeapiPipelineTrigger,
+    validate_pipeline_event,
+)
+from leapi_provider.utils import coerce_pipeline_ids, contains_template, poll_schedule
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context, TaskInstanceKey
+
+#: XCom key of the submitted pipeline's id (pushed before waiting, so a failed wait still records it).
+XCOM_PIPELINE_ID_KEY = "pipeline_id"
+#: XCom key of the pipeline's API URL (what the task's "LEAPI pipeline" extra link opens).
+XCOM_PIPELINE_URL_KEY = "pipeline_url"
+#: XCom key of the per-file details of a download/transfer: ``[{uri, sha256, bytes, width, height, ...}]``.
+XCOM_FILES_KEY = "files"
+#: Task state store key holding the pipeline id across task retries (never rename: in-flight retries read it).
+STATE_PIPELINE_ID_KEY = "leapi_pipeline_id"
+
+DEFAULT_WAIT_TIMEOUT_S = 24 * 60 * 60.0
+DEFAULT_POLL_INTERVAL_S = 10.0
+_COPY_CHUNK_BYTES = 1024 * 1024
+
+
+class LeapiPipelineLink(BaseOperatorLink):
+    """Extra link to the submitted pipeline's API resource (``GET /v1/pipeline/{id}``; needs the API key)."""
+
+    name = "LEAPI pipeline"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        return XCom.get_value(key=XCOM_PIPELINE_URL_KEY, ti_key=ti_key) or ""
+
+
+def _literal(value: Any) -> Any:
+    """A list/dict a template rendered as text (JSON or Python repr) back into the object."""
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            try:
+                return ast.literal_eval(value)
+            except (ValueError, SyntaxError) as exc:
+                raise ValueError(f"cannot read {value[:80]!r} as a list or mapping") from exc
+    return value
+
+
+def _as_url_list(value: Any) -> list[str]:
+    value = _literal(value)
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"source_urls must be a URL or a list of URLs, got {value!r}")
+
+
+def _operation_dicts(operations: Any) -> Any:
+    """Operations as plain dicts (models dumped), so the operator holds JSON-able, templatable data."""
+    if isinstance(operations, BaseModel):
+        operations = [operations]
+    if isinstance(operations, (list, tuple)):
+        return [
+            op.model_dump(exclude_none=True, by_alias=True) if isinstance(op, BaseModel) else op
+            for op in operations
+        ]
+    return operations
+
+
+def pipeline_summary(pipeline: Pipeline, pipeline_url: str | None = None) -> dict[str, Any]:
+    """The small XCom summary of a pipeline: id, status and counts, never the results list."""
+    status = pipeline.status or PipelineStatus.PROCESSING
+    succeeded = sum(result.succeeded for result in pipeline.results)
+    images = len(pipeline.source_urls) or len(pipeline.results)
+    return {
+        "pipeline_id": pipeline.id,
+        "status": status.value,
+        "images": images,
+        "succeeded": succeeded,
+        "failed": (images - succeeded) if status.is_terminal() else 0,
+        "pipeline_url": pipeline_url,
+    }
+
+
+class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
+    """Submit one LEAPI pipeline (one or many source URLs, one preset operation) and optionally wait for it.
+
+    Retry-safe: the pipeline id is recorded in the task state store (and XCom ``pipeline_id``, and the extra
+    link) before any waiting, so a retried task reconnects to its pipeline instead of paying for a second
+    one; a pipeline that ended in ERROR is resubmitted by the retry. Each submit also carries an
+    ``Idempotency-Key`` derived from the task instance (not the try) and the request, which closes the gap
+    between "the API accepted" and "the id was recorded" on servers that support it (``leapi-server``).
+
+    :param source_urls: the image URL(s) to enhance (templated). Several URLs make one pipeline, one credit each.
+    :param operations: the operations (templated): preset models or their dict form, validated when the DAG
+        is parsed unless they contain templates.
+    :param notify_url: webhook URL LEAPI calls when the pipeline finishes (templated).
+    :param wait_for_completion: wait until DONE/ERROR; fail with the pipeline's errors on ERROR.
+    :param deferrable: wait in the triggerer instead of a worker slot (default ``[operators]
+        default_deferrable``).
+    :param poll_interval: longest gap between status polls, in seconds (the first polls come sooner).
+    :param timeout: how long to wait, in seconds; past it the task fails (a retry reconnects).
+    :param leapi_conn_id: the LEAPI connection.
+    :param durable: record the pipeline id in the task state store to make retries reconnect (default True).
+    :returns: ``{"pipeline_id", "status", "images", "succeeded", "failed", "pipeline_url"}``.
+    """
+
+    template_fields: Sequence[str] = ("source_urls", "operations", "notify_url")
+    template_fields_renderers: ClassVar[dict[str, str]] = {"operations": "json", "source_urls": "json"}
+    operator_extra_links = (LeapiPipelineLink(),)
+    external_id_key = STATE_PIPELINE_ID_KEY
+    ui_color = "#c7e9f1"
+
+    def __init__(
+        self,
+        *,
+        source_urls: str | Sequence[str],
+        operations: Sequence[BaseModel | dict[str, Any]] | BaseModel | str,
+        notify_url: str | None = None,
+        wait_for_completion: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = DEFAULT_POLL_INTERVAL_S,
+        timeout: float = DEFAULT_WAIT_TIMEOUT_S,
+        leapi_conn_id: str = LeapiHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.source_urls = source_urls
+        self.operations = _operation_dicts(operations)
+        self.notify_url = notify_url
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+        self.leapi_conn_id = leapi_conn_id
+        self._final_pipeline: Pipeline | None = None
+        self._validate_static_arguments()
+
+    def _validate_static_arguments(self) -> None:
+        """Fail at DAG parse time for what can be checked before templates render."""
+        if not contains_template(self.source_urls) and not isinstance(self.source_urls, str):
+            _as_url_list(self.source_urls)
+        if isinstance(self.operations, list) and not contains_template(self.operations):
+            if not self.operations:
+                raise ValueError(f"{self.task_id}: operations must not be empty")
+            for index, operation in enumerate(self.operations):
+                try:
+                    OPERATION_ADAPTER.validate_python(operation)
+                except ValidationError as exc:
+                    raise ValueError(
+                        f"{self.task_id}: operations[{index}] is invalid: {validation_reason(exc)}"
+                    ) from exc
+
+    @cached_property
+    def hook(self) -> LeapiHook:
+        return LeapiHook(self.leapi_conn_id)
+
+    def build_request(self) -> PipelineRequest:
+        """The pipeline request from the rendered arguments (raises ``ValueError`` naming the bad field)."""
+        try:
+            return PipelineRequest.build(
+                _as_url_list(self.source_urls),
+                list(_operation_dicts(_literal(self.operations))),
+                notify_url=self.notify_url or None,
+            )
+        except ValidationError as exc:
+            raise ValueError(f"{self.task_id}: invalid pipeline request: {validation_reason(exc)}") from exc
+
+    # -- ResumableJobMixin ------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        return self.execute_resumable(context)
+
+    def submit_job(self, context: Context) -> int:
+        request = self.build_request()
+        store = context.get("task_state_store")
+        # A retry that resubmits after an ERROR must not reuse the failed pipeline's key: fold it in.
+        previous = store.get(self.external_id_key) if store is not None else None
+        ti = context["ti"]
+        key = derive_idempotency_key(request, ti.dag_id, ti.task_id, ti.run_id, ti.map_index, previous or "")
+        pipeline_id = self.hook.submit_pipeline(request, idempotency_key=key)
+        self._record_pipeline(context, pipeline_id)
+        return pipeline_id
+
+    def get_job_status(self, external_id: Any, context: Context) -> str:
+        try:
+            pipeline = self.hook.get_pipeline(int(external_id))
+        except LeapiNotFoundError:
+            self.log.warning("Recorded pipeline %s is unknown to the API; submitting a new one", external_id)
+            return "NOT_FOUND"
+        if pipeline.status is not None and pipeline.status.is_terminal():
+            self._final_pipeline = pipeline
+        return (pipeline.status or PipelineStatus.PROCESSING).value
+
+    def is_job_active(self, status: str) -> bool:
+        return status == PipelineStatus.PROCESSING.value
+
+    def is_job_succeeded(self, status: str) -> bool:
+        return status == PipelineStatus.DONE.value
+
+    def poll_until_complete(self, external_id: Any, context: Context) -> dict[str, Any]:
+        pipeline_id = int(external_id)
+        # A retry starts with empty XComs: record the id again when reconnecting.
+        self._record_pipeline(context, pipeline_id)
+        if not self.wait_for_completion:
+            return self.get_job_result(pipeline_id, context)
+        if self.deferrable:
+            pipeline = self.hook.get_pipeline(pipeline_id)
+            if pipeline.status is None or not pipeline.status.is_terminal():
+                self.log.info(
+                    "Deferring until pipeline %s finishes (timeout %.0fs)", pipeline_id, self.timeout
+                )
+                self.defer(
+                    trigger=LeapiPipelineTrigger(
+                        pipeline_ids=[pipeline_id],
+                        end_time=time.time() + self.timeout,
+                        leapi_conn_id=self.leapi_conn_id,
+                        poll_interval=self.poll_interval,
+                    ),
+                    method_name="execute_complete",
+                )
+            self._final_pipeline = pipeline
+        else:
+            self._wait_in_worker(pipeline_id)
+        return self.get_job_result(pipeline_id, context)
+
+    def get_job_result(self, external_id: Any, context: Context) -> dict[str, Any]:
+        pipeline_id = int(external_id)
+        pipeline = self._final_pipeline
+        if pipeline is None or pipeline.id != pipeline_id:
+            pipeline = self.hook.get_pipeline(pipeline_id)
+        if pipeline.status is PipelineStatus.ERROR and self.wait_for_completion:
+            raise LeapiPipelineFailedError(
+                f"LEAPI pipeline {pipeline_id} ended in ERROR: {pipeline.errors or pipeline.error or 'no details'}",
+                pipeline_ids=[pipeline_id],
+                errors={pipeline_id: pipeline.errors or pipeline.error},
+            )
+        return pipeline_summary(pipeline, self.hook.pipeline_url(pipeline_id))
+
+    # -- waiting ----------------------------------------------------------------------------------------
+
+    def _wait_in_worker(self, pipeline_id: int) -> None:
+        deadline = time.monotonic() + self.timeout
+        for gap in poll_schedule(self.poll_interval):
+            pipeline = self.hook.get_pipeline(pipeline_id)
+            if pipeline.status is not None and pipeline.status.is_terminal():
+                self._final_pipeline = pipeline
+                self.log.info("Pipeline %s is %s", pipeline_id, pipeline.status.value)
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LeapiWaitTimeoutError(
+                    f"LEAPI pipeline {pipeline_id} still PROCESSING after {self.timeout:.0f}s; a retry of this "
+                    "task reconnects to it"
+                )
+            time.sleep(min(gap, remaining))
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Resume after the trigger: validate its event, then return the summary or raise."""
+        event = validate_pipeline_event(event)
+        pipeline_id = int(event["pipeline_ids"][0])
+        if event["status"] == EVENT_TIMEOUT:
+            raise LeapiWaitTimeoutError(
+                f"LEAPI pipeline {pipeline_id}: {event['message']}; a retry of this task reconnects to it"
+            )
+        if event["status"] != EVENT_SUCCESS and event["pending_ids"]:
+            raise LeapiError(f"Waiting for LEAPI pipeline {pipeline_id} failed: {event['message']}")
+        self._final_pipeline = None
+        return self.get_job_result(pipeline_id, context)
+
+    def _record_pipeline(self, context: Context, pipeline_id: int) -> None:
+        ti = context["ti"]
+        ti.xcom_push(key=XCOM_PIPELINE_ID_KEY, value=pipeline_id)
+        ti.xcom_push(key=XCOM_PIPELINE_URL_KEY, value=self.hook.pipeline_url(pipeline_id))
+
+
+class LeapiDownloadResultOperator(BaseOperator):
+    """Copy every result of a DONE pipeline to a folder on any object storage (``file://``, ``s3://``, ...).
+
+    Each result is streamed to a spooled temp file (never whole in memory), verified (complete, decodable,
+    the size LEAPI reported) and only then written to ``destination / file_name``, with a deterministic name
+    ``{source basename}__{preset}__{pipeline id}[-{index}].{ext}``. The pipeline is read right before the
+    copy so that its temp URLs are fresh; an expired URL fails with the pipeline id and the expiry.
+
+    :param pipeline_id: the pipeline (templated; e.g. ``"{{ ti.xcom_pull('submit', key='pipeline_id') }}"``).
+    :param destination: the folder, an ``ObjectStoragePath`` or its URL (templated).
+    :param destination_conn_id: connection for the destination's storage (e.g. ``aws_default`` for s3://).
+    :param overwrite: rewrite files that already exist; by default they are kept (names are deterministic,
+        so a retried task does not download them again).
+    :param allow_partial: succeed when some images of the pipeline failed (they are logged); default fails
+        after copying the good ones.
+    :param leapi_conn_id: the LEAPI connection.
+    :returns: the URIs written (one per result; XCom ``files`` has their sha256, bytes and size).
+    """
+
+    template_fields: Sequence[str] = ("pipeline_id", "destination")
+
+    def __init__(
+        self,
+        *,
+        pipeline_id: int | str,
+        destination: str | ObjectStoragePath,
+        destination_conn_id: str | None = None,
+        overwrite: bool = False,
+        allow_partial: bool = False,
+        leapi_conn_id: str = LeapiHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.pipeline_id = pipeline_id
+        self.destination = destination
+        self.destination_conn_id = destination_conn_id
+        self.overwrite = overwrite
+        self.allow_partial = allow_partial
+        self.leapi_conn_id = leapi_conn_id
+
+    def _destination(self) -> ObjectStoragePath:
+        if isinstance(self.destination, ObjectStoragePath):
+            return self.destination
+        return ObjectStoragePath(str(self.destination), conn_id=self.destination_conn_id)
+
+    def execute(self, context: Context) -> list[str]:
+        (pipeline_id,) = coerce_pipeline_ids(self.pipeline_id)[:1]
+        folder = self._destination()
+        records: list[dict[str, Any]] = []
+        with LeapiHook(self.leapi_conn_id) as hook:
+            files, failed = result_files(hook.get_pipeline(pipeline_id))
+            if folder.protocol in ("file", "local", ""):
+                folder.mkdir(parents=True, exist_ok=True)
+            for result in files:
+                target = folder / result.file_name
+                if not self.overwrite and target.exists():
+                    self.log.info("%s exists; keeping it (overwrite=False)", target)
+                    records.append(file_record(str(target), None, result, **_existing_file_facts(target)))
+                    continue
+                with spooled_download(hook, result) as (verified, spool):
+                    _write(target, spool)
+                self.log.info(
+                    "Wrote %s (%d bytes, %dx%d)", target, verified.byte_count, verified.width, verified.height
+                )
+                records.append(file_record(str(target), verified, result))
+        context["ti"].xcom_push(key=XCOM_FILES_KEY, value=records)
+        raise_for_failed_results(pipeline_id, failed, allow_partial=self.allow_partial, log=self.log)
+        return [record["uri"] for record in records]
+
+
+def _existing_file_facts(target: ObjectStoragePath) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    size = 0
+    with target.open("rb") as existing:
+        while chunk := existing.read(_COPY_CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"sha256": digest.hexdigest(), "bytes": size}
+
+
+def _write(target: ObjectStoragePath, source: Any) -> None:
+    """Copy ``source`` to ``target``; on local disks through a temp name, so no half file is ever visible."""
+    if target.protocol in ("file", "local", ""):
+        partial = target.parent / f".{target.name}.partial"
+        with partial.open("wb") as out:
+            shutil.copyfileobj(source, out, _COPY_CHUNK_BYTES)
+        partial.rename(target)
+    else:
+        # Object stores publish an object only when its upload completes.
+        with target.open("wb") as out:
+            shutil.copyfileobj(source, out, _COPY_CHUNK_BYTES)

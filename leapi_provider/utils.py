@@ -1,0 +1,74 @@
+"""Small helpers shared by the provider's operators, sensor and trigger."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+#: Polls start this soon after a submit (most small images finish in seconds) ...
+DEFAULT_INITIAL_POLL_INTERVAL_S = 2.0
+#: ... and the gap doubles each round up to the caller's ``poll_interval``.
+POLL_BACKOFF_FACTOR = 2.0
+
+
+def poll_schedule(poll_interval: float, initial: float = DEFAULT_INITIAL_POLL_INTERVAL_S) -> Iterator[float]:
+    """Gaps between polls: short at first, doubling up to ``poll_interval``, then steady.
+
+    >>> import itertools
+    >>> list(itertools.islice(poll_schedule(10.0, 2.0), 5))
+    [2.0, 4.0, 8.0, 10.0, 10.0]
+    """
+    gap = min(initial, poll_interval)
+    while True:
+        yield gap
+        gap = min(gap * POLL_BACKOFF_FACTOR, poll_interval)
+
+
+def coerce_pipeline_ids(value: Any) -> list[int]:
+    """Pipeline ids from what a template may render: ``7``, ``"7"``, ``"[7, 8]"``, ``"7,8"``, ``[7, "8"]``.
+
+    Duplicates are dropped, order is kept. Raises ``ValueError`` naming the bad value.
+    """
+    items: Iterable[Any]
+    if isinstance(value, bool):
+        raise ValueError(f"not a pipeline id: {value!r}")  # noqa: TRY004 - a bad rendered value
+    if isinstance(value, int):
+        items = [value]
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"pipeline ids are not a JSON list: {value!r}") from exc
+        else:
+            items = [part for part in text.replace(";", ",").split(",") if part.strip()]
+    elif isinstance(value, Iterable):
+        items = value
+    else:
+        raise ValueError(f"not a pipeline id or a list of them: {value!r}")  # noqa: TRY004
+    ids: list[int] = []
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError(f"not a pipeline id: {item!r}")  # noqa: TRY004
+        try:
+            pipeline_id = int(str(item).strip())
+        except ValueError as exc:
+            raise ValueError(f"not a pipeline id: {item!r}") from exc
+        if pipeline_id not in ids:
+            ids.append(pipeline_id)
+    if not ids:
+        raise ValueError(f"no pipeline id in {value!r}")
+    return ids
+
+
+def contains_template(value: Any) -> bool:
+    """Whether ``value`` (nested lists/dicts included) still holds Jinja syntax to render at run time."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, dict):
+        return any(contains_template(k) or contains_template(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set)):
+        return any(contains_template(v) for v in value)
+    return False
