@@ -54,12 +54,12 @@ class AddressPolicy:
             return None
         if self.allow_private:
             return None
-        for label, flag in (
+        for label, flag in (  # most specific first: 0.0.0.0 and 127.0.0.1 are also "private"
+            ("an unspecified", address.is_unspecified),
             ("a loopback", address.is_loopback),
             ("a link-local", address.is_link_local),
-            ("a private", address.is_private),
             ("a multicast", address.is_multicast),
-            ("an unspecified", address.is_unspecified),
+            ("a private", address.is_private),
         ):
             if flag:
                 return f"{label} address"
