@@ -397,9 +397,12 @@ class ManifestValidation:
         )
 
 
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_operation_json(operation: PresetOperation) -> str:
     """The canonical JSON of an operation's wire form: sorted keys, no whitespace."""
-    return json.dumps(operation.to_wire(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL_JSON.encode(operation.to_wire())
 
 
 def operation_hash(operation_json: str) -> str:
@@ -460,6 +463,16 @@ def _as_plain(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     if pa.types.is_dictionary(array.type):
         array = array.cast(array.type.value_type)
     return array
+
+
+def _dictionary(column: pa.ChunkedArray | pa.Array) -> pa.DictionaryArray:
+    """A column as one dictionary array without nulls in its indices' way (encoding plain columns)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.unify_dictionaries() if pa.types.is_dictionary(column.type) else column
+        column = column.combine_chunks()
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    return column
 
 
 def _is_stringlike(t: pa.DataType) -> bool:
@@ -627,19 +640,20 @@ def validate_manifest(
     combo_options = pa.Table.from_arrays([v.take(first) for v in option_values], names=list(OPTION_COLUMNS))
     # Distinct effective operations (several spellings may give the same one), and each combination's.
     operation_texts: dict[str, int] = {}
-    combo_operation = np.full(len(first), -1, dtype=np.int32)
+    combo_operation_list: list[int] = []
     combo_error: list[str | None] = []
-    for combo, (name, options) in enumerate(zip(combo_preset, combo_options.to_pylist(), strict=True)):
-        error = None
+    for name, options in zip(combo_preset, combo_options.to_pylist(), strict=True):
+        error, index = None, -1
         if name is not None:  # missing and unknown presets are reported as such
             try:
                 operation = build_operation(name, options, defaults.get(name))
             except ValidationError as exc:
                 error = _format_errors(exc)
             else:
-                text = canonical_operation_json(operation)
-                combo_operation[combo] = operation_texts.setdefault(text, len(operation_texts))
+                index = operation_texts.setdefault(canonical_operation_json(operation), len(operation_texts))
+        combo_operation_list.append(index)
         combo_error.append(error)
+    combo_operation = np.array(combo_operation_list, dtype=np.int32)
     combo_errors = pa.array(combo_error, pa.string())
     option_invalid = _mask(combo_errors.is_valid())[combo_ids]
 
@@ -815,10 +829,11 @@ def plan_batches(
     if n == 0:
         empty = pa.Table.from_batches([], schema=PLAN_SCHEMA)
         return Plan(empty, urls_per_pipeline, 1, 0, 0, 0)
-    hashes = pc.dictionary_encode(_as_plain(valid["operation_hash"]))
-    # Rank operations by their hash text so group order does not depend on the manifest's row order.
-    order_of_hash = np.argsort(np.argsort(np.array(hashes.dictionary.to_pylist(), dtype=object)))
-    group = order_of_hash[hashes.indices.to_numpy(zero_copy_only=False)]
+    hashes = _dictionary(valid["operation_hash"])
+    # Rank operations by their hash text so group order does not depend on the manifest's row order
+    # (dense ranks: equal texts, should a dictionary repeat one, form one group).
+    rank_of_entry = pc.rank(hashes.dictionary, sort_keys="ascending", tiebreaker="dense").to_numpy()
+    group = rank_of_entry[hashes.indices.to_numpy(zero_copy_only=False)]
     rows = valid["manifest_row"].to_numpy()
     order = np.lexsort((rows, group))
     sorted_group = group[order]
