@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import ExifTags, Image, ImageCms, ImageOps
+from PIL import ExifTags, Image, ImageCms, ImageOps, JpegImagePlugin
 
 from leapi_provider.engine.types import EngineError, ImageInfo
 from leapi_provider.models import ImageFormat
@@ -104,6 +104,7 @@ class DecodedImage:
     alpha: np.ndarray | None  # HxW uint8, None when opaque
     info: ImageInfo
     jpeg_quality: int | None  # estimated from the quantisation tables; None when not a JPEG
+    chroma_subsampled: bool = False  # a 4:2:0 JPEG: its chroma only has half the resolution
 
 
 def read_header(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
@@ -117,8 +118,10 @@ def read_header(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
             image = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError as exc:
         raise EngineError(f"the {fmt} image is too large to process: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise EngineError(f"cannot read the {fmt} image: its header is corrupt or truncated") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for malformed headers
-        raise EngineError(f"cannot read the {fmt} image: {exc or type(exc).__name__}") from None
+        raise EngineError(f"cannot read the {fmt} image: {_describe(exc)}") from None
     width, height = image.size
     if width < 1 or height < 1:
         raise EngineError(f"the {fmt} image has no pixels ({width}x{height})")
@@ -138,25 +141,51 @@ def decode(data: bytes, *, max_pixels: int, draft_size: tuple[int, int] | None =
     """
     image, fmt = read_header(data, max_pixels)
     quality = estimate_jpeg_quality(getattr(image, "quantization", None)) if fmt == "JPEG" else None
+    subsampled = fmt == "JPEG" and image.mode != "L" and JpegImagePlugin.get_sampling(image) == 2
     interpret = _interpretation(image)
     try:
-        # The size as displayed, from the header: EXIF orientations 5-8 are quarter turns.
-        width, height = image.size
-        quarter_turn = image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
-        if quarter_turn:
-            width, height = height, width
+        width, height = _displayed_size(image)
         if draft_size is not None and fmt == "JPEG":
-            image.draft(None, draft_size[::-1] if quarter_turn else draft_size)
+            image.draft(None, draft_size[::-1] if _quarter_turned(image) else draft_size)
         image.load()
         image = ImageOps.exif_transpose(image)
         rgb, alpha = _to_srgb(image)
     except EngineError:
         raise
     except Exception as exc:  # noqa: BLE001 - truncated data, broken chunks, bad EXIF: the image's own fault
-        raise EngineError(f"cannot decode the {fmt} image: {exc or type(exc).__name__}") from None
+        raise EngineError(f"cannot decode the {fmt} image: {_describe(exc)}") from None
     mime, ext = FORMATS[fmt]
     info = ImageInfo(format=fmt, mime=mime, ext=ext, width=width, height=height, interpret=interpret)
-    return DecodedImage(rgb=rgb, alpha=alpha, info=info, jpeg_quality=quality)
+    return DecodedImage(rgb=rgb, alpha=alpha, info=info, jpeg_quality=quality, chroma_subsampled=subsampled)
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc)
+    if "truncated" in text:
+        return "the file is truncated"
+    return text or type(exc).__name__
+
+
+def probe(data: bytes, *, max_pixels: int) -> ImageInfo:
+    """The input's description from its header alone (size as displayed, after EXIF orientation)."""
+    image, fmt = read_header(data, max_pixels)
+    width, height = _displayed_size(image)
+    mime, ext = FORMATS[fmt]
+    return ImageInfo(
+        format=fmt, mime=mime, ext=ext, width=width, height=height, interpret=_interpretation(image)
+    )
+
+
+def _quarter_turned(image: Image.Image) -> bool:
+    try:
+        return image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: decode() reports it if it matters
+        return False
+
+
+def _displayed_size(image: Image.Image) -> tuple[int, int]:
+    width, height = image.size
+    return (height, width) if _quarter_turned(image) else (width, height)
 
 
 def _interpretation(image: Image.Image) -> str:

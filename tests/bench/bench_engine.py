@@ -1,0 +1,420 @@
+"""Engine benchmark: restoration quality on held-out photos, speed per core, peak memory, level grid.
+
+    .venv/bin/python -m tests.bench engine      # writes docs/benchmarks/engine.md, docs/engine-levels.png
+
+Quality: each held-out photograph (never trained on, ``HELD_OUT_PHOTOS``) is degraded the way poor
+marketplace photos are (antialiased bicubic downscale x2 / x4, then JPEG at quality 20, 40, 75 or kept
+uncompressed) and brought back to its original size by the engine (level 5, light and tone off, PNG
+output) and by plain bicubic and Lanczos upscales of the same input. PSNR and SSIM on luma, borders
+cropped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import skimage
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from leapi_provider.engine import enhance
+from leapi_provider.engine.color import luma
+from leapi_provider.engine.restoration import BACKENDS, blockiness, load_model, run_tiled
+from leapi_provider.engine.restoration_spec import HELD_OUT_PHOTOS, MODEL_PATH
+from leapi_provider.models import MarketplacePreset
+
+REPO = Path(__file__).resolve().parents[2]
+GRID_PATH = REPO / "docs" / "engine-levels.png"
+SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
+SCALES = (2, 4)
+QUALITIES: tuple[int | None, ...] = (20, 40, 75, None)
+BORDER = 8
+SPEED_REPEATS = 7
+
+# Targets (issue 3).
+TARGET_JPEG_GAIN_X2_DB = 1.0
+TARGET_CLEAN_GAIN_X2_DB = 0.5
+TARGET_MP_PER_S_PER_CORE = 4.0
+
+
+def load_photo(name: str) -> np.ndarray:
+    with Image.open(SKIMAGE_DATA / name) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def encode(rgb: np.ndarray, quality: int | None) -> bytes:
+    buffer = io.BytesIO()
+    if quality is None:
+        Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)
+    else:
+        Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)  # Pillow's default 4:2:0
+    return buffer.getvalue()
+
+
+def decode(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def degrade(original: np.ndarray, scale: int, quality: int | None) -> tuple[np.ndarray, bytes]:
+    """(cropped original, degraded input file)."""
+    height, width = original.shape[:2]
+    original = original[: height - height % (scale * 8), : width - width % (scale * 8)]
+    height, width = original.shape[:2]
+    small = np.asarray(
+        Image.fromarray(original).resize((width // scale, height // scale), Image.Resampling.BICUBIC)
+    )
+    return original, encode(small, quality)
+
+
+def y_metrics(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
+    ref = luma(reference)[BORDER:-BORDER, BORDER:-BORDER].astype(np.float64)
+    out = luma(candidate)[BORDER:-BORDER, BORDER:-BORDER].astype(np.float64)
+    mse = float(np.mean((ref - out) ** 2))
+    psnr = 10 * np.log10(255.0**2 / max(mse, 1e-10))
+    ssim = structural_similarity(ref, out, data_range=255.0, gaussian_weights=True, sigma=1.5)
+    return psnr, float(ssim)
+
+
+def engine_restore(
+    data: bytes, size: tuple[int, int], *, level: int = 5, model: object = "default"
+) -> np.ndarray:
+    operation = MarketplacePreset(
+        width=size[0],
+        height=size[1],
+        restoration_level=level,
+        lightai_intensity=0.0,
+        toneai_intensity=0.0,
+        image_format="PNG",
+    )
+    kwargs = {} if model == "default" else {"model": model}
+    return decode(enhance(data, operation, **kwargs).data)
+
+
+def classical_upscale(data: bytes, size: tuple[int, int], method: Image.Resampling) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB").resize(size, method))
+
+
+@dataclass
+class Row:
+    scale: int
+    quality: int | None
+    psnr: dict[str, float]
+    ssim: dict[str, float]
+
+
+METHODS = ("bicubic", "lanczos", "engine", "classical")
+
+
+def quality_rows(photos: dict[str, np.ndarray]) -> list[Row]:
+    rows = []
+    for scale in SCALES:
+        for quality in QUALITIES:
+            psnr: dict[str, list[float]] = {m: [] for m in METHODS}
+            ssim: dict[str, list[float]] = {m: [] for m in METHODS}
+            for original in photos.values():
+                reference, data = degrade(original, scale, quality)
+                size = (reference.shape[1], reference.shape[0])
+                outputs = {
+                    "bicubic": classical_upscale(data, size, Image.Resampling.BICUBIC),
+                    "lanczos": classical_upscale(data, size, Image.Resampling.LANCZOS),
+                    "engine": engine_restore(data, size),
+                    "classical": engine_restore(data, size, model=None),
+                }
+                for method, output in outputs.items():
+                    p, s = y_metrics(reference, output)
+                    psnr[method].append(p)
+                    ssim[method].append(s)
+            rows.append(
+                Row(
+                    scale,
+                    quality,
+                    {m: statistics.fmean(v) for m, v in psnr.items()},
+                    {m: statistics.fmean(v) for m, v in ssim.items()},
+                )
+            )
+    return rows
+
+
+def quality_section(rows: list[Row]) -> tuple[str, list[str]]:
+    lines = [
+        (
+            "| scale | input | PSNR bicubic | PSNR Lanczos | PSNR engine | engine - bicubic "
+            "| PSNR classical fallback | SSIM bicubic | SSIM Lanczos | SSIM engine | SSIM classical |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        label = "uncompressed" if row.quality is None else f"JPEG q{row.quality}"
+        gain = row.psnr["engine"] - row.psnr["bicubic"]
+        lines.append(
+            f"| x{row.scale} | {label} | {row.psnr['bicubic']:.2f} | {row.psnr['lanczos']:.2f} | "
+            f"**{row.psnr['engine']:.2f}** | {gain:+.2f} dB | {row.psnr['classical']:.2f} | "
+            f"{row.ssim['bicubic']:.4f} | {row.ssim['lanczos']:.4f} | **{row.ssim['engine']:.4f}** | "
+            f"{row.ssim['classical']:.4f} |"
+        )
+    verdicts = []
+    x2_jpeg = [r for r in rows if r.scale == 2 and r.quality is not None]
+    jpeg_gain = statistics.fmean(r.psnr["engine"] - r.psnr["bicubic"] for r in x2_jpeg)
+    clean = next(r for r in rows if r.scale == 2 and r.quality is None)
+    clean_gain = clean.psnr["engine"] - clean.psnr["bicubic"]
+    worst_ssim = min(rows, key=lambda r: r.ssim["engine"] - r.ssim["bicubic"])
+    ssim_margin = worst_ssim.ssim["engine"] - worst_ssim.ssim["bicubic"]
+    x2_ssim_margin = min(r.ssim["engine"] - r.ssim["bicubic"] for r in rows if r.scale == 2)
+    verdicts.append(
+        _verdict(
+            "x2, PSNR gain over bicubic averaged over JPEG q20/40/75", jpeg_gain, TARGET_JPEG_GAIN_X2_DB, "dB"
+        )
+    )
+    verdicts.append(
+        _verdict("x2 uncompressed, PSNR gain over bicubic", clean_gain, TARGET_CLEAN_GAIN_X2_DB, "dB")
+    )
+    verdicts.append(_verdict("x2, worst SSIM margin over bicubic", x2_ssim_margin, 0.0, ""))
+    x4_label = "uncompressed" if worst_ssim.quality is None else f"q{worst_ssim.quality}"
+    verdicts.append(
+        _verdict(
+            f"all scales, worst SSIM margin over bicubic (x{worst_ssim.scale} {x4_label})",
+            ssim_margin,
+            0.0,
+            "",
+        )
+    )
+    return "\n".join(lines), verdicts
+
+
+def _verdict(what: str, value: float, target: float, unit: str) -> str:
+    status = "met" if value >= target else "**NOT met**"
+    return f"- {what}: {value:+.4g} {unit} (target >= {target:+g} {unit}): {status}".replace("  ", " ")
+
+
+def level_sweep(photos: dict[str, np.ndarray]) -> str:
+    """What the levels do on a typical poor input (x2, JPEG q40), averaged over the held-out photos."""
+    lines = [
+        "| level | PSNR | SSIM | blockiness (1.0 = none) | mean abs. change vs level 1 |",
+        "|---|---|---|---|---|",
+    ]
+    cases = [degrade(o, 2, 40) for o in photos.values()]
+    firsts = [engine_restore(data, (ref.shape[1], ref.shape[0]), level=1) for ref, data in cases]
+    for level in range(1, 11):
+        psnrs, ssims, blocks, changes = [], [], [], []
+        for (reference, data), first in zip(cases, firsts, strict=True):
+            out = engine_restore(data, (reference.shape[1], reference.shape[0]), level=level)
+            p, s = y_metrics(reference, out)
+            psnrs.append(p)
+            ssims.append(s)
+            blocks.append(blockiness(luma(out)))
+            changes.append(float(np.abs(luma(out).astype(np.int16) - luma(first)).mean()))
+        lines.append(
+            f"| {level} | {statistics.fmean(psnrs):.2f} | {statistics.fmean(ssims):.4f} | "
+            f"{statistics.fmean(blocks):.3f} | {statistics.fmean(changes):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Speed
+# --------------------------------------------------------------------------------------------------
+
+
+def _median_seconds(function, repeats: int = SPEED_REPEATS) -> float:
+    function()  # warm-up: sessions, caches
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def speed_section(photos: dict[str, np.ndarray]) -> tuple[str, list[str]]:
+    cv2.setNumThreads(1)
+    source = np.asarray(Image.fromarray(photos["coffee.png"]).resize((900, 600), Image.Resampling.LANCZOS))
+    data = encode(source, 75)
+    operation = MarketplacePreset(width=1800, height=1200, restoration_level=5)
+    out_mp = 1800 * 1200 / 1e6
+
+    def baseline() -> None:
+        with Image.open(io.BytesIO(data)) as image:
+            big = image.convert("RGB").resize((1800, 1200), Image.Resampling.BICUBIC)
+        big.save(io.BytesIO(), format="JPEG", quality=85)
+
+    results = {"baseline (decode, bicubic, encode)": _median_seconds(baseline)}
+    models = {}
+    for backend in BACKENDS:
+        models[backend] = load_model(MODEL_PATH, backend, 1)
+        results[f"marketplace level 5, {backend}"] = _median_seconds(
+            lambda m=models[backend]: enhance(data, operation, model=m)
+        )
+    results["marketplace level 5, classical fallback"] = _median_seconds(
+        lambda: enhance(data, operation, model=None)
+    )
+    lowres = luma(source).astype(np.float32) / 255
+    model_only = {
+        backend: _median_seconds(lambda m=model: run_tiled(m, lowres, 0.7))
+        for backend, model in models.items()
+    }
+    base = results["baseline (decode, bicubic, encode)"]
+    lines = [
+        "| pipeline (1 thread) | ms per image | output MP/s per core | x baseline time |",
+        "|---|---|---|---|",
+    ]
+    for name, seconds in results.items():
+        lines.append(f"| {name} | {seconds * 1000:.0f} | {out_mp / seconds:.2f} | {seconds / base:.1f} |")
+    lines.append("")
+    lines.append("| model alone, 900x600 luma -> 1800x1200 (1 thread) | ms |")
+    lines.append("|---|---|")
+    for backend, seconds in model_only.items():
+        lines.append(f"| {backend} | {seconds * 1000:.0f} |")
+    best = min(
+        (v for k, v in results.items() if k.startswith("marketplace level 5, ") and "classical" not in k),
+    )
+    verdicts = [
+        _verdict(
+            "marketplace 900x600 -> 1800x1200 at level 5, output MP/s per core",
+            out_mp / best,
+            TARGET_MP_PER_S_PER_CORE,
+            "MP/s",
+        )
+    ]
+    return "\n".join(lines), verdicts
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory (in a fresh process, so the peak is this image's alone)
+# --------------------------------------------------------------------------------------------------
+
+_MEMORY_PROBE = r"""
+import io, json, resource, sys, time
+import numpy as np
+from PIL import Image
+from leapi_provider.engine import enhance
+from leapi_provider.engine.restoration import load_model
+from leapi_provider.models import MarketplacePreset
+rng = np.random.default_rng(0)
+w, h = 3062, 2041
+base = rng.integers(0, 255, (h // 16, w // 16, 3), dtype=np.uint8)
+pixels = np.asarray(Image.fromarray(base).resize((w, h), Image.Resampling.BICUBIC))
+buffer = io.BytesIO(); Image.fromarray(pixels).save(buffer, format="JPEG", quality=75); data = buffer.getvalue()
+del pixels, base
+load_model()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+started = time.perf_counter()
+result = enhance(data, MarketplacePreset(width=2 * w, height=2 * h, restoration_level=5))
+elapsed = time.perf_counter() - started
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"before_mb": before, "peak_mb": peak, "seconds": elapsed,
+                  "output": [result.output.width, result.output.height], "bytes": len(result.data)}))
+"""
+
+
+def memory_section() -> str:
+    completed = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    probe = json.loads(completed.stdout.strip().splitlines()[-1])
+    width, height = probe["output"]
+    return (
+        f"marketplace level 5, 3062x2041 JPEG -> {width}x{height} ({width * height / 1e6:.1f} MP) JPEG, "
+        f"default threads, fresh process: peak RSS {probe['peak_mb']:.0f} MB, of which "
+        f"{probe['peak_mb'] - probe['before_mb']:.0f} MB for the image itself (the rest is Python, NumPy, "
+        f"OpenCV, onnxruntime and the loaded model); {probe['seconds']:.1f} s."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The before/after grid
+# --------------------------------------------------------------------------------------------------
+
+GRID_LEVELS = (1, 3, 5, 7, 10)
+GRID_CROPS = {"chelsea.png": (150, 60), "coffee.png": (250, 90), "rocket.jpg": (280, 150)}  # HR (x, y)
+GRID_CELL = 192
+
+
+def build_grid(photos: dict[str, np.ndarray]) -> Path:
+    """Rows: held-out crops, JPEG q30 at half size. Columns: input, bicubic, levels, original."""
+    from PIL import ImageDraw
+
+    columns = ["input (q30, x1/2)", "bicubic", *(f"level {lv}" for lv in GRID_LEVELS), "original"]
+    label_h = 18
+    grid = Image.new("RGB", (GRID_CELL * len(columns), label_h + GRID_CELL * len(GRID_CROPS)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, title in enumerate(columns):
+        draw.text((c * GRID_CELL + 4, 3), title, fill="black")
+    for r, (name, (x, y)) in enumerate(GRID_CROPS.items()):
+        original = photos[name][y : y + GRID_CELL, x : x + GRID_CELL]
+        half = np.asarray(Image.fromarray(original).resize((GRID_CELL // 2,) * 2, Image.Resampling.BICUBIC))
+        data = encode(half, 30)
+        cells = [
+            np.asarray(Image.fromarray(decode(data)).resize((GRID_CELL,) * 2, Image.Resampling.NEAREST)),
+            classical_upscale(data, (GRID_CELL,) * 2, Image.Resampling.BICUBIC),
+            *(engine_restore(data, (GRID_CELL,) * 2, level=level) for level in GRID_LEVELS),
+            original,
+        ]
+        for c, cell in enumerate(cells):
+            grid.paste(Image.fromarray(cell), (c * GRID_CELL, label_h + r * GRID_CELL))
+    GRID_PATH.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(GRID_PATH, optimize=True)
+    return GRID_PATH
+
+
+def run() -> str:
+    photos = {name: load_photo(name) for name in HELD_OUT_PHOTOS}
+    rows = quality_rows(photos)
+    quality_table, quality_verdicts = quality_section(rows)
+    speed_table, speed_verdicts = speed_section(photos)
+    memory = memory_section()
+    sweep = level_sweep(photos)
+    grid = build_grid(photos)
+    return "\n".join(
+        [
+            "## Engine (`leapi_provider.engine`)",
+            "",
+            "### Targets",
+            "",
+            *quality_verdicts,
+            *speed_verdicts,
+            "",
+            "### Restoration quality on held-out photos",
+            "",
+            (
+                f"Held-out photos (never trained on): {', '.join(HELD_OUT_PHOTOS)} from scikit-image. Each is "
+                "downscaled (Pillow bicubic, antialiased) x2 or x4, saved as JPEG (Pillow, 4:2:0) or PNG, and "
+                "brought back to its original size. Engine: `preset/marketplace`, restoration level 5, light "
+                f"and tone off, PNG output. PSNR (dB) and SSIM on luma (BT.601 Y'), {BORDER}-pixel borders "
+                "cropped, averaged over the photos. 'classical fallback' is the engine with no model file."
+            ),
+            "",
+            quality_table,
+            "",
+            "### What the levels do (x2, JPEG q40, held-out photos)",
+            "",
+            sweep,
+            "",
+            f"Visual grid: [`{grid.relative_to(REPO)}`](../{grid.relative_to(REPO)}).",
+            "",
+            "### Speed",
+            "",
+            (
+                "900x600 JPEG (q75) to 1800x1200 JPEG, `preset/marketplace` level 5 with its default light "
+                "(1.0) and tone (0.5); one thread (`cv2.setNumThreads(1)`, onnxruntime "
+                f"`intra_op_num_threads=1`); median of {SPEED_REPEATS}. Baseline: Pillow decode, bicubic "
+                "resize, JPEG encode (q85), same run."
+            ),
+            "",
+            speed_table,
+            "",
+            "### Peak memory for a 25 MP output",
+            "",
+            memory,
+        ]
+    )

@@ -1,0 +1,322 @@
+"""Train the engine's luma restoration model and export it to ONNX.
+
+    make train            # or: .work/train/bin/python train/train_restoration.py
+
+A tiny SESR-style network (Bhardwaj et al., "Collapsible Linear Blocks for Super-Efficient Super
+Resolution", MLSys 2022): every layer is a 3x3 convolution at the input resolution, trained in an
+over-parameterised linear form (3x3 to ``EXPAND`` channels, then 1x1 back, plus identity) and collapsed
+into one plain 3x3 convolution for export; a pixel shuffle makes the x2 output, added to a bicubic
+upscale of the input (the "bicubic skip"). Each layer's bias is shifted by ``strength`` times a learned
+vector: the network is told how hard the input was JPEG-compressed (0 = clean), so it removes blocking
+from compressed inputs without over-smoothing clean ones.
+
+Data: only photographs shipped inside scikit-image (nothing is downloaded). ``HELD_OUT`` photos are
+never read here (``HELD_OUT_PHOTOS``); ``tests/bench/bench_engine.py`` evaluates on them. Degradations mimic poor
+marketplace photos: antialiased bicubic downscale x2 (sometimes another kernel), then JPEG at a random
+quality with 4:2:0 chroma (a quarter of the samples stay uncompressed).
+
+Reproducible: seeded, single-process data generation, fixed step count, deterministic kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import skimage
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from leapi_provider.engine.restoration_spec import (
+    HELD_OUT_PHOTOS,
+    INPUT_LUMA,
+    INPUT_STRENGTH,
+    MODEL_PATH,
+    OUTPUT_RESIDUAL,
+    SCALE,
+    TRAIN_PHOTOS,
+    compression_strength,
+)
+
+SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
+CHANNELS = 16
+BLOCKS = 6
+EXPAND = 32
+PATCH = 48  # low-resolution patch side
+BATCH = 24
+CLEAN_FRACTION = 0.25
+QUALITY_RANGE = (10, 95)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+
+
+class CollapsibleConv(nn.Module):
+    """3x3 conv to ``EXPAND`` channels, 1x1 back, (+ identity): linear, so it collapses to one 3x3 conv."""
+
+    def __init__(self, c_in: int, c_out: int, expand: int, residual: bool) -> None:
+        super().__init__()
+        self.expand = nn.Conv2d(c_in, expand, 3, padding=1)
+        self.squeeze = nn.Conv2d(expand, c_out, 1)
+        self.residual = residual and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.squeeze(self.expand(x))
+        return y + x if self.residual else y
+
+    def collapsed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        w1, b1 = self.expand.weight, self.expand.bias  # [E, Cin, 3, 3], [E]
+        w2, b2 = self.squeeze.weight[:, :, 0, 0], self.squeeze.bias  # [Cout, E], [Cout]
+        weight = torch.einsum("oe,eikl->oikl", w2, w1).clone()
+        bias = w2 @ b1 + b2
+        if self.residual:
+            for c in range(weight.shape[0]):
+                weight[c, c, 1, 1] += 1.0
+        return weight, bias
+
+
+class RestorationNet(nn.Module):
+    """Training form. ``forward(luma, strength)`` -> HR residual over the bicubic upscale."""
+
+    def __init__(self, channels: int = CHANNELS, blocks: int = BLOCKS, expand: int = EXPAND) -> None:
+        super().__init__()
+        self.head = CollapsibleConv(1, channels, expand, residual=False)
+        self.body = nn.ModuleList(
+            CollapsibleConv(channels, channels, expand, residual=True) for _ in range(blocks)
+        )
+        self.tail = CollapsibleConv(channels, SCALE * SCALE, expand, residual=False)
+        # Per-layer bias shift per unit of compression strength (the conditioning).
+        self.condition = nn.Parameter(torch.zeros(blocks + 1, channels))
+
+    def forward(self, luma: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        s = strength.view(-1, 1, 1, 1)
+        x = F.relu(self.head(luma) + s * self.condition[0].view(1, -1, 1, 1))
+        skip = x
+        for i, block in enumerate(self.body, start=1):
+            x = F.relu(block(x) + s * self.condition[i].view(1, -1, 1, 1))
+        return F.pixel_shuffle(self.tail(x + skip), SCALE)
+
+
+class CollapsedNet(nn.Module):
+    """Inference form: plain 3x3 convolutions, what is exported to ONNX."""
+
+    def __init__(self, trained: RestorationNet) -> None:
+        super().__init__()
+        layers = [trained.head, *trained.body, trained.tail]
+        self.convs = nn.ModuleList()
+        for layer in layers:
+            weight, bias = layer.collapsed()
+            conv = nn.Conv2d(weight.shape[1], weight.shape[0], 3, padding=1)
+            conv.weight.data.copy_(weight.detach())
+            conv.bias.data.copy_(bias.detach())
+            self.convs.append(conv)
+        self.condition = nn.Parameter(trained.condition.detach().clone())
+
+    def forward(self, luma: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.convs[0](luma) + strength.view(1, -1, 1, 1) * self.condition[0].view(1, -1, 1, 1))
+        skip = x
+        for i in range(1, len(self.convs) - 1):
+            x = F.relu(self.convs[i](x) + strength.view(1, -1, 1, 1) * self.condition[i].view(1, -1, 1, 1))
+        return F.pixel_shuffle(self.convs[-1](x + skip), SCALE)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+
+def load_photos(names: tuple[str, ...]) -> list[np.ndarray]:
+    photos = []
+    for name in names:
+        with Image.open(SKIMAGE_DATA / name) as image:
+            photos.append(np.asarray(image.convert("RGB" if image.mode in ("RGB", "RGBA", "P") else "L")))
+    return photos
+
+
+def ycrcb_luma(pixels: np.ndarray) -> np.ndarray:
+    # The engine's own conversion (leapi_provider.engine.color.luma): cv2's full-range BT.601.
+    return pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2YCrCb)[..., 0]
+
+
+def degrade(hr: np.ndarray, rng: random.Random) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """One training example: (low-res luma, its bicubic x2, high-res luma, strength), uint8 arrays."""
+    # Vary the scale of the "true" image: more textures per photo, and detail at several frequencies.
+    smallest_zoom = (PATCH * SCALE + 2 * SCALE) / min(hr.shape[:2])
+    zoom = rng.uniform(max(0.5, smallest_zoom), 1.0)
+    mode = "RGB" if hr.ndim == 3 else "L"
+    image = Image.fromarray(hr, mode=mode)
+    if zoom < 0.98:
+        image = image.resize(
+            (round(image.width * zoom), round(image.height * zoom)), Image.Resampling.LANCZOS
+        )
+    image = image.transpose(rng.choice(list(Image.Transpose))) if rng.random() < 0.75 else image
+    width, height = image.width // (2 * SCALE) * 2 * SCALE, image.height // (2 * SCALE) * 2 * SCALE
+    image = image.crop((0, 0, width, height))
+    kernel = (
+        Image.Resampling.BICUBIC
+        if rng.random() < 0.8
+        else rng.choice([Image.Resampling.LANCZOS, Image.Resampling.BILINEAR, Image.Resampling.BOX])
+    )
+    low = image.resize((width // SCALE, height // SCALE), kernel)
+    quality = None
+    if rng.random() >= CLEAN_FRACTION:
+        quality = rng.randint(*QUALITY_RANGE)
+        buffer = io.BytesIO()
+        low.save(buffer, format="JPEG", quality=quality, subsampling=2)
+        low = Image.open(io.BytesIO(buffer.getvalue()))
+        low.load()
+        low = low.convert(mode)
+    low_y = ycrcb_luma(np.asarray(low))
+    up_y = cv2.resize(low_y, (width, height), interpolation=cv2.INTER_CUBIC)
+    return low_y, up_y, ycrcb_luma(np.asarray(image)), compression_strength(quality)
+
+
+class PatchPool:
+    """Degraded variants of the training photos, regenerated now and then; patches sampled from them."""
+
+    def __init__(self, photos: list[np.ndarray], variants: int, rng: random.Random) -> None:
+        self.photos, self.variants, self.rng = photos, variants, rng
+        self.examples: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = []
+        self.weights: list[float] = []
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.examples = [degrade(photo, self.rng) for photo in self.photos for _ in range(self.variants)]
+        # Sample photos by area, but cap the big smooth ones (retina, hubble) from dominating.
+        self.weights = [min(e[0].size, 250_000) for e in self.examples]
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        lows, ups, highs, strengths = [], [], [], []
+        for low, up, high, strength in self.rng.choices(self.examples, weights=self.weights, k=size):
+            y = self.rng.randrange(0, low.shape[0] - PATCH + 1)
+            x = self.rng.randrange(0, low.shape[1] - PATCH + 1)
+            lows.append(low[y : y + PATCH, x : x + PATCH])
+            hy, hx, hp = y * SCALE, x * SCALE, PATCH * SCALE
+            ups.append(up[hy : hy + hp, hx : hx + hp])
+            highs.append(high[hy : hy + hp, hx : hx + hp])
+            strengths.append(strength)
+
+        def tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+            return torch.from_numpy(np.stack(arrays)[:, None].astype(np.float32) / 255.0)
+
+        return tensor(lows), tensor(ups), tensor(highs), torch.tensor(strengths, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training, export
+# --------------------------------------------------------------------------------------------------
+
+
+def train(steps: int, seed: int, threads: int, log_every: int) -> RestorationNet:
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    torch.set_flush_denormal(True)  # tiny weights late in training otherwise slow the CPU down badly
+    pool = PatchPool(load_photos(TRAIN_PHOTOS), variants=3, rng=rng)
+    model = RestorationNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.05)
+    started, running = time.perf_counter(), 0.0
+    for step in range(1, steps + 1):
+        if step % 400 == 0:
+            pool.refresh()
+        low, up, high, strength = pool.batch(BATCH)
+        prediction = up + model(low, strength)
+        # Charbonnier: L1-like (sharper than L2), smooth at zero.
+        loss = torch.sqrt((prediction - high) ** 2 + 1e-6).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        running += loss.item()
+        if step % log_every == 0:
+            elapsed = time.perf_counter() - started
+            print(
+                f"step {step}/{steps}  loss {running / log_every:.5f}  lr {schedule.get_last_lr()[0]:.2e}  "
+                f"{elapsed:.0f}s elapsed, ~{elapsed / step * (steps - step):.0f}s left",
+                flush=True,
+            )
+            running = 0.0
+    return model
+
+
+def export(model: RestorationNet, path: Path, meta: dict[str, object]) -> None:
+    import onnx
+
+    collapsed = CollapsedNet(model).eval()
+    luma = torch.rand(1, 1, 40, 56)
+    strength = torch.tensor([0.7])
+    with torch.no_grad():
+        reference = model.eval()(luma, strength)
+        check = collapsed(luma, strength)
+    drift = (reference - check).abs().max().item()
+    if drift > 1e-4:
+        raise RuntimeError(f"collapsing changed the model's output by {drift}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        collapsed,
+        (luma, strength),
+        str(path),
+        input_names=[INPUT_LUMA, INPUT_STRENGTH],
+        output_names=[OUTPUT_RESIDUAL],
+        dynamic_axes={INPUT_LUMA: {0: "n", 2: "h", 3: "w"}, OUTPUT_RESIDUAL: {0: "n", 2: "h2", 3: "w2"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    proto = onnx.load(str(path))
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(proto, str(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=MODEL_PATH)
+    parser.add_argument("--log-every", type=int, default=200)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    model = train(args.steps, args.seed, args.threads, args.log_every)
+    minutes = (time.perf_counter() - started) / 60
+    parameters = sum(p.numel() for p in CollapsedNet(model).parameters())
+    meta = {
+        "producer": "train/train_restoration.py",
+        "architecture": f"SESR-like, {CHANNELS} channels, {BLOCKS + 2} 3x3 layers, pixel shuffle x{SCALE}",
+        "parameters": parameters,
+        "steps": args.steps,
+        "seed": args.seed,
+        "train_photos": json.dumps(list(TRAIN_PHOTOS)),
+        "held_out_photos": json.dumps(list(HELD_OUT_PHOTOS)),
+        "torch": torch.__version__,
+        "train_minutes": f"{minutes:.1f}",
+    }
+    export(model, args.out, meta)
+    print(
+        f"exported {args.out} ({args.out.stat().st_size / 1024:.0f} KiB, {parameters} parameters) "
+        f"after {minutes:.1f} min"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
