@@ -55,7 +55,9 @@ def sign(secret: str | bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def signed_headers(secret: str | bytes, msg_id: str, body: bytes, *, timestamp: int | None = None) -> dict[str, str]:
+def signed_headers(
+    secret: str | bytes, msg_id: str, body: bytes, *, timestamp: int | None = None
+) -> dict[str, str]:
     """The three Standard Webhooks headers for sending ``body`` now (or at ``timestamp``)."""
     ts = int(time.time()) if timestamp is None else int(timestamp)
     return {HEADER_ID: msg_id, HEADER_TIMESTAMP: str(ts), HEADER_SIGNATURE: sign(secret, msg_id, ts, body)}

@@ -256,7 +256,11 @@ def test_quick_start_request_without_notify_url_emits_none() -> None:
 
 @pytest.mark.parametrize(
     ("text", "model"),
-    [(REALESTATE_OPERATION, RealEstatePreset), (PRINT_OPERATION, PrintPreset), (MARKETPLACE_OPERATION, MarketplacePreset)],
+    [
+        (REALESTATE_OPERATION, RealEstatePreset),
+        (PRINT_OPERATION, PrintPreset),
+        (MARKETPLACE_OPERATION, MarketplacePreset),
+    ],
 )
 def test_every_documented_preset_body_parses(text: str, model: type) -> None:
     request = PipelineRequest.model_validate(
@@ -284,17 +288,33 @@ def test_url_list_and_tone_intensity_spelling_are_accepted() -> None:
     assert request.urls == ["https://x.test/a.jpg", "https://x.test/b.jpg"]
     wire = request.to_wire()
     assert wire["source"]["http"]["url"] == ["https://x.test/a.jpg", "https://x.test/b.jpg"]
-    assert wire["operations"][0] == {"op": "preset/marketplace", "toneai_intensity": 0.3, "image_format": "JPEG"}
+    assert wire["operations"][0] == {
+        "op": "preset/marketplace",
+        "toneai_intensity": 0.3,
+        "image_format": "JPEG",
+    }
 
 
 @pytest.mark.parametrize(
     ("operation", "expected"),
     [
-        ({"op": "preset/marketplace", "restoration_level": 11}, "operations.0.restoration_level: Input should be less than or equal to 10"),
-        ({"op": "preset/marketplace", "restoration_level": 0}, "operations.0.restoration_level: Input should be greater than or equal to 1"),
-        ({"op": "preset/marketplace", "lightai_intensity": 1.5}, "operations.0.lightai_intensity: Input should be less than or equal to 1"),
+        (
+            {"op": "preset/marketplace", "restoration_level": 11},
+            "operations.0.restoration_level: Input should be less than or equal to 10",
+        ),
+        (
+            {"op": "preset/marketplace", "restoration_level": 0},
+            "operations.0.restoration_level: Input should be greater than or equal to 1",
+        ),
+        (
+            {"op": "preset/marketplace", "lightai_intensity": 1.5},
+            "operations.0.lightai_intensity: Input should be less than or equal to 1",
+        ),
         ({"op": "preset/print", "dpi": "high"}, "operations.0.dpi: Input should be a valid integer"),
-        ({"op": "preset/marketplace", "image_format": "GIF"}, "operations.0.image_format: Input should be 'JPEG' or 'PNG'"),
+        (
+            {"op": "preset/marketplace", "image_format": "GIF"},
+            "operations.0.image_format: Input should be 'JPEG' or 'PNG'",
+        ),
         ({"op": "preset/marketplace", "colour": 1}, "operations.0.colour: unknown field"),
         ({"op": "preset/unknown"}, "operations.0.op: unknown operation 'preset/unknown'"),
         ({"width": 100}, "operations.0.op: Field required"),
@@ -302,7 +322,9 @@ def test_url_list_and_tone_intensity_spelling_are_accepted() -> None:
 )
 def test_validation_reason_names_the_field(operation: dict, expected: str) -> None:
     with pytest.raises(ValidationError) as info:
-        PipelineRequest.model_validate({"source": {"http": {"url": "https://x.test/a.jpg"}}, "operations": [operation]})
+        PipelineRequest.model_validate(
+            {"source": {"http": {"url": "https://x.test/a.jpg"}}, "operations": [operation]}
+        )
     assert validation_reason(info.value).startswith(expected)
 
 
@@ -312,7 +334,12 @@ def test_validation_reason_for_request_level_fields() -> None:
             {"source": {"http": {"url": []}}, "operations": [], "notify_url": "ftp://x", "sinc": {}}
         )
     reason = validation_reason(info.value)
-    for fragment in ("source.http.url:", "operations:", "notify_url: must be an http or https URL", "sinc: unknown field"):
+    for fragment in (
+        "source.http.url:",
+        "operations:",
+        "notify_url: must be an http or https URL",
+        "sinc: unknown field",
+    ):
         assert fragment in reason
 
 
@@ -329,7 +356,9 @@ def test_documented_get_response_parses_with_every_field() -> None:
     assert result.input_object is not None and result.output_object is not None
     assert result.input_object.size == [900, 600] and result.input_object.mps == 0.54
     assert result.output_object.size == [1800, 1200] and result.output_object.interpret == "srgb"
-    assert result.output_object.temp_url is not None and result.output_object.temp_url.startswith("https://s3.")
+    assert result.output_object.temp_url is not None and result.output_object.temp_url.startswith(
+        "https://s3."
+    )
     assert result.output_object.s3_key == "p/27312832/burger_j63Bv5.jpg"
     assert pipeline.operations[0].op == "preset/marketplace"
     assert pipeline.finished_at is not None and pipeline.submitted_at is not None

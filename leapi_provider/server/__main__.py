@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=defaults.DEFAULT_PORT, help="port to listen on")
-    p.add_argument("--data-dir", type=Path, default=Path("./leapi-data"), help="SQLite database and temp files")
+    p.add_argument(
+        "--data-dir", type=Path, default=Path("./leapi-data"), help="SQLite database and temp files"
+    )
     p.add_argument(
         "--api-key",
         action="append",
@@ -78,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.DEFAULT_MONTHLY_QUOTA,
         help="credits (image URLs) per key per calendar month, UTC (0: unlimited)",
     )
-    p.add_argument("--workers", type=_positive_int, default=defaults.default_workers(), help="worker processes")
+    p.add_argument(
+        "--workers", type=_positive_int, default=defaults.default_workers(), help="worker processes"
+    )
     p.add_argument(
         "--temp-url-ttl",
         type=_positive_float,
@@ -91,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.DEFAULT_WEBHOOK_RETRY_DELAYS_S,
         help="seconds before each webhook retry, comma separated",
     )
-    p.add_argument("--webhook-timeout", type=_positive_float, default=10.0, help="seconds per webhook attempt")
+    p.add_argument(
+        "--webhook-timeout", type=_positive_float, default=10.0, help="seconds per webhook attempt"
+    )
     p.add_argument(
         "--webhook-secret",
         default=None,
@@ -111,12 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow this one private network (repeatable), e.g. an internal CDN",
     )
     limits = p.add_argument_group("limits")
-    limits.add_argument("--max-urls-per-pipeline", type=_positive_int, default=defaults.DEFAULT_MAX_URLS_PER_PIPELINE)
     limits.add_argument(
-        "--max-request-bytes", type=_positive_int, default=defaults.DEFAULT_MAX_REQUEST_BYTES, help="request body"
+        "--max-urls-per-pipeline", type=_positive_int, default=defaults.DEFAULT_MAX_URLS_PER_PIPELINE
     )
     limits.add_argument(
-        "--max-download-bytes", type=_positive_int, default=defaults.DEFAULT_MAX_DOWNLOAD_BYTES, help="per source"
+        "--max-request-bytes",
+        type=_positive_int,
+        default=defaults.DEFAULT_MAX_REQUEST_BYTES,
+        help="request body",
+    )
+    limits.add_argument(
+        "--max-download-bytes",
+        type=_positive_int,
+        default=defaults.DEFAULT_MAX_DOWNLOAD_BYTES,
+        help="per source",
     )
     limits.add_argument("--max-input-pixels", type=_positive_int, default=defaults.DEFAULT_MAX_INPUT_PIXELS)
     limits.add_argument(
@@ -129,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--fetch-read-timeout", type=_positive_float, default=15.0, help="between two reads")
     limits.add_argument("--fetch-deadline", type=_positive_float, default=60.0, help="whole download")
     limits.add_argument("--max-redirects", type=_non_negative_int, default=5)
-    limits.add_argument("--max-task-attempts", type=_positive_int, default=3, help="interrupted tasks retried")
+    limits.add_argument(
+        "--max-task-attempts", type=_positive_int, default=3, help="interrupted tasks retried"
+    )
     limits.add_argument("--gc-interval", type=_positive_float, default=600.0, help="expired temp file sweep")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p

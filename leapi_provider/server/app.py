@@ -104,7 +104,10 @@ def _rejection_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         out[code] = {"model": Rejection, "description": descriptions[code]}
     if 429 in out:
         out[429]["headers"] = {
-            "Retry-After": {"description": "seconds until a request will be accepted", "schema": {"type": "integer"}}
+            "Retry-After": {
+                "description": "seconds until a request will be accepted",
+                "schema": {"type": "integer"},
+            }
         }
     return out
 
@@ -227,7 +230,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         responses=_rejection_responses(401, 404),
         summary="Pipeline status and results",
     )
-    async def get_pipeline(pipeline_id: str, request: Request, owner: str = Depends(require_owner)) -> JSONResponse:
+    async def get_pipeline(
+        pipeline_id: str, request: Request, owner: str = Depends(require_owner)
+    ) -> JSONResponse:
         number = _pipeline_number(pipeline_id)
         pipeline = await asyncio.to_thread(
             runtime.pipeline, owner=owner, pipeline_id=number, base_url=str(request.base_url)
@@ -272,7 +277,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         },
         summary="Download an output through its signed tmp_url (no API key: the signature is the credential)",
     )
-    async def get_temp_file(key: str, expires: str | None = None, signature: str | None = None) -> FileResponse:
+    async def get_temp_file(
+        key: str, expires: str | None = None, signature: str | None = None
+    ) -> FileResponse:
         try:
             path = runtime.temp_store.resolve(key, expires, signature)
         except TempUrlError as exc:
@@ -282,7 +289,10 @@ def create_app(config: ServerConfig) -> FastAPI:
         media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         max_age = max(0, int(expires or 0) - int(time.time()))
         return FileResponse(
-            path, media_type=media_type, filename=path.name, headers={"Cache-Control": f"private, max-age={max_age}"}
+            path,
+            media_type=media_type,
+            filename=path.name,
+            headers={"Cache-Control": f"private, max-age={max_age}"},
         )
 
     @app.get(HEALTH_PATH, summary="Extension: liveness (no API key)")
@@ -364,7 +374,9 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(_SECRET_QUERY.sub(r"\1REDACTED", a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(
+                _SECRET_QUERY.sub(r"\1REDACTED", a) if isinstance(a, str) else a for a in record.args
+            )
         return True
 
 
@@ -376,7 +388,12 @@ def log_config(level: str) -> dict[str, Any]:
         "filters": {"redact": {"()": RedactSecrets}},
         "formatters": {"plain": {"format": fmt}},
         "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr", "filters": ["redact"]}
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "plain",
+                "stream": "ext://sys.stderr",
+                "filters": ["redact"],
+            }
         },
         "loggers": {
             "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
@@ -411,4 +428,3 @@ def serve(config: ServerConfig, *, log_level: str = "info") -> None:
         server.run()
     finally:
         lock.close()
-

@@ -114,7 +114,7 @@ class Dispatcher:
                     claimed = await asyncio.to_thread(
                         self.store.claim_tasks, limit=capacity, boot_id=self.boot_id, now=time.time()
                     )
-                except Exception:  # noqa: BLE001 - a transient DB error must not stop dispatching
+                except Exception:
                     log.exception("claiming tasks failed; retrying")
             for task in claimed:
                 key = (task.pipeline_id, task.index)
@@ -183,7 +183,7 @@ class Dispatcher:
                 )
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the lease stays RUNNING and is re-queued at the next start
+        except Exception:
             log.exception("recording pipeline %s image %s failed", task.pipeline_id, task.index)
         finally:
             self._inflight.pop((task.pipeline_id, task.index), None)

@@ -14,7 +14,12 @@ from urllib.parse import urljoin, urlsplit
 import httpcore
 
 from leapi_provider.engine import sniff_format
-from leapi_provider.server.netguard import AddressPolicy, BlockedAddressError, GuardedSyncBackend, check_http_url
+from leapi_provider.server.netguard import (
+    AddressPolicy,
+    BlockedAddressError,
+    GuardedSyncBackend,
+    check_http_url,
+)
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 #: Bytes needed to recognise every supported format by its magic number (WEBP needs 12).
@@ -99,14 +104,18 @@ def _get(url: str, policy: FetchPolicy, deadline: float) -> tuple[bytes, str] | 
                 raise FetchError(f"source answered HTTP {response.status}, expected 200")
             declared = _header(response, b"content-length")
             if declared and declared.isdigit() and int(declared) > policy.max_bytes:
-                raise FetchError(f"source is {int(declared)} bytes, over the limit of {policy.max_bytes} bytes")
+                raise FetchError(
+                    f"source is {int(declared)} bytes, over the limit of {policy.max_bytes} bytes"
+                )
             return _read_body(response, policy, deadline)
     except BlockedAddressError as exc:
         raise FetchError(f"source refused: {exc}") from None
     except httpcore.TimeoutException as exc:
         raise FetchError(f"timed out fetching the source from {host} ({type(exc).__name__})") from None
     except httpcore.NetworkError as exc:
-        raise FetchError(f"network error fetching the source from {host}: {exc or type(exc).__name__}") from None
+        raise FetchError(
+            f"network error fetching the source from {host}: {exc or type(exc).__name__}"
+        ) from None
     except (httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
         raise FetchError(f"invalid HTTP answer from {host}: {exc or type(exc).__name__}") from None
 

@@ -10,8 +10,8 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
-import logging
 import json
+import logging
 import math
 import secrets
 import threading
@@ -113,7 +113,9 @@ class Runtime:
             allow_private=config.allow_private_sources, allowed_networks=config.allowed_source_networks
         )
         self.store = Store(config.db_path)
-        self.temp_store = TempStore(config.temp_dir, load_or_create_secret(config.data_dir / "url-signing-key"))
+        self.temp_store = TempStore(
+            config.temp_dir, load_or_create_secret(config.data_dir / "url-signing-key")
+        )
         self.webhook_secret = config.webhook_secret or load_or_create_secret(
             config.data_dir / "webhook-secret", generate=generate_secret
         )
@@ -160,7 +162,7 @@ class Runtime:
         while True:
             try:
                 await asyncio.to_thread(self.collect_garbage)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("temp store garbage collection failed")
             await asyncio.sleep(self.config.gc_interval_s)
 
@@ -178,9 +180,7 @@ class Runtime:
 
     # -- operations the routes call -------------------------------------------------------------------
 
-    def submit(
-        self, *, owner: str, request: PipelineRequest, idempotency_key: str | None
-    ) -> SubmitOutcome:
+    def submit(self, *, owner: str, request: PipelineRequest, idempotency_key: str | None) -> SubmitOutcome:
         """Accept (and charge) or refuse a validated request. Blocking: call from a thread."""
         urls = request.urls
         problem = self._request_problem(request)
@@ -265,7 +265,9 @@ class Runtime:
         if loaded is None or not hmac.compare_digest(loaded[0].owner, owner):
             return None
         row, tasks = loaded
-        return render_pipeline(row, tasks, temp_store=self.temp_store, base_url=self.config.public_url or base_url)
+        return render_pipeline(
+            row, tasks, temp_store=self.temp_store, base_url=self.config.public_url or base_url
+        )
 
     def webhook_body(self, pipeline_id: int) -> dict[str, Any]:
         loaded = self.store.get_pipeline(pipeline_id)
@@ -315,4 +317,3 @@ class Runtime:
 
 def _utc(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-

@@ -319,7 +319,9 @@ class Store:
             row = conn.execute("SELECT * FROM pipelines WHERE id=?", (pipeline_id,)).fetchone()
             if row is None:
                 return None
-            tasks = conn.execute("SELECT * FROM tasks WHERE pipeline_id=? ORDER BY idx", (pipeline_id,)).fetchall()
+            tasks = conn.execute(
+                "SELECT * FROM tasks WHERE pipeline_id=? ORDER BY idx", (pipeline_id,)
+            ).fetchall()
         finally:
             conn.execute("COMMIT")
         return _pipeline_row(row), [_task_row(t) for t in tasks]
@@ -373,7 +375,8 @@ class Store:
                     (RUNNING, boot_id, now, row["pipeline_id"], row["idx"]),
                 )
                 conn.execute(
-                    "UPDATE pipelines SET started_at=? WHERE id=? AND started_at IS NULL", (now, row["pipeline_id"])
+                    "UPDATE pipelines SET started_at=? WHERE id=? AND started_at IS NULL",
+                    (now, row["pipeline_id"]),
                 )
                 operations = tuple(json.loads(row["request"])["operations"])
                 claimed.append(
@@ -418,7 +421,9 @@ class Store:
                 return False
             return self._maybe_finish(conn, pipeline_id, now)
 
-    def release_task(self, *, pipeline_id: int, index: int, boot_id: str, max_attempts: int, now: float) -> bool:
+    def release_task(
+        self, *, pipeline_id: int, index: int, boot_id: str, max_attempts: int, now: float
+    ) -> bool:
         """The worker running this task died: re-queue it, or fail it after ``max_attempts``.
         Returns True when the pipeline finished with this call."""
         with self._write() as conn:
@@ -432,19 +437,24 @@ class Store:
                 self._fail_interrupted(conn, pipeline_id, index, row["attempts"], now)
                 return self._maybe_finish(conn, pipeline_id, now)
             conn.execute(
-                "UPDATE tasks SET state=?, claimed_by=NULL WHERE pipeline_id=? AND idx=?", (PENDING, pipeline_id, index)
+                "UPDATE tasks SET state=?, claimed_by=NULL WHERE pipeline_id=? AND idx=?",
+                (PENDING, pipeline_id, index),
             )
             return False
 
     @staticmethod
-    def _fail_interrupted(conn: sqlite3.Connection, pipeline_id: int, index: int, attempts: int, now: float) -> None:
+    def _fail_interrupted(
+        conn: sqlite3.Connection, pipeline_id: int, index: int, attempts: int, now: float
+    ) -> None:
         conn.execute(
             "UPDATE tasks SET state=?, finished_at=?, error=? WHERE pipeline_id=? AND idx=?",
             (
                 FAILED,
                 now,
-                f"processing this image was interrupted {attempts} times (worker crash or server restart); "
-                "giving up on it",
+                (
+                    f"processing this image was interrupted {attempts} times (worker crash or server restart); "
+                    "giving up on it"
+                ),
                 pipeline_id,
                 index,
             ),
@@ -476,7 +486,14 @@ class Store:
             conn.execute(
                 "INSERT OR IGNORE INTO webhook_deliveries(id, pipeline_id, url, state, next_attempt_at, created_at) "
                 "VALUES (?,?,?,?,?,?)",
-                (f"msg_{pipeline_id}_{int(now * 1000)}", pipeline_id, pipeline["notify_url"], DELIVERY_PENDING, now, now),
+                (
+                    f"msg_{pipeline_id}_{int(now * 1000)}",
+                    pipeline_id,
+                    pipeline["notify_url"],
+                    DELIVERY_PENDING,
+                    now,
+                    now,
+                ),
             )
         return True
 
@@ -487,23 +504,33 @@ class Store:
     # -- webhooks ---------------------------------------------------------------------------------------
 
     def due_deliveries(self, *, now: float, limit: int = 32) -> list[Delivery]:
-        rows = self._read().execute(
-            "SELECT id, pipeline_id, url, body, attempts FROM webhook_deliveries "
-            "WHERE state=? AND next_attempt_at<=? ORDER BY next_attempt_at LIMIT ?",
-            (DELIVERY_PENDING, now, limit),
-        ).fetchall()
+        rows = (
+            self._read()
+            .execute(
+                "SELECT id, pipeline_id, url, body, attempts FROM webhook_deliveries "
+                "WHERE state=? AND next_attempt_at<=? ORDER BY next_attempt_at LIMIT ?",
+                (DELIVERY_PENDING, now, limit),
+            )
+            .fetchall()
+        )
         return [Delivery(r["id"], r["pipeline_id"], r["url"], r["body"], r["attempts"]) for r in rows]
 
     def next_delivery_at(self) -> float | None:
-        row = self._read().execute(
-            "SELECT MIN(next_attempt_at) AS t FROM webhook_deliveries WHERE state=?", (DELIVERY_PENDING,)
-        ).fetchone()
+        row = (
+            self._read()
+            .execute(
+                "SELECT MIN(next_attempt_at) AS t FROM webhook_deliveries WHERE state=?", (DELIVERY_PENDING,)
+            )
+            .fetchone()
+        )
         return None if row["t"] is None else float(row["t"])
 
     def freeze_delivery_body(self, delivery_id: str, body: bytes) -> bytes:
         """Keep the first rendered body so that every retry sends the same bytes; returns the kept body."""
         with self._write() as conn:
-            conn.execute("UPDATE webhook_deliveries SET body=? WHERE id=? AND body IS NULL", (body, delivery_id))
+            conn.execute(
+                "UPDATE webhook_deliveries SET body=? WHERE id=? AND body IS NULL", (body, delivery_id)
+            )
             row = conn.execute("SELECT body FROM webhook_deliveries WHERE id=?", (delivery_id,)).fetchone()
             return bytes(row["body"])
 
@@ -520,7 +547,9 @@ class Store:
     ) -> None:
         """Log one attempt; mark the delivery DELIVERED, reschedule it, or (``retry_at`` None) give up."""
         with self._write() as conn:
-            row = conn.execute("SELECT attempts FROM webhook_deliveries WHERE id=?", (delivery_id,)).fetchone()
+            row = conn.execute(
+                "SELECT attempts FROM webhook_deliveries WHERE id=?", (delivery_id,)
+            ).fetchone()
             attempt = int(row["attempts"]) + 1
             conn.execute(
                 "INSERT INTO webhook_attempts(delivery_id, attempt, started_at, duration_s, status_code, error) "
@@ -542,7 +571,8 @@ class Store:
         conn = self._read()
         out = []
         for d in conn.execute(
-            "SELECT id, url, state, next_attempt_at FROM webhook_deliveries WHERE pipeline_id=?", (pipeline_id,)
+            "SELECT id, url, state, next_attempt_at FROM webhook_deliveries WHERE pipeline_id=?",
+            (pipeline_id,),
         ).fetchall():
             attempts = [
                 DeliveryAttempt(a["attempt"], a["started_at"], a["duration_s"], a["status_code"], a["error"])
@@ -556,11 +586,15 @@ class Store:
     # -- temp store housekeeping -----------------------------------------------------------------------
 
     def expired_outputs(self, *, now: float, limit: int = 1000) -> list[tuple[int, int, str]]:
-        rows = self._read().execute(
-            "SELECT pipeline_id, idx, output_key FROM tasks WHERE collected=0 AND output_key IS NOT NULL "
-            "AND expires_at<? LIMIT ?",
-            (now, limit),
-        ).fetchall()
+        rows = (
+            self._read()
+            .execute(
+                "SELECT pipeline_id, idx, output_key FROM tasks WHERE collected=0 AND output_key IS NOT NULL "
+                "AND expires_at<? LIMIT ?",
+                (now, limit),
+            )
+            .fetchall()
+        )
         return [(r["pipeline_id"], r["idx"], r["output_key"]) for r in rows]
 
     def mark_collected(self, items: list[tuple[int, int]]) -> None:
@@ -568,9 +602,11 @@ class Store:
             conn.executemany("UPDATE tasks SET collected=1 WHERE pipeline_id=? AND idx=?", items)
 
     def live_output_keys(self) -> set[str]:
-        rows = self._read().execute(
-            "SELECT output_key FROM tasks WHERE collected=0 AND output_key IS NOT NULL"
-        ).fetchall()
+        rows = (
+            self._read()
+            .execute("SELECT output_key FROM tasks WHERE collected=0 AND output_key IS NOT NULL")
+            .fetchall()
+        )
         return {r["output_key"] for r in rows}
 
     def forget_idempotency_keys(self, *, older_than: float) -> int:
@@ -612,4 +648,3 @@ def _task_row(row: sqlite3.Row) -> TaskRow:
         expires_at=row["expires_at"],
         error=row["error"],
     )
-

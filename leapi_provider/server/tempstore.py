@@ -80,7 +80,9 @@ class TempStore:
         query = urlencode({"expires": expires, "signature": self._signature(key, expires)})
         return f"{base_url.rstrip('/')}{TMP_ROUTE_PREFIX}{quote(key)}?{query}"
 
-    def resolve(self, key: str, expires: str | None, signature: str | None, *, now: float | None = None) -> Path:
+    def resolve(
+        self, key: str, expires: str | None, signature: str | None, *, now: float | None = None
+    ) -> Path:
         """The file behind a signed URL, or :class:`TempUrlError` (tampered, expired, traversal)."""
         parts = key.split("/")
         if not parts or any(not _COMPONENT.match(part) for part in parts):

@@ -264,7 +264,9 @@ def write_sample_photo(
     return target
 
 
-def wait_for_pipeline(client: httpx.Client, pipeline_id: int, *, timeout: float = 60.0, interval: float = 0.1) -> dict[str, Any]:
+def wait_for_pipeline(
+    client: httpx.Client, pipeline_id: int, *, timeout: float = 60.0, interval: float = 0.1
+) -> dict[str, Any]:
     """Poll ``GET /v1/pipeline/{id}`` until DONE or ERROR; return the pipeline object.
 
     :raises TimeoutError: still PROCESSING after ``timeout`` seconds.
@@ -282,7 +284,7 @@ def wait_for_pipeline(client: httpx.Client, pipeline_id: int, *, timeout: float 
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

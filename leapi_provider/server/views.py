@@ -7,7 +7,7 @@ they are UTC.
 from __future__ import annotations
 
 import calendar
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -22,13 +22,13 @@ TEMP_BUCKET = "leapi-server-tmp"
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds")
+    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
 
 
 def month_period(now: float) -> tuple[str, float, float]:
     """(``YYYY-MM``, start, end) of the UTC calendar month holding ``now``: the quota period."""
-    moment = datetime.fromtimestamp(now, timezone.utc)
-    start = datetime(moment.year, moment.month, 1, tzinfo=timezone.utc)
+    moment = datetime.fromtimestamp(now, UTC)
+    start = datetime(moment.year, moment.month, 1, tzinfo=UTC)
     days = calendar.monthrange(moment.year, moment.month)[1]
     end = start.timestamp() + days * 86400
     return f"{moment.year:04d}-{moment.month:02d}", start.timestamp(), end
@@ -69,7 +69,9 @@ def input_object(task: TaskRow) -> dict[str, Any]:
     }
 
 
-def output_object(task: TaskRow, *, temp_store: TempStore, base_url: str, with_tmp_url: bool) -> dict[str, Any]:
+def output_object(
+    task: TaskRow, *, temp_store: TempStore, base_url: str, with_tmp_url: bool
+) -> dict[str, Any]:
     meta = task.output or {}
     key = task.output_key or ""
     filename = key.rsplit("/", 1)[-1]
@@ -116,7 +118,9 @@ def render_pipeline(
             {
                 "created_at": iso(task.finished_at),
                 "input_object": input_object(task),
-                "output_object": output_object(task, temp_store=temp_store, base_url=base_url, with_tmp_url=with_tmp_url)
+                "output_object": output_object(
+                    task, temp_store=temp_store, base_url=base_url, with_tmp_url=with_tmp_url
+                )
                 if succeeded
                 else None,
                 "error": None if succeeded else task.error,

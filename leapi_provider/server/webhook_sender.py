@@ -50,7 +50,8 @@ class WebhookSender:
         self._pool = httpcore.AsyncConnectionPool(
             network_backend=GuardedAsyncBackend(
                 AddressPolicy(
-                    allow_private=config.allow_private_sources, allowed_networks=config.allowed_source_networks
+                    allow_private=config.allow_private_sources,
+                    allowed_networks=config.allowed_source_networks,
                 )
             ),
             max_connections=_MAX_CONCURRENT,
@@ -85,7 +86,7 @@ class WebhookSender:
                 next_at = await asyncio.to_thread(self.store.next_delivery_at)
                 if next_at is not None:
                     timeout = min(max(next_at - time.time(), 0.2), _IDLE_POLL_S)
-            except Exception:  # noqa: BLE001 - keep delivering after a transient DB error
+            except Exception:
                 log.exception("webhook loop error")
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
@@ -144,7 +145,12 @@ class WebhookSender:
                 retry_at=retry_at,
             )
             if error is None:
-                log.info("webhook %s for pipeline %s delivered (attempt %s)", delivery.id, delivery.pipeline_id, attempt_no)
+                log.info(
+                    "webhook %s for pipeline %s delivered (attempt %s)",
+                    delivery.id,
+                    delivery.pipeline_id,
+                    attempt_no,
+                )
             elif retry_at is None:
                 log.warning(
                     "webhook %s for pipeline %s abandoned after attempt %s: %s",
@@ -164,7 +170,7 @@ class WebhookSender:
                 )
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the delivery stays due and is retried by the loop
+        except Exception:
             log.exception("webhook %s attempt crashed", delivery.id)
             await asyncio.sleep(1.0)
         finally:

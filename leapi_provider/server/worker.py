@@ -108,7 +108,12 @@ def process_task(job: TaskJob) -> TaskOutcome:
         if isinstance(exc, EngineError):
             message = str(exc)
         else:
-            log.error("internal error on pipeline %s image %s:\n%s", job.pipeline_id, job.index, traceback.format_exc())
+            log.error(
+                "internal error on pipeline %s image %s:\n%s",
+                job.pipeline_id,
+                job.index,
+                traceback.format_exc(),
+            )
             message = f"internal error while processing this image ({type(exc).__name__})"
         return TaskOutcome(job.pipeline_id, job.index, error=message, seconds=time.monotonic() - started)
 

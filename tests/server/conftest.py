@@ -24,7 +24,9 @@ def png_bomb(width: int, height: int) -> bytes:
     """A valid, fully-encoded greyscale PNG of ``width`` x ``height`` zeros: tiny on disk, huge decoded."""
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
 
     compressor = zlib.compressobj(9)
     row = b"\x00" * (width + 1)  # filter byte + pixels
@@ -35,7 +37,9 @@ def png_bomb(width: int, height: int) -> bytes:
     parts.append(compressor.compress(row * (height % 500)))
     parts.append(compressor.flush())
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,9 @@ def test_quick_start_end_to_end(leapi_server: RunningServer, source_photos: dict
     quick_start = body(source_photos["burger.jpg"])
     quick_start["source"]["http"]["url"] = source_photos["burger.jpg"]  # a string, as in the docs
     with leapi_server.client() as client:
-        response = client.post("/v1/pipeline", content=json.dumps(quick_start), headers={"Content-Type": "application/json"})
+        response = client.post(
+            "/v1/pipeline", content=json.dumps(quick_start), headers={"Content-Type": "application/json"}
+        )
         assert response.status_code == 200
         accepted = response.json()
         assert accepted["status"] == "ACCEPTED"
@@ -75,8 +77,18 @@ def test_quick_start_end_to_end(leapi_server: RunningServer, source_photos: dict
         "filename": "burger.jpg", "interpret": None, "s3_bucket": None, "s3_key_prefix": "",
     }  # fmt: skip
     output = result["output_object"]
-    assert (output["width"], output["height"], output["size"], output["mps"]) == (1800, 1200, [1800, 1200], 2.16)
-    assert (output["format"], output["mime"], output["ext"], output["interpret"]) == ("JPEG", "image/jpeg", "jpg", "srgb")
+    assert (output["width"], output["height"], output["size"], output["mps"]) == (
+        1800,
+        1200,
+        [1800, 1200],
+        2.16,
+    )
+    assert (output["format"], output["mime"], output["ext"], output["interpret"]) == (
+        "JPEG",
+        "image/jpeg",
+        "jpg",
+        "srgb",
+    )
     assert output["s3_key"] == f"p/{pipeline['id']}/{output['filename']}"
     assert output["filename"] == output["basename"] + ".jpg" and output["basename"].startswith("burger_")
 
@@ -87,7 +99,9 @@ def test_quick_start_end_to_end(leapi_server: RunningServer, source_photos: dict
     assert image.format == "JPEG" and image.size == (1800, 1200)
 
 
-def test_three_urls_one_broken(leapi_server: RunningServer, source_photos: dict[str, str], hostile_sources: dict[str, str]) -> None:
+def test_three_urls_one_broken(
+    leapi_server: RunningServer, source_photos: dict[str, str], hostile_sources: dict[str, str]
+) -> None:
     urls = [source_photos["burger.jpg"], hostile_sources["truncated.jpg"], source_photos["cat.jpg"]]
     with leapi_server.client() as client:
         before = used_credits(client)
@@ -145,7 +159,9 @@ def test_aspect_ratio_is_preserved(
 ) -> None:
     operation: dict = {"width": box[0], "height": box[1]}
     payload = body(source_photos[photo])
-    payload["operations"][0] = {k: v for k, v in {**QUICK_START_OPERATION, **operation}.items() if v is not None}
+    payload["operations"][0] = {
+        k: v for k, v in {**QUICK_START_OPERATION, **operation}.items() if v is not None
+    }
     with leapi_server.client() as client:
         pipeline = wait_for_pipeline(client, submit(client, payload))
     output = pipeline["results"][0]["output_object"]
@@ -154,9 +170,13 @@ def test_aspect_ratio_is_preserved(
     assert image.size == expected
 
 
-def test_png_output_and_operations_in_order(leapi_server: RunningServer, source_photos: dict[str, str]) -> None:
+def test_png_output_and_operations_in_order(
+    leapi_server: RunningServer, source_photos: dict[str, str]
+) -> None:
     payload = body(source_photos["astronaut.png"], width=256, height=256, image_format="PNG")
-    payload["operations"].append({"op": "preset/print", "width": 400, "height": 400, "dpi": 300, "image_format": "JPEG"})
+    payload["operations"].append(
+        {"op": "preset/print", "width": 400, "height": 400, "dpi": 300, "image_format": "JPEG"}
+    )
     with leapi_server.client() as client:
         pipeline = wait_for_pipeline(client, submit(client, payload))
     (result,) = pipeline["results"]
@@ -170,16 +190,37 @@ def test_png_output_and_operations_in_order(leapi_server: RunningServer, source_
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        (body("https://example.com/a.jpg", restoration_level=11), "operations.0.restoration_level: Input should be less than or equal to 10"),
-        (body("https://example.com/a.jpg", op="preset/sharpen"), "operations.0.op: unknown operation 'preset/sharpen'"),
+        (
+            body("https://example.com/a.jpg", restoration_level=11),
+            "operations.0.restoration_level: Input should be less than or equal to 10",
+        ),
+        (
+            body("https://example.com/a.jpg", op="preset/sharpen"),
+            "operations.0.op: unknown operation 'preset/sharpen'",
+        ),
         (body("https://example.com/a.jpg", sharpness=3), "operations.0.sharpness: unknown field"),
-        (body("https://example.com/a.jpg", quality="best"), "operations.0.quality: Input should be a valid integer"),
+        (
+            body("https://example.com/a.jpg", quality="best"),
+            "operations.0.quality: Input should be a valid integer",
+        ),
         (body("ftp://example.com/a.jpg"), "source.http.url.0: must be an http or https URL"),
-        (body(["https://example.com/a.jpg", "file:///etc/passwd"]), "source.http.url.1: must be an http or https URL"),
-        ({**body("https://example.com/a.jpg"), "notify_url": "mailto:me@example.com"}, "notify_url: must be an http or https URL"),
-        ({**body("https://example.com/a.jpg"), "sink": {"temp_store": False}}, "sink.temp_store: must be true"),
+        (
+            body(["https://example.com/a.jpg", "file:///etc/passwd"]),
+            "source.http.url.1: must be an http or https URL",
+        ),
+        (
+            {**body("https://example.com/a.jpg"), "notify_url": "mailto:me@example.com"},
+            "notify_url: must be an http or https URL",
+        ),
+        (
+            {**body("https://example.com/a.jpg"), "sink": {"temp_store": False}},
+            "sink.temp_store: must be true",
+        ),
         ({"operations": [QUICK_START_OPERATION]}, "source: Field required"),
-        (body("https://example.com/a.jpg", width=40000, height=40000), "operations.0.width: the 40000x40000 box"),
+        (
+            body("https://example.com/a.jpg", width=40000, height=40000),
+            "operations.0.width: the 40000x40000 box",
+        ),
         ([1, 2, 3], "body: must be a JSON object"),
     ],
 )
@@ -198,7 +239,9 @@ def test_invalid_requests_are_rejected_naming_the_field_and_cost_nothing(
 
 def test_malformed_json_is_rejected(leapi_server: RunningServer) -> None:
     with leapi_server.client() as client:
-        response = client.post("/v1/pipeline", content=b'{"source": {"http": ', headers={"Content-Type": "application/json"})
+        response = client.post(
+            "/v1/pipeline", content=b'{"source": {"http": ', headers={"Content-Type": "application/json"}
+        )
     assert response.status_code == 400
     assert response.json()["status"] == "REJECTED"
     assert response.json()["reason"].startswith("body: malformed JSON")
@@ -215,7 +258,16 @@ def test_too_many_urls_and_too_large_bodies_are_rejected(leapi_server: RunningSe
         assert used_credits(client) == before
 
 
-@pytest.mark.parametrize("headers", [{}, {"X-API-KEY": "wrong-key"}, {"X-API-KEY": ""}, {"X-API-KEY": "test-keyy"}, {"X-API-KEY": "TEST-KEY"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"X-API-KEY": "wrong-key"},
+        {"X-API-KEY": ""},
+        {"X-API-KEY": "test-keyy"},
+        {"X-API-KEY": "TEST-KEY"},
+    ],
+)
 def test_missing_or_wrong_key_is_401_everywhere(leapi_server: RunningServer, headers: dict[str, str]) -> None:
     with httpx.Client(base_url=leapi_server.base_url, headers=headers) as client:
         for method, path in (
@@ -230,7 +282,9 @@ def test_missing_or_wrong_key_is_401_everywhere(leapi_server: RunningServer, hea
             assert "key" in response.json()["reason"].lower()
 
 
-def test_a_key_sees_only_its_own_pipelines(leapi_server: RunningServer, source_photos: dict[str, str]) -> None:
+def test_a_key_sees_only_its_own_pipelines(
+    leapi_server: RunningServer, source_photos: dict[str, str]
+) -> None:
     with leapi_server.client("test-key") as owner, leapi_server.client("other-key") as other:
         other_before = used_credits(other)
         pipeline_id = submit(owner, body(source_photos["cat.jpg"], width=100, height=100))
@@ -253,7 +307,9 @@ def test_usage_counts_one_credit_per_url(leapi_server: RunningServer, source_pho
     assert after.period_start.day == 1 and after.period_start < after.period_end
 
 
-def test_idempotency_key_replays_the_original_answer(leapi_server: RunningServer, source_photos: dict[str, str]) -> None:
+def test_idempotency_key_replays_the_original_answer(
+    leapi_server: RunningServer, source_photos: dict[str, str]
+) -> None:
     payload = body(source_photos["cat.jpg"], width=80, height=80)
     with leapi_server.client() as client:
         before = used_credits(client)
@@ -267,7 +323,9 @@ def test_idempotency_key_replays_the_original_answer(leapi_server: RunningServer
         assert "Idempotent-Replayed" not in first.headers
         assert used_credits(client) == before + 1
 
-        reused = client.post("/v1/pipeline", json=body(source_photos["burger.jpg"]), headers={"Idempotency-Key": "order-42"})
+        reused = client.post(
+            "/v1/pipeline", json=body(source_photos["burger.jpg"]), headers={"Idempotency-Key": "order-42"}
+        )
         assert reused.status_code == 422
         assert reused.json()["status"] == "REJECTED" and "Idempotency-Key" in reused.json()["reason"]
 
@@ -293,7 +351,9 @@ def test_openapi_describes_the_contract(leapi_server: RunningServer) -> None:
     paths = spec["paths"]
     assert {"/v1/pipeline", "/v1/pipeline/{pipeline_id}", "/v1/me/usage/", "/v1/tmp/{key}"} <= set(paths)
     submit_op = paths["/v1/pipeline"]["post"]
-    assert submit_op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/PipelineRequest")
+    assert submit_op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/PipelineRequest"
+    )
     assert {"400", "401", "402", "429"} <= set(submit_op["responses"])
     assert "Retry-After" in submit_op["responses"]["429"]["headers"]
     schemas = spec["components"]["schemas"]

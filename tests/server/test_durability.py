@@ -28,7 +28,11 @@ def test_sigkill_during_processing_then_restart(tmp_path: Path, source_photos: d
                 urls = [source_photos["burger.jpg"], source_photos["cat.jpg"]][:URLS_PER_PIPELINE]
                 response = client.post(
                     "/v1/pipeline",
-                    json={"source": {"http": {"url": urls}}, "operations": [operation], "sink": {"temp_store": True}},
+                    json={
+                        "source": {"http": {"url": urls}},
+                        "operations": [operation],
+                        "sink": {"temp_store": True},
+                    },
                     headers={"Idempotency-Key": f"batch-{i}"},
                 )
                 assert response.status_code == 200
@@ -77,5 +81,9 @@ def test_sigkill_during_processing_then_restart(tmp_path: Path, source_photos: d
         assert ledger == [(i, URLS_PER_PIPELINE) for i in ids]
 
         keys = {r["output_object"]["s3_key"] for p in pipelines for r in p["results"]}
-        on_disk = {p.relative_to(server.data_dir / "tmp").as_posix() for p in (server.data_dir / "tmp").rglob("*") if p.is_file()}
+        on_disk = {
+            p.relative_to(server.data_dir / "tmp").as_posix()
+            for p in (server.data_dir / "tmp").rglob("*")
+            if p.is_file()
+        }
         assert on_disk == keys  # nothing orphaned (no partial or superseded files), nothing missing

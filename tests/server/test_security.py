@@ -44,14 +44,21 @@ def strict_server() -> Iterator[RunningServer]:
         api_keys=(STRICT_KEY,),
         allow_private_sources=False,
         extra_args=(
-            "--workers", "1",
-            "--allow-source-network", "127.0.0.1/32",
-            "--fetch-deadline", "2",
-            "--fetch-read-timeout", "1",
-            "--max-download-bytes", "200000",
-            "--temp-url-ttl", "3",
-            "--gc-interval", "0.5",
-        ),  # fmt: skip
+            "--workers",
+            "1",
+            "--allow-source-network",
+            "127.0.0.1/32",
+            "--fetch-deadline",
+            "2",
+            "--fetch-read-timeout",
+            "1",
+            "--max-download-bytes",
+            "200000",
+            "--temp-url-ttl",
+            "3",
+            "--gc-interval",
+            "0.5",
+        ),
     ) as server:
         yield server
 
@@ -59,10 +66,10 @@ def strict_server() -> Iterator[RunningServer]:
 class _TrickyHandler(http.server.BaseHTTPRequestHandler):
     """``/redirect?to=URL`` answers 302 to URL; ``/slow`` trickles a body one byte at a time."""
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:
         parts = urlsplit(self.path)
         if parts.path == "/redirect":
             self.send_response(302)
@@ -118,9 +125,13 @@ def used(server: RunningServer, key: str | None = None) -> int:
         ("http://[::ffff:127.0.0.1]/a.jpg", "loopback"),
     ],
 )
-def test_private_literal_addresses_are_rejected_by_default(default_server: RunningServer, url: str, why: str) -> None:
+def test_private_literal_addresses_are_rejected_by_default(
+    default_server: RunningServer, url: str, why: str
+) -> None:
     before = used(default_server)
-    response = httpx.post(default_server.base_url + "/v1/pipeline", json=body(url), headers=default_server.headers())
+    response = httpx.post(
+        default_server.base_url + "/v1/pipeline", json=body(url), headers=default_server.headers()
+    )
     assert response.status_code == 400
     reason = response.json()["reason"]
     assert reason.startswith("source.http.url.0: is refused") and why in reason
@@ -177,7 +188,9 @@ def test_slow_loris_source_hits_the_deadline(strict_server: RunningServer, trick
     assert time.monotonic() - started < 15
 
 
-def test_oversized_source_is_refused(strict_server: RunningServer, source_dir: Path, source_server: str) -> None:
+def test_oversized_source_is_refused(
+    strict_server: RunningServer, source_dir: Path, source_server: str
+) -> None:
     (source_dir / "large.bin.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 300_000)
     with strict_server.client() as client:
         response = client.post("/v1/pipeline", json=body(f"{source_server}/large.bin.jpg"))
@@ -234,7 +247,9 @@ def test_path_traversal_is_refused_even_when_signed(strict_server: RunningServer
             assert b"SQLite" not in response.content
 
 
-def test_expired_temp_url_is_403_and_file_is_collected(strict_server: RunningServer, source_photos: dict[str, str]) -> None:
+def test_expired_temp_url_is_403_and_file_is_collected(
+    strict_server: RunningServer, source_photos: dict[str, str]
+) -> None:
     with strict_server.client() as client:
         response = client.post("/v1/pipeline", json=body(source_photos["burger.jpg"]))
         output = wait_for_pipeline(client, response.json()["pipeline"]["id"])["results"][0]["output_object"]
@@ -254,7 +269,9 @@ def test_expired_temp_url_is_403_and_file_is_collected(strict_server: RunningSer
 # -- keys ---------------------------------------------------------------------------------------------------
 
 
-def test_api_keys_and_signatures_never_reach_the_logs(strict_server: RunningServer, finished_output: dict) -> None:
+def test_api_keys_and_signatures_never_reach_the_logs(
+    strict_server: RunningServer, finished_output: dict
+) -> None:
     httpx.get(strict_server.base_url + "/v1/me/usage/", headers={"X-API-KEY": WRONG_KEY})
     httpx.post(strict_server.base_url + "/v1/pipeline", json={}, headers={"X-API-KEY": WRONG_KEY})
     httpx.get(strict_server.base_url + "/v1/me/usage/", headers=strict_server.headers())

@@ -46,13 +46,15 @@ class Receiver:
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 payload = self.rfile.read(length)
-                receiver.calls.append(Received(time.time(), {k.lower(): v for k, v in self.headers.items()}, payload))
+                receiver.calls.append(
+                    Received(time.time(), {k.lower(): v for k, v in self.headers.items()}, payload)
+                )
                 index = min(len(receiver.calls) - 1, len(receiver.statuses) - 1)
                 self.send_response(receiver.statuses[index])
                 self.send_header("Content-Length", "0")
@@ -83,7 +85,14 @@ def receiver_factory() -> Iterator:
 @pytest.fixture(scope="module")
 def webhook_server() -> Iterator[RunningServer]:
     with running_server(
-        extra_args=("--workers", "1", "--webhook-retry-delays", ",".join(map(str, RETRY_DELAYS)), "--webhook-timeout", "2"),
+        extra_args=(
+            "--workers",
+            "1",
+            "--webhook-retry-delays",
+            ",".join(map(str, RETRY_DELAYS)),
+            "--webhook-timeout",
+            "2",
+        ),
         env={"LEAPI_WEBHOOK_SECRET": SECRET},
     ) as server:
         yield server
@@ -104,7 +113,7 @@ def submit_with_webhook(server: RunningServer, source_url: str, notify_url: str)
         return pipeline_id, wait_for_pipeline(client, pipeline_id)
 
 
-def wait_until(predicate, timeout: float = 15.0) -> None:  # noqa: ANN001
+def wait_until(predicate, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -159,19 +168,32 @@ def test_retries_stop_after_the_configured_delays(
     assert delivery["next_attempt_at"] is None
 
 
-def test_unreachable_receiver_counts_as_failure(webhook_server: RunningServer, source_photos: dict[str, str]) -> None:
+def test_unreachable_receiver_counts_as_failure(
+    webhook_server: RunningServer, source_photos: dict[str, str]
+) -> None:
     with socket_closed_port() as port:
-        pipeline_id, pipeline = submit_with_webhook(webhook_server, source_photos["cat.jpg"], f"http://127.0.0.1:{port}/x")
+        pipeline_id, pipeline = submit_with_webhook(
+            webhook_server, source_photos["cat.jpg"], f"http://127.0.0.1:{port}/x"
+        )
     assert pipeline["status"] == "DONE"  # the pipeline does not depend on its webhook
     with webhook_server.client() as client:
-        wait_until(lambda: len(client.get(f"/v1/pipeline/{pipeline_id}/webhooks").json()["deliveries"][0]["attempts"]) >= 2)
+        wait_until(
+            lambda: (
+                len(client.get(f"/v1/pipeline/{pipeline_id}/webhooks").json()["deliveries"][0]["attempts"])
+                >= 2
+            )
+        )
         (delivery,) = client.get(f"/v1/pipeline/{pipeline_id}/webhooks").json()["deliveries"]
     assert delivery["attempts"][0]["status_code"] is None and "Connect" in delivery["attempts"][0]["error"]
 
 
-def test_failed_pipeline_also_notifies(webhook_server: RunningServer, receiver_factory, hostile_sources: dict[str, str]) -> None:
+def test_failed_pipeline_also_notifies(
+    webhook_server: RunningServer, receiver_factory, hostile_sources: dict[str, str]
+) -> None:
     receiver = receiver_factory([204])
-    pipeline_id, pipeline = submit_with_webhook(webhook_server, hostile_sources["not-an-image.jpg"], receiver.url)
+    pipeline_id, pipeline = submit_with_webhook(
+        webhook_server, hostile_sources["not-an-image.jpg"], receiver.url
+    )
     assert pipeline["status"] == "ERROR"
     wait_until(lambda: len(receiver.calls) == 1)
     event = json.loads(receiver.calls[0].body)
@@ -179,7 +201,7 @@ def test_failed_pipeline_also_notifies(webhook_server: RunningServer, receiver_f
     assert event["pipeline"]["errors"]
 
 
-class socket_closed_port:  # noqa: N801 - used as a context manager
+class socket_closed_port:
     """A localhost port with nothing listening (bound then released)."""
 
     def __enter__(self) -> int:
