@@ -72,6 +72,10 @@ class Dispatcher:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         threads = max(1, (os.cpu_count() or 1) // self.config.workers)
+        # Native thread pools read these at import, before any initializer runs; spawned workers inherit
+        # the environment, so set them here (an explicit user setting wins).
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, str(threads))
         # spawn, not fork: the API process has threads (sqlite, anyio) that fork would copy mid-flight.
         return ProcessPoolExecutor(
             max_workers=self.config.workers,

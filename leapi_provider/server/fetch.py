@@ -13,7 +13,6 @@ from urllib.parse import urljoin, urlsplit
 
 import httpcore
 
-from leapi_provider.engine import sniff_format
 from leapi_provider.server.netguard import (
     AddressPolicy,
     BlockedAddressError,
@@ -141,6 +140,8 @@ def _read_body(response: httpcore.Response, policy: FetchPolicy, deadline: float
 
 
 def _sniff(head: bytes) -> str:
+    from leapi_provider.engine import sniff_format  # the engine (numpy, OpenCV) loads in workers only
+
     image_format = sniff_format(head)
     if image_format is None:
         raise FetchError("source is not a supported image: expected JPEG, TIFF, PNG, BMP or WEBP content")

@@ -63,13 +63,11 @@ class TaskOutcome:
 
 
 def init_worker(parent_pid: int, threads_per_worker: int) -> None:
-    """Worker process initializer: bound native thread pools and die with the server.
+    """Worker process initializer: bound OpenCV's thread pool and die with the server.
 
     Each worker gets its share of the cores (workers x threads <= cores), so N workers don't
-    oversubscribe N cores with N x N threads.
+    oversubscribe N cores with N x N threads (OMP/BLAS variables are set by the dispatcher).
     """
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads_per_worker)
     try:
         import cv2
 
