@@ -9,7 +9,7 @@ UV := $(WORK)/uv/bin/uv
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: all venv test demo bench lint clean
+.PHONY: all venv test demo bench lint clean train
 
 all: test
 
@@ -32,6 +32,17 @@ demo: venv
 
 bench: venv
 	$(PY) -m tests.bench
+
+# Retrains the engine's restoration model (leapi_provider/engine/weights/luma_x2.onnx) in its own
+# environment: PyTorch is a training-only tool, never a project dependency (docs/engine.md).
+TRAIN_VENV := $(WORK)/train
+$(TRAIN_VENV)/.installed: train/requirements.txt
+	python3 -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/pip install --quiet --disable-pip-version-check -r train/requirements.txt
+	touch $@
+
+train: $(TRAIN_VENV)/.installed
+	$(TRAIN_VENV)/bin/python train/train_restoration.py
 
 lint: venv
 	$(PY) -m ruff check leapi_provider tests dags example_dags scripts

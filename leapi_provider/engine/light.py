@@ -5,7 +5,7 @@ per channel (so the cost at full resolution is one table lookup per pixel):
 
 1. white balance: shades-of-grey (Finlayson & Trezzi 2004; Minkowski norm ``p``) in linear light,
    with per-channel gains clamped so a scene dominated by one colour is not "corrected" into its
-   complement;
+   complement, applied as curves that keep white at white (a blown-out background stays clean);
 2. exposure: the geometric mean luminance (mean log-luminance, Reinhard's "key") is moved towards a
    target key by a curve that fixes black and white (no clipping), outside a dead zone around the
    target so well-exposed photos are left alone;
@@ -69,8 +69,11 @@ class LightCorrection:
         return _to_uint8(self._curves(_LEVELS))
 
     def _curves(self, levels: np.ndarray) -> np.ndarray:
-        linear = srgb_to_linear(levels)[:, None] * np.asarray(self.white_balance_gains)[None, :]
-        linear = _exposure_curve(np.clip(linear, 0.0, 1.0), 2.0**self.exposure_ev)
+        linear = srgb_to_linear(levels)[:, None]
+        # White balance as a curve with the gain's slope that keeps 1.0 at 1.0: white stays white
+        # (a product's white background must not turn yellow), greys and colours get the gain.
+        linear = np.column_stack([_exposure_curve(linear[:, 0], g) for g in self.white_balance_gains])
+        linear = _exposure_curve(linear, 2.0**self.exposure_ev)
         encoded = linear_to_srgb(linear)
         span = max(self.white_point - self.black_point, 1e-3)
         return np.clip((encoded - self.black_point) / span, 0.0, 1.0)
@@ -105,8 +108,10 @@ def measure(rgb_thumbnail: np.ndarray, tuning: LightTuning) -> LightCorrection:
     linear = srgb_to_linear(pixels / 255.0)
     luminance = linear @ _REC709_LUMINANCE
 
-    # 1. White balance on well-exposed pixels (clipped or near-black ones carry no illuminant colour).
-    usable = (pixels.max(axis=1) < 250) & (luminance > 0.005)
+    # 1. White balance. Pixels with one or two channels clipped have lost their colour and near-black
+    # ones carry none; fully clipped pixels are kept: a blown-out white is evidence of a white light.
+    partly_clipped = (pixels.max(axis=1) >= 254) & (pixels.min(axis=1) < 254)
+    usable = ~partly_clipped & (luminance > 0.005)
     sample = linear[usable] if usable.sum() >= 64 else linear
     illuminant = np.power(np.mean(np.power(sample, tuning.minkowski_p), axis=0), 1.0 / tuning.minkowski_p)
     illuminant = np.maximum(illuminant, 1e-4)
@@ -115,7 +120,7 @@ def measure(rgb_thumbnail: np.ndarray, tuning: LightTuning) -> LightCorrection:
     gains = np.clip(grey / illuminant, low, high)
     # Keep luminance: the gains change colour, exposure is the next step's business.
     gains = gains / float(gains @ _REC709_LUMINANCE)
-    balanced = np.clip(linear * gains, 0.0, 1.0)
+    balanced = np.column_stack([_exposure_curve(linear[:, c], gains[c]) for c in range(3)])
 
     # 2. Exposure from the log-average luminance, outside a dead zone around the target key.
     key = float(np.exp(np.mean(np.log(balanced @ _REC709_LUMINANCE + 1e-4))))

@@ -105,3 +105,21 @@ def linear_rgb_icc_profile() -> bytes:
     )
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + table + body
+
+
+def neutral_scene(width: int = 160, height: int = 120, seed: int = 0) -> np.ndarray:
+    """A scene lit by white light: grey shading, a white and a black object, coloured objects in
+    complementary pairs (so no colour dominates), texture."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    grey = 70 + 90 * (xx / width) * (0.6 + 0.4 * yy / height)
+    image = np.repeat(grey[..., None], 3, axis=2)
+    cv2.rectangle(image, (5, 5), (30, 25), (225, 225, 225), -1)
+    cv2.rectangle(image, (width - 30, height - 25), (width - 5, height - 5), (15, 15, 15), -1)
+    for _ in range(3):
+        colour = rng.integers(40, 215, 3).astype(np.float32)
+        for tint in (colour, 255 - colour):
+            centre = (int(rng.integers(20, width - 20)), int(rng.integers(20, height - 20)))
+            cv2.circle(image, centre, int(rng.integers(8, 16)), tuple(float(c) for c in tint), -1)
+    image += rng.normal(0, 4, (height, width, 1)).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8)
