@@ -67,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help=f"an accepted X-API-KEY (repeatable); also env {API_KEYS_ENV}, comma separated",
     )
-    p.add_argument("--public-url", default=None, help="base URL for tmp_url links (default: as requested)")
+    p.add_argument(
+        "--public-url",
+        default=None,
+        help="base URL for tmp_url links and webhook payloads; unset: the address the client used",
+    )
     p.add_argument(
         "--rate-limit-per-minute",
         type=_non_negative_int,
@@ -101,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--webhook-secret",
         default=None,
-        help=f"HMAC secret for webhook signatures (also env {WEBHOOK_SECRET_ENV}; default: generated once and "
-        "stored in the data dir as webhook-secret)",
+        help=f"HMAC secret for webhook signatures (also env {WEBHOOK_SECRET_ENV}); unset: generated once and "
+        "kept in DATA_DIR/webhook-secret",
     )
     p.add_argument(
         "--allow-private-sources",
@@ -118,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     limits = p.add_argument_group("limits")
     limits.add_argument(
-        "--max-urls-per-pipeline", type=_positive_int, default=defaults.DEFAULT_MAX_URLS_PER_PIPELINE
+        "--max-urls-per-pipeline",
+        type=_positive_int,
+        default=defaults.DEFAULT_MAX_URLS_PER_PIPELINE,
+        help="source URLs one pipeline may have",
     )
     limits.add_argument(
         "--max-request-bytes",
@@ -132,17 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.DEFAULT_MAX_DOWNLOAD_BYTES,
         help="per source",
     )
-    limits.add_argument("--max-input-pixels", type=_positive_int, default=defaults.DEFAULT_MAX_INPUT_PIXELS)
+    limits.add_argument(
+        "--max-input-pixels",
+        type=_positive_int,
+        default=defaults.DEFAULT_MAX_INPUT_PIXELS,
+        help="largest source image (width x height), checked from its header before decoding",
+    )
     limits.add_argument(
         "--max-output-pixels",
         type=_positive_int,
         default=defaults.DEFAULT_MAX_OUTPUT_PIXELS,
-        help="largest width x height box an operation may ask for",
+        help="largest output (width x height) an operation may produce",
     )
-    limits.add_argument("--fetch-connect-timeout", type=_positive_float, default=5.0)
+    limits.add_argument("--fetch-connect-timeout", type=_positive_float, default=5.0, help="seconds")
     limits.add_argument("--fetch-read-timeout", type=_positive_float, default=15.0, help="between two reads")
     limits.add_argument("--fetch-deadline", type=_positive_float, default=60.0, help="whole download")
-    limits.add_argument("--max-redirects", type=_non_negative_int, default=5)
+    limits.add_argument("--max-redirects", type=_non_negative_int, default=5, help="per source download")
     limits.add_argument(
         "--max-task-attempts", type=_positive_int, default=3, help="interrupted tasks retried"
     )
