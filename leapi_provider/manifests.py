@@ -819,7 +819,8 @@ def plan_batches(
     max_map_length``), so any manifest size fits. Groups are ordered by operation hash and rows by manifest
     row, so the same manifest always gives the same plan.
 
-    :param valid: :attr:`ManifestValidation.valid` (or any table with its columns), possibly filtered.
+    :param valid: :attr:`ManifestValidation.valid` (or any table with its columns), possibly filtered;
+        other columns (``attributes``, a caller's own) are carried along, after the plan's.
     """
     if urls_per_pipeline < 1:
         raise ValueError(f"urls_per_pipeline must be >= 1, got {urls_per_pipeline}")
@@ -827,8 +828,7 @@ def plan_batches(
         raise ValueError(f"max_batches must be >= 1, got {max_batches}")
     n = valid.num_rows
     if n == 0:
-        empty = pa.Table.from_batches([], schema=PLAN_SCHEMA)
-        return Plan(empty, urls_per_pipeline, 1, 0, 0, 0)
+        return Plan(PLAN_SCHEMA.empty_table(), urls_per_pipeline, 1, 0, 0, 0)
     hashes = _dictionary(valid["operation_hash"])
     # Rank operations by their hash text so group order does not depend on the manifest's row order
     # (dense ranks: equal texts, should a dictionary repeat one, form one group).
@@ -847,11 +847,13 @@ def plan_batches(
     num_pipelines = int(pipelines_per_group.sum())
     pipelines_per_batch = max(1, -(-num_pipelines // max_batches))
     batch_index = (pipeline_index // pipelines_per_batch).astype(np.int32)
-    table = valid.select(VALID_ROWS_SCHEMA.names).take(pa.array(order))
+    extra = [name for name in valid.column_names if name not in PLAN_SCHEMA.names]
+    table = valid.select([*VALID_ROWS_SCHEMA.names, *extra]).take(pa.array(order))
     table = table.append_column("pipeline_index", pa.array(pipeline_index, pa.int64()))
     table = table.append_column("batch_index", pa.array(batch_index, pa.int32()))
+    table = table.select([*PLAN_SCHEMA.names, *extra])
     return Plan(
-        table=table.cast(PLAN_SCHEMA),
+        table=table.cast(pa.schema([*PLAN_SCHEMA, *(table.schema.field(name) for name in extra)])),
         urls_per_pipeline=urls_per_pipeline,
         pipelines_per_batch=pipelines_per_batch,
         num_pipelines=num_pipelines,
@@ -902,6 +904,12 @@ def write_json_atomic(payload: Any, location: Location) -> str:
     """As :func:`write_parquet_atomic`, for a small JSON document."""
     fs, path = resolve_location(location)
     data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
+    return _atomic_write(fs, path, lambda handle: handle.write(data))
+
+
+def write_bytes_atomic(data: bytes, location: Location) -> str:
+    """As :func:`write_parquet_atomic`, for bytes (a PNG, a CSV)."""
+    fs, path = resolve_location(location)
     return _atomic_write(fs, path, lambda handle: handle.write(data))
 
 
