@@ -85,7 +85,8 @@ class RunningServer:
         return httpx.Client(base_url=self.base_url, headers=self.headers(api_key), **kwargs)  # type: ignore[arg-type]
 
     def logs(self) -> str:
-        """Everything the server wrote to stdout/stderr so far (across restarts)."""
+        """Everything the server wrote to stdout/stderr so far (across restarts; kept in the data dir, so
+        read it before a temporary data dir is removed at exit)."""
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:

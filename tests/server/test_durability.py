@@ -3,7 +3,9 @@ charging each image exactly once and leaving no temp file orphaned or missing.""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -87,3 +89,43 @@ def test_sigkill_during_processing_then_restart(tmp_path: Path, source_photos: d
             if p.is_file()
         }
         assert on_disk == keys  # nothing orphaned (no partial or superseded files), nothing missing
+
+
+def _worker_pids(server_pid: int) -> list[int]:
+    """The pool's worker processes: children of the server started by multiprocessing's spawn."""
+    pids = []
+    for task in Path(f"/proc/{server_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            if b"spawn_main" in cmdline:
+                pids.append(int(child))
+    return pids
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_image_is_replaced_and_its_image_redone(source_photos: dict[str, str]) -> None:
+    operation = {**QUICK_START_OPERATION, "width": 2400, "height": 1600, "quality": 90}
+    urls = [source_photos["burger.jpg"], source_photos["cat.jpg"]] * 3
+    with running_server(extra_args=("--workers", "1")) as server, server.client() as client:
+        assert server.process is not None
+        response = client.post(
+            "/v1/pipeline",
+            json={"source": {"http": {"url": urls}}, "operations": [operation], "sink": {"temp_store": True}},
+        )
+        pipeline_id = response.json()["pipeline"]["id"]
+        deadline = time.monotonic() + 30
+        while client.get(f"/v1/pipeline/{pipeline_id}").json()["pipeline"]["started_at"] is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.2)
+        victims = _worker_pids(server.process.pid)
+        assert victims
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        pipeline = wait_for_pipeline(client, pipeline_id, timeout=120)
+        assert client.get("/healthz").status_code == 200
+        usage = client.get("/v1/me/usage/").json()
+        assert "worker process died" in server.logs()
+    assert pipeline["status"] == "DONE"
+    assert [r["error"] for r in pipeline["results"]] == [None] * len(urls)
+    assert usage["used"] == len(urls)
