@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -123,7 +124,17 @@ class ImageFormat(str, enum.Enum):
         return "jpg" if self is ImageFormat.JPEG else "png"
 
 
-Intensity = Annotated[float, Field(ge=INTENSITY_MIN, le=INTENSITY_MAX)]
+def _refuse_bool(value: Any) -> Any:
+    # pydantic's lax mode reads true/false as 1/0; in a numeric field a boolean is a client bug.
+    # (Whole floats such as 1800.0 stay accepted for integers: dataframes with nulls produce them.)
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")  # noqa: TRY004 - pydantic reports ValueError only
+    return value
+
+
+NotBool = BeforeValidator(_refuse_bool)
+Intensity = Annotated[float, Field(ge=INTENSITY_MIN, le=INTENSITY_MAX), NotBool]
+Side = Annotated[int, Field(ge=1, le=MAX_OUTPUT_SIDE), NotBool]
 
 
 class _PresetOperation(_RequestModel):
@@ -136,16 +147,18 @@ class _PresetOperation(_RequestModel):
 
     # Declared here so that ``op`` is emitted first; each preset narrows it to its own literal.
     op: str
-    width: Annotated[int, Field(ge=1, le=MAX_OUTPUT_SIDE)] | None = None
-    height: Annotated[int, Field(ge=1, le=MAX_OUTPUT_SIDE)] | None = None
-    restoration_level: Annotated[int, Field(ge=RESTORATION_LEVEL_MIN, le=RESTORATION_LEVEL_MAX)] | None = None
+    width: Side | None = None
+    height: Side | None = None
+    restoration_level: (
+        Annotated[int, Field(ge=RESTORATION_LEVEL_MIN, le=RESTORATION_LEVEL_MAX), NotBool] | None
+    ) = None
     lightai_intensity: Intensity | None = None
     # Emitted as ``toneai_intensity`` (every JSON example); ``tone_intensity`` (field lists) accepted.
     toneai_intensity: Intensity | None = Field(
         default=None, validation_alias=AliasChoices("toneai_intensity", "tone_intensity")
     )
     image_format: ImageFormat | None = None
-    quality: Annotated[int, Field(ge=1, le=100)] | None = None
+    quality: Annotated[int, Field(ge=1, le=100), NotBool] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON body of this operation, leaving out what was not set so the server's defaults apply."""
@@ -162,7 +175,7 @@ class RealEstatePreset(_PresetOperation):
 
 class PrintPreset(_PresetOperation):
     op: Literal["preset/print"] = "preset/print"
-    dpi: Annotated[int, Field(ge=1, le=4800)] | None = None
+    dpi: Annotated[int, Field(ge=1, le=4800), NotBool] | None = None
 
 
 Operation = Annotated[MarketplacePreset | RealEstatePreset | PrintPreset, Field(discriminator="op")]

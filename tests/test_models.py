@@ -271,6 +271,17 @@ def test_every_documented_preset_body_parses(text: str, model: type) -> None:
     assert operation.to_wire() == json.loads(text)
 
 
+def test_whole_floats_are_accepted_for_integer_fields() -> None:
+    # Integer columns with nulls come out of pandas as floats (1800.0); they are still valid sizes.
+    operation = PipelineRequest.model_validate(
+        {
+            "source": {"http": {"url": "https://x.test/a.jpg"}},
+            "operations": [{"op": "preset/marketplace", "width": 1800.0}],
+        }
+    ).operations[0]
+    assert operation.to_wire() == {"op": "preset/marketplace", "width": 1800}
+
+
 def test_print_preset_keeps_dpi() -> None:
     operation = PipelineRequest.model_validate(
         {"source": {"http": {"url": "https://x.test/a.jpg"}}, "operations": [json.loads(PRINT_OPERATION)]}
@@ -316,6 +327,11 @@ def test_url_list_and_tone_intensity_spelling_are_accepted() -> None:
             "operations.0.image_format: Input should be 'JPEG' or 'PNG'",
         ),
         ({"op": "preset/marketplace", "colour": 1}, "operations.0.colour: unknown field"),
+        (
+            {"op": "preset/marketplace", "lightai_intensity": True},
+            "operations.0.lightai_intensity: must be a number",
+        ),
+        ({"op": "preset/marketplace", "width": False}, "operations.0.width: must be a number, not a boolean"),
         ({"op": "preset/unknown"}, "operations.0.op: unknown operation 'preset/unknown'"),
         ({"width": 100}, "operations.0.op: Field required"),
     ],

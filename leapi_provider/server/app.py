@@ -50,6 +50,7 @@ log = logging.getLogger("leapi_server")
 API_KEY_HEADER = "X-API-KEY"
 HEALTH_PATH = "/healthz"
 _IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+_PIPELINE_ID_RE = re.compile(r"^[0-9]{1,18}$")
 
 
 class ApiError(Exception):
@@ -152,6 +153,11 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _rejection(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _rejection(500, "internal server error; the request may be retried")
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
@@ -180,7 +186,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 "required": False,
                 "description": "Extension: replays of the same key (same API key, 24 h) return the original "
                 "ACCEPTED answer without a new pipeline or charge; with a different body they are REJECTED.",
-                "schema": {"type": "string", "maxLength": 255},
+                "schema": {"type": "string", "pattern": _IDEMPOTENCY_KEY_RE.pattern},
             }
         ],
     }
@@ -321,6 +327,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         request_schema = PipelineRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(request_schema.pop("$defs", {}))
         components["PipelineRequest"] = request_schema
+        _describe_server_constraints(components, config)
         _drop_datetime_format(schema)
         app.openapi_schema = schema
         return schema
@@ -330,7 +337,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
 
 def _pipeline_number(pipeline_id: str) -> int:
-    if not pipeline_id.isdigit() or len(pipeline_id) > 18:
+    if not _PIPELINE_ID_RE.match(pipeline_id):  # not str.isdigit: that accepts "4²", which int() refuses
         raise ApiError(404, f"pipeline {pipeline_id} not found")
     return int(pipeline_id)
 
@@ -347,6 +354,42 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             raise ApiError(413, f"body: request body is larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+#: What this server accepts as a source or webhook URL (``check_http_url``), as a JSON-schema pattern.
+HTTP_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~-]+(:[1-9][0-9]{0,3})?([/?#][\x21-\x7e]*)?$"
+
+
+def _describe_server_constraints(components: dict[str, Any], config: ServerConfig) -> None:
+    """The wire model documents the LEAPI contract; the schema also shows what this server enforces:
+    ``url`` as a string or a list (the docs use both) of http(s) URLs, at most ``--max-urls-per-pipeline``;
+    ``op`` required; ``temp_store`` true."""
+    url = {"type": "string", "minLength": 1, "pattern": HTTP_URL_PATTERN}
+    components["HttpSource"]["properties"]["url"] = {
+        "anyOf": [
+            url,
+            {"type": "array", "items": url, "minItems": 1, "maxItems": config.max_urls_per_pipeline},
+        ],
+        "title": "Url",
+        "description": "one source image URL or a list of them (one credit each)",
+    }
+    # ``op`` has a default in Python (``MarketplacePreset(width=...)``) but is the discriminator on the wire.
+    for preset in ("MarketplacePreset", "RealEstatePreset", "PrintPreset"):
+        required = components[preset].setdefault("required", [])
+        if "op" not in required:
+            required.insert(0, "op")
+    components["Sink"]["properties"]["temp_store"] = {
+        "type": "boolean",
+        "const": True,
+        "default": True,
+        "title": "Temp Store",
+        "description": "temp_store is the only sink of this server: must be true",
+    }
+    components["PipelineRequest"]["properties"]["notify_url"] = {
+        "anyOf": [{"type": "string", "pattern": HTTP_URL_PATTERN}, {"type": "null"}],
+        "default": None,
+        "title": "Notify Url",
+    }
 
 
 def _drop_datetime_format(node: Any) -> None:

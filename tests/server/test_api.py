@@ -295,6 +295,7 @@ def test_a_key_sees_only_its_own_pipelines(
         assert used_credits(other) == other_before
         assert other.get("/v1/pipeline/999999999").status_code == 404
         assert other.get("/v1/pipeline/not-a-number").status_code == 404
+        assert other.get("/v1/pipeline/4%C2%B2").status_code == 404  # "4²": isdigit() but not an int
 
 
 def test_usage_counts_one_credit_per_url(leapi_server: RunningServer, source_photos: dict[str, str]) -> None:
