@@ -825,6 +825,7 @@ def contact_sheet_png(pairs: Sequence[tuple[str, bytes, bytes]], *, cell: int = 
 
 def _contact_sheet(settings: CatalogSettings, done: pa.Table) -> bytes | None:
     count = settings.contact_sheet_images
+    done = done.filter(pc.is_valid(done["output_uri"]))
     if count <= 0 or done.num_rows == 0:
         return None
     # A few images of each preset, in a stable order.
@@ -930,7 +931,6 @@ def _export_feed(
 
 def finalize_run(
     settings: CatalogSettings,
-    run_dir: str | None,
     *,
     dag_run_id: str,
     run_date: str,
@@ -990,22 +990,14 @@ def finalize_run(
         if export_feed and settings.export
         else []
     )
-    counts = table.group_by(["status", "preset"]).aggregate([("image_id", "count_all")])
+    pairs = Counter(zip(table["status"].to_pylist(), table["preset"].to_pylist(), strict=True))
     summary = {
         "rows": table.num_rows,
         "by_status": dict(sorted(Counter(table["status"].to_pylist()).items())),
-        "by_status_and_preset": sorted(
-            [
-                [s, p, n]
-                for s, p, n in zip(
-                    counts["status"].to_pylist(),
-                    counts["preset"].to_pylist(),
-                    counts["count_all"].to_pylist(),
-                    strict=True,
-                )
-            ],
-            key=lambda item: (item[0], item[1] or ""),
-        ),
+        "by_status_and_preset": [
+            [status, preset, n]
+            for (status, preset), n in sorted(pairs.items(), key=lambda i: (i[0][0], i[0][1] or ""))
+        ],
         "credits_used": _credits_used(run, plan["batches"]),
     }
     result = {
@@ -1051,13 +1043,22 @@ def _context_facts() -> tuple[CatalogSettings, str, str, str]:
     return settings, dag_run.dag_id, dag_run.run_id, run_date
 
 
-def plan_task_callable() -> dict[str, Any]:
-    from airflow.sdk import conf
+#: XCom key of the plan's counts (its return value is the list of batch URIs, mapped over).
+XCOM_PLAN_COUNTS_KEY = "counts"
+XCOM_RUN_DIR_KEY = "run_dir"
+
+
+def plan_task_callable() -> list[str]:
+    from airflow.sdk import conf, get_current_context
 
     settings, _, run_id, run_date = _context_facts()
-    return plan_run(
+    plan = plan_run(
         settings, dag_run_id=run_id, run_date=run_date, max_map_length=conf.getint("core", "max_map_length")
     )
+    ti = get_current_context()["ti"]
+    ti.xcom_push(key=XCOM_PLAN_COUNTS_KEY, value=plan["counts"])
+    ti.xcom_push(key=XCOM_RUN_DIR_KEY, value=plan["run_dir"])
+    return plan["batches"]
 
 
 def submit_task_callable(batch_uri: str) -> dict[str, Any]:
@@ -1073,11 +1074,11 @@ def transfer_task_callable(batch_uri: str) -> str | None:
     )
 
 
-def finalize_task_callable(run_dir: str | None = None, *, export_feed: bool = False) -> dict[str, Any]:
+def finalize_task_callable(*, export_feed: bool = False) -> dict[str, Any]:
     from airflow.sdk import Asset, get_current_context
 
     settings, _, run_id, run_date = _context_facts()
-    result = finalize_run(settings, run_dir, dag_run_id=run_id, run_date=run_date, export_feed=export_feed)
+    result = finalize_run(settings, dag_run_id=run_id, run_date=run_date, export_feed=export_feed)
     context = get_current_context()
     task = context["task"]
     for outlet in getattr(task, "outlets", None) or []:
@@ -1128,7 +1129,7 @@ def add_catalog_tasks(
     """
     from airflow.sdk import task, task_group
 
-    plan = task(task_id="plan", multiple_outputs=True)(plan_task_callable)()
+    plan = task(task_id="plan")(plan_task_callable)()
     sensor_class = _batch_wait_sensor_class()
 
     @task_group(group_id="batch")
@@ -1148,9 +1149,9 @@ def add_catalog_tasks(
         waited >> transferred
         return transferred
 
-    batches = batch.expand(batch_uri=plan["batches"])
+    batches = batch.expand(batch_uri=plan)
     finalize = task(task_id="finalize", trigger_rule="all_done", outlets=list(outlets))(
         finalize_task_callable
-    )(plan["run_dir"], export_feed=export_feed)
+    )(export_feed=export_feed)
     batches >> finalize
     return {"plan": plan, "batch": batches, "finalize": finalize}

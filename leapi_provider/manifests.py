@@ -942,8 +942,8 @@ def conform_results(table: pa.Table | Sequence[Mapping[str, Any]]) -> pa.Table:
     :raises ValueError: a status outside :class:`ResultStatus`, or a row without status.
     """
     if not isinstance(table, pa.Table):
-        rows = list(table)
-        table = pa.Table.from_pylist(rows) if rows else pa.table({})
+        # Keys a row lacks are null (from_pylist alone would take the columns of the first row only).
+        table = pa.Table.from_pylist(list(table), schema=RESULT_SCHEMA)
     n = table.num_rows
     columns = []
     for f in RESULT_SCHEMA:
