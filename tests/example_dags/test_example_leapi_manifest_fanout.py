@@ -10,14 +10,7 @@ import pytest
 from PIL import Image
 
 from leapi_provider.catalog_testing import sample_manifest
-from tests.fixtures.catalog import (  # noqa: F401 - fixtures
-    catalog_bucket,
-    catalog_env,
-    catalog_site,
-    load_dag,
-    pipeline_count,
-    run_dag,
-)
+from tests.fixtures.catalog import load_dag, pipeline_count, run_dag
 
 pytestmark = pytest.mark.slow
 FANOUT = ("example_dags/example_leapi_manifest_fanout.py", "example_leapi_manifest_fanout")
