@@ -92,7 +92,7 @@ def _operation_dicts(operations: Any) -> Any:
         operations = [operations]
     if isinstance(operations, (list, tuple)):
         return [
-            op.model_dump(exclude_none=True, by_alias=True) if isinstance(op, BaseModel) else op
+            op.model_dump(mode="json", exclude_none=True, by_alias=True) if isinstance(op, BaseModel) else op
             for op in operations
         ]
     return operations

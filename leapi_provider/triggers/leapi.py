@@ -42,6 +42,8 @@ EVENT_STATUSES = (EVENT_SUCCESS, EVENT_ERROR, EVENT_TIMEOUT)
 #: Errors quoted in an event message (the rest is counted, keeping the event small).
 _MAX_QUOTED_ERRORS = 5
 _MAX_ERROR_CHARS = 300
+#: The wait between poll rounds (a module attribute so that tests can observe the schedule).
+_sleep = asyncio.sleep
 
 
 def validate_pipeline_event(event: Any) -> dict[str, Any]:
@@ -183,7 +185,7 @@ class LeapiPipelineTrigger(BaseTrigger):
                     len(statuses),
                     gap,
                 )
-                await asyncio.sleep(gap)
+                await _sleep(gap)
         finally:
             await hook.aclose()
 
