@@ -6,6 +6,7 @@ Everything here is picklable plain data in, plain data out; the API process neve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -18,6 +19,9 @@ from typing import Any
 from leapi_provider.server.fetch import FetchError, FetchPolicy, fetch_image
 
 log = logging.getLogger("leapi_server.worker")
+
+#: Added to the worker processes' nice value (lower CPU priority than the API process).
+WORKER_NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,9 @@ def init_worker(parent_pid: int, threads_per_worker: int) -> None:
     Each worker gets its share of the cores (workers x threads <= cores), so N workers don't
     oversubscribe N cores with N x N threads (OMP/BLAS variables are set by the dispatcher).
     """
+    # Image work yields the CPU to the API process: polls and submits stay fast while the pool is saturated.
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
     try:
         import cv2
 
