@@ -17,7 +17,7 @@ from leapi_provider.models import (
     SubmitStatus,
     Usage,
 )
-from leapi_provider.server.testing import RunningServer, wait_for_pipeline
+from leapi_provider.server.testing import RunningServer, wait_for_pipeline, write_sample_photo
 from tests.server.conftest import QUICK_START_OPERATION
 
 
@@ -361,3 +361,35 @@ def test_openapi_describes_the_contract(leapi_server: RunningServer) -> None:
     assert {"PipelineRequest", "Rejection", "SubmitResponse", "PipelineEnvelope", "Usage"} <= set(schemas)
     assert "X-API-KEY" in json.dumps(spec["components"]["securitySchemes"])
     assert '"date-time"' not in json.dumps(spec)
+
+
+@pytest.mark.parametrize(
+    ("image_format", "ext", "mime"),
+    [
+        ("JPEG", "jpg", "image/jpeg"),
+        ("PNG", "png", "image/png"),
+        ("TIFF", "tiff", "image/tiff"),
+        ("BMP", "bmp", "image/bmp"),
+        ("WEBP", "webp", "image/webp"),
+    ],
+)
+def test_every_supported_input_format(
+    leapi_server: RunningServer, source_dir, source_server: str, image_format: str, ext: str, mime: str
+) -> None:
+    # The FAQ: "JPEG, TIFF, PNG, BMP, or WEBP". Named .img so that only the content can tell.
+    name = f"format-sample-{ext}.img"
+    write_sample_photo(source_dir / name, "chelsea", size=(150, 100), image_format=image_format)
+    with leapi_server.client() as client:
+        pipeline = wait_for_pipeline(
+            client, submit(client, body(f"{source_server}/{name}", width=300, height=200))
+        )
+    (result,) = pipeline["results"]
+    assert result["error"] is None
+    source = result["input_object"]
+    assert (source["format"], source["ext"], source["mime"], source["size"]) == (
+        image_format,
+        ext,
+        mime,
+        [150, 100],
+    )
+    assert result["output_object"]["size"] == [300, 200]
