@@ -210,14 +210,35 @@ def uri_of(path: ObjectStoragePath) -> str:
     return path.fs.unstrip_protocol(path.path)
 
 
-class RunFolder:
-    """The files of one DAG run's work, under ``<results>/_runs/<run>/`` (hidden from table readers)."""
+@dataclass(frozen=True)
+class CatalogRun:
+    """Who is running: the DAG run, its date, and the key its files are named by.
 
-    def __init__(self, settings: CatalogSettings, dag_run_id: str):
+    ``key`` is derived from the DAG and the logical date (the run id when there is none): a run that is
+    cleared and re-run, or re-triggered for the same logical date, finds the work of its earlier attempt
+    (submitted pipelines, written files) and resumes it.
+    """
+
+    dag_id: str
+    dag_run_id: str
+    run_date: str
+    key: str
+
+    @classmethod
+    def of(
+        cls, dag_id: str, dag_run_id: str, logical_date: datetime | None, run_after: datetime | None = None
+    ) -> CatalogRun:
+        stamp = logical_date or run_after or datetime.now(UTC)
+        identity = f"{dag_id}__{logical_date.isoformat()}" if logical_date else f"{dag_id}__{dag_run_id}"
+        return cls(dag_id, dag_run_id, stamp.date().isoformat(), manifests.run_key(identity))
+
+
+class RunFolder:
+    """The files of one DAG run's work, under ``<results>/_runs/<run key>/`` (hidden from table readers)."""
+
+    def __init__(self, settings: CatalogSettings, run: CatalogRun):
         self.settings = settings
-        self.root = (
-            storage_path(settings.results, settings.aws_conn_id) / "_runs" / manifests.run_key(dag_run_id)
-        )
+        self.root = storage_path(settings.results, settings.aws_conn_id) / "_runs" / run.key
 
     def path(self, uri: str) -> ObjectStoragePath:
         return storage_path(uri, self.settings.aws_conn_id)
@@ -316,7 +337,7 @@ def source_fingerprints(
 # --------------------------------------------------------------------------------------------------
 
 
-def _skipped_rows(candidates: pa.Table, previous: pa.Table, *, dag_run_id: str, run_date: str) -> pa.Table:
+def _skipped_rows(candidates: pa.Table, previous: pa.Table, run: CatalogRun) -> pa.Table:
     """``skipped_unchanged`` result rows for ``candidates``, carrying their previous output forward."""
     carried = previous.select(
         [
@@ -340,19 +361,32 @@ def _skipped_rows(candidates: pa.Table, previous: pa.Table, *, dag_run_id: str, 
         ]
     )
     rows = candidates.join(carried, "image_id", join_type="left outer")
-    return status_rows(rows, ResultStatus.SKIPPED_UNCHANGED, dag_run_id=dag_run_id, run_date=run_date)
+    return status_rows(rows, ResultStatus.SKIPPED_UNCHANGED, run=run)
 
 
 def status_rows(
-    rows: pa.Table, status: ResultStatus, *, error: str | None = None, dag_run_id: str, run_date: str
+    rows: pa.Table, status: ResultStatus, *, error: str | None = None, run: CatalogRun
 ) -> pa.Table:
-    """Result rows with one ``status`` (and ``error``) for plan-like ``rows`` (their other columns kept)."""
+    """Result rows with one ``status`` for plan-like ``rows`` (their other columns kept; ``error`` replaces
+    theirs when given)."""
     n = rows.num_rows
-    constants = {"status": status.value, "error": error, "dag_run_id": dag_run_id, "run_date": run_date}
+    constants = {
+        "status": status.value,
+        "dag_run_id": run.dag_run_id,
+        "run_key": run.key,
+        "run_date": run.run_date,
+    }
+    if error is not None or "error" not in rows.column_names:
+        constants["error"] = error
     table = rows.drop_columns([name for name in constants if name in rows.column_names])
     for name, value in constants.items():
         table = table.append_column(name, pa.array([value] * n, pa.string()))
     return manifests.conform_results(table)
+
+
+def _rejects_rows(rejects: pa.Table) -> pa.Table:
+    """The rejects table as result-like rows (short preset name where known, the reason as ``error``)."""
+    return manifests.rejects_as_results(rejects, dag_run_id="", run_date="")
 
 
 def _plain(table: pa.Table) -> pa.Table:
@@ -403,15 +437,13 @@ def check_quota(
     return available, facts
 
 
-def plan_run(
-    settings: CatalogSettings, *, dag_run_id: str, run_date: str, max_map_length: int
-) -> dict[str, Any]:
+def plan_run(settings: CatalogSettings, run: CatalogRun, *, max_map_length: int) -> dict[str, Any]:
     """Validate, diff (incremental), check the quota, plan batches; write it all to the run's folder.
 
     :returns: ``{"run_dir", "batches": [URI, ...], "counts": {...}}`` (small: URIs and numbers).
     :raises ManifestError: unreadable manifest or no valid row.
     """
-    run = RunFolder(settings, dag_run_id)
+    folder = RunFolder(settings, run)
     manifest_location = storage_path(settings.manifest, settings.aws_conn_id)
     validation = manifests.validate_manifest(
         manifests.read_manifest(manifest_location), preset_defaults=settings.preset_defaults
@@ -424,11 +456,11 @@ def plan_run(
         validation.valid.num_rows,
         validation.reject_counts,
     )
-    carried = [manifests.rejects_as_results(validation.rejects, dag_run_id=dag_run_id, run_date=run_date)]
+    carried = [status_rows(_rejects_rows(validation.rejects), ResultStatus.REJECTED_ROW, run=run)]
     valid = _plain(validation.valid)
     if "attributes" in valid.column_names:
         manifests.write_parquet_atomic(
-            valid.select(["manifest_row", "image_id", "attributes"]), run.attributes
+            valid.select(["manifest_row", "image_id", "attributes"]), folder.attributes
         )
         valid = valid.drop_columns(["attributes"])
     fingerprints = pa.nulls(valid.num_rows, pa.string())
@@ -448,9 +480,9 @@ def plan_run(
         done_before = manifests.latest_results(
             manifests.read_result_tables(
                 results_root,
-                # This run's own rows (a re-run of it) are not "before".
+                # This run's own rows (from an earlier attempt of it) are not "before".
                 filter=(pc.field("status") == ResultStatus.DONE.value)
-                & (pc.field("dag_run_id") != dag_run_id),
+                & (pc.field("run_key").is_null() | (pc.field("run_key") != run.key)),
             )
         )
         previous = done_before.select(["image_id", "source_url", "operation_hash", "source_fingerprint"])
@@ -474,8 +506,7 @@ def plan_run(
                 _skipped_rows(
                     unchanged_rows.drop_columns(["input_bytes"]),
                     done_before,
-                    dag_run_id=dag_run_id,
-                    run_date=run_date,
+                    run,
                 )
             )
         valid = joined.filter(pc.invert(unchanged))
@@ -495,8 +526,7 @@ def plan_run(
                 deferred,
                 ResultStatus.DEFERRED_QUOTA,
                 error=f"not submitted: {usage['credits_remaining']} credits were left",
-                dag_run_id=dag_run_id,
-                run_date=run_date,
+                run=run,
             )
         )
     max_batches = max(1, min(settings.max_batches, max_map_length))
@@ -505,9 +535,9 @@ def plan_run(
     )
     batch_uris = []
     for index, rows in plan.batches():
-        manifests.write_parquet_atomic(_plain(rows), run.batch(index))
-        batch_uris.append(uri_of(run.batch(index)))
-    manifests.write_parquet_atomic(pa.concat_tables(carried), run.carried)
+        manifests.write_parquet_atomic(_plain(rows), folder.batch(index))
+        batch_uris.append(uri_of(folder.batch(index)))
+    manifests.write_parquet_atomic(pa.concat_tables(carried), folder.carried)
     counts = {
         "manifest_rows": validation.total_rows,
         "rejected": validation.rejects.num_rows,
@@ -521,10 +551,17 @@ def plan_run(
         **usage,
     }
     manifests.write_json_atomic(
-        {"dag_run_id": dag_run_id, "run_date": run_date, "batches": batch_uris, "counts": counts}, run.plan
+        {
+            "dag_run_id": run.dag_run_id,
+            "run_key": run.key,
+            "run_date": run.run_date,
+            "batches": batch_uris,
+            "counts": counts,
+        },
+        folder.plan,
     )
     log.info("Plan: %s", counts)
-    return {"run_dir": uri_of(run.root), "batches": batch_uris, "counts": counts}
+    return {"run_dir": uri_of(folder.root), "batches": batch_uris, "counts": counts}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -536,9 +573,7 @@ def _read_if_exists(path: ObjectStoragePath) -> pa.Table | None:
     return manifests.read_parquet(path) if path.exists() else None
 
 
-def submit_batch(
-    settings: CatalogSettings, batch_uri: str, *, dag_id: str, dag_run_id: str
-) -> dict[str, Any]:
+def submit_batch(settings: CatalogSettings, batch_uri: str, run: CatalogRun) -> dict[str, Any]:
     """Submit the pipelines of one batch, recording each id as soon as the API accepts it.
 
     Images already recorded by an earlier attempt of this run are not submitted again. A pipeline the API
@@ -550,10 +585,10 @@ def submit_batch(
     from leapi_provider.hooks.leapi import LeapiHook, derive_idempotency_key
     from leapi_provider.models import PipelineRequest
 
-    run = RunFolder(settings, dag_run_id)
+    folder = RunFolder(settings, run)
     index = batch_index_of(batch_uri)
-    batch = manifests.read_parquet(run.path(batch_uri))
-    record_path = run.submitted(index)
+    batch = manifests.read_parquet(folder.path(batch_uri))
+    record_path = folder.submitted(index)
     previous = _read_if_exists(record_path)
     # Submissions recorded by an earlier attempt of this run (accepted, or REJECTED: both final).
     records: dict[int, dict[str, Any]] = {}
@@ -579,7 +614,7 @@ def submit_batch(
                 continue
             operation = json.loads(todo[0]["operation_json"])
             request = PipelineRequest.build([r["source_url"] for r in todo], [operation])
-            key = derive_idempotency_key(request, dag_id, dag_run_id, index, pipeline_index)
+            key = derive_idempotency_key(request, run.dag_id, run.key, index, pipeline_index)
             now = datetime.now(UTC)
             base = {"submitted_at": now, "newly_submitted": True}
             try:
@@ -649,9 +684,7 @@ def object_key(template: str, **fields: Any) -> str:
     return template.format(**fields).lstrip("/")
 
 
-def transfer_batch(
-    settings: CatalogSettings, submitted_uri: str, *, dag_run_id: str, run_date: str
-) -> str | None:
+def transfer_batch(settings: CatalogSettings, submitted_uri: str, run: CatalogRun) -> str | None:
     """Download each result of a batch into ``images`` and write the batch's result rows.
 
     Image-level failures (the API's per-image error, a pipeline in ERROR, an expired or corrupt result) become
@@ -663,8 +696,8 @@ def transfer_batch(
     from leapi_provider.models import PipelineStatus
     from leapi_provider.results import result_files, spooled_download
 
-    run = RunFolder(settings, dag_run_id)
-    path = run.path(submitted_uri)
+    folder = RunFolder(settings, run)
+    path = folder.path(submitted_uri)
     if not path.exists():
         log.warning("No submissions recorded at %s: nothing to transfer", submitted_uri)
         return None
@@ -680,7 +713,7 @@ def transfer_batch(
             for name in ("image_id", "manifest_row", "source_url", "preset", "operation_json", "operation_hash",
                          "pipeline_id", "source_fingerprint", "submitted_at")
         }  # fmt: skip
-        return base | {"dag_run_id": dag_run_id, "run_date": run_date} | values
+        return base | {"dag_run_id": run.dag_run_id, "run_key": run.key, "run_date": run.run_date} | values
 
     by_pipeline: dict[int, list[dict[str, Any]]] = {}
     for record in records:
@@ -738,11 +771,14 @@ def transfer_batch(
                         sha256=verified.sha256,
                         operation_hash=row["operation_hash"],
                         pipeline_id=row["pipeline_id"],
-                        run_date=run_date,
+                        run_date=run.run_date,
                     )
                     target = images_root / key
                     options = {"ContentType": verified.mime} if s3_like else {}
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    if (
+                        not s3_like
+                    ):  # (on S3, mkdir would create a missing bucket: let the write fail instead)
+                        target.parent.mkdir(parents=True, exist_ok=True)
                     with target.open("wb", **options) as handle:
                         shutil.copyfileobj(spool, handle, 1024 * 1024)
             except LeapiError as exc:
@@ -763,13 +799,13 @@ def transfer_batch(
             out_rows.extend(pool.map(copy, jobs))
 
     # input_bytes is known from the fingerprint's Content-Length (incremental runs) only.
-    batch_rows = manifests.read_parquet(run.batch(batch_index_of(submitted_uri)))
+    batch_rows = manifests.read_parquet(folder.batch(batch_index_of(submitted_uri)))
     sizes = dict(
         zip(batch_rows["manifest_row"].to_pylist(), batch_rows["input_bytes"].to_pylist(), strict=True)
     )
     for row in out_rows:
         row.setdefault("input_bytes", sizes.get(row["manifest_row"]))
-    target = run.results(batch_index_of(submitted_uri))
+    target = folder.results(batch_index_of(submitted_uri))
     manifests.write_parquet_atomic(manifests.conform_results(out_rows), target)
     return uri_of(target)
 
@@ -852,9 +888,7 @@ def _contact_sheet(settings: CatalogSettings, done: pa.Table) -> bytes | None:
     return contact_sheet_png(pairs) if pairs else None
 
 
-def _export_feed(
-    settings: CatalogSettings, table: pa.Table, run: RunFolder, *, dag_run_id: str, run_date: str
-) -> list[str]:
+def _export_feed(settings: CatalogSettings, table: pa.Table, folder: RunFolder, run: CatalogRun) -> list[str]:
     """Final image URL per ``image_id`` (``done`` and ``skipped_unchanged`` rows), as Parquet and CSV."""
     assert settings.export
     rows = table.filter(
@@ -866,8 +900,8 @@ def _export_feed(
         )
     ).sort_by("manifest_row")
     attributes: dict[int, Any] = {}
-    if run.attributes.exists():
-        extra = manifests.read_parquet(run.attributes)
+    if folder.attributes.exists():
+        extra = manifests.read_parquet(folder.attributes)
         attributes = dict(
             zip(extra["manifest_row"].to_pylist(), extra["attributes"].to_pylist(), strict=True)
         )
@@ -918,43 +952,37 @@ def _export_feed(
         )
     csv_bytes = csv_buffer.getvalue().encode()
     export_root = storage_path(settings.export, settings.aws_conn_id)
-    key = manifests.run_key(dag_run_id)
     written = []
-    for folder, stem in (
-        (export_root / f"run_date={run_date}", f"feed-{key}"),
+    for target, stem in (
+        (export_root / f"run_date={run.run_date}", f"feed-{run.key}"),
         (export_root / "latest", "feed"),
     ):
-        written.append(manifests.write_parquet_atomic(export_table, folder / f"{stem}.parquet"))
-        written.append(manifests.write_bytes_atomic(csv_bytes, folder / f"{stem}.csv"))
+        written.append(manifests.write_parquet_atomic(export_table, target / f"{stem}.parquet"))
+        written.append(manifests.write_bytes_atomic(csv_bytes, target / f"{stem}.csv"))
     return written
 
 
-def finalize_run(
-    settings: CatalogSettings,
-    *,
-    dag_run_id: str,
-    run_date: str,
-    export_feed: bool = False,
-) -> dict[str, Any]:
+def finalize_run(settings: CatalogSettings, run: CatalogRun, *, export_feed: bool = False) -> dict[str, Any]:
     """Write the run's result table (one row per manifest row), its contact sheet and the feed export.
 
     Images of a batch whose tasks failed get ``error`` rows; after writing everything the task then fails
     (naming the batches), so the run shows as failed and a re-run resumes it.
     """
-    from airflow.sdk.exceptions import AirflowException
+    # A failed finalize is not retried: re-running the failed batches (clear the run) is what helps.
+    from airflow.sdk.exceptions import AirflowFailException
 
-    run = RunFolder(settings, dag_run_id)
-    if not run.plan.exists():
-        raise AirflowException(
-            f"the plan of run {dag_run_id} is missing ({uri_of(run.plan)}): the plan task failed"
+    folder = RunFolder(settings, run)
+    if not folder.plan.exists():
+        raise AirflowFailException(
+            f"the plan of run {run.dag_run_id} is missing ({uri_of(folder.plan)}): the plan task failed"
         )
-    plan = manifests.read_json(run.plan)
-    parts = [manifests.read_parquet(run.carried)]
+    plan = manifests.read_json(folder.plan)
+    parts = [manifests.read_parquet(folder.carried)]
     incomplete: list[int] = []
     for batch_uri in plan["batches"]:
         index = batch_index_of(batch_uri)
-        expected = manifests.read_parquet(run.batch(index))
-        results_path = run.results(index)
+        expected = manifests.read_parquet(folder.batch(index))
+        results_path = folder.results(index)
         got = manifests.read_parquet(results_path) if results_path.exists() else manifests.empty_results()
         parts.append(got)
         missing = expected.filter(pc.invert(pc.is_in(expected["manifest_row"], got["manifest_row"])))
@@ -965,31 +993,28 @@ def finalize_run(
                     missing,
                     ResultStatus.ERROR,
                     error=f"batch {index} did not complete (a task of it failed); re-run the DAG run",
-                    dag_run_id=dag_run_id,
-                    run_date=run_date,
+                    run=run,
                 )
             )
     table = pa.concat_tables([manifests.conform_results(p) for p in parts]).sort_by("manifest_row")
     rows = table["manifest_row"].to_numpy()
     expected_rows = plan["counts"]["manifest_rows"]
     if len(rows) != expected_rows or len(np.unique(rows)) != expected_rows:
-        raise AirflowException(
+        raise AirflowFailException(
             f"result rows do not match the manifest: {len(rows)} rows for {expected_rows} manifest rows "
             f"({len(rows) - len(np.unique(rows))} duplicated)"
         )
     results_root = storage_path(settings.results, settings.aws_conn_id)
-    written = manifests.write_result_table(table, results_root, dag_run_id=dag_run_id, run_date=run_date)
+    written = manifests.write_result_table(
+        table, results_root, dag_run_id=run.dag_run_id, run_date=run.run_date, file_key=run.key
+    )
     done = table.filter(pc.equal(table["status"], ResultStatus.DONE.value))
     sheet = _contact_sheet(settings, done)
     sheet_uri = None
     if sheet is not None:
-        target = results_root / f"run_date={run_date}" / f"_contact_sheet-{manifests.run_key(dag_run_id)}.png"
+        target = results_root / f"run_date={run.run_date}" / f"_contact_sheet-{run.key}.png"
         sheet_uri = manifests.write_bytes_atomic(sheet, target)
-    exported = (
-        _export_feed(settings, table, run, dag_run_id=dag_run_id, run_date=run_date)
-        if export_feed and settings.export
-        else []
-    )
+    exported = _export_feed(settings, table, folder, run) if export_feed and settings.export else []
     pairs = Counter(zip(table["status"].to_pylist(), table["preset"].to_pylist(), strict=True))
     summary = {
         "rows": table.num_rows,
@@ -998,7 +1023,7 @@ def finalize_run(
             [status, preset, n]
             for (status, preset), n in sorted(pairs.items(), key=lambda i: (i[0][0], i[0][1] or ""))
         ],
-        "credits_used": _credits_used(run, plan["batches"]),
+        "credits_used": _credits_used(folder, plan["batches"]),
     }
     result = {
         "result_files": written.files,
@@ -1009,7 +1034,7 @@ def finalize_run(
     }
     log.info("Catalog run finished: %s", json.dumps(result, default=str))
     if incomplete:
-        raise AirflowException(
+        raise AirflowFailException(
             f"{len(incomplete)} batch(es) did not complete ({incomplete[:10]}); their images are recorded as errors "
             f"in {written.commit_marker}. Clear and re-run this DAG run to resume: accepted pipelines are not "
             "submitted again."
@@ -1017,10 +1042,10 @@ def finalize_run(
     return result
 
 
-def _credits_used(run: RunFolder, batch_uris: Iterable[str]) -> int:
+def _credits_used(folder: RunFolder, batch_uris: Iterable[str]) -> int:
     total = 0
     for uri in batch_uris:
-        path = run.submitted(batch_index_of(uri))
+        path = folder.submitted(batch_index_of(uri))
         if path.exists():
             records = manifests.read_parquet(path)
             total += int(pc.sum(pc.cast(records["newly_submitted"], pa.int64())).as_py() or 0)
@@ -1032,18 +1057,17 @@ def _credits_used(run: RunFolder, batch_uris: Iterable[str]) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def _context_facts() -> tuple[CatalogSettings, str, str, str]:
+def _context_facts() -> tuple[CatalogSettings, CatalogRun]:
     from airflow.sdk import get_current_context
 
     context = get_current_context()
     dag_run = context["dag_run"]
     settings = CatalogSettings.from_params(context["params"])
-    stamp = dag_run.logical_date or dag_run.run_after
-    run_date = (stamp or datetime.now(UTC)).date().isoformat()
-    return settings, dag_run.dag_id, dag_run.run_id, run_date
+    run = CatalogRun.of(dag_run.dag_id, dag_run.run_id, dag_run.logical_date, dag_run.run_after)
+    return settings, run
 
 
-#: XCom key of the plan's counts (its return value is the list of batch URIs, mapped over).
+#: XCom keys of the plan's counts and run folder (its return value is the list of batch URIs, mapped over).
 XCOM_PLAN_COUNTS_KEY = "counts"
 XCOM_RUN_DIR_KEY = "run_dir"
 
@@ -1051,10 +1075,8 @@ XCOM_RUN_DIR_KEY = "run_dir"
 def plan_task_callable() -> list[str]:
     from airflow.sdk import conf, get_current_context
 
-    settings, _, run_id, run_date = _context_facts()
-    plan = plan_run(
-        settings, dag_run_id=run_id, run_date=run_date, max_map_length=conf.getint("core", "max_map_length")
-    )
+    settings, run = _context_facts()
+    plan = plan_run(settings, run, max_map_length=conf.getint("core", "max_map_length"))
     ti = get_current_context()["ti"]
     ti.xcom_push(key=XCOM_PLAN_COUNTS_KEY, value=plan["counts"])
     ti.xcom_push(key=XCOM_RUN_DIR_KEY, value=plan["run_dir"])
@@ -1062,30 +1084,28 @@ def plan_task_callable() -> list[str]:
 
 
 def submit_task_callable(batch_uri: str) -> dict[str, Any]:
-    settings, dag_id, run_id, _ = _context_facts()
-    return submit_batch(settings, batch_uri, dag_id=dag_id, dag_run_id=run_id)
+    settings, run = _context_facts()
+    return submit_batch(settings, batch_uri, run)
 
 
 def transfer_task_callable(batch_uri: str) -> str | None:
-    settings, _, run_id, run_date = _context_facts()
-    run = RunFolder(settings, run_id)
-    return transfer_batch(
-        settings, uri_of(run.submitted(batch_index_of(batch_uri))), dag_run_id=run_id, run_date=run_date
-    )
+    settings, run = _context_facts()
+    folder = RunFolder(settings, run)
+    return transfer_batch(settings, uri_of(folder.submitted(batch_index_of(batch_uri))), run)
 
 
 def finalize_task_callable(*, export_feed: bool = False) -> dict[str, Any]:
     from airflow.sdk import Asset, get_current_context
 
-    settings, _, run_id, run_date = _context_facts()
-    result = finalize_run(settings, dag_run_id=run_id, run_date=run_date, export_feed=export_feed)
+    settings, run = _context_facts()
+    result = finalize_run(settings, run, export_feed=export_feed)
     context = get_current_context()
     task = context["task"]
     for outlet in getattr(task, "outlets", None) or []:
         if isinstance(outlet, Asset):
             context["outlet_events"][outlet].extra = {
                 "results": settings.results,
-                "run_date": run_date,
+                "run_date": run.run_date,
                 "files": result["result_files"][:100],
                 "rows": result["summary"]["rows"],
             }
@@ -1100,6 +1120,8 @@ def _batch_wait_sensor_class() -> type:
         (every pipeline REJECTED) has nothing to wait for. ERROR pipelines do not fail it: their images
         get ``error`` rows in the transfer step.
         """
+
+        template_fields = (*LeapiPipelineSensor.template_fields, "leapi_conn_id")
 
         def __init__(self, **kwargs: Any) -> None:
             kwargs.setdefault("fail_on_error", False)
@@ -1140,6 +1162,7 @@ def add_catalog_tasks(
         waited = sensor_class(
             task_id="wait",
             pipeline_ids=submitted["pipeline_ids"],
+            leapi_conn_id="{{ params.leapi_conn_id }}",
             deferrable=deferrable,
             poke_interval=poll_interval,
             timeout=wait_timeout,

@@ -195,6 +195,8 @@ RESULT_SCHEMA = pa.schema(
         pa.field("started_at", _TS),
         pa.field("finished_at", _TS),
         pa.field("dag_run_id", pa.string()),
+        #: The file stem of the run's part files (stable across re-runs of one logical run).
+        pa.field("run_key", pa.string()),
         pa.field("run_date", pa.string()),
         pa.field("recorded_at", _TS),
     ],
@@ -976,24 +978,27 @@ class WrittenResults:
 
 
 def write_result_table(
-    results: pa.Table, root: Location, *, dag_run_id: str, run_date: date | str
+    results: pa.Table, root: Location, *, dag_run_id: str, run_date: date | str, file_key: str | None = None
 ) -> WrittenResults:
     """Write one run's result rows under ``root``, partitioned ``run_date=YYYY-MM-DD/preset=NAME/``.
 
     Every file is written atomically (:func:`write_parquet_atomic`) under a name derived from the run id,
-    so a retried write replaces the same files. Rows without a preset (rejected before one was known) go to
+    so a retried write replaces the same files; pass ``file_key`` to name them after something more stable
+    than the run id (a re-triggered run of the same logical date then replaces them too). Rows without a preset (rejected before one was known) go to
     ``preset=__unknown__``. The commit marker ``_commits/run_date=.../<run>.json`` lists the files and is
     written last.
     """
     results = conform_results(results)
     day = run_date.isoformat() if isinstance(run_date, date) else str(run_date)
-    key = run_key(dag_run_id)
+    key = file_key or run_key(dag_run_id)
     now = pa.scalar(datetime.now(UTC), _TS)
-    results = results.set_column(
-        RESULT_SCHEMA.get_field_index("recorded_at"),
-        "recorded_at",
-        pc.fill_null(results["recorded_at"], now),
-    )
+    for name, value in (
+        ("recorded_at", now),
+        ("run_key", pa.scalar(key)),
+        ("dag_run_id", pa.scalar(dag_run_id)),
+    ):
+        index = RESULT_SCHEMA.get_field_index(name)
+        results = results.set_column(index, name, pc.fill_null(results[name], value))
     known = pc.fill_null(pc.is_in(results["preset"], pa.array(sorted(PRESETS))), False)
     presets = pc.if_else(known, results["preset"], pa.scalar(UNKNOWN_PRESET_PARTITION))
     fs, base = resolve_location(root)
@@ -1010,6 +1015,7 @@ def write_result_table(
     counts = results.group_by("status").aggregate([("status", "count")])
     payload = {
         "dag_run_id": dag_run_id,
+        "run_key": key,
         "run_date": day,
         "rows": results.num_rows,
         "files": files,

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
 from PIL import Image
 
 from leapi_provider.catalog_testing import sample_manifest
-from tests.fixtures.catalog import load_dag, pipeline_count, run_dag
+from tests.fixtures.airflow import REPO, load_dag
+from tests.fixtures.catalog import pipeline_count, run_dag
 
 pytestmark = pytest.mark.slow
 FANOUT = ("example_dags/example_leapi_manifest_fanout.py", "example_leapi_manifest_fanout")
 
 
 def test_dagbag_imports_it() -> None:
-    dag = load_dag(*FANOUT)
+    dag = load_dag(REPO / FANOUT[0], FANOUT[1])
     assert {"plan", "batch.submit", "batch.wait", "batch.transfer", "finalize"} <= set(dag.task_ids)
     assert dag.get_task("batch.submit").pool == "leapi"
 
@@ -92,3 +94,42 @@ def test_sixty_rows_three_bad_two_broken(catalog_env, catalog_site, catalog_buck
     assert len(sheets) == 1 and "/run_date=" in sheets[0] and "/_contact_sheet-" in sheets[0]
     with Image.open(catalog_bucket.get(sheets[0])["Body"]) as sheet:
         assert sheet.format == "PNG" and sheet.width > 400
+
+
+def test_rerun_after_failed_transfer_resubmits_nothing(
+    catalog_env, catalog_site, catalog_bucket, leapi_server
+) -> None:
+    images = catalog_site.add_images(10, prefix="resume")
+    images_bucket = f"{catalog_bucket.name}-images"  # does not exist yet: every transfer fails
+    conf = {
+        "manifest": catalog_bucket.put_manifest(sample_manifest(images, catalog_site.base_url)),
+        "results": catalog_bucket.uri("results"),
+        "images": f"s3://{images_bucket}/enhanced",
+        "urls_per_pipeline": 3,
+        "max_batches": 2,
+        "contact_sheet_images": 0,
+    }
+    logical_date = datetime(2026, 3, 1, tzinfo=UTC)
+    used_before = pipeline_count(leapi_server)
+
+    failed = run_dag(*FANOUT, conf, logical_date=logical_date)
+
+    assert failed.state == "failed"
+    assert pipeline_count(leapi_server) - used_before == 10
+    first = catalog_bucket.results()
+    assert first.num_rows == 10 and set(first["status"].to_pylist()) == {"error"}
+    assert all("did not complete" in e for e in first["error"].to_pylist())
+
+    catalog_bucket.client.create_bucket(Bucket=images_bucket)
+    rerun = run_dag(*FANOUT, conf, logical_date=logical_date)  # the same DAG run, all tasks again
+
+    assert rerun.state == "success"
+    assert pipeline_count(leapi_server) - used_before == 10  # nothing paid twice
+    final = catalog_bucket.results()
+    assert final.num_rows == 10  # the re-run replaced its own files: still one row per image
+    assert set(final["status"].to_pylist()) == {"done"}
+    assert (
+        final["pipeline_id"].null_count == 0 and final["run_key"].to_pylist() == first["run_key"].to_pylist()
+    )
+    keys = catalog_bucket.client.list_objects_v2(Bucket=images_bucket)["Contents"]
+    assert len(keys) == 10
