@@ -142,11 +142,22 @@ _install_httpx_log_filter()
 
 
 def _mask_secret(secret: str) -> None:
+    """Register the API key with Airflow's secrets masker (task and supervisor logs)."""
     try:
         from airflow.sdk.log import mask_secret
 
         mask_secret(secret)
     except Exception:  # noqa: BLE001 - masking is best effort outside a task/triggerer
+        logging.getLogger(__name__).debug("could not register the API key with the secrets masker")
+
+
+async def _amask_secret(secret: str) -> None:
+    """:func:`_mask_secret` for the event loop: a sync supervisor call there could deadlock the triggerer."""
+    try:
+        from airflow.sdk.log import amask_secret
+
+        await amask_secret(secret)
+    except Exception:  # noqa: BLE001 - masking is best effort
         logging.getLogger(__name__).debug("could not register the API key with the secrets masker")
 
 
@@ -394,7 +405,6 @@ class LeapiHook(BaseHook):
             raise LeapiError(
                 f"Connection {self.leapi_conn_id!r} has no API key: put it in the connection's password."
             )
-        _mask_secret(api_key)
         timeout = self._timeout_override or _extra(extras, "timeout") or DEFAULT_TIMEOUT_S
         max_retries = self._max_retries_override
         if max_retries is None:
@@ -427,7 +437,9 @@ class LeapiHook(BaseHook):
         """The connection's settings, fetched synchronously once (use :meth:`aget_settings` in async code)."""
         if self._settings is None:
             conn = self.get_connection(self.leapi_conn_id)
-            self._adopt_settings(self._build_settings(conn, conn.extra_dejson))
+            settings = self._build_settings(conn, conn.extra_dejson)
+            _mask_secret(settings.api_key)
+            self._adopt_settings(settings)
         assert self._settings is not None
         return self._settings
 
@@ -441,7 +453,9 @@ class LeapiHook(BaseHook):
 
             conn = await get_async_connection(self.leapi_conn_id, hook=self)
             extras = await get_async_extra_dejson(conn)
-            self._adopt_settings(self._build_settings(conn, extras))
+            settings = self._build_settings(conn, extras)
+            await _amask_secret(settings.api_key)
+            self._adopt_settings(settings)
         assert self._settings is not None
         return self._settings
 

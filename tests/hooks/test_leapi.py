@@ -105,6 +105,24 @@ async def test_async_settings_do_not_need_a_sync_connection_lookup(conn_id, monk
     assert settings.base_url == BASE and settings.api_key == KEY
 
 
+def test_the_api_key_is_registered_with_the_secrets_masker(leapi_conn_factory):
+    from airflow.sdk._shared.secrets_masker import redact
+
+    secret = "masked-key-5f1e2d"
+    conn_id = leapi_conn_factory("leapi_masked", BASE, secret)
+    assert LeapiHook(conn_id).settings.api_key == secret
+    assert secret not in str(redact(f"sending X-API-KEY {secret}"))
+
+
+async def test_the_api_key_is_masked_from_async_code_too(leapi_conn_factory):
+    from airflow.sdk._shared.secrets_masker import redact
+
+    secret = "masked-async-key-9c3b"
+    conn_id = leapi_conn_factory("leapi_masked_async", BASE, secret)
+    await LeapiHook(conn_id).aget_settings()
+    assert secret not in str(redact(f"key {secret}"))
+
+
 def test_missing_api_key_is_a_clear_error(leapi_conn_factory):
     conn_id = leapi_conn_factory("leapi_nokey", BASE, "")
     with pytest.raises(Exception, match="no API key"):
