@@ -285,6 +285,8 @@ class SourceFingerprint:
     fingerprint: str | None
     content_length: int | None = None
     error: str | None = None
+    #: The source answered 404 or 410: submitting it would only pay for a certain failure.
+    gone: bool = False
 
 
 async def _fingerprint(client: httpx.AsyncClient, url: str, mode: str) -> SourceFingerprint:
@@ -303,7 +305,8 @@ async def _fingerprint(client: httpx.AsyncClient, url: str, mode: str) -> Source
         size = 0
         async with client.stream("GET", url) as response:
             if response.status_code >= 400:
-                return SourceFingerprint(None, None, f"HTTP {response.status_code}")
+                status = response.status_code
+                return SourceFingerprint(None, None, f"HTTP {status}", gone=status in (404, 410))
             async for chunk in response.aiter_bytes():
                 digest.update(chunk)
                 size += len(chunk)
@@ -471,10 +474,28 @@ def plan_run(settings: CatalogSettings, run: CatalogRun, *, max_map_length: int)
         per_row = [found[url] for url in valid["source_url"].to_pylist()]
         fingerprints = pa.array([f.fingerprint for f in per_row], pa.string())
         input_bytes = pa.array([f.content_length for f in per_row], pa.int64())
-        unreadable = sum(f.fingerprint is None for f in found.values())
+        unreadable = sum(f.fingerprint is None and not f.gone for f in found.values())
         if unreadable:
             log.warning("%d source(s) could not be fingerprinted: they are re-enhanced", unreadable)
     valid = valid.append_column("source_fingerprint", fingerprints).append_column("input_bytes", input_bytes)
+    gone_rows = 0
+    if settings.incremental:
+        # Sources that are gone (404/410) are not submitted: the failure is certain and would cost a credit.
+        gone_urls = [url for url, f in found.items() if f.gone]
+        if gone_urls:
+            is_gone = pc.is_in(valid["source_url"], pa.array(gone_urls, pa.string()))
+            gone = valid.filter(is_gone)
+            gone_rows = gone.num_rows
+            reasons = [
+                f"source answered {found[u].error} at change detection; not submitted"
+                for u in gone["source_url"].to_pylist()
+            ]
+            carried.append(
+                status_rows(
+                    gone.append_column("error", pa.array(reasons, pa.string())), ResultStatus.ERROR, run=run
+                )
+            )
+            valid = valid.filter(pc.invert(is_gone))
     if settings.incremental:
         results_root = storage_path(settings.results, settings.aws_conn_id)
         done_before = manifests.latest_results(
@@ -542,6 +563,7 @@ def plan_run(settings: CatalogSettings, run: CatalogRun, *, max_map_length: int)
         "manifest_rows": validation.total_rows,
         "rejected": validation.rejects.num_rows,
         "skipped_unchanged": skipped,
+        "source_gone": gone_rows,
         "deferred_quota": deferred.num_rows,
         "to_submit": valid.num_rows,
         "operations": plan.num_operations,

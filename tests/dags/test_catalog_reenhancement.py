@@ -35,6 +35,12 @@ def test_skips_unchanged_and_reenhances_changed(
 ) -> None:
     images = catalog_site.add_images(6, prefix="daily")
     manifest = sample_manifest(images, catalog_site.base_url)
+    dead_link = {
+        **manifest.to_pylist()[0],
+        "image_id": "daily-gone",
+        "source_url": catalog_site.url("gone.jpg"),
+    }
+    manifest = pa.Table.from_pylist([*manifest.to_pylist(), dead_link], schema=manifest.schema)
     conf = {
         "manifest": catalog_bucket.put_manifest(manifest),
         "results": catalog_bucket.uri("results"),
@@ -47,13 +53,20 @@ def test_skips_unchanged_and_reenhances_changed(
 
     assert run_dag(*DAG, conf, logical_date=day1).state == "success"
     first = _day(catalog_bucket.results(), "2026-04-01")
+    gone = first.pop("daily-gone")
+    assert (
+        gone["status"] == "error"
+        and gone["error"] == "source answered HTTP 404 at change detection; not submitted"
+    )
     assert {r["status"] for r in first.values()} == {"done"} and len(first) == 6
     assert all(r["source_fingerprint"].startswith("last-modified:") for r in first.values())
     assert pipeline_count(leapi_server) - used == 6
 
-    # Day 2: nothing changed -> every image skipped, its previous output carried forward, no credit spent.
+    # Day 2: nothing changed -> every image skipped, its previous output carried forward, no credit spent
+    # (the dead link is not submitted either).
     assert run_dag(*DAG, conf, logical_date=day1 + timedelta(days=1)).state == "success"
     second = _day(catalog_bucket.results(), "2026-04-02")
+    assert second.pop("daily-gone")["status"] == "error"
     assert {r["status"] for r in second.values()} == {"skipped_unchanged"}
     for image_id, row in second.items():
         assert row["output_uri"] == first[image_id]["output_uri"]
@@ -74,6 +87,7 @@ def test_skips_unchanged_and_reenhances_changed(
 
     assert run_dag(*DAG, conf, logical_date=day1 + timedelta(days=2)).state == "success"
     third = _day(catalog_bucket.results(), "2026-04-03")
+    del third["daily-gone"]
     statuses = {image_id: row["status"] for image_id, row in third.items()}
     assert statuses == {
         image.image_id: "done" if image in (changed_source, images[4]) else "skipped_unchanged"
