@@ -144,6 +144,10 @@ def decode(data: bytes, *, max_pixels: int, draft_size: tuple[int, int] | None =
     subsampled = fmt == "JPEG" and image.mode != "L" and JpegImagePlugin.get_sampling(image) == 2
     interpret = _interpretation(image)
     try:
+        if fmt != "JPEG":
+            # Before reading EXIF: PNG's getexif() loads the pixels itself, and _quarter_turned() swallows
+            # its errors; a second load() then "succeeds" with an all-black image from a corrupt file.
+            image.load()
         width, height = _displayed_size(image)
         if draft_size is not None and fmt == "JPEG":
             image.draft(None, draft_size[::-1] if _quarter_turned(image) else draft_size)

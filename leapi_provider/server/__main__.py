@@ -156,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--fetch-deadline", type=_positive_float, default=60.0, help="whole download")
     limits.add_argument("--max-redirects", type=_non_negative_int, default=5, help="per source download")
     limits.add_argument(
+        "--max-image-seconds",
+        type=_positive_float,
+        default=defaults.DEFAULT_MAX_IMAGE_SECONDS,
+        help="engine wall-clock limit per image (after its download): a worker still busy after this is "
+        "replaced and the image fails",
+    )
+    limits.add_argument(
         "--max-task-attempts", type=_positive_int, default=3, help="interrupted tasks retried"
     )
     limits.add_argument("--gc-interval", type=_positive_float, default=600.0, help="expired temp file sweep")
@@ -194,6 +201,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | os._Env
         fetch_deadline_s=args.fetch_deadline,
         max_redirects=args.max_redirects,
         max_task_attempts=args.max_task_attempts,
+        max_image_seconds=args.max_image_seconds,
         gc_interval_s=args.gc_interval,
     )
 

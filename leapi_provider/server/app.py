@@ -198,7 +198,10 @@ def create_app(config: ServerConfig) -> FastAPI:
         body = await _read_limited(request, config.max_request_bytes)
         try:
             payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except RecursionError:
+            # A body of nested brackets exhausts the parser's stack: hostile, not a server fault.
+            raise ApiError(400, "body: malformed JSON (nested too deeply)") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers over 4300 digits
             raise ApiError(400, f"body: malformed JSON ({exc})") from None
         if not isinstance(payload, dict):
             raise ApiError(400, "body: must be a JSON object with source, operations and sink")

@@ -22,6 +22,9 @@ DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_INPUT_PIXELS = 100_000_000
 DEFAULT_MAX_OUTPUT_PIXELS = 150_000_000
 DEFAULT_IDEMPOTENCY_TTL_S = 24 * 60 * 60
+#: Wall-clock seconds the engine may spend on one image (after its download). Generous: the largest
+#: allowed output (150 MP) at restoration level 10 takes a few minutes on one core.
+DEFAULT_MAX_IMAGE_SECONDS = 600.0
 
 
 def default_workers() -> int:
@@ -62,6 +65,9 @@ class ServerConfig:
     #: Whole-download deadline, so a source trickling bytes (slow-loris) cannot hold a worker.
     fetch_deadline_s: float = 60.0
     max_redirects: int = 5
+    #: Engine wall-clock limit per image: a worker still on one image after this is killed (and replaced),
+    #: and that image fails with a timeout error; no other image is charged an attempt for it.
+    max_image_seconds: float = DEFAULT_MAX_IMAGE_SECONDS
     #: A task interrupted this many times (server killed, worker crashed) fails instead of looping.
     max_task_attempts: int = 3
     gc_interval_s: float = 600.0
@@ -74,6 +80,11 @@ class ServerConfig:
     @property
     def temp_dir(self) -> Path:
         return self.data_dir / "tmp"
+
+    @property
+    def worker_status_dir(self) -> Path:
+        """Where each worker notes the image it is enhancing and since when (the engine time limit)."""
+        return self.data_dir / "workers"
 
     @property
     def listen_url(self) -> str:

@@ -6,14 +6,20 @@ database calls in threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import multiprocessing
 import os
+import shutil
+import signal
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
+from pathlib import Path
 
 from leapi_provider.server.config import ServerConfig
 from leapi_provider.server.fetch import FetchPolicy
@@ -67,6 +73,10 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._inflight: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._stopping = False
+        #: Tasks whose worker was killed for going over ``max_image_seconds``: they fail, never re-run.
+        self._overdue: set[tuple[int, int]] = set()
+        #: Pools broken on purpose (to stop an overdue image): their other tasks are innocent.
+        self._stopped_pools: weakref.WeakSet[ProcessPoolExecutor] = weakref.WeakSet()
 
     # -- pool -----------------------------------------------------------------------------------------
 
@@ -85,6 +95,9 @@ class Dispatcher:
         )
 
     def start(self) -> None:
+        # Notes left by the workers of a previous (killed) boot describe processes that no longer exist.
+        shutil.rmtree(self.config.worker_status_dir, ignore_errors=True)
+        self.config.worker_status_dir.mkdir(parents=True, exist_ok=True)
         self._pool = self._new_pool()
         for _ in range(self.config.workers):  # start the processes now, not on the first image
             self._pool.submit(_noop)
@@ -141,34 +154,65 @@ class Dispatcher:
             fetch_policy=self.fetch_policy,
             max_input_pixels=self.config.max_input_pixels,
             max_output_pixels=self.config.max_output_pixels,
+            status_dir=str(self.config.worker_status_dir),
         )
 
     async def _run_one(self, task: ClaimedTask) -> None:
         loop = asyncio.get_running_loop()
         pool = self._pool
+        key = (task.pipeline_id, task.index)
         finished = False
         try:
             assert pool is not None
             try:
                 outcome: TaskOutcome = await loop.run_in_executor(pool, process_task, self._job(task))
             except BrokenProcessPool:
-                # A worker died (OOM killer, segfault in a codec): every task it had is re-queued; one
-                # that keeps killing workers fails after max_task_attempts.
-                log.error(
-                    "worker process died while pipeline %s image %s was in flight (attempt %s)",
-                    task.pipeline_id,
-                    task.index,
-                    task.attempts,
-                )
                 self._replace_pool(pool)
-                finished = await asyncio.to_thread(
-                    self.store.release_task,
-                    pipeline_id=task.pipeline_id,
-                    index=task.index,
-                    boot_id=self.boot_id,
-                    max_attempts=self.config.max_task_attempts,
-                    now=time.time(),
-                )
+                if key in self._overdue:
+                    # Stopped by the engine time limit: the same image would get stuck again; fail it.
+                    now = time.time()
+                    finished = await asyncio.to_thread(
+                        self.store.complete_task,
+                        pipeline_id=task.pipeline_id,
+                        index=task.index,
+                        boot_id=self.boot_id,
+                        now=now,
+                        input_meta=None,
+                        output_meta=None,
+                        output_key=None,
+                        expires_at=None,
+                        error=(
+                            f"processing this image took longer than the server's limit of "
+                            f"{self.config.max_image_seconds:g} s per image; it was stopped"
+                        ),
+                    )
+                else:
+                    # A worker died (OOM killer, segfault in a codec, or stopped for another image's time
+                    # limit): every task in the pool is re-queued; one that keeps killing workers fails
+                    # after max_task_attempts. Tasks of a pool stopped on purpose keep their attempts.
+                    innocent = pool in self._stopped_pools
+                    if innocent:
+                        log.info(
+                            "pipeline %s image %s re-queued: its pool was stopped for another image's time limit",
+                            task.pipeline_id,
+                            task.index,
+                        )
+                    else:
+                        log.error(
+                            "worker process died while pipeline %s image %s was in flight (attempt %s)",
+                            task.pipeline_id,
+                            task.index,
+                            task.attempts,
+                        )
+                    finished = await asyncio.to_thread(
+                        self.store.release_task,
+                        pipeline_id=task.pipeline_id,
+                        index=task.index,
+                        boot_id=self.boot_id,
+                        max_attempts=self.config.max_task_attempts,
+                        now=time.time(),
+                        count_attempt=not innocent,
+                    )
             else:
                 now = time.time()
                 if outcome.error:
@@ -190,15 +234,73 @@ class Dispatcher:
         except Exception:
             log.exception("recording pipeline %s image %s failed", task.pipeline_id, task.index)
         finally:
-            self._inflight.pop((task.pipeline_id, task.index), None)
+            self._inflight.pop(key, None)
+            self._overdue.discard(key)
             self._wake.set()
         if finished:
             self.on_pipeline_finished(task.pipeline_id)
+
+    # -- engine time limit ----------------------------------------------------------------------------
+
+    async def watch_engine_time(self) -> None:
+        """Kill any worker that has spent more than ``max_image_seconds`` on one image.
+
+        A stuck decoder or a pathological image can hold a worker inside native code where no Python-level
+        timeout reaches it; only killing the process frees it. Killing one worker breaks its pool (that is
+        how ``ProcessPoolExecutor`` works), so the pool is replaced: the overdue image fails with a timeout
+        error, every other image in the pool is re-queued without using up an attempt.
+        """
+        limit = self.config.max_image_seconds
+        interval = min(1.0, max(limit / 4, 0.05))
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            try:
+                notes = await asyncio.to_thread(_read_engine_notes, self.config.worker_status_dir)
+            except Exception:
+                log.exception("reading worker status notes failed")
+                continue
+            pool = self._pool
+            if pool is None:
+                continue
+            pool_pids = set(getattr(pool, "_processes", {}) or {})  # no public API lists the workers
+            now = time.time()
+            for pid, key, since in notes:
+                if pid not in pool_pids or key not in self._inflight or key in self._overdue:
+                    continue
+                if now - since <= limit:
+                    continue
+                log.error(
+                    "pipeline %s image %s: the engine ran %.1f s, over the %g s limit; stopping worker %s "
+                    "and replacing the pool",
+                    key[0],
+                    key[1],
+                    now - since,
+                    limit,
+                    pid,
+                )
+                self._overdue.add(key)
+                self._stopped_pools.add(pool)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _replace_pool(self, broken: ProcessPoolExecutor) -> None:
         if self._pool is broken and not self._stopping:
             _terminate_pool(broken)
             self._pool = self._new_pool()
+
+
+def _read_engine_notes(folder: Path) -> list[tuple[int, tuple[int, int], float]]:
+    """(worker pid, (pipeline id, index), engine start as Unix time) of every worker busy on an image."""
+    notes = []
+    for path in folder.glob("*.json"):
+        try:
+            note = json.loads(path.read_text())
+            notes.append(
+                (int(path.stem), (int(note["pipeline_id"]), int(note["index"])), float(note["since"]))
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # finished and removed meanwhile, or not ours
+    return notes
 
 
 def _terminate_pool(pool: ProcessPoolExecutor) -> None:

@@ -143,6 +143,7 @@ class Runtime:
         self.dispatcher.start()
         self._background = [
             asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
+            asyncio.create_task(self.dispatcher.watch_engine_time(), name="engine-time-limit"),
             asyncio.create_task(self.webhooks.run(), name="webhooks"),
             asyncio.create_task(self._collect_garbage_forever(), name="gc"),
         ]

@@ -422,9 +422,19 @@ class Store:
             return self._maybe_finish(conn, pipeline_id, now)
 
     def release_task(
-        self, *, pipeline_id: int, index: int, boot_id: str, max_attempts: int, now: float
+        self,
+        *,
+        pipeline_id: int,
+        index: int,
+        boot_id: str,
+        max_attempts: int,
+        now: float,
+        count_attempt: bool = True,
     ) -> bool:
         """The worker running this task died: re-queue it, or fail it after ``max_attempts``.
+
+        :param count_attempt: False when the task is known to be innocent (its pool was stopped because of
+            another image): it goes back to the queue without using up one of its attempts.
         Returns True when the pipeline finished with this call."""
         with self._write() as conn:
             row = conn.execute(
@@ -433,12 +443,12 @@ class Store:
             ).fetchone()
             if row is None:
                 return False
-            if row["attempts"] >= max_attempts:
+            if count_attempt and row["attempts"] >= max_attempts:
                 self._fail_interrupted(conn, pipeline_id, index, row["attempts"], now)
                 return self._maybe_finish(conn, pipeline_id, now)
             conn.execute(
-                "UPDATE tasks SET state=?, claimed_by=NULL WHERE pipeline_id=? AND idx=?",
-                (PENDING, pipeline_id, index),
+                "UPDATE tasks SET state=?, claimed_by=NULL, attempts=attempts-? WHERE pipeline_id=? AND idx=?",
+                (PENDING, 0 if count_attempt else 1, pipeline_id, index),
             )
             return False
 

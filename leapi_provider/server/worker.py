@@ -7,6 +7,7 @@ Everything here is picklable plain data in, plain data out; the API process neve
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -39,6 +40,9 @@ class TaskJob:
     fetch_policy: FetchPolicy
     max_input_pixels: int
     max_output_pixels: int
+    #: Folder where the worker notes (``<pid>.json``) which image it is enhancing since when, so that the
+    #: dispatcher can stop a worker stuck on one image (``--max-image-seconds``); empty: not noted.
+    status_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,13 @@ def process_task(job: TaskJob) -> TaskOutcome:
     """Fetch + enhance + store one image. Never raises for a bad image: the outcome carries the error."""
     started = time.monotonic()
     try:
+        return _process_safely(job, started)
+    finally:
+        _clear_engine_status(job)
+
+
+def _process_safely(job: TaskJob, started: float) -> TaskOutcome:
+    try:
         return _process(job, started)
     except FetchError as exc:
         return TaskOutcome(job.pipeline_id, job.index, error=str(exc), seconds=time.monotonic() - started)
@@ -128,6 +139,7 @@ def _process(job: TaskJob, started: float) -> TaskOutcome:
     from leapi_provider.models import OPERATION_ADAPTER
 
     data, _sniffed = fetch_image(job.url, job.fetch_policy)
+    _note_engine_started(job)
     first_input = None
     result = None
     current = data
@@ -153,6 +165,27 @@ def _process(job: TaskJob, started: float) -> TaskOutcome:
         output_key=key,
         seconds=time.monotonic() - started,
     )
+
+
+def _engine_status_path(job: TaskJob) -> Path:
+    return Path(job.status_dir) / f"{os.getpid()}.json"
+
+
+def _note_engine_started(job: TaskJob) -> None:
+    """Tell the dispatcher this worker is enhancing this image from now on (wall clock, not monotonic:
+    another process reads it). Written atomically: the reader never sees half a note."""
+    if not job.status_dir:
+        return
+    path = _engine_status_path(job)
+    partial = path.with_name(f".{path.name}.part")
+    partial.write_text(json.dumps({"pipeline_id": job.pipeline_id, "index": job.index, "since": time.time()}))
+    os.replace(partial, path)
+
+
+def _clear_engine_status(job: TaskJob) -> None:
+    if job.status_dir:
+        with contextlib.suppress(OSError):
+            _engine_status_path(job).unlink(missing_ok=True)
 
 
 def _meta(info: Any, size_bytes: int) -> ImageMeta:
