@@ -875,7 +875,8 @@ def contact_sheet_png(pairs: Sequence[tuple[str, bytes, bytes]], *, cell: int = 
             shown_before = before.convert("RGB").resize(shown_after.size, Image.Resampling.BICUBIC)
             sheet.paste(shown_before, (x0, y0))
             sheet.paste(shown_after, (x0 + cell + pad, y0))
-        draw.text((x0, y0 + cell + 2), label[:80], fill="black")
+            label_y = y0 + shown_after.height + 2
+        draw.text((x0, label_y), f"before | after   {label}"[:90], fill="black")
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

@@ -59,8 +59,12 @@ def write_sample_images(
     long_sides: tuple[int, ...] = (160, 120, 96),
     qualities: tuple[int, ...] = (85, 60, 35),
     prefix: str = "img",
+    overwrite: bool = True,
 ) -> list[SampleImage]:
-    """Write ``count`` JPEGs (photo, size and quality cycling) into ``folder``; deterministic."""
+    """Write ``count`` JPEGs (photo, size and quality cycling) into ``folder``; deterministic.
+
+    :param overwrite: ``False`` keeps files that exist (and their modification times) untouched.
+    """
     from PIL import Image
 
     target = Path(folder)
@@ -76,7 +80,8 @@ def write_sample_images(
         size = (max(8, round(image.width * scale)), max(8, round(image.height * scale)))
         resized = image.resize(size, Image.Resampling.LANCZOS)
         file_name = f"{prefix}-{index:04d}-{name}-{size[0]}x{size[1]}-q{quality}.jpg"
-        resized.save(target / file_name, format="JPEG", quality=quality)
+        if overwrite or not (target / file_name).exists():
+            resized.save(target / file_name, format="JPEG", quality=quality)
         written.append(SampleImage(f"{prefix}-{index:04d}", file_name, name, size[0], size[1], quality))
     return written
 
