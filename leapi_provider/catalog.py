@@ -856,27 +856,28 @@ def contact_sheet_png(pairs: Sequence[tuple[str, bytes, bytes]], *, cell: int = 
     """
     from PIL import Image, ImageDraw, ImageOps
 
-    label_height = 18
-    columns = 2 if len(pairs) > 3 else 1
-    rows = -(-len(pairs) // columns)
-    pad = 8
-    pair_width = 2 * cell + pad
-    sheet = Image.new(
-        "RGB", (columns * (pair_width + 2 * pad), rows * (cell + label_height + 2 * pad)), "white"
-    )
-    draw = ImageDraw.Draw(sheet)
-    for position, (label, before_bytes, after_bytes) in enumerate(pairs):
-        x0 = (position % columns) * (pair_width + 2 * pad) + pad
-        y0 = (position // columns) * (cell + label_height + 2 * pad) + pad
+    shown = []
+    for label, before_bytes, after_bytes in pairs:
         with Image.open(io.BytesIO(after_bytes)) as after, Image.open(io.BytesIO(before_bytes)) as before:
-            after_rgb = after.convert("RGB")
             # Same display box for both: the source is scaled up to the enhanced image's shape.
-            shown_after = ImageOps.contain(after_rgb, (cell, cell), Image.Resampling.LANCZOS)
-            shown_before = before.convert("RGB").resize(shown_after.size, Image.Resampling.BICUBIC)
-            sheet.paste(shown_before, (x0, y0))
-            sheet.paste(shown_after, (x0 + cell + pad, y0))
-            label_y = y0 + shown_after.height + 2
-        draw.text((x0, label_y), f"before | after   {label}"[:90], fill="black")
+            after_rgb = ImageOps.contain(after.convert("RGB"), (cell, cell), Image.Resampling.LANCZOS)
+            before_rgb = before.convert("RGB").resize(after_rgb.size, Image.Resampling.BICUBIC)
+        shown.append((label, before_rgb, after_rgb))
+    label_height, pad = 16, 8
+    columns = 2 if len(shown) > 3 else 1
+    rows = [shown[i : i + columns] for i in range(0, len(shown), columns)]
+    row_heights = [max(after.height for _, _, after in row) + label_height + pad for row in rows]
+    pair_width = 2 * cell + pad
+    sheet = Image.new("RGB", (columns * (pair_width + pad) + pad, sum(row_heights) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    y0 = pad
+    for row, height in zip(rows, row_heights, strict=True):
+        for column, (label, before, after) in enumerate(row):
+            x0 = pad + column * (pair_width + pad)
+            sheet.paste(before, (x0, y0))
+            sheet.paste(after, (x0 + cell + pad, y0))
+            draw.text((x0, y0 + after.height + 2), f"before | after   {label}"[:90], fill="black")
+        y0 += height
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
