@@ -49,7 +49,11 @@ def test_cli_accepts_the_leapi_connection_type(airflow_db):
     from cryptography.fernet import Fernet
 
     # Both CLI processes must share a Fernet key to read back what the other encrypted.
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode()}
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+    }
     airflow = [sys.executable, "-m", "airflow"]
     added = subprocess.run(
         [
@@ -80,6 +84,5 @@ def test_cli_accepts_the_leapi_connection_type(airflow_db):
         timeout=120,
     )
     assert listed.returncode == 0, listed.stderr[-2000:]
-    assert {"conn_id": "leapi_cli", "conn_type": "leapi"} in json.loads(
-        listed.stdout[listed.stdout.index("[") :]
-    )
+    table = next(line for line in listed.stdout.splitlines() if line.startswith("[{"))
+    assert {"conn_id": "leapi_cli", "conn_type": "leapi"} in json.loads(table)
