@@ -70,6 +70,7 @@ def test_cli_accepts_the_leapi_connection_type(airflow_db):
             "--conn-extra",
             json.dumps({"rate_limit_per_minute": 60}),
         ],
+        check=False,
         capture_output=True,
         text=True,
         env=env,
@@ -78,6 +79,7 @@ def test_cli_accepts_the_leapi_connection_type(airflow_db):
     assert added.returncode == 0, added.stderr[-2000:]
     listed = subprocess.run(
         [*airflow, "connections", "list", "--output", "json"],
+        check=False,
         capture_output=True,
         text=True,
         env=env,
