@@ -8,6 +8,7 @@ cannot change between check and use (rebinding), and every redirect hop is check
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import typing
 from collections.abc import Iterable
@@ -68,13 +69,15 @@ class AddressPolicy:
     def check_literal_host(self, host: str) -> None:
         """Refuse a URL whose host is a literal refused IP (checked at submit; names are checked at
         connect time, after resolution)."""
-        try:
-            address = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
+        address = literal_address(host)
+        if address is None:
             return
         reason = self.refusal(address)
         if reason is not None:
-            raise BlockedAddressError(f"{host} is {reason} (private sources are not allowed on this server)")
+            spelled = host if str(address) == host.strip("[]") else f"{host} ({address})"
+            raise BlockedAddressError(
+                f"{spelled} is {reason} (private sources are not allowed on this server)"
+            )
 
     def check_resolved(self, host: str, addresses: Iterable[str]) -> list[str]:
         """Every resolved address must be allowed (one bad answer refuses the host)."""
@@ -92,6 +95,39 @@ class AddressPolicy:
         return result
 
 
+_NUMERIC_HOST = re.compile(r"^[0-9a-fA-FxX.]+$")
+_HOST_NAME = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
+
+
+def literal_address(host: str) -> IPAddress | None:
+    """The IP address a host spells, in any form the system resolver reads as an address: besides dotted
+    quads and IPv6, the legacy IPv4 forms ``2130706433``, ``0x7f.1``, ``0177.0.0.1`` and ``127.1``
+    (``inet_aton``), which would otherwise pass as names and only be caught at connect time."""
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    if _NUMERIC_HOST.match(host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+def _host_problem(host: str) -> str:
+    """Why ``host`` (urlsplit's lower-cased hostname) is not a usable host, or ''."""
+    if literal_address(host) is not None:
+        return ""
+    try:
+        ascii_host = host.encode("idna").decode("ascii")  # internationalised names are fine
+    except UnicodeError:
+        return "has an invalid host name"
+    if not _HOST_NAME.match(ascii_host):
+        return "has an invalid host name"
+    return ""
+
+
 def check_http_url(url: str, policy: AddressPolicy) -> str:
     """Validate an http(s) URL with a host, and refuse literal blocked IPs. Returns a reason or ''."""
     try:
@@ -104,6 +140,9 @@ def check_http_url(url: str, policy: AddressPolicy) -> str:
         return "must be an http or https URL"
     if not host:
         return "has no host"
+    problem = _host_problem(host)
+    if problem:
+        return problem
     try:
         policy.check_literal_host(host)
     except BlockedAddressError as exc:

@@ -9,6 +9,7 @@ exactly the outputs the pipelines reference.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import random
 import re
@@ -17,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -364,9 +365,8 @@ def test_webhook_receiver_down_then_back(
     assert gone.calls == []
     assert failed["next_attempt_at"] is None and len(failed["attempts"]) == 1 + len(RETRY_DELAYS)
     times = [
-        datetime.fromisoformat(a["started_at"]).replace(tzinfo=timezone.utc).timestamp()
-        for a in failed["attempts"]
+        datetime.fromisoformat(a["started_at"]).replace(tzinfo=UTC).timestamp() for a in failed["attempts"]
     ]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     for gap, delay in zip(gaps, RETRY_DELAYS):
         assert delay - 0.05 <= gap <= delay + 1.5, (gaps, RETRY_DELAYS)
