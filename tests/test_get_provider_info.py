@@ -29,10 +29,11 @@ def test_every_registered_module_and_class_imports():
 
 def test_providers_manager_sees_the_provider_connection_type_and_link():
     from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
     manager = ProvidersManager()
     assert "airflow-provider-leapi" in manager.providers
-    hook = manager.hooks["leapi"]
+    hook = ProvidersManagerTaskRuntime().hooks["leapi"]
     assert hook is not None and hook.hook_class_name == "leapi_provider.hooks.leapi.LeapiHook"
     assert hook.connection_id_attribute_name == "leapi_conn_id"
     behaviour = manager.field_behaviours["leapi"]

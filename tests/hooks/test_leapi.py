@@ -96,13 +96,24 @@ def test_settings_come_from_the_connection(leapi_conn_factory):
     assert LeapiHook(conn_id, max_retries=0, idempotency="always").settings.max_retries == 0
 
 
-async def test_async_settings_do_not_need_a_sync_connection_lookup(conn_id, monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a sync get_connection inside async code blocks the triggerer's loop")
+async def test_async_settings_never_look_the_connection_up_on_the_event_loop(conn_id, monkeypatch):
+    import asyncio
 
-    monkeypatch.setattr(LeapiHook, "get_connection", forbidden)
+    sync_lookup = LeapiHook.get_connection.__func__
+    loop_thread_calls = []
+
+    def guarded(cls, *args, **kwargs):
+        try:
+            asyncio.get_running_loop()
+            loop_thread_calls.append(args)  # a sync lookup on the loop blocks the triggerer
+        except RuntimeError:
+            pass  # in a worker thread (Airflow < 3.3.2 fallback): fine
+        return sync_lookup(cls, *args, **kwargs)
+
+    monkeypatch.setattr(LeapiHook, "get_connection", classmethod(guarded))
     settings = await LeapiHook(conn_id).aget_settings()
     assert settings.base_url == BASE and settings.api_key == KEY
+    assert loop_thread_calls == []
 
 
 def test_the_api_key_is_registered_with_the_secrets_masker(leapi_conn_factory):
