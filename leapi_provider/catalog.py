@@ -443,10 +443,15 @@ def check_quota(
 def plan_run(settings: CatalogSettings, run: CatalogRun, *, max_map_length: int) -> dict[str, Any]:
     """Validate, diff (incremental), check the quota, plan batches; write it all to the run's folder.
 
+    A re-run of the same run (same run key) reuses the plan its earlier attempt wrote, checking credits
+    only for the images that attempt did not get accepted.
+
     :returns: ``{"run_dir", "batches": [URI, ...], "counts": {...}}`` (small: URIs and numbers).
     :raises ManifestError: unreadable manifest or no valid row.
     """
     folder = RunFolder(settings, run)
+    if folder.plan.exists():
+        return _resume_plan(settings, folder)
     manifest_location = storage_path(settings.manifest, settings.aws_conn_id)
     validation = manifests.validate_manifest(
         manifests.read_manifest(manifest_location), preset_defaults=settings.preset_defaults
@@ -584,6 +589,34 @@ def plan_run(settings: CatalogSettings, run: CatalogRun, *, max_map_length: int)
     )
     log.info("Plan: %s", counts)
     return {"run_dir": uri_of(folder.root), "batches": batch_uris, "counts": counts}
+
+
+def _resume_plan(settings: CatalogSettings, folder: RunFolder) -> dict[str, Any]:
+    """The plan of an earlier attempt of this run, kept as it was so that its batches (and the submissions
+    recorded for them) stay valid; only images not yet accepted need credits now.
+    """
+    from leapi_provider.hooks.leapi import LeapiHook
+
+    plan = manifests.read_json(folder.plan)
+    pending = 0
+    for uri in plan["batches"]:
+        index = batch_index_of(uri)
+        planned = manifests.read_parquet(folder.batch(index)).num_rows
+        recorded = _read_if_exists(folder.submitted(index))
+        pending += planned - (recorded.num_rows if recorded is not None else 0)
+    log.info(
+        "Resuming the plan of an earlier attempt of this run (%d batches); %d image(s) not submitted yet",
+        len(plan["batches"]),
+        pending,
+    )
+    if pending:
+        with LeapiHook(settings.leapi_conn_id) as hook:
+            allowed, _ = check_quota(
+                hook, pending, reserve=settings.quota_reserve, on_shortfall=settings.on_quota_shortfall
+            )
+        if allowed < pending:
+            log.warning("%d image(s) may be refused by the API for lack of credits", pending - allowed)
+    return {"run_dir": uri_of(folder.root), "batches": plan["batches"], "counts": plan["counts"]}
 
 
 # --------------------------------------------------------------------------------------------------

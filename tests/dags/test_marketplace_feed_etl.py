@@ -17,6 +17,8 @@ from tests.fixtures.catalog import pipeline_count, run_dag
 
 pytestmark = pytest.mark.slow
 DAG = ("dags/marketplace_feed_etl.py", "marketplace_feed_etl")
+#: (no task retries: a failing transfer fails the run at once)
+FANOUT = ("example_dags/example_leapi_manifest_fanout.py", "example_leapi_manifest_fanout")
 
 
 def _feed(catalog_bucket, key: str) -> list[dict[str, str]]:
@@ -63,9 +65,10 @@ def test_feed_layout_and_export(catalog_env, catalog_site, catalog_bucket, leapi
 
 @pytest.fixture(scope="module")
 def small_quota_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """A leapi-server whose key has 5 credits a month."""
+    """A leapi-server whose keys (one per test: each is its own account) have 5 credits a month."""
     with running_server(
         data_dir=tmp_path_factory.mktemp("small-quota"),
+        api_keys=("quota-a", "quota-b"),
         extra_args=("--workers", "1", "--monthly-quota", "5", "--rate-limit-per-minute", "0"),
     ) as server:
         yield server
@@ -74,7 +77,7 @@ def small_quota_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run
 def test_quota_guard(
     catalog_env, catalog_site, catalog_bucket, small_quota_server, leapi_conn_factory
 ) -> None:
-    leapi_conn_factory("leapi_small", small_quota_server.base_url, small_quota_server.api_key)
+    leapi_conn_factory("leapi_small", small_quota_server.base_url, "quota-a")
     images = catalog_site.add_images(8, prefix="quota")
     conf = {
         "manifest": catalog_bucket.put_manifest(sample_manifest(images, catalog_site.base_url)),
@@ -88,7 +91,7 @@ def test_quota_guard(
     refused = run_dag(*DAG, conf, logical_date=datetime(2026, 6, 1, tzinfo=UTC))
 
     assert refused.state == "failed"
-    assert pipeline_count(small_quota_server) == 0  # failed before spending anything
+    assert _used(small_quota_server, "quota-a") == 0  # failed before spending anything
     assert catalog_bucket.results().num_rows == 0
 
     partial = run_dag(
@@ -98,7 +101,36 @@ def test_quota_guard(
     )
 
     assert partial.state == "success"
-    assert pipeline_count(small_quota_server) == 5
+    assert _used(small_quota_server, "quota-a") == 5
     results = {row["image_id"]: row for row in catalog_bucket.results().to_pylist()}
     assert [results[i.image_id]["status"] for i in images] == ["done"] * 5 + ["deferred_quota"] * 3
     assert results[images[7].image_id]["error"] == "not submitted: 5 credits were left"
+
+
+def test_rerun_at_the_quota_limit_resumes(
+    catalog_env, catalog_site, catalog_bucket, small_quota_server, leapi_conn_factory
+) -> None:
+    """The first attempt spent every credit and then failed; the re-run needs none and is not refused."""
+    leapi_conn_factory("leapi_small_b", small_quota_server.base_url, "quota-b")
+    images = catalog_site.add_images(5, prefix="limit")
+    images_bucket = f"{catalog_bucket.name}-later"
+    conf = {
+        "manifest": catalog_bucket.put_manifest(sample_manifest(images, catalog_site.base_url)),
+        "results": catalog_bucket.uri("results"),
+        "images": f"s3://{images_bucket}/cdn",
+        "leapi_conn_id": "leapi_small_b",
+        "contact_sheet_images": 0,
+    }
+    day = datetime(2026, 6, 3, tzinfo=UTC)
+    assert run_dag(*FANOUT, conf, logical_date=day).state == "failed"  # no images bucket yet
+    assert _used(small_quota_server, "quota-b") == 5
+
+    catalog_bucket.client.create_bucket(Bucket=images_bucket)
+    assert run_dag(*FANOUT, conf, logical_date=day).state == "success"
+    assert _used(small_quota_server, "quota-b") == 5
+    assert {r["status"] for r in catalog_bucket.results().to_pylist()} == {"done"}
+
+
+def _used(server: RunningServer, api_key: str) -> int:
+    with server.client(api_key) as client:
+        return client.get("/v1/me/usage/").json()["used"]
