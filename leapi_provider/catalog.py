@@ -559,10 +559,15 @@ def plan_run(settings: CatalogSettings, run: CatalogRun, *, max_map_length: int)
     plan = manifests.plan_batches(
         valid, urls_per_pipeline=settings.urls_per_pipeline, max_batches=max_batches
     )
-    batch_uris = []
-    for index, rows in plan.batches():
+
+    def write_batch(item: tuple[int, pa.Table]) -> str:
+        index, rows = item
         manifests.write_parquet_atomic(_plain(rows), folder.batch(index))
-        batch_uris.append(uri_of(folder.batch(index)))
+        return uri_of(folder.batch(index))
+
+    # (up to max_map_length small files: written in parallel, object stores are latency bound)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        batch_uris = list(pool.map(write_batch, plan.batches()))
     manifests.write_parquet_atomic(pa.concat_tables(carried), folder.carried)
     counts = {
         "manifest_rows": validation.total_rows,
