@@ -9,7 +9,7 @@ UV := $(WORK)/uv/bin/uv
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: all venv test demo bench lint clean train
+.PHONY: all venv test demo demo-quickstart bench lint clean train
 
 all: test
 
@@ -27,7 +27,12 @@ venv: $(VENV)/.synced
 test: venv
 	$(PY) -m pytest
 
+# The main job: marketplace_feed_etl over a sample catalog on leapi-server + a local S3 (see docs/catalog.md).
 demo: venv
+	$(PY) scripts/demo_catalog.py
+
+# The API quick start alone: one photograph through POST / poll / download against leapi-server.
+demo-quickstart: venv
 	$(PY) scripts/demo.py
 
 bench: venv
