@@ -136,6 +136,7 @@ class LeapiResultToS3Operator(BaseOperator):
                 "multipart_chunksize": self.multipart_chunksize,
             },
         )
+        # The S3 client first: its setup must not eat into the life of the temp URLs read next.
         client = s3_hook.get_conn()
         records: list[dict[str, Any]] = []
         with LeapiHook(self.leapi_conn_id) as hook:
