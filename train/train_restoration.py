@@ -41,13 +41,14 @@ sys.path.insert(0, str(REPO))
 
 from leapi_provider.engine.restoration_spec import (
     HELD_OUT_PHOTOS,
-    INPUT_LUMA,
+    INPUT_PLANES,
     INPUT_STRENGTH,
     MODEL_PATH,
     OUTPUT_RESIDUAL,
     SCALE,
     TRAIN_PHOTOS,
     compression_strength,
+    model_planes,
 )
 
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
@@ -56,7 +57,7 @@ BLOCKS = 6
 EXPAND = 32
 PATCH = 48  # low-resolution patch side
 BATCH = 24
-CLEAN_FRACTION = 0.25
+CLEAN_FRACTION = 0.2
 QUALITY_RANGE = (10, 95)
 
 
@@ -90,11 +91,14 @@ class CollapsibleConv(nn.Module):
 
 
 class RestorationNet(nn.Module):
-    """Training form. ``forward(luma, strength)`` -> HR residual over the bicubic upscale."""
+    """Training form. ``forward(planes, strength)`` -> HR residual over the bicubic upscale of the luma.
+
+    ``planes``: luma and the JPEG block-boundary masks (``model_planes``), [N, 3, H, W].
+    """
 
     def __init__(self, channels: int = CHANNELS, blocks: int = BLOCKS, expand: int = EXPAND) -> None:
         super().__init__()
-        self.head = CollapsibleConv(1, channels, expand, residual=False)
+        self.head = CollapsibleConv(3, channels, expand, residual=False)
         self.body = nn.ModuleList(
             CollapsibleConv(channels, channels, expand, residual=True) for _ in range(blocks)
         )
@@ -102,9 +106,9 @@ class RestorationNet(nn.Module):
         # Per-layer bias shift per unit of compression strength (the conditioning).
         self.condition = nn.Parameter(torch.zeros(blocks + 1, channels))
 
-    def forward(self, luma: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+    def forward(self, planes: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
         s = strength.view(-1, 1, 1, 1)
-        x = F.relu(self.head(luma) + s * self.condition[0].view(1, -1, 1, 1))
+        x = F.relu(self.head(planes) + s * self.condition[0].view(1, -1, 1, 1))
         skip = x
         for i, block in enumerate(self.body, start=1):
             x = F.relu(block(x) + s * self.condition[i].view(1, -1, 1, 1))
@@ -126,8 +130,8 @@ class CollapsedNet(nn.Module):
             self.convs.append(conv)
         self.condition = nn.Parameter(trained.condition.detach().clone())
 
-    def forward(self, luma: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.convs[0](luma) + strength.view(1, -1, 1, 1) * self.condition[0].view(1, -1, 1, 1))
+    def forward(self, planes: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.convs[0](planes) + strength.view(1, -1, 1, 1) * self.condition[0].view(1, -1, 1, 1))
         skip = x
         for i in range(1, len(self.convs) - 1):
             x = F.relu(self.convs[i](x) + strength.view(1, -1, 1, 1) * self.condition[i].view(1, -1, 1, 1))
@@ -204,7 +208,9 @@ class PatchPool:
         for low, up, high, strength in self.rng.choices(self.examples, weights=self.weights, k=size):
             y = self.rng.randrange(0, low.shape[0] - PATCH + 1)
             x = self.rng.randrange(0, low.shape[1] - PATCH + 1)
-            lows.append(low[y : y + PATCH, x : x + PATCH])
+            # The JPEG was encoded from the image's origin: its grid sits at (0, 0) there.
+            patch = low[y : y + PATCH, x : x + PATCH].astype(np.float32) / 255.0
+            lows.append(model_planes(patch, (0, 0) if strength > 0 else None, top=y, left=x))
             hy, hx, hp = y * SCALE, x * SCALE, PATCH * SCALE
             ups.append(up[hy : hy + hp, hx : hx + hp])
             highs.append(high[hy : hy + hp, hx : hx + hp])
@@ -213,7 +219,8 @@ class PatchPool:
         def tensor(arrays: list[np.ndarray]) -> torch.Tensor:
             return torch.from_numpy(np.stack(arrays)[:, None].astype(np.float32) / 255.0)
 
-        return tensor(lows), tensor(ups), tensor(highs), torch.tensor(strengths, dtype=torch.float32)
+        planes = torch.from_numpy(np.stack(lows))
+        return planes, tensor(ups), tensor(highs), torch.tensor(strengths, dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,22 +266,24 @@ def export(model: RestorationNet, path: Path, meta: dict[str, object]) -> None:
     import onnx
 
     collapsed = CollapsedNet(model).eval()
-    luma = torch.rand(1, 1, 40, 56)
+    planes = torch.from_numpy(
+        model_planes(np.random.default_rng(0).random((40, 56), dtype=np.float32), (3, 5))
+    )[None]
     strength = torch.tensor([0.7])
     with torch.no_grad():
-        reference = model.eval()(luma, strength)
-        check = collapsed(luma, strength)
+        reference = model.eval()(planes, strength)
+        check = collapsed(planes, strength)
     drift = (reference - check).abs().max().item()
     if drift > 1e-4:
         raise RuntimeError(f"collapsing changed the model's output by {drift}")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
         collapsed,
-        (luma, strength),
+        (planes, strength),
         str(path),
-        input_names=[INPUT_LUMA, INPUT_STRENGTH],
+        input_names=[INPUT_PLANES, INPUT_STRENGTH],
         output_names=[OUTPUT_RESIDUAL],
-        dynamic_axes={INPUT_LUMA: {0: "n", 2: "h", 3: "w"}, OUTPUT_RESIDUAL: {0: "n", 2: "h2", 3: "w2"}},
+        dynamic_axes={INPUT_PLANES: {0: "n", 2: "h", 3: "w"}, OUTPUT_RESIDUAL: {0: "n", 2: "h2", 3: "w2"}},
         opset_version=17,
         dynamo=False,
     )
@@ -289,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=MODEL_PATH)

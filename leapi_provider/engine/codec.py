@@ -105,6 +105,9 @@ class DecodedImage:
     info: ImageInfo
     jpeg_quality: int | None  # estimated from the quantisation tables; None when not a JPEG
     chroma_subsampled: bool = False  # a 4:2:0 JPEG: its chroma only has half the resolution
+    #: Where the JPEG's 8x8 block boundaries are in the displayed image, ``(x, y)``: just before columns
+    #: ``x + 8k`` and rows ``y + 8k``; ``None`` when not a JPEG (or decoded at reduced scale).
+    block_grid: tuple[int, int] | None = None
 
 
 def read_header(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
@@ -142,6 +145,7 @@ def decode(data: bytes, *, max_pixels: int, draft_size: tuple[int, int] | None =
     image, fmt = read_header(data, max_pixels)
     quality = estimate_jpeg_quality(getattr(image, "quantization", None)) if fmt == "JPEG" else None
     subsampled = fmt == "JPEG" and image.mode != "L" and JpegImagePlugin.get_sampling(image) == 2
+    grid = _block_grid(image) if fmt == "JPEG" and draft_size is None else None
     interpret = _interpretation(image)
     try:
         if fmt != "JPEG":
@@ -152,7 +156,7 @@ def decode(data: bytes, *, max_pixels: int, draft_size: tuple[int, int] | None =
         if draft_size is not None and fmt == "JPEG":
             image.draft(None, draft_size[::-1] if _quarter_turned(image) else draft_size)
         image.load()
-        image = ImageOps.exif_transpose(image)
+        image = _apply_orientation(image)
         rgb, alpha = _to_srgb(image)
     except EngineError:
         raise
@@ -160,7 +164,31 @@ def decode(data: bytes, *, max_pixels: int, draft_size: tuple[int, int] | None =
         raise EngineError(f"cannot decode the {fmt} image: {_describe(exc)}") from None
     mime, ext = FORMATS[fmt]
     info = ImageInfo(format=fmt, mime=mime, ext=ext, width=width, height=height, interpret=interpret)
-    return DecodedImage(rgb=rgb, alpha=alpha, info=info, jpeg_quality=quality, chroma_subsampled=subsampled)
+    return DecodedImage(
+        rgb=rgb, alpha=alpha, info=info, jpeg_quality=quality, chroma_subsampled=subsampled, block_grid=grid
+    )
+
+
+def _apply_orientation(image: Image.Image) -> Image.Image:
+    # A damaged EXIF block is common and no reason to fail the image: it is then shown as stored.
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - Pillow raises several types for malformed EXIF
+        return image
+
+
+def _block_grid(image: Image.Image) -> tuple[int, int]:
+    """The stored grid (boundaries at multiples of 8) carried through the EXIF orientation transform:
+    an axis that gets mirrored has its boundaries at ``size % 8`` instead."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: decode() reports it if it matters
+        orientation = 1
+    width, height = image.size
+    w, h = width % 8, height % 8
+    return {1: (0, 0), 2: (w, 0), 3: (w, h), 4: (0, h), 5: (0, 0), 6: (h, 0), 7: (h, w), 8: (0, w)}.get(
+        orientation, (0, 0)
+    )
 
 
 def _describe(exc: Exception) -> str:

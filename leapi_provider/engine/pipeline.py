@@ -99,6 +99,7 @@ def render(
         level=recipe.restoration_level,
         strength=strength,
         model=model,
+        grid=decoded.block_grid,
         sharpen=recipe.preset.finish_sharpen,
     )
     restored[..., 1:] = restore_chroma(ycrcb[..., 1:], size, subsampled=decoded.chroma_subsampled)

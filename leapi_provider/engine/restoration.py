@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,18 +25,29 @@ import numpy as np
 
 from leapi_provider.engine.geometry import resize
 from leapi_provider.engine.restoration_spec import (
-    INPUT_LUMA,
+    INPUT_PLANES,
     INPUT_STRENGTH,
     MODEL_PATH,
     RECEPTIVE_HALO,
     SCALE,
     compression_strength,
+    model_planes,
 )
 
 log = logging.getLogger(__name__)
 
-#: Threads one model run may use. ``LEAPI_ENGINE_THREADS`` overrides; the benchmark sets 1.
-DEFAULT_THREADS = int(os.environ.get("LEAPI_ENGINE_THREADS", "0")) or min(4, os.cpu_count() or 1)
+
+def _default_threads() -> int:
+    """Threads one model run may use: ``LEAPI_ENGINE_THREADS``, else ``OMP_NUM_THREADS`` (which a process
+    pool sets to its per-worker share of the cores), else up to 4 cores."""
+    for variable in ("LEAPI_ENGINE_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(variable, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return min(4, os.cpu_count() or 1)
+
+
+DEFAULT_THREADS = _default_threads()
 #: Rows of low-resolution input per model call: bounds working memory (16 float32 feature maps of a
 #: strip, ~1.5 MB per 1000 px of width) whatever the image size, and keeps the maps in cache.
 STRIP_ROWS = 96
@@ -75,8 +87,8 @@ def level_settings(level: int) -> LevelSettings:
 
 
 class LumaModel(Protocol):
-    def residual(self, luma: np.ndarray, strength: float) -> np.ndarray:
-        """``luma`` HxW float32 in [0, 1] -> 2Hx2W float32 residual over its bicubic upscale."""
+    def residual(self, planes: np.ndarray, strength: float) -> np.ndarray:
+        """``planes`` 3xHxW float32 (``model_planes``) -> 2Hx2W float32 residual over the bicubic upscale."""
 
 
 class OnnxRuntimeModel:
@@ -91,8 +103,8 @@ class OnnxRuntimeModel:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def residual(self, luma: np.ndarray, strength: float) -> np.ndarray:
-        feed = {INPUT_LUMA: luma[None, None], INPUT_STRENGTH: np.array([strength], dtype=np.float32)}
+    def residual(self, planes: np.ndarray, strength: float) -> np.ndarray:
+        feed = {INPUT_PLANES: planes[None], INPUT_STRENGTH: np.array([strength], dtype=np.float32)}
         return self.session.run(None, feed)[0][0, 0]
 
 
@@ -103,12 +115,12 @@ class OpenCvDnnModel:
         self.path, self.threads = path, threads
         self.local = threading.local()
 
-    def residual(self, luma: np.ndarray, strength: float) -> np.ndarray:
+    def residual(self, planes: np.ndarray, strength: float) -> np.ndarray:
         net = getattr(self.local, "net", None)
         if net is None:
             net = self.local.net = cv2.dnn.readNetFromONNX(str(self.path))
         cv2.setNumThreads(self.threads)
-        net.setInput(np.ascontiguousarray(luma[None, None]), INPUT_LUMA)
+        net.setInput(np.ascontiguousarray(planes[None]), INPUT_PLANES)
         net.setInput(np.array([strength], dtype=np.float32), INPUT_STRENGTH)
         return net.forward()[0, 0]
 
@@ -133,21 +145,41 @@ def load_model(
         return None
 
 
-def run_tiled(model: LumaModel, luma: np.ndarray, strength: float, rows: int = STRIP_ROWS) -> np.ndarray:
-    """The model's residual for a whole plane, computed in horizontal strips.
+def residual_strips(
+    model: LumaModel,
+    luma: np.ndarray,
+    strength: float,
+    grid: tuple[int, int] | None = None,
+    rows: int = STRIP_ROWS,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The model's residual for a luma plane (float32 in [0, 1]), strip by strip: ``(first output row, strip)``.
 
-    Each strip carries ``RECEPTIVE_HALO`` rows of context on both sides, so the result equals a
-    whole-image run exactly while memory stays bounded by the strip.
+    Each strip is computed with ``RECEPTIVE_HALO`` rows of context on both sides, so the strips put
+    together equal a whole-image run exactly, while memory stays bounded by one strip.
     """
-    height, width = luma.shape
+    height = luma.shape[0]
     if height <= rows + 2 * RECEPTIVE_HALO:
-        return model.residual(luma, strength)
-    out = np.empty((height * SCALE, width * SCALE), dtype=np.float32)
+        yield 0, model.residual(model_planes(luma, grid), strength)
+        return
     for top in range(0, height, rows):
         bottom = min(top + rows, height)
         lo, hi = max(0, top - RECEPTIVE_HALO), min(height, bottom + RECEPTIVE_HALO)
-        strip = model.residual(np.ascontiguousarray(luma[lo:hi]), strength)
-        out[top * SCALE : bottom * SCALE] = strip[(top - lo) * SCALE : (bottom - lo) * SCALE]
+        strip = model.residual(model_planes(luma[lo:hi], grid, top=lo), strength)
+        yield top * SCALE, strip[(top - lo) * SCALE : (bottom - lo) * SCALE]
+
+
+def run_tiled(
+    model: LumaModel,
+    luma: np.ndarray,
+    strength: float,
+    grid: tuple[int, int] | None = None,
+    rows: int = STRIP_ROWS,
+) -> np.ndarray:
+    """The whole residual plane (``residual_strips`` put together)."""
+    height, width = luma.shape
+    out = np.empty((height * SCALE, width * SCALE), dtype=np.float32)
+    for top, strip in residual_strips(model, luma, strength, grid, rows):
+        out[top : top + strip.shape[0]] = strip
     return out
 
 
@@ -163,6 +195,11 @@ def _grid_profile(luma: np.ndarray, axis: int) -> np.ndarray:
     # steps[i] is the edge between i and i+1; JPEG block edges sit at i+1 = 8k.
     phases = (np.arange(steps.size) + 1) % 8
     return np.array([steps[phases == p].mean() if np.any(phases == p) else 0.0 for p in range(8)])
+
+
+def detect_block_grid(luma: np.ndarray) -> tuple[int, int]:
+    """Where the 8x8 grid's boundaries are, ``(x, y)`` as in ``model_planes``: the strongest phase."""
+    return int(np.argmax(_grid_profile(luma, 1))), int(np.argmax(_grid_profile(luma, 0)))
 
 
 def blockiness(luma: np.ndarray) -> float:
@@ -248,18 +285,23 @@ def unsharp(luma: np.ndarray, amount: float, sigma: float = 1.0, threshold: floa
 # --------------------------------------------------------------------------------------------------
 
 
-def _x2(model: LumaModel | None, luma: np.ndarray, strength: float, blend: float) -> np.ndarray:
+def _x2(
+    model: LumaModel | None, luma: np.ndarray, strength: float, blend: float, grid: tuple[int, int] | None
+) -> np.ndarray:
     """One x2 step: the model's residual (blended) over the bicubic upscale; classical without a model."""
     height, width = luma.shape
     if model is None:
         cleaned = deblock_classical(luma, strength)
         upscaled = cv2.resize(cleaned, (width * SCALE, height * SCALE), interpolation=cv2.INTER_LANCZOS4)
         return unsharp(upscaled, 0.6 * blend, sigma=1.2, threshold=1.0)
-    upscaled = cv2.resize(luma, (width * SCALE, height * SCALE), interpolation=cv2.INTER_CUBIC)
-    residual = run_tiled(model, luma.astype(np.float32) * (1 / 255), strength)
-    out = upscaled.astype(np.float32)
-    out += residual * (255.0 * blend)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    # Strip by strip into the bicubic upscale: no full-size float plane is ever held (a 25 MP output
+    # would need 100 MB per plane).
+    out = cv2.resize(luma, (width * SCALE, height * SCALE), interpolation=cv2.INTER_CUBIC)
+    planes = luma.astype(np.float32) * (1 / 255)
+    for top, strip in residual_strips(model, planes, strength, grid if strength > 0 else None):
+        rows = out[top : top + strip.shape[0]]
+        rows[...] = np.clip(rows + strip * (255.0 * blend) + 0.5, 0, 255)
+    return out
 
 
 def restore_luma(
@@ -269,14 +311,19 @@ def restore_luma(
     level: int,
     strength: float,
     model: LumaModel | None,
+    grid: tuple[int, int] | None = None,
     sharpen: float = 0.0,
 ) -> np.ndarray:
     """Restore and resample one luma plane to ``size`` (width, height).
 
     :param strength: the input's compression strength (:func:`input_strength`).
+    :param grid: where the input's JPEG block boundaries are (``codec.DecodedImage.block_grid``);
+        ``None`` finds them from the pixels when the input is compressed.
     :param sharpen: the preset's own sharpening, added to the level's.
     """
     settings = level_settings(level)
+    if strength > 0 and grid is None:
+        grid = detect_block_grid(luma)
     strength = strength + settings.extra_strength
     height, width = luma.shape
     out_w, out_h = size
@@ -286,11 +333,11 @@ def restore_luma(
         steps = max(1, round(math.log2(factor)))
         plane = luma
         for step in range(steps):
-            plane = _x2(model, plane, strength if step == 0 else 0.0, settings.blend)
+            plane = _x2(model, plane, strength if step == 0 else 0.0, settings.blend, grid)
         plane = resize(plane, (out_w, out_h))
     elif factor > 1.0 / RESTORE_BEFORE_DOWNSCALE_BELOW and strength > 0:
         # Artifact removal at the input's own resolution: the x2 output averaged back down (area).
-        restored = _x2(model, luma, strength, settings.blend)
+        restored = _x2(model, luma, strength, settings.blend, grid)
         plane = cv2.resize(restored, (width, height), interpolation=cv2.INTER_AREA)
         plane = resize(plane, (out_w, out_h))
     else:

@@ -8,12 +8,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
+
 #: The committed model: luma x2 super-resolution + JPEG artifact removal.
 MODEL_PATH = Path(__file__).with_name("weights") / "luma_x2.onnx"
 SCALE = 2
-#: Input names of the ONNX graph: ``luma`` [N, 1, H, W] in [0, 1] and ``strength`` [1] (see below);
-#: output ``residual`` [N, 1, 2H, 2W], added to the bicubic upscale of ``luma``.
-INPUT_LUMA = "luma"
+#: Input names of the ONNX graph: ``planes`` [N, 3, H, W] (see :func:`model_planes`) and ``strength``
+#: [1] (see :func:`compression_strength`); output ``residual`` [N, 1, 2H, 2W], added to the bicubic
+#: upscale of the luma plane.
+INPUT_PLANES = "planes"
 INPUT_STRENGTH = "strength"
 OUTPUT_RESIDUAL = "residual"
 #: Every layer is a 3x3 convolution at the input resolution: this many input pixels on each side
@@ -40,6 +43,29 @@ TRAIN_PHOTOS = (
 )
 #: Never trained on: the benchmark's test set (a cat, a cup of coffee, a rocket launch; all colour).
 HELD_OUT_PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
+
+
+#: JPEG's DCT block side (luma).
+BLOCK = 8
+
+
+def model_planes(luma: np.ndarray, grid: tuple[int, int] | None, top: int = 0, left: int = 0) -> np.ndarray:
+    """The model's input for a luma plane (float32 in [0, 1]): [3, H, W].
+
+    Plane 0 is the luma; planes 1 and 2 mark the pixels on either side of a JPEG block boundary (columns,
+    then rows) with 1.0, so the tiny network knows where blocking can be without having to find it.
+    ``grid`` is ``(x, y)``: block boundaries sit just before the columns ``x + 8k`` and rows ``y + 8k``;
+    ``None`` (clean input) leaves the planes at 0. ``top``/``left`` place a tile inside the image.
+    """
+    height, width = luma.shape
+    planes = np.zeros((3, height, width), dtype=np.float32)
+    planes[0] = luma
+    if grid is not None:
+        columns = (np.arange(width) + left - grid[0]) % BLOCK
+        rows = (np.arange(height) + top - grid[1]) % BLOCK
+        planes[1] = ((columns == 0) | (columns == BLOCK - 1)).astype(np.float32)[None, :]
+        planes[2] = ((rows == 0) | (rows == BLOCK - 1)).astype(np.float32)[:, None]
+    return planes
 
 
 def compression_strength(jpeg_quality: int | None) -> float:

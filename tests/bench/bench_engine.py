@@ -260,7 +260,7 @@ def speed_section(photos: dict[str, np.ndarray]) -> tuple[str, list[str]]:
     )
     lowres = luma(source).astype(np.float32) / 255
     model_only = {
-        backend: _median_seconds(lambda m=model: run_tiled(m, lowres, 0.7))
+        backend: _median_seconds(lambda m=model: run_tiled(m, lowres, 0.7, (0, 0)))
         for backend, model in models.items()
     }
     base = results["baseline (decode, bicubic, encode)"]
