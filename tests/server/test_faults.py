@@ -190,6 +190,40 @@ def test_random_sigkills_with_50_pipelines_in_flight(
         assert Image.open(io.BytesIO(download.content)).size == sizes[key], (key, context)
 
 
+def test_files_a_crash_leaves_behind_are_removed_at_restart(
+    tmp_path: Path, source_photos: dict[str, str]
+) -> None:
+    """What a SIGKILL can leave in the temp folder, planted deterministically: a partial write, the output
+    of a task that was re-run under another name, a file of a pipeline that does not exist. The restart
+    removes exactly those; every referenced output stays downloadable."""
+    with running_server(data_dir=tmp_path / "data", extra_args=("--workers", "1")) as server:
+        with server.client() as client:
+            answer = client.post(
+                "/v1/pipeline", json=pipeline_body([source_photos["cat.jpg"]], width=90, height=60)
+            )
+            pipeline = wait_for_pipeline(client, answer.json()["pipeline"]["id"])
+        server.kill()
+        folder = server.data_dir / "tmp" / "p" / str(pipeline["id"])
+        planted = [
+            folder / f".{pipeline['results'][0]['output_object']['filename']}.part-4242",
+            folder / "cat_OLDRUN.jpg",
+            server.data_dir / "tmp" / "p" / "999999" / "ghost_abcdef.jpg",
+        ]
+        for path in planted:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"\xff\xd8\xff left behind")
+        server.start(port=server.port)
+        with server.client() as client:
+            after = client.get(f"/v1/pipeline/{pipeline['id']}").json()["pipeline"]
+        download = httpx.get(after["results"][0]["output_object"]["tmp_url"])
+        logs, on_disk = server.logs(), temp_files(server)
+
+    assert re.search(r"removed 3 orphaned temp file", logs)
+    assert not any(path.exists() for path in planted)
+    assert on_disk == {after["results"][0]["output_object"]["s3_key"]}
+    assert download.status_code == 200 and Image.open(io.BytesIO(download.content)).size == (90, 60)
+
+
 # -- an image stuck in the engine ------------------------------------------------------------------------------
 
 

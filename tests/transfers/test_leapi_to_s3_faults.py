@@ -27,6 +27,7 @@ from tests.fixtures.s3 import MotoS3Server
 
 #: botocore's own retries per request (standard mode): enough to ride out two failures, not an outage.
 BOTOCORE_MAX_ATTEMPTS = 3
+TINY_TTL_S = 5
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length"}
 
 
@@ -280,12 +281,13 @@ def test_an_s3_outage_fails_the_task_and_its_retry_rewrites_nothing_that_was_rig
 def test_expired_temp_urls_fail_clearly_and_rerunning_the_image_recovers(
     source_photos: dict[str, str], leapi_conn_factory, moto_s3, s3_bucket, aws_conn
 ) -> None:
-    """The transfer runs after the temp URLs expired (``--temp-url-ttl 1``): it fails naming the pipeline and
+    """The transfer runs after the temp URLs expired (a tiny ``--temp-url-ttl``): it fails naming the pipeline and
     the expiry and writes nothing; the documented recovery (re-run the image: a new pipeline) works."""
-    with running_server(extra_args=("--workers", "1", "--temp-url-ttl", "1")) as server:
+    # 5 s: long enough for the recovery's transfer to finish in time on a loaded machine.
+    with running_server(extra_args=("--workers", "1", "--temp-url-ttl", str(TINY_TTL_S))) as server:
         conn_id = leapi_conn_factory("leapi_tiny_ttl", server.base_url, server.api_key)
         stale = done_pipeline(server, [source_photos["cat.jpg"]], width=200)
-        time.sleep(2.1)
+        time.sleep(TINY_TTL_S + 1.1)
         transfer = LeapiResultToS3Operator(
             task_id="to_s3", pipeline_id=stale["id"], s3_bucket=s3_bucket, leapi_conn_id=conn_id
         )
