@@ -285,7 +285,10 @@ class Dispatcher:
 
     def _replace_pool(self, broken: ProcessPoolExecutor) -> None:
         if self._pool is broken and not self._stopping:
+            dead = list(getattr(broken, "_processes", {}) or {})
             _terminate_pool(broken)
+            for pid in dead:  # a killed worker never removed its note
+                (self.config.worker_status_dir / f"{pid}.json").unlink(missing_ok=True)
             self._pool = self._new_pool()
 
 

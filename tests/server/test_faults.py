@@ -266,6 +266,7 @@ def test_a_stuck_image_fails_alone_and_its_worker_is_replaced(source_photos: dic
             assert client.get("/healthz").status_code == 200
         logs = server.logs()
         on_disk = temp_files(server)
+        leftover_notes = list((server.data_dir / "workers").glob("*.json"))
 
     assert stuck["status"] == "ERROR"
     (result,) = stuck["results"]
@@ -278,6 +279,7 @@ def test_a_stuck_image_fails_alone_and_its_worker_is_replaced(source_photos: dic
     assert f"pipeline {queued} image 0 re-queued: its pool was stopped" in logs
     assert behind["status"] == "DONE" and behind["results"][0]["error"] is None
     assert after["status"] == "DONE" and after["results"][0]["output_object"]["size"] == [90, 60]
+    assert leftover_notes == [], "the killed worker's note was removed with its pool"
     assert usage["used"] == 3  # one credit per image, the stuck one included, nothing charged twice
     assert on_disk == {
         p["results"][0]["output_object"]["s3_key"] for p in (behind, after)
