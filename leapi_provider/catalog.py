@@ -319,12 +319,16 @@ def source_fingerprints(
     urls: Sequence[str], *, mode: str = "headers", concurrency: int = 32, timeout: float = 30.0
 ) -> dict[str, SourceFingerprint]:
     """Fingerprint each distinct URL (``HEAD``, falling back to hashing a ``GET``), ``concurrency`` at a time."""
+    from leapi_provider.hooks.leapi import shared_tls_context
+
     distinct = list(dict.fromkeys(urls))
 
     async def run() -> list[SourceFingerprint]:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         semaphore = asyncio.Semaphore(concurrency)
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=True, limits=limits) as client:
+        async with httpx.AsyncClient(
+            timeout=timeout, follow_redirects=True, limits=limits, verify=shared_tls_context()
+        ) as client:
 
             async def one(url: str) -> SourceFingerprint:
                 async with semaphore:
@@ -932,8 +936,10 @@ def _contact_sheet(settings: CatalogSettings, done: pa.Table) -> bytes | None:
     for preset in sorted({r["preset"] for r in picks}):
         chosen += [r for r in picks if r["preset"] == preset][: max(1, count // 3)]
     chosen = chosen[:count]
+    from leapi_provider.hooks.leapi import shared_tls_context
+
     pairs = []
-    with httpx.Client(timeout=30, follow_redirects=True) as client:
+    with httpx.Client(timeout=30, follow_redirects=True, verify=shared_tls_context()) as client:
         for row in chosen:
             try:
                 before = client.get(row["source_url"])

@@ -30,6 +30,7 @@ from leapi_provider.hooks.leapi import (
     derive_idempotency_key,
     normalize_base_url,
     retry_after_seconds,
+    shared_tls_context,
 )
 from leapi_provider.models import RATE_LIMIT_REASON, PipelineRequest, PipelineStatus
 
@@ -437,3 +438,16 @@ def test_httpx_request_logs_lose_signed_query_strings():
     message = record.getMessage()
     assert "deadbeef" not in message and "https://s3.test/tmp/p/1/out.jpg?<redacted>" in message
     assert any(isinstance(f, RedactSignedUrlsFilter) for f in logging.getLogger("httpx").filters)
+
+
+async def test_every_client_of_every_hook_shares_one_tls_context(conn_id):
+    # A fresh context per client costs ~50 ms of CPU; a triggerer with many triggers would stall on it.
+    first, second = LeapiHook(conn_id), LeapiHook(conn_id)
+    sync_client, async_client = first.get_conn(), await second.aget_conn()
+    contexts = {
+        id(client._transport._pool._ssl_context)  # httpcore's pool holds the context it was given
+        for client in (sync_client, async_client)
+    }
+    assert contexts == {id(shared_tls_context())}
+    first.close()
+    await second.aclose()
