@@ -22,20 +22,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import http.server
 import io
 import json
 import os
 import shutil
 import signal
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / ".work" / "demo"  # git-ignored
@@ -65,40 +63,23 @@ os.environ.update(
 )
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @contextlib.contextmanager
 def serve_sources(folder: Path, state_file: Path) -> Iterator[str]:
     """Serve ``folder`` on 127.0.0.1, on the port of the previous run when it is free (stable URLs)."""
-    from leapi_provider.server.testing import free_port
+    from leapi_provider.server.testing import serve_directory
 
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = None
-    for port in (state.get("source_port"), free_port()):
-        if not port:
-            continue
+    with contextlib.ExitStack() as stack:
         try:
-            server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-            break
+            base_url = stack.enter_context(serve_directory(folder, port=state.get("source_port") or 0))
         except OSError:
             print(
-                f"(port {port} of the previous run is busy: the sources get new URLs, so no skip this time)"
+                f"(port {state['source_port']} of the previous run is busy: the sources get new URLs, "
+                "so no skip this time)"
             )
-    assert server is not None
-    server.daemon_threads = True
-    state_file.write_text(json.dumps({**state, "source_port": server.server_address[1]}))
-    thread = threading.Thread(target=server.serve_forever, name="demo-sources", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+            base_url = stack.enter_context(serve_directory(folder))
+        state_file.write_text(json.dumps({**state, "source_port": urlsplit(base_url).port}))
+        yield base_url
 
 
 def restore_bucket(client, snapshot: Path) -> int:

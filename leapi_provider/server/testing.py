@@ -296,10 +296,13 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serve_directory(path: str | os.PathLike[str]) -> Iterator[str]:
-    """Serve ``path`` read-only over HTTP on 127.0.0.1 (free port); yields the base URL (no trailing /)."""
+def serve_directory(path: str | os.PathLike[str], *, port: int = 0) -> Iterator[str]:
+    """Serve ``path`` read-only over HTTP on 127.0.0.1; yields the base URL (no trailing /).
+
+    :param port: the port to bind (0: a free one). A taken port raises ``OSError`` on entering.
+    """
     handler = functools.partial(_QuietHandler, directory=str(path))
-    server = _Server(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", port), handler)
     thread = threading.Thread(target=server.serve_forever, name="serve-directory", daemon=True)
     thread.start()
     try:
