@@ -230,3 +230,22 @@ def test_truncated_image_is_an_engine_error(fmt):
 def test_garbage_is_an_engine_error(data):
     with pytest.raises(EngineError):
         enhance(data, MarketplacePreset())
+
+
+def test_big_reduction_decodes_a_jpeg_at_reduced_scale_and_reports_the_file_size():
+    data = encode(scene(800, 600), "JPEG", quality=80)
+    result = enhance(data, MarketplacePreset(width=100, image_format="PNG", **IDENTITY))
+    assert (result.input.width, result.input.height) == (800, 600)
+    assert pixels(result.data).shape == (75, 100, 3)
+    # Same picture as a full decode + antialiased downscale, to within JPEG/DCT-scaling differences.
+    reference = np.asarray(Image.fromarray(pixels(data)).resize((100, 75), Image.Resampling.LANCZOS))
+    assert np.abs(pixels(result.data).astype(int) - reference).mean() < 6
+
+
+def test_broken_exif_does_not_fail_the_image():
+    data = encode(scene(64, 48), "JPEG", quality=90)
+    # An APP1 "Exif" segment whose TIFF header is garbage, right after SOI.
+    payload = b"Exif\x00\x00" + b"XX\x00\x2a" + b"\xff" * 20
+    broken = data[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + data[2:]
+    result = enhance(broken, MarketplacePreset())
+    assert (result.output.width, result.output.height) == (64, 48)
