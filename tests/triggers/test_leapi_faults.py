@@ -9,9 +9,13 @@ that ``execute_complete`` accepts.
 from __future__ import annotations
 
 import asyncio
+import functools
+import http.server
 import importlib
 import json
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,12 +23,58 @@ from airflow.sdk.exceptions import TaskDeferred
 
 from leapi_provider.models import MarketplacePreset
 from leapi_provider.operators.leapi import STATE_PIPELINE_ID_KEY, LeapiSubmitPipelineOperator
-from leapi_provider.server.testing import RunningServer, running_server
+from leapi_provider.server.testing import RunningServer, running_server, write_sample_photo
 from leapi_provider.triggers.leapi import LeapiPipelineTrigger, validate_pipeline_event
 from tests.operators.test_leapi import make_context
 
-#: Slow enough (a 2400x1600 restoration, one worker) that a wait can be cut while pipelines are in flight.
-SLOW_OPERATION = {"op": "preset/marketplace", "width": 2400, "height": 1600, "restoration_level": 6}
+OPERATION = {"op": "preset/marketplace", "width": 600, "height": 400, "restoration_level": 6}
+PHOTOS = ("coffee", "chelsea", "rocket")
+
+
+class GatedSources:
+    """Source photographs served only once :meth:`open` is called.
+
+    Until then every fetch blocks, so the pipelines are PROCESSING for as long as the test needs: the
+    triggerer "crashes" land mid-wait however fast the machine is.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        for name in PHOTOS:
+            write_sample_photo(directory / f"{name}.jpg", name, size=(300, 200))
+        self._gate = threading.Event()
+        gate = self._gate
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:
+                gate.wait(timeout=60)
+                super().do_GET()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(directory))
+        )
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/{name}.jpg"
+
+    def open(self) -> None:
+        self._gate.set()
+
+    def close(self) -> None:
+        self.open()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def gated_sources(tmp_path: Path) -> Iterator[GatedSources]:
+    sources = GatedSources(tmp_path)
+    yield sources
+    sources.close()
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +127,15 @@ async def first_event(trigger: LeapiPipelineTrigger) -> dict[str, Any]:
 
 
 async def test_a_rebuilt_trigger_resumes_the_same_wait(
-    one_worker_server: RunningServer, conn_id: str, source_photos: dict[str, str]
+    one_worker_server: RunningServer, conn_id: str, gated_sources: GatedSources
 ) -> None:
     with one_worker_server.client() as client:
         ids = [
             client.post(
                 "/v1/pipeline",
-                json={"source": {"http": {"url": [source_photos[name]]}}, "operations": [SLOW_OPERATION]},
+                json={"source": {"http": {"url": [gated_sources.url(name)]}}, "operations": [OPERATION]},
             ).json()["pipeline"]["id"]
-            for name in ("burger.jpg", "cat.jpg", "rocket.jpg", "burger.jpg")
+            for name in (*PHOTOS, PHOTOS[0])
         ]
     charged = used(one_worker_server)
     original = LeapiPipelineTrigger(
@@ -94,7 +144,8 @@ async def test_a_rebuilt_trigger_resumes_the_same_wait(
     )  # fmt: skip
 
     await run_until_killed(original, seconds=0.6)
-    assert "PROCESSING" in statuses(one_worker_server, ids), "the crash must come while work is in flight"
+    assert set(statuses(one_worker_server, ids)) == {"PROCESSING"}, "the crash must come mid-wait"
+    gated_sources.open()
 
     resumed = rebuilt_after_crash(original)
     assert resumed.serialize() == original.serialize()  # same ids, same wall-clock deadline
@@ -107,7 +158,7 @@ async def test_a_rebuilt_trigger_resumes_the_same_wait(
 
 
 async def test_a_deferred_operator_survives_two_triggerer_crashes(
-    one_worker_server: RunningServer, conn_id: str, source_photos: dict[str, str]
+    one_worker_server: RunningServer, conn_id: str, gated_sources: GatedSources
 ) -> None:
     """Operator defers; the triggerer dies twice (each new one rebuilds the trigger from the same stored
     kwargs); the third completes and ``execute_complete`` returns the summary of the one pipeline."""
@@ -115,8 +166,8 @@ async def test_a_deferred_operator_survives_two_triggerer_crashes(
     context = make_context()
     operator = LeapiSubmitPipelineOperator(
         task_id="enhance",
-        source_urls=[source_photos["burger.jpg"], source_photos["rocket.jpg"], source_photos["cat.jpg"]],
-        operations=[MarketplacePreset.model_validate(SLOW_OPERATION)],
+        source_urls=[gated_sources.url(name) for name in PHOTOS],
+        operations=[MarketplacePreset.model_validate(OPERATION)],
         deferrable=True,
         poll_interval=0.5,
         timeout=300,
@@ -131,6 +182,7 @@ async def test_a_deferred_operator_survives_two_triggerer_crashes(
     await run_until_killed(rebuilt_after_crash(trigger), seconds=0.3)
     await run_until_killed(rebuilt_after_crash(trigger), seconds=0.3)
     assert statuses(one_worker_server, [pipeline_id]) == ["PROCESSING"]
+    gated_sources.open()
     event = await first_event(rebuilt_after_crash(trigger))
 
     summary = getattr(operator, deferred.value.method_name)(context, event)
