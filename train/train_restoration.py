@@ -13,7 +13,8 @@ from compressed inputs without over-smoothing clean ones.
 Data: only photographs shipped inside scikit-image (nothing is downloaded). ``HELD_OUT`` photos are
 never read here (``HELD_OUT_PHOTOS``); ``tests/bench/bench_engine.py`` evaluates on them. Degradations mimic poor
 marketplace photos: antialiased bicubic downscale x2 (sometimes another kernel), then JPEG at a random
-quality with 4:2:0 chroma (a quarter of the samples stay uncompressed).
+quality with 4:2:0 chroma (a fifth of the samples stay uncompressed). Augmentations: scale, flips and
+quarter turns, colour-channel order (a different luma per order) and gamma.
 
 Reproducible: seeded, single-process data generation, fixed step count, deterministic kernels.
 """
@@ -58,6 +59,7 @@ EXPAND = 32
 PATCH = 48  # low-resolution patch side
 BATCH = 24
 CLEAN_FRACTION = 0.2
+CHANNEL_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 QUALITY_RANGE = (10, 95)
 
 
@@ -162,7 +164,14 @@ def degrade(hr: np.ndarray, rng: random.Random) -> tuple[np.ndarray, np.ndarray,
     smallest_zoom = (PATCH * SCALE + 2 * SCALE) / min(hr.shape[:2])
     zoom = rng.uniform(max(0.5, smallest_zoom), 1.0)
     mode = "RGB" if hr.ndim == 3 else "L"
-    image = Image.fromarray(hr, mode=mode)
+    if hr.ndim == 3:
+        # Swapping colour channels gives the same scene a different luma (other edges, other
+        # textures), and the JPEG then compresses that luma for real: 6x the content of 15 photos.
+        hr = hr[..., list(rng.choice(CHANNEL_ORDERS))]
+    # Vary the tonal distribution too (darker and lighter versions of each photo).
+    gamma = rng.uniform(0.7, 1.4)
+    hr = np.round(255.0 * (hr / 255.0) ** gamma).astype(np.uint8)
+    image = Image.fromarray(np.ascontiguousarray(hr), mode=mode)
     if zoom < 0.98:
         image = image.resize(
             (round(image.width * zoom), round(image.height * zoom)), Image.Resampling.LANCZOS
