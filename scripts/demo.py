@@ -17,31 +17,16 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from leapi_provider.server.testing import running_server, serve_directory, write_sample_photo
+from leapi_provider.server.testing import (
+    quick_start_body,
+    running_server,
+    serve_directory,
+    write_sample_photo,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT_DIR = REPO / ".cache" / "demo"  # git-ignored
 API_KEY = "1234567890"  # the docs' example key
-
-
-def quick_start_body(url: str) -> dict:
-    """The request body of the docs' quick start, with the source URL pointing at our photograph."""
-    return {
-        "source": {"http": {"url": url}},
-        "operations": [
-            {
-                "op": "preset/marketplace",
-                "width": 1800,
-                "height": 1200,
-                "restoration_level": 4,
-                "lightai_intensity": 1.0,
-                "toneai_intensity": 0.5,
-                "image_format": "JPEG",
-                "quality": 75,
-            }
-        ],
-        "sink": {"temp_store": True},
-    }
 
 
 def main() -> int:

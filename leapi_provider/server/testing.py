@@ -284,6 +284,28 @@ def wait_for_pipeline(
         time.sleep(interval)
 
 
+#: The operation of the docs' quick start (900x600 burger.jpg to 1800x1200), verbatim.
+QUICK_START_OPERATION: dict[str, Any] = {
+    "op": "preset/marketplace",
+    "width": 1800,
+    "height": 1200,
+    "restoration_level": 4,
+    "lightai_intensity": 1.0,
+    "toneai_intensity": 0.5,
+    "image_format": "JPEG",
+    "quality": 75,
+}
+
+
+def quick_start_body(url: str | list[str]) -> dict[str, Any]:
+    """The docs' quick-start request body with its source URL(s) replaced by ``url``."""
+    return {
+        "source": {"http": {"url": url}},
+        "operations": [dict(QUICK_START_OPERATION)],
+        "sink": {"temp_store": True},
+    }
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass

@@ -8,17 +8,6 @@ from pathlib import Path
 
 import pytest
 
-QUICK_START_OPERATION = {
-    "op": "preset/marketplace",
-    "width": 1800,
-    "height": 1200,
-    "restoration_level": 4,
-    "lightai_intensity": 1.0,
-    "toneai_intensity": 0.5,
-    "image_format": "JPEG",
-    "quality": 75,
-}
-
 
 def png_bomb(width: int, height: int) -> bytes:
     """A valid, fully-encoded greyscale PNG of ``width`` x ``height`` zeros: tiny on disk, huge decoded."""

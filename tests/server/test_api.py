@@ -17,8 +17,12 @@ from leapi_provider.models import (
     SubmitStatus,
     Usage,
 )
-from leapi_provider.server.testing import RunningServer, wait_for_pipeline, write_sample_photo
-from tests.server.conftest import QUICK_START_OPERATION
+from leapi_provider.server.testing import (
+    QUICK_START_OPERATION,
+    RunningServer,
+    wait_for_pipeline,
+    write_sample_photo,
+)
 
 
 def body(urls: str | list[str], **operation: object) -> dict:

@@ -15,9 +15,13 @@ import pytest
 from PIL import Image
 
 from leapi_provider.server.config import DEFAULT_MAX_URLS_PER_PIPELINE
-from leapi_provider.server.testing import RunningServer, running_server, wait_for_pipeline
+from leapi_provider.server.testing import (
+    QUICK_START_OPERATION,
+    RunningServer,
+    running_server,
+    wait_for_pipeline,
+)
 from tests.server import hostile_images
-from tests.server.conftest import QUICK_START_OPERATION
 
 GOOD = "https://example.com/a.jpg"
 

@@ -25,9 +25,13 @@ import httpx
 import pytest
 from PIL import Image
 
-from leapi_provider.server.testing import RunningServer, running_server, wait_for_pipeline
+from leapi_provider.server.testing import (
+    QUICK_START_OPERATION,
+    RunningServer,
+    running_server,
+    wait_for_pipeline,
+)
 from leapi_provider.webhooks import generate_secret, verify_webhook
-from tests.server.conftest import QUICK_START_OPERATION
 
 #: Seed of the kill schedule; set LEAPI_FAULT_SEED to replay another schedule.
 SEED = int(os.environ.get("LEAPI_FAULT_SEED", "6"))

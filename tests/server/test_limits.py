@@ -5,8 +5,7 @@ from __future__ import annotations
 import httpx
 
 from leapi_provider.models import RATE_LIMIT_REASON, SubmitResponse
-from leapi_provider.server.testing import running_server
-from tests.server.conftest import QUICK_START_OPERATION
+from leapi_provider.server.testing import QUICK_START_OPERATION, running_server
 
 
 def body(urls: list[str]) -> dict:

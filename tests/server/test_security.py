@@ -14,8 +14,12 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from leapi_provider.server.testing import RunningServer, running_server, wait_for_pipeline
-from tests.server.conftest import QUICK_START_OPERATION
+from leapi_provider.server.testing import (
+    QUICK_START_OPERATION,
+    RunningServer,
+    running_server,
+    wait_for_pipeline,
+)
 
 STRICT_KEY = "sk-strict-SECRET-0001"
 WRONG_KEY = "sk-wrong-SECRET-0002"

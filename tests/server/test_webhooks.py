@@ -13,7 +13,12 @@ import httpx
 import pytest
 
 from leapi_provider.models import WebhookEvent
-from leapi_provider.server.testing import RunningServer, running_server, wait_for_pipeline
+from leapi_provider.server.testing import (
+    QUICK_START_OPERATION,
+    RunningServer,
+    running_server,
+    wait_for_pipeline,
+)
 from leapi_provider.webhooks import (
     WebhookVerificationError,
     generate_secret,
@@ -21,7 +26,6 @@ from leapi_provider.webhooks import (
     signed_headers,
     verify_webhook,
 )
-from tests.server.conftest import QUICK_START_OPERATION
 
 SECRET = generate_secret()
 RETRY_DELAYS = (0.5, 0.5, 0.5)
