@@ -77,9 +77,13 @@ class WebhookSender:
             try:
                 now = time.time()
                 room = _MAX_CONCURRENT - len(self._inflight)
+                # Taken before the query: a delivery in flight now may record its attempt and leave
+                # _inflight while we wait, and the row we read for it is then stale (a second attempt
+                # would go out at once instead of after its delay).
+                busy_at_query = set(self._inflight)
                 due = await asyncio.to_thread(self.store.due_deliveries, now=now, limit=_MAX_CONCURRENT * 2)
                 for delivery in due:
-                    if delivery.id in self._inflight or room <= 0:
+                    if delivery.id in busy_at_query or delivery.id in self._inflight or room <= 0:
                         continue
                     room -= 1
                     self._inflight[delivery.id] = asyncio.create_task(self._attempt(delivery))
