@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ def run_one(name: str) -> None:
     started = time.perf_counter()
     body = module.run().strip()
     elapsed = time.perf_counter() - started
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     header = (
         f"<!-- produced by: make bench  (or: .venv/bin/python -m tests.bench {name}) -->\n"
         f"_Measured {stamp} on {platform.machine()} with {os.cpu_count()} CPU cores, "
