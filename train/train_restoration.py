@@ -10,11 +10,13 @@ upscale of the input (the "bicubic skip"). Each layer's bias is shifted by ``str
 vector: the network is told how hard the input was JPEG-compressed (0 = clean), so it removes blocking
 from compressed inputs without over-smoothing clean ones.
 
-Data: only photographs shipped inside scikit-image (nothing is downloaded). ``HELD_OUT`` photos are
-never read here (``HELD_OUT_PHOTOS``); ``tests/bench/bench_engine.py`` evaluates on them. Degradations mimic poor
-marketplace photos: antialiased bicubic downscale x2 (sometimes another kernel), then JPEG at a random
-quality with 4:2:0 chroma (a fifth of the samples stay uncompressed). Augmentations: scale, flips and
-quarter turns, colour-channel order (a different luma per order) and gamma.
+Data: only photographs shipped inside well-known Python packages (scikit-image, scikit-learn, Matplotlib,
+PyWavelets; ``TRAIN_PHOTOS``), nothing is downloaded. ``HELD_OUT_PHOTOS`` are never read here;
+``tests/bench/bench_engine.py`` evaluates on them. ``--hold-validation`` also leaves out
+``VALIDATION_PHOTOS`` and reports the gains on them: recipe changes are judged there, never on the held-out
+photos. Degradations mimic poor marketplace photos: antialiased bicubic downscale x2 (sometimes another
+kernel), then JPEG at a random quality with 4:2:0 chroma (a fifth of the samples stay uncompressed).
+Augmentations: scale, flips and quarter turns, colour-channel order (a different luma per order) and gamma.
 
 Reproducible: seeded, single-process data generation, fixed step count, deterministic kernels.
 """
@@ -31,7 +33,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import skimage
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -48,17 +49,26 @@ from leapi_provider.engine.restoration_spec import (
     OUTPUT_RESIDUAL,
     SCALE,
     TRAIN_PHOTOS,
+    VALIDATION_PHOTOS,
     compression_strength,
+    load_photo,
     model_planes,
 )
 
-SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
 CHANNELS = 16
 BLOCKS = 6
 EXPAND = 32
 PATCH = 48  # low-resolution patch side
 BATCH = 24
 CLEAN_FRACTION = 0.2
+#: The photo is first rescaled by a random factor from this to 1.0 (more textures per photo).
+MIN_ZOOM = 0.5
+LOSSES = {
+    # L1-like (sharper than L2), smooth at zero.
+    "charbonnier": lambda prediction, target: torch.sqrt((prediction - target) ** 2 + 1e-6).mean(),
+    # What PSNR measures.
+    "l2": lambda prediction, target: F.mse_loss(prediction, target),
+}
 CHANNEL_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 QUALITY_RANGE = (10, 95)
 
@@ -145,28 +155,22 @@ class CollapsedNet(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-def load_photos(names: tuple[str, ...]) -> list[np.ndarray]:
-    photos = []
-    for name in names:
-        with Image.open(SKIMAGE_DATA / name) as image:
-            photos.append(np.asarray(image.convert("RGB" if image.mode in ("RGB", "RGBA", "P") else "L")))
-    return photos
-
-
 def ycrcb_luma(pixels: np.ndarray) -> np.ndarray:
     # The engine's own conversion (leapi_provider.engine.color.luma): cv2's full-range BT.601.
     return pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2YCrCb)[..., 0]
 
 
-def degrade(hr: np.ndarray, rng: random.Random) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def degrade(
+    hr: np.ndarray, rng: random.Random, min_zoom: float = MIN_ZOOM
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """One training example: (low-res luma, its bicubic x2, high-res luma, strength), uint8 arrays."""
     # Vary the scale of the "true" image: more textures per photo, and detail at several frequencies.
     smallest_zoom = (PATCH * SCALE + 2 * SCALE) / min(hr.shape[:2])
-    zoom = rng.uniform(max(0.5, smallest_zoom), 1.0)
+    zoom = rng.uniform(min(max(min_zoom, smallest_zoom), 1.0), 1.0)
     mode = "RGB" if hr.ndim == 3 else "L"
     if hr.ndim == 3:
         # Swapping colour channels gives the same scene a different luma (other edges, other
-        # textures), and the JPEG then compresses that luma for real: 6x the content of 15 photos.
+        # textures), and the JPEG then compresses that luma for real: 6x the content of each photo.
         hr = hr[..., list(rng.choice(CHANNEL_ORDERS))]
     # Vary the tonal distribution too (darker and lighter versions of each photo).
     gamma = rng.uniform(0.7, 1.4)
@@ -201,14 +205,18 @@ def degrade(hr: np.ndarray, rng: random.Random) -> tuple[np.ndarray, np.ndarray,
 class PatchPool:
     """Degraded variants of the training photos, regenerated now and then; patches sampled from them."""
 
-    def __init__(self, photos: list[np.ndarray], variants: int, rng: random.Random) -> None:
-        self.photos, self.variants, self.rng = photos, variants, rng
+    def __init__(
+        self, photos: list[np.ndarray], variants: int, rng: random.Random, min_zoom: float = MIN_ZOOM
+    ) -> None:
+        self.photos, self.variants, self.rng, self.min_zoom = photos, variants, rng, min_zoom
         self.examples: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = []
         self.weights: list[float] = []
         self.refresh()
 
     def refresh(self) -> None:
-        self.examples = [degrade(photo, self.rng) for photo in self.photos for _ in range(self.variants)]
+        self.examples = [
+            degrade(photo, self.rng, self.min_zoom) for photo in self.photos for _ in range(self.variants)
+        ]
         # Sample photos by area, but cap the big smooth ones (retina, hubble) from dominating.
         self.weights = [min(e[0].size, 250_000) for e in self.examples]
 
@@ -237,14 +245,23 @@ class PatchPool:
 # --------------------------------------------------------------------------------------------------
 
 
-def train(steps: int, seed: int, threads: int, log_every: int) -> RestorationNet:
+def train(
+    model: RestorationNet,
+    photos: tuple[str, ...],
+    *,
+    steps: int,
+    seed: int,
+    threads: int,
+    log_every: int,
+    min_zoom: float = MIN_ZOOM,
+    loss_name: str = "charbonnier",
+) -> RestorationNet:
     rng = random.Random(seed)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     torch.set_flush_denormal(True)  # tiny weights late in training otherwise slow the CPU down badly
-    pool = PatchPool(load_photos(TRAIN_PHOTOS), variants=3, rng=rng)
-    model = RestorationNet()
+    pool = PatchPool([load_photo(name) for name in photos], variants=3, rng=rng, min_zoom=min_zoom)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.05)
     started, running = time.perf_counter(), 0.0
@@ -253,8 +270,7 @@ def train(steps: int, seed: int, threads: int, log_every: int) -> RestorationNet
             pool.refresh()
         low, up, high, strength = pool.batch(BATCH)
         prediction = up + model(low, strength)
-        # Charbonnier: L1-like (sharper than L2), smooth at zero.
-        loss = torch.sqrt((prediction - high) ** 2 + 1e-6).mean()
+        loss = LOSSES[loss_name](prediction, high)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -269,6 +285,46 @@ def train(steps: int, seed: int, threads: int, log_every: int) -> RestorationNet
             )
             running = 0.0
     return model
+
+
+VALIDATION_QUALITIES = (20, 40, 75, None)
+VALIDATION_BORDER = 8
+
+
+def luma_psnr(reference: np.ndarray, candidate: np.ndarray) -> float:
+    crop = (slice(VALIDATION_BORDER, -VALIDATION_BORDER),) * 2
+    mse = np.mean((candidate[crop].astype(np.float64) - reference[crop]) ** 2)
+    return float(10 * np.log10(255.0**2 / mse))
+
+
+def validation_gains(model: RestorationNet, names: tuple[str, ...]) -> dict[int | None, float]:
+    """Mean luma PSNR gain (dB) over the bicubic x2 upscale per JPEG quality, degraded as the benchmark
+    degrades its held-out photos (Pillow bicubic x2 down, Pillow JPEG 4:2:0 or none)."""
+    gains: dict[int | None, list[float]] = {quality: [] for quality in VALIDATION_QUALITIES}
+    model.eval()
+    for name in names:
+        photo = load_photo(name)
+        height, width = (side - side % (SCALE * 8) for side in photo.shape[:2])
+        original = Image.fromarray(np.ascontiguousarray(photo[:height, :width]))
+        small = original.resize((width // SCALE, height // SCALE), Image.Resampling.BICUBIC)
+        high = ycrcb_luma(np.asarray(original)).astype(np.float64)
+        for quality in VALIDATION_QUALITIES:
+            low = small
+            if quality is not None:
+                buffer = io.BytesIO()
+                small.save(buffer, format="JPEG", quality=quality)
+                low = Image.open(io.BytesIO(buffer.getvalue()))
+            low_y = ycrcb_luma(np.asarray(low))
+            up = cv2.resize(low_y, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.float32) / 255
+            planes = torch.from_numpy(
+                model_planes(low_y.astype(np.float32) / 255, (0, 0) if quality else None)
+            )
+            with torch.no_grad():
+                residual = model(planes[None], torch.tensor([compression_strength(quality)]))[0, 0].numpy()
+            restored = np.clip(np.round((up + residual) * 255), 0, 255)
+            gains[quality].append(luma_psnr(high, restored) - luma_psnr(high, np.round(up * 255)))
+    model.train()
+    return {quality: float(np.mean(values)) for quality, values in gains.items()}
 
 
 def export(model: RestorationNet, path: Path, meta: dict[str, object]) -> None:
@@ -307,28 +363,56 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=10000)
+    parser.add_argument("--steps", type=int, default=12000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=MODEL_PATH)
     parser.add_argument("--log-every", type=int, default=200)
+    parser.add_argument("--channels", type=int, default=CHANNELS)
+    parser.add_argument("--blocks", type=int, default=BLOCKS)
+    parser.add_argument("--expand", type=int, default=EXPAND)
+    parser.add_argument("--min-zoom", type=float, default=MIN_ZOOM)
+    parser.add_argument("--loss", choices=sorted(LOSSES), default="charbonnier")
+    parser.add_argument(
+        "--hold-validation",
+        action="store_true",
+        help="train without VALIDATION_PHOTOS and report the gains on them (for choosing the recipe)",
+    )
     args = parser.parse_args(argv)
+    photos = tuple(p for p in TRAIN_PHOTOS if not (args.hold_validation and p in VALIDATION_PHOTOS))
     started = time.perf_counter()
-    model = train(args.steps, args.seed, args.threads, args.log_every)
+    model = RestorationNet(args.channels, args.blocks, args.expand)
+    train(
+        model,
+        photos,
+        steps=args.steps,
+        seed=args.seed,
+        threads=args.threads,
+        log_every=args.log_every,
+        min_zoom=args.min_zoom,
+        loss_name=args.loss,
+    )
     minutes = (time.perf_counter() - started) / 60
     parameters = sum(p.numel() for p in CollapsedNet(model).parameters())
     meta = {
         "producer": "train/train_restoration.py",
-        "architecture": f"SESR-like, {CHANNELS} channels, {BLOCKS + 2} 3x3 layers, pixel shuffle x{SCALE}",
+        "architecture": (
+            f"SESR-like, {args.channels} channels, {args.blocks + 2} 3x3 layers, pixel shuffle x{SCALE}"
+        ),
         "parameters": parameters,
         "steps": args.steps,
         "seed": args.seed,
-        "train_photos": json.dumps(list(TRAIN_PHOTOS)),
+        "train_photos": json.dumps(list(photos)),
         "held_out_photos": json.dumps(list(HELD_OUT_PHOTOS)),
         "torch": torch.__version__,
         "train_minutes": f"{minutes:.1f}",
     }
     export(model, args.out, meta)
+    if args.hold_validation:
+        gains = validation_gains(model, VALIDATION_PHOTOS)
+        jpeg = np.mean([gain for quality, gain in gains.items() if quality is not None])
+        shown = ", ".join(f"{'clean' if q is None else f'q{q}'} {g:+.2f}" for q, g in gains.items())
+        print(f"validation x2 gain over bicubic (dB): {shown}; JPEG mean {jpeg:+.3f}", flush=True)
     print(
         f"exported {args.out} ({args.out.stat().st_size / 1024:.0f} KiB, {parameters} parameters) "
         f"after {minutes:.1f} min"

@@ -79,7 +79,7 @@ def level_settings(level: int) -> LevelSettings:
     if not 1 <= level <= 10:
         raise ValueError(f"restoration_level must be 1-10, got {level}")
     above = max(0, level - 5)
-    return LevelSettings(blend=min(level, 5) / 5, extra_strength=0.15 * above, sharpen=0.12 * above)
+    return LevelSettings(blend=min(level, 5) / 5, extra_strength=0.05 * above, sharpen=0.12 * above)
 
 
 # --------------------------------------------------------------------------------------------------

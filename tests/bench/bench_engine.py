@@ -22,19 +22,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import skimage
 from PIL import Image
 from skimage.metrics import structural_similarity
 
 from leapi_provider.engine import enhance
 from leapi_provider.engine.color import luma
 from leapi_provider.engine.restoration import BACKENDS, blockiness, load_model, run_tiled
-from leapi_provider.engine.restoration_spec import HELD_OUT_PHOTOS, MODEL_PATH
+from leapi_provider.engine.restoration_spec import HELD_OUT_PHOTOS, MODEL_PATH, load_photo
 from leapi_provider.models import MarketplacePreset
 
 REPO = Path(__file__).resolve().parents[2]
 GRID_PATH = REPO / "docs" / "engine-levels.png"
-SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
 SCALES = (2, 4)
 QUALITIES: tuple[int | None, ...] = (20, 40, 75, None)
 BORDER = 8
@@ -44,11 +42,6 @@ SPEED_REPEATS = 7
 TARGET_JPEG_GAIN_X2_DB = 1.0
 TARGET_CLEAN_GAIN_X2_DB = 0.5
 TARGET_MP_PER_S_PER_CORE = 4.0
-
-
-def load_photo(name: str) -> np.ndarray:
-    with Image.open(SKIMAGE_DATA / name) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 def encode(rgb: np.ndarray, quality: int | None) -> bytes:
@@ -111,6 +104,8 @@ class Row:
     quality: int | None
     psnr: dict[str, float]
     ssim: dict[str, float]
+    #: engine minus bicubic PSNR (dB), per photo.
+    gain_per_photo: dict[str, float]
 
 
 METHODS = ("bicubic", "lanczos", "engine", "classical")
@@ -141,6 +136,10 @@ def quality_rows(photos: dict[str, np.ndarray]) -> list[Row]:
                     quality,
                     {m: statistics.fmean(v) for m, v in psnr.items()},
                     {m: statistics.fmean(v) for m, v in ssim.items()},
+                    {
+                        name: engine - bicubic
+                        for name, engine, bicubic in zip(photos, psnr["engine"], psnr["bicubic"], strict=True)
+                    },
                 )
             )
     return rows
@@ -155,7 +154,7 @@ def quality_section(rows: list[Row]) -> tuple[str, list[str]]:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        label = "uncompressed" if row.quality is None else f"JPEG q{row.quality}"
+        label = _input_label(row.quality)
         gain = row.psnr["engine"] - row.psnr["bicubic"]
         lines.append(
             f"| x{row.scale} | {label} | {row.psnr['bicubic']:.2f} | {row.psnr['lanczos']:.2f} | "
@@ -163,6 +162,17 @@ def quality_section(rows: list[Row]) -> tuple[str, list[str]]:
             f"{row.ssim['bicubic']:.4f} | {row.ssim['lanczos']:.4f} | **{row.ssim['engine']:.4f}** | "
             f"{row.ssim['classical']:.4f} |"
         )
+    photos = list(rows[0].gain_per_photo)
+    lines += [
+        "",
+        "Engine minus bicubic PSNR at x2, per photo (dB):",
+        "",
+        "| photo | " + " | ".join(_input_label(r.quality) for r in rows if r.scale == 2) + " |",
+        "|---|" + "---|" * sum(r.scale == 2 for r in rows),
+    ]
+    for photo in photos:
+        gains = " | ".join(f"{r.gain_per_photo[photo]:+.2f}" for r in rows if r.scale == 2)
+        lines.append(f"| {photo} | {gains} |")
     verdicts = []
     x2_jpeg = [r for r in rows if r.scale == 2 and r.quality is not None]
     jpeg_gain = statistics.fmean(r.psnr["engine"] - r.psnr["bicubic"] for r in x2_jpeg)
@@ -190,6 +200,10 @@ def quality_section(rows: list[Row]) -> tuple[str, list[str]]:
         )
     )
     return "\n".join(lines), verdicts
+
+
+def _input_label(quality: int | None) -> str:
+    return "uncompressed" if quality is None else f"JPEG q{quality}"
 
 
 def _verdict(what: str, value: float, target: float, unit: str) -> str:
@@ -244,7 +258,9 @@ def _median_seconds(function, repeats: int = SPEED_REPEATS) -> float:
 
 def speed_section(photos: dict[str, np.ndarray]) -> tuple[str, list[str]]:
     cv2.setNumThreads(1)
-    source = np.asarray(Image.fromarray(photos["coffee.png"]).resize((900, 600), Image.Resampling.LANCZOS))
+    source = np.asarray(
+        Image.fromarray(photos["skimage:coffee.png"]).resize((900, 600), Image.Resampling.LANCZOS)
+    )
     data = encode(source, 75)
     operation = MarketplacePreset(width=1800, height=1200, restoration_level=5)
     out_mp = 1800 * 1200 / 1e6
@@ -342,7 +358,11 @@ def memory_section() -> str:
 # --------------------------------------------------------------------------------------------------
 
 GRID_LEVELS = (1, 3, 5, 7, 10)
-GRID_CROPS = {"chelsea.png": (150, 70), "coffee.png": (330, 130), "rocket.jpg": (256, 110)}  # original (x, y)
+GRID_CROPS = {
+    "skimage:chelsea.png": (150, 70),
+    "skimage:coffee.png": (330, 130),
+    "skimage:rocket.jpg": (256, 110),
+}  # original (x, y)
 GRID_CROP = 128  # original pixels; the input is half that, JPEG q30
 GRID_ZOOM = 2  # cells are shown enlarged (nearest neighbour) so the differences are visible
 
@@ -396,7 +416,8 @@ def run() -> str:
             "### Restoration quality on held-out photos",
             "",
             (
-                f"Held-out photos (never trained on): {', '.join(HELD_OUT_PHOTOS)} from scikit-image. Each is "
+                f"Held-out photos (never trained on, nor used to choose the training recipe): "
+                f"{', '.join(HELD_OUT_PHOTOS)}. Each is "
                 "downscaled (Pillow bicubic, antialiased) x2 or x4, saved as JPEG (Pillow, 4:2:0) or PNG, and "
                 "brought back to its original size. Engine: `preset/marketplace`, restoration level 5, light "
                 f"and tone off, PNG output. PSNR (dB) and SSIM on luma (BT.601 Y'), {BORDER}-pixel borders "
