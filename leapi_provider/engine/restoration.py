@@ -50,7 +50,7 @@ def _default_threads() -> int:
 DEFAULT_THREADS = _default_threads()
 #: Rows of low-resolution input per model call: bounds working memory (16 float32 feature maps of a
 #: strip with its halo: ~7 MB per 1000 px of width) whatever the image size. Measured on a 900x600 luma
-#: with one thread: 32 rows 358 ms, 64 rows 254 ms, 96 rows 239 ms, whole image 244 ms.
+#: with one thread: 32 rows 280 ms, 64 rows 237 ms, 96 rows 222 ms, whole image 200 ms.
 STRIP_ROWS = 96
 #: Below this reduction factor, a compressed input is restored before downscaling; from it on the
 #: antialiasing filter alone removes the 8-pixel block grid (its frequency lands at the output's Nyquist).
