@@ -170,21 +170,15 @@ class Dispatcher:
                 self._replace_pool(pool)
                 if key in self._overdue:
                     # Stopped by the engine time limit: the same image would get stuck again; fail it.
-                    now = time.time()
-                    finished = await asyncio.to_thread(
-                        self.store.complete_task,
-                        pipeline_id=task.pipeline_id,
-                        index=task.index,
-                        boot_id=self.boot_id,
-                        now=now,
-                        input_meta=None,
-                        output_meta=None,
-                        output_key=None,
-                        expires_at=None,
-                        error=(
-                            f"processing this image took longer than the server's limit of "
-                            f"{self.config.max_image_seconds:g} s per image; it was stopped"
-                        ),
+                    finished = await self._complete(
+                        TaskOutcome(
+                            pipeline_id=task.pipeline_id,
+                            index=task.index,
+                            error=(
+                                f"processing this image took longer than the server's limit of "
+                                f"{self.config.max_image_seconds:g} s per image; it was stopped"
+                            ),
+                        )
                     )
                 else:
                     # A worker died (OOM killer, segfault in a codec, or stopped for another image's time
@@ -214,21 +208,9 @@ class Dispatcher:
                         count_attempt=not innocent,
                     )
             else:
-                now = time.time()
                 if outcome.error:
                     log.info("pipeline %s image %s failed: %s", task.pipeline_id, task.index, outcome.error)
-                finished = await asyncio.to_thread(
-                    self.store.complete_task,
-                    pipeline_id=task.pipeline_id,
-                    index=task.index,
-                    boot_id=self.boot_id,
-                    now=now,
-                    input_meta=None if outcome.input is None else asdict(outcome.input),
-                    output_meta=None if outcome.output is None else asdict(outcome.output),
-                    output_key=outcome.output_key,
-                    expires_at=None if outcome.error else now + self.config.temp_url_ttl_s,
-                    error=outcome.error,
-                )
+                finished = await self._complete(outcome)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -239,6 +221,22 @@ class Dispatcher:
             self._wake.set()
         if finished:
             self.on_pipeline_finished(task.pipeline_id)
+
+    async def _complete(self, outcome: TaskOutcome) -> bool:
+        """Record a task's outcome (done or failed); true when that finished its pipeline."""
+        now = time.time()
+        return await asyncio.to_thread(
+            self.store.complete_task,
+            pipeline_id=outcome.pipeline_id,
+            index=outcome.index,
+            boot_id=self.boot_id,
+            now=now,
+            input_meta=None if outcome.input is None else asdict(outcome.input),
+            output_meta=None if outcome.output is None else asdict(outcome.output),
+            output_key=outcome.output_key,
+            expires_at=None if outcome.error else now + self.config.temp_url_ttl_s,
+            error=outcome.error,
+        )
 
     # -- engine time limit ----------------------------------------------------------------------------
 
