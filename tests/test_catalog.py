@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -21,6 +20,7 @@ from leapi_provider.catalog import (
     safe_key_part,
     source_fingerprints,
 )
+from leapi_provider.server.testing import serve_http
 
 BODY = b"\xff\xd8 not really a jpeg but bytes to hash"
 
@@ -65,14 +65,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def origin() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_http(_Handler) as url:
+        yield url
 
 
 def test_fingerprints_prefer_validators_then_hash_the_content(origin: str) -> None:

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -318,14 +318,13 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serve_directory(path: str | os.PathLike[str], *, port: int = 0) -> Iterator[str]:
-    """Serve ``path`` read-only over HTTP on 127.0.0.1; yields the base URL (no trailing /).
+def serve_http(handler: Callable[..., http.server.BaseHTTPRequestHandler], *, port: int = 0) -> Iterator[str]:
+    """Run ``handler`` in a threaded HTTP server on 127.0.0.1; yields the base URL (no trailing /).
 
     :param port: the port to bind (0: a free one). A taken port raises ``OSError`` on entering.
     """
-    handler = functools.partial(_QuietHandler, directory=str(path))
     server = _Server(("127.0.0.1", port), handler)
-    thread = threading.Thread(target=server.serve_forever, name="serve-directory", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, name="serve-http", daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -333,3 +332,8 @@ def serve_directory(path: str | os.PathLike[str], *, port: int = 0) -> Iterator[
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def serve_directory(path: str | os.PathLike[str], *, port: int = 0) -> contextlib.AbstractContextManager[str]:
+    """Serve ``path`` read-only over HTTP on 127.0.0.1 (``serve_http``); yields the base URL."""
+    return serve_http(functools.partial(_QuietHandler, directory=str(path)), port=port)

@@ -8,13 +8,14 @@ exactly the outputs the pipelines reference.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import io
 import itertools
 import os
 import random
 import re
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,9 @@ from PIL import Image
 from leapi_provider.server.testing import (
     QUICK_START_OPERATION,
     RunningServer,
+    free_port,
     running_server,
+    serve_http,
     wait_for_pipeline,
 )
 from leapi_provider.webhooks import generate_secret, verify_webhook
@@ -300,18 +303,12 @@ class FlakyReceiver:
     """A webhook receiver on a fixed port that can be switched off (connection refused) and on."""
 
     def __init__(self) -> None:
-        import socket
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/hooks/leapi"
         self.calls: list[tuple[float, dict[str, str], bytes]] = []
-        self._server = None
+        self._serving: contextlib.ExitStack | None = None
 
     def up(self) -> None:
-        import http.server
-
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -324,15 +321,13 @@ class FlakyReceiver:
                 self.send_response(204)
                 self.end_headers()
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._serving = contextlib.ExitStack()
+        self._serving.enter_context(serve_http(Handler, port=self.port))
 
     def down(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._serving is not None:
+            self._serving.close()
+            self._serving = None
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.server
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from leapi_provider.server.testing import (
     QUICK_START_OPERATION,
     RunningServer,
     running_server,
+    serve_http,
     wait_for_pipeline,
 )
 
@@ -99,13 +99,8 @@ class _TrickyHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def tricky_source() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TrickyHandler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve_http(_TrickyHandler) as url:
+        yield url
 
 
 def used(server: RunningServer, key: str | None = None) -> int:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +17,7 @@ from leapi_provider.server.testing import (
     QUICK_START_OPERATION,
     RunningServer,
     running_server,
+    serve_http,
     wait_for_pipeline,
 )
 from leapi_provider.webhooks import (
@@ -69,21 +70,15 @@ class Receiver:
 
 @pytest.fixture
 def receiver_factory() -> Iterator:
-    servers = []
+    with contextlib.ExitStack() as servers:
 
-    def make(statuses: list[int]) -> Receiver:
-        receiver = Receiver(statuses)
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), receiver.handler())
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/leapi?customer=7"
-        return receiver
+        def make(statuses: list[int]) -> Receiver:
+            receiver = Receiver(statuses)
+            base_url = servers.enter_context(serve_http(receiver.handler()))
+            receiver.url = f"{base_url}/hooks/leapi?customer=7"
+            return receiver
 
-    yield make
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+        yield make
 
 
 @pytest.fixture(scope="module")

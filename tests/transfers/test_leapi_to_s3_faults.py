@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from leapi_provider.exceptions import LeapiResultExpiredError
-from leapi_provider.server.testing import RunningServer, running_server, wait_for_pipeline
+from leapi_provider.server.testing import RunningServer, running_server, serve_http, wait_for_pipeline
 from leapi_provider.transfers.leapi_to_s3 import LeapiResultToS3Operator
 from tests.fixtures.s3 import MotoS3Server
 
@@ -126,28 +126,25 @@ class FaultyS3Proxy:
 def s3_proxy(moto_s3: MotoS3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultyS3Proxy]:
     """A fault-injecting proxy in front of moto, and the AWS connection ``aws_faulty`` pointing at it."""
     proxy = FaultyS3Proxy(moto_s3.endpoint_url)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), proxy.handler())
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    proxy.url = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_FAULTY",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
-                "extra": {
-                    "endpoint_url": proxy.url,
-                    "region_name": "us-east-1",
-                    "config_kwargs": {"retries": {"mode": "standard", "max_attempts": BOTOCORE_MAX_ATTEMPTS}},
-                },
-            }
-        ),
-    )
-    yield proxy
-    server.shutdown()
-    server.server_close()
+    with serve_http(proxy.handler()) as proxy.url:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_AWS_FAULTY",
+            json.dumps(
+                {
+                    "conn_type": "aws",
+                    "login": "testing",
+                    "password": "testing",
+                    "extra": {
+                        "endpoint_url": proxy.url,
+                        "region_name": "us-east-1",
+                        "config_kwargs": {
+                            "retries": {"mode": "standard", "max_attempts": BOTOCORE_MAX_ATTEMPTS}
+                        },
+                    },
+                }
+            ),
+        )
+        yield proxy
 
 
 class FakeTI:

@@ -23,7 +23,7 @@ from airflow.sdk.exceptions import TaskDeferred
 
 from leapi_provider.models import MarketplacePreset
 from leapi_provider.operators.leapi import STATE_PIPELINE_ID_KEY, LeapiSubmitPipelineOperator
-from leapi_provider.server.testing import RunningServer, running_server, write_sample_photo
+from leapi_provider.server.testing import RunningServer, running_server, serve_http, write_sample_photo
 from leapi_provider.triggers.leapi import LeapiPipelineTrigger, validate_pipeline_event
 from tests.operators.test_leapi import make_context
 
@@ -41,7 +41,11 @@ class GatedSources:
     def __init__(self, directory: Path) -> None:
         for name in PHOTOS:
             write_sample_photo(directory / f"{name}.jpg", name, size=(300, 200))
+        self.directory = directory
+        self.base_url = ""
         self._gate = threading.Event()
+
+    def handler(self) -> functools.partial[http.server.SimpleHTTPRequestHandler]:
         gate = self._gate
 
         class Handler(http.server.SimpleHTTPRequestHandler):
@@ -52,29 +56,23 @@ class GatedSources:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(Handler, directory=str(directory))
-        )
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return functools.partial(Handler, directory=str(self.directory))
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/{name}.jpg"
+        return f"{self.base_url}/{name}.jpg"
 
     def open(self) -> None:
         self._gate.set()
-
-    def close(self) -> None:
-        self.open()
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @pytest.fixture
 def gated_sources(tmp_path: Path) -> Iterator[GatedSources]:
     sources = GatedSources(tmp_path)
-    yield sources
-    sources.close()
+    with serve_http(sources.handler()) as sources.base_url:
+        try:
+            yield sources
+        finally:
+            sources.open()  # blocked fetches must return before the server can shut down
 
 
 @pytest.fixture(scope="module")
