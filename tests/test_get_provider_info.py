@@ -55,37 +55,32 @@ def test_cli_accepts_the_leapi_connection_type(airflow_db):
         "PYTHONWARNINGS": "ignore",
         "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
     }
-    airflow = [sys.executable, "-m", "airflow"]
-    added = subprocess.run(
-        [
-            *airflow,
-            "connections",
-            "add",
-            "leapi_cli",
-            "--conn-type",
-            "leapi",
-            "--conn-host",
-            "https://api.letsenhance.io",
-            "--conn-password",
-            "cli-secret",
-            "--conn-extra",
-            json.dumps({"rate_limit_per_minute": 60}),
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+
+    def airflow_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "airflow", *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    added = airflow_cli(
+        "connections",
+        "add",
+        "leapi_cli",
+        "--conn-type",
+        "leapi",
+        "--conn-host",
+        "https://api.letsenhance.io",
+        "--conn-password",
+        "cli-secret",
+        "--conn-extra",
+        json.dumps({"rate_limit_per_minute": 60}),
     )
     assert added.returncode == 0, added.stderr[-2000:]
-    listed = subprocess.run(
-        [*airflow, "connections", "list", "--output", "json"],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    listed = airflow_cli("connections", "list", "--output", "json")
     assert listed.returncode == 0, listed.stderr[-2000:]
     table = next(line for line in listed.stdout.splitlines() if line.startswith("[{"))
     assert {"conn_id": "leapi_cli", "conn_type": "leapi"} in json.loads(table)
