@@ -13,21 +13,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from leapi_provider.server.testing import SAMPLE_PHOTOS, sample_photo
+
 #: scikit-image photographs that ship with the package (no download needed).
-PHOTOS = (
-    "coffee",
-    "chelsea",
-    "astronaut",
-    "rocket",
-    "motorcycle",
-    "hubble_deep_field",
-    "retina",
-    "camera",
-    "clock",
-    "coins",
-    "moon",
-    "immunohistochemistry",
-)
+PHOTOS = SAMPLE_PHOTOS
 PRESET_CYCLE = ("marketplace", "marketplace", "realestate", "print")
 
 
@@ -39,17 +28,6 @@ class SampleImage:
     width: int
     height: int
     quality: int
-
-
-def photo(name: str) -> Any:
-    """One scikit-image photograph as a Pillow RGB image."""
-    from PIL import Image
-    from skimage import data
-
-    if name not in PHOTOS:
-        raise ValueError(f"unknown photo {name!r}; choose from {PHOTOS}")
-    pixels = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
-    return Image.fromarray(pixels).convert("RGB")
 
 
 def write_sample_images(
@@ -75,7 +53,7 @@ def write_sample_images(
         name = PHOTOS[index % len(PHOTOS)]
         long_side = long_sides[(index // len(PHOTOS)) % len(long_sides)]
         quality = qualities[index % len(qualities)]
-        image = cache.get(name) or cache.setdefault(name, photo(name))
+        image = cache.get(name) or cache.setdefault(name, sample_photo(name, size=None))
         scale = long_side / max(image.size)
         size = (max(8, round(image.width * scale)), max(8, round(image.height * scale)))
         resized = image.resize(size, Image.Resampling.LANCZOS)

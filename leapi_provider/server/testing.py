@@ -228,7 +228,20 @@ def running_server(
 
 
 #: scikit-image sample photographs (shipped with the package, nothing downloaded) by short name.
-SAMPLE_PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
+SAMPLE_PHOTOS = (
+    "coffee",
+    "chelsea",
+    "astronaut",
+    "rocket",
+    "motorcycle",
+    "hubble_deep_field",
+    "retina",
+    "camera",
+    "clock",
+    "coins",
+    "moon",
+    "immunohistochemistry",
+)
 
 
 def sample_photo(name: str = "coffee", *, size: tuple[int, int] | None = (900, 600)) -> Any:
@@ -242,7 +255,8 @@ def sample_photo(name: str = "coffee", *, size: tuple[int, int] | None = (900, 6
 
     if name not in SAMPLE_PHOTOS:
         raise ValueError(f"unknown sample photo {name!r}; choose from {SAMPLE_PHOTOS}")
-    image = Image.fromarray(getattr(data, name)()).convert("RGB")
+    pixels = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
+    image = Image.fromarray(pixels).convert("RGB")
     if size is not None and image.size != size:
         image = image.resize(size, Image.Resampling.LANCZOS)
     return image

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from leapi_provider.catalog_testing import photo, sample_manifest
+from leapi_provider.catalog_testing import sample_manifest
+from leapi_provider.server.testing import sample_photo
 from tests.fixtures.airflow import REPO, load_dag
 from tests.fixtures.catalog import pipeline_count, run_dag
 
@@ -77,7 +78,9 @@ def test_skips_unchanged_and_reenhances_changed(
     # Day 3: one source replaced (new bytes, newer Last-Modified), one row asks for another size.
     changed_source = images[1]
     path = catalog_site.folder / changed_source.file_name
-    photo("coins").resize((changed_source.width, changed_source.height)).save(path, quality=50)
+    sample_photo("coins", size=None).resize((changed_source.width, changed_source.height)).save(
+        path, quality=50
+    )
     later = path.stat().st_mtime + 3600
     os.utime(path, (later, later))
     rows = manifest.to_pylist()
