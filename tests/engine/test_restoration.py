@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import io
 import itertools
-from pathlib import Path
 
 import numpy as np
 import onnxruntime
@@ -28,6 +27,7 @@ from leapi_provider.engine.restoration_spec import (
     MODEL_PATH,
     TRAIN_PHOTOS,
     compression_strength,
+    load_photo,
     model_planes,
 )
 from leapi_provider.models import MarketplacePreset
@@ -39,12 +39,10 @@ OFF = {"lightai_intensity": 0.0, "toneai_intensity": 0.0, "image_format": "PNG"}
 
 
 def _photo_crop(
-    name: str = "chelsea.png", box: tuple[int, int, int, int] = (100, 40, 292, 232)
+    name: str = "skimage:chelsea.png", box: tuple[int, int, int, int] = (100, 40, 292, 232)
 ) -> np.ndarray:
-    import skimage
-
-    with Image.open(Path(skimage.__file__).parent / "data" / name) as image:
-        return np.asarray(image.convert("RGB").crop(box))
+    left, top, right, bottom = box
+    return load_photo(name)[top:bottom, left:right]
 
 
 def _restore(data: bytes, size: tuple[int, int] | None, level: int, model) -> np.ndarray:
@@ -133,12 +131,12 @@ def test_deblocking_lowers_blockiness_when_upscaling(path):
 
 
 @pytest.mark.parametrize(
-    ("name", "quality", "min_gain_db"), [("chelsea.png", None, 0.5), ("coffee.png", 30, 0.2)]
+    ("name", "quality", "min_gain_db"), [("skimage:chelsea.png", None, 0.5), ("skimage:coffee.png", 30, 0.2)]
 )
 def test_model_beats_bicubic_on_held_out_photos(name, quality, min_gain_db):
     # Held-out photos: never trained on. Thresholds well under the benchmark's averages
     # (docs/benchmarks/engine.md) so only a real regression fails.
-    box = {"chelsea.png": (100, 40, 292, 232), "coffee.png": (200, 60, 392, 252)}[name]
+    box = {"skimage:chelsea.png": (100, 40, 292, 232), "skimage:coffee.png": (200, 60, 392, 252)}[name]
     original = _photo_crop(name, box)
     small = np.asarray(Image.fromarray(original).resize((96, 96), Image.Resampling.BICUBIC))
     data = encode(small, "JPEG", quality=quality) if quality else encode(small, "PNG")
