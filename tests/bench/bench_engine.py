@@ -416,7 +416,7 @@ def run() -> str:
             "### Restoration quality on held-out photos",
             "",
             (
-                f"Held-out photos (never trained on, nor used to choose the training recipe): "
+                f"Held-out photos (never trained on; docs/engine.md says how they were used): "
                 f"{', '.join(HELD_OUT_PHOTOS)}. Each is "
                 "downscaled (Pillow bicubic, antialiased) x2 or x4, saved as JPEG (Pillow, 4:2:0) or PNG, and "
                 "brought back to its original size. Engine: `preset/marketplace`, restoration level 5, light "
