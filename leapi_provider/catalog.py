@@ -56,7 +56,7 @@ import pyarrow.compute as pc
 
 from leapi_provider import manifests
 from leapi_provider.exceptions import LeapiError, LeapiRejectedError
-from leapi_provider.manifests import ResultStatus
+from leapi_provider.manifests import RESULT_SCHEMA, ResultStatus
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -79,18 +79,24 @@ FEED_KEY_TEMPLATE = "feed/{preset}/{image_id}/{sha256:.16}.{ext}"
 CHANGE_DETECTION_MODES = ("headers", "content")
 QUOTA_SHORTFALL_MODES = ("fail", "process_what_fits")
 
+#: What a batch records per submitted image: the result table's own columns, plus the bookkeeping below.
 _SUBMITTED_SCHEMA = pa.schema(
     [
-        pa.field("manifest_row", pa.int64()),
-        pa.field("image_id", pa.string()),
-        pa.field("source_url", pa.string()),
-        pa.field("preset", pa.string()),
-        pa.field("operation_json", pa.string()),
-        pa.field("operation_hash", pa.string()),
-        pa.field("source_fingerprint", pa.string()),
-        pa.field("pipeline_id", pa.int64()),
+        *(
+            RESULT_SCHEMA.field(name)
+            for name in (
+                "manifest_row",
+                "image_id",
+                "source_url",
+                "preset",
+                "operation_json",
+                "operation_hash",
+                "source_fingerprint",
+                "pipeline_id",
+            )
+        ),
         pa.field("result_index", pa.int32()),
-        pa.field("submitted_at", pa.timestamp("us", tz="UTC")),
+        RESULT_SCHEMA.field("submitted_at"),
         #: Whether this run paid for it (False: reused after a re-run).
         pa.field("newly_submitted", pa.bool_()),
         pa.field("submit_error", pa.string()),
