@@ -24,7 +24,9 @@ from airflow.sdk import DAG, Asset
 from leapi_provider.catalog import add_catalog_tasks, catalog_params
 
 RESULTS = os.environ.get("LEAPI_CATALOG_RESULTS", "s3://my-catalog/leapi/catalog/results")
-CATALOG_RESULTS = Asset(name="leapi_catalog_results", uri=RESULTS)
+# Named, not addressed by the results URI: ``results`` is a param a run may override, so each event's
+# extra says where that run's table went (and an s3:// URI would import boto3 at every parse).
+CATALOG_RESULTS = Asset(name="leapi_catalog_results")
 
 with DAG(
     dag_id="catalog_reenhancement",

@@ -22,7 +22,9 @@ from airflow.sdk import DAG, Asset
 from leapi_provider.catalog import FEED_KEY_TEMPLATE, add_catalog_tasks, catalog_params
 
 RESULTS = os.environ.get("LEAPI_FEED_RESULTS", "s3://my-marketplace/leapi/feed/results")
-FEED_RESULTS = Asset(name="leapi_marketplace_feed_results", uri=RESULTS)
+# Named, not addressed by the results URI: ``results`` is a param a run may override, so each event's
+# extra says where that run's table went (and an s3:// URI would import boto3 at every parse).
+FEED_RESULTS = Asset(name="leapi_marketplace_feed_results")
 
 with DAG(
     dag_id="marketplace_feed_etl",

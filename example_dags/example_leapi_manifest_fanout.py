@@ -40,4 +40,4 @@ with DAG(
         urls_per_pipeline=10,
     ),
 ) as dag:
-    add_catalog_tasks(outlets=[Asset(name="leapi_example_results", uri=RESULTS)])
+    add_catalog_tasks(outlets=[Asset(name="leapi_example_results")])  # named: results is a param

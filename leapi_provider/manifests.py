@@ -57,6 +57,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
+from leapi_provider.catalog.settings import DEFAULT_URLS_PER_PIPELINE
 from leapi_provider.models import PRESET_OPS, PresetOperation
 
 if TYPE_CHECKING:
@@ -772,10 +773,6 @@ def _display_strings(column: pa.ChunkedArray, rows: pa.Array) -> pa.Array:
 # --------------------------------------------------------------------------------------------------
 # Planning
 # --------------------------------------------------------------------------------------------------
-
-#: Default cap on URLs per pipeline. The docs allow several URLs per pipeline without a stated maximum; ten
-#: keeps one failed pipeline's blast radius small.
-DEFAULT_URLS_PER_PIPELINE = 10
 
 PLAN_SCHEMA = pa.schema(
     [

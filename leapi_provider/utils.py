@@ -8,21 +8,25 @@ from typing import Any
 
 #: Polls start this soon after a submit (most small images finish in seconds) ...
 DEFAULT_INITIAL_POLL_INTERVAL_S = 2.0
-#: ... and the gap doubles each round up to the caller's ``poll_interval``.
-POLL_BACKOFF_FACTOR = 2.0
+#: ... and each later gap is this fraction of the time already waited (up to the caller's ``poll_interval``),
+#: so a wait ends at most ~10% after the pipelines did, while a long wait still polls rarely.
+POLL_GAP_FRACTION = 0.1
 
 
 def poll_schedule(poll_interval: float, initial: float = DEFAULT_INITIAL_POLL_INTERVAL_S) -> Iterator[float]:
-    """Gaps between polls: short at first, doubling up to ``poll_interval``, then steady.
+    """Gaps between polls: ``initial`` at first, then a tenth of the time waited so far, at most ``poll_interval``.
+
+    A doubling schedule would overshoot a 30 s batch by up to its longest gap; this one by about 10%.
 
     >>> import itertools
-    >>> list(itertools.islice(poll_schedule(10.0, 2.0), 5))
-    [2.0, 4.0, 8.0, 10.0, 10.0]
+    >>> [round(gap, 2) for gap in itertools.islice(poll_schedule(3.0, 2.0), 14)]
+    [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.2, 2.42, 2.66]
     """
-    gap = min(initial, poll_interval)
+    waited = 0.0
     while True:
+        gap = min(poll_interval, max(initial, waited * POLL_GAP_FRACTION))
         yield gap
-        gap = min(gap * POLL_BACKOFF_FACTOR, poll_interval)
+        waited += gap
 
 
 def coerce_pipeline_ids(value: Any) -> list[int]:

@@ -11,15 +11,12 @@ from datetime import UTC, datetime
 import pytest
 from PIL import Image
 
-from leapi_provider.catalog import (
-    CatalogRun,
-    CatalogSettings,
-    check_key_template,
-    contact_sheet_png,
-    object_key,
-    safe_key_part,
-    source_fingerprints,
-)
+from leapi_provider.catalog.fingerprints import source_fingerprints
+from leapi_provider.catalog.plan import batch_count
+from leapi_provider.catalog.report import contact_sheet_png
+from leapi_provider.catalog.settings import CatalogSettings, check_key_template, safe_key_part
+from leapi_provider.catalog.storage import CatalogRun
+from leapi_provider.catalog.transfer import object_key
 from leapi_provider.server.testing import serve_http
 
 BODY = b"\xff\xd8 not really a jpeg but bytes to hash"
@@ -155,3 +152,26 @@ def test_contact_sheet_shows_pairs_at_the_same_size() -> None:
         assert rgb.getpixel((8 + 50, 8 + 30))[0] > 200  # red source
         assert rgb.getpixel((8 + 100 + 8 + 50, 8 + 30))[2] > 200  # blue result
         assert rgb.getpixel((8 + 50, 8 + 70))[:3] != (255, 0, 0)  # below the image: no image (height 67)
+
+
+@pytest.mark.parametrize(
+    ("images", "slots", "expected"),
+    [
+        (1, 4, 1),
+        (24, 4, 1),  # a small manifest is one batch: a batch task costs seconds whatever its size
+        (199, 4, 2),
+        (200, 4, 2),  # at least min_images_per_batch (100) each ...
+        (1000, 4, 8),  # ... and at most BATCHES_PER_SLOT (2) per slot that runs batches at once
+        (1000, 16, 10),
+        (1_000_000, 4, 8),
+    ],
+)
+def test_batch_count_follows_the_cost_model(images: int, slots: int, expected: int) -> None:
+    assert (
+        batch_count(images, parallel_batches=slots, min_images_per_batch=100, max_batches=1024) == expected
+    )
+
+
+def test_batch_count_never_exceeds_max_batches() -> None:
+    assert batch_count(10_000, parallel_batches=64, min_images_per_batch=10, max_batches=5) == 5
+    assert batch_count(0, parallel_batches=4, min_images_per_batch=100, max_batches=5) == 1

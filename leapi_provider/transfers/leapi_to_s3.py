@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlencode
 
-from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collector
 from airflow.sdk import Asset, BaseOperator
 
@@ -129,6 +128,9 @@ class LeapiResultToS3Operator(BaseOperator):
     def execute(self, context: Context) -> list[str]:
         self._check_key_template(self.s3_key_template)
         (pipeline_id,) = coerce_pipeline_ids(self.pipeline_id)[:1]
+        # (imported here: boto3 costs ~0.4 s, too much for every parse of a DAG file using this operator)
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
         s3_hook = S3Hook(
             aws_conn_id=self.aws_conn_id,
             transfer_config_args={

@@ -20,8 +20,10 @@ FANOUT = ("example_dags/example_leapi_manifest_fanout.py", "example_leapi_manife
 
 def test_dagbag_imports_it() -> None:
     dag = load_dag(REPO / FANOUT[0], FANOUT[1])
-    assert {"plan", "batch.submit", "batch.wait", "batch.transfer", "finalize"} <= set(dag.task_ids)
-    assert dag.get_task("batch.submit").pool == "leapi"
+    assert set(dag.task_ids) == {"plan", "batch", "finalize"}
+    batch = dag.get_task("batch")
+    assert batch.pool == "leapi" and batch.partial_kwargs["deferrable"] is True
+    assert dag.get_task("finalize").trigger_rule == "all_done"
 
 
 def test_sixty_rows_three_bad_two_broken(catalog_env, catalog_site, catalog_bucket, leapi_server) -> None:

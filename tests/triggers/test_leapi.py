@@ -131,19 +131,27 @@ async def test_timeout_event_at_the_wall_clock_deadline(fake_conn, instant_sleep
 async def test_poll_interval_starts_short_and_backs_off(fake_conn, instant_sleep):
     route = respx.get(f"{FAKE}/v1/pipeline/6")
     processing = httpx.Response(200, json={"pipeline": {"id": 6, "status": "PROCESSING"}})
-    route.side_effect = [processing] * 6 + [
+    route.side_effect = [processing] * 40 + [
         httpx.Response(200, json={"pipeline": {"id": 6, "status": "DONE"}})
     ]
     trigger = LeapiPipelineTrigger(
         pipeline_ids=[6],
         end_time=time.time() + 3600,
         leapi_conn_id=fake_conn,
-        poll_interval=30,
-        initial_poll_interval=2,
+        poll_interval=3,
+        initial_poll_interval=0.5,
     )
     event = await first_event(trigger)
     assert event["status"] == "success"
-    assert instant_sleep == [2, 4, 8, 16, 30, 30]
+    assert len(instant_sleep) == 40
+    assert instant_sleep[0] == 0.5, "the first poll comes soon after the submit"
+    waited = 0.0
+    for gap in instant_sleep:
+        # Never more than a tenth of the time waited so far: the wait overshoots the pipeline by ~10%.
+        assert gap <= max(0.5, 0.1 * waited) + 1e-9
+        waited += gap
+    assert instant_sleep == sorted(instant_sleep), "gaps only grow"
+    assert instant_sleep[-1] == 3, "and stop growing at poll_interval"
 
 
 @respx.mock

@@ -1,0 +1,116 @@
+"""The finalize step: exactly one result row per manifest row, written atomically, plus the run's reports.
+
+Images of a batch whose task failed get ``error`` rows; after writing everything the task then fails
+(naming the batches), so the run shows as failed and a re-run resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from leapi_provider import manifests
+from leapi_provider.catalog.plan import status_rows
+from leapi_provider.catalog.report import contact_sheet, write_feed_export
+from leapi_provider.catalog.settings import CatalogSettings
+from leapi_provider.catalog.storage import CatalogRun, RunFolder, batch_index_of, storage_path, uri_of
+from leapi_provider.manifests import ResultStatus
+
+log = logging.getLogger(__name__)
+
+
+def finalize_run(settings: CatalogSettings, run: CatalogRun, *, export_feed: bool = False) -> dict[str, Any]:
+    """Write the run's result table (one row per manifest row), its contact sheet and the feed export.
+
+    Images of a batch whose tasks failed get ``error`` rows; after writing everything the task then fails
+    (naming the batches), so the run shows as failed and a re-run resumes it.
+    """
+    # A failed finalize is not retried: re-running the failed batches (clear the run) is what helps.
+    from airflow.sdk.exceptions import AirflowFailException
+
+    folder = RunFolder(settings, run)
+    if not folder.plan.exists():
+        raise AirflowFailException(
+            f"the plan of run {run.dag_run_id} is missing ({uri_of(folder.plan)}): the plan task failed"
+        )
+    plan = manifests.read_json(folder.plan)
+    parts = [manifests.read_parquet(folder.carried)]
+    incomplete: list[int] = []
+    for batch_uri in plan["batches"]:
+        index = batch_index_of(batch_uri)
+        expected = manifests.read_parquet(folder.batch(index))
+        results_path = folder.results(index)
+        got = manifests.read_parquet(results_path) if results_path.exists() else manifests.empty_results()
+        parts.append(got)
+        missing = expected.filter(pc.invert(pc.is_in(expected["manifest_row"], got["manifest_row"])))
+        if missing.num_rows:
+            incomplete.append(index)
+            parts.append(
+                status_rows(
+                    missing,
+                    ResultStatus.ERROR,
+                    error=f"batch {index} did not complete (a task of it failed); re-run the DAG run",
+                    run=run,
+                )
+            )
+    table = pa.concat_tables([manifests.conform_results(p) for p in parts]).sort_by("manifest_row")
+    rows = table["manifest_row"].to_numpy()
+    expected_rows = plan["counts"]["manifest_rows"]
+    if len(rows) != expected_rows or len(np.unique(rows)) != expected_rows:
+        raise AirflowFailException(
+            f"result rows do not match the manifest: {len(rows)} rows for {expected_rows} manifest rows "
+            f"({len(rows) - len(np.unique(rows))} duplicated)"
+        )
+    results_root = storage_path(settings.results, settings.aws_conn_id)
+    written = manifests.write_result_table(
+        table, results_root, dag_run_id=run.dag_run_id, run_date=run.run_date, file_key=run.key
+    )
+    done = table.filter(pc.equal(table["status"], ResultStatus.DONE.value))
+    sheet = contact_sheet(settings, done)
+    sheet_uri = None
+    if sheet is not None:
+        target = results_root / f"run_date={run.run_date}" / f"_contact_sheet-{run.key}.png"
+        sheet_uri = manifests.write_bytes_atomic(sheet, target)
+    exported = write_feed_export(settings, table, folder, run) if export_feed and settings.export else []
+    pairs = Counter(zip(table["status"].to_pylist(), table["preset"].to_pylist(), strict=True))
+    summary = {
+        "rows": table.num_rows,
+        "by_status": dict(sorted(Counter(table["status"].to_pylist()).items())),
+        "by_status_and_preset": [
+            [status, preset, n]
+            for (status, preset), n in sorted(pairs.items(), key=lambda i: (i[0][0], i[0][1] or ""))
+        ],
+        "credits_used": _credits_used(folder, plan["batches"]),
+    }
+    result = {
+        "result_files": written.files,
+        "commit_marker": written.commit_marker,
+        "contact_sheet": sheet_uri,
+        "exports": exported,
+        "summary": summary,
+    }
+    log.info("Catalog run finished: %s", json.dumps(result, default=str))
+    if incomplete:
+        raise AirflowFailException(
+            f"{len(incomplete)} batch(es) did not complete ({incomplete[:10]}); their images are recorded as errors "
+            f"in {written.commit_marker}. Clear and re-run this DAG run to resume: accepted pipelines are not "
+            "submitted again."
+        )
+    return result
+
+
+def _credits_used(folder: RunFolder, batch_uris: Iterable[str]) -> int:
+    total = 0
+    for uri in batch_uris:
+        path = folder.submitted(batch_index_of(uri))
+        if path.exists():
+            records = manifests.read_parquet(path)
+            total += int(pc.sum(pc.cast(records["newly_submitted"], pa.int64())).as_py() or 0)
+    return total

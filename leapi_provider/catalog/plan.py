@@ -1,0 +1,404 @@
+"""The plan step: validate the manifest, drop unchanged images, check credits, cut the rest into batches.
+
+:func:`plan_run` runs those steps in order (:func:`validate_step`, :func:`incremental_step`,
+:func:`quota_step`, :func:`write_plan`) and writes everything it decides to the run's folder; XCom carries
+only the batch files' URIs. Batch sizing is :func:`batch_count`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from leapi_provider import manifests
+from leapi_provider.catalog.fingerprints import SourceFingerprint, source_fingerprints
+from leapi_provider.catalog.settings import BATCHES_PER_SLOT, CatalogSettings
+from leapi_provider.catalog.storage import (
+    CatalogRun,
+    RunFolder,
+    batch_index_of,
+    read_parquet_if_exists,
+    storage_path,
+    uri_of,
+)
+from leapi_provider.manifests import ResultStatus
+
+if TYPE_CHECKING:
+    from leapi_provider.hooks.leapi import LeapiHook
+
+log = logging.getLogger(__name__)
+
+
+def _skipped_rows(candidates: pa.Table, previous: pa.Table, run: CatalogRun) -> pa.Table:
+    """``skipped_unchanged`` result rows for ``candidates``, carrying their previous output forward."""
+    carried = previous.select(
+        [
+            "image_id",
+            "pipeline_id",
+            "input_width",
+            "input_height",
+            "input_format",
+            "input_mps",
+            "input_bytes",
+            "output_width",
+            "output_height",
+            "output_format",
+            "output_mps",
+            "output_bytes",
+            "output_uri",
+            "output_sha256",
+            "submitted_at",
+            "started_at",
+            "finished_at",
+        ]
+    )
+    rows = candidates.join(carried, "image_id", join_type="left outer")
+    return status_rows(rows, ResultStatus.SKIPPED_UNCHANGED, run=run)
+
+
+def status_rows(
+    rows: pa.Table, status: ResultStatus, *, error: str | None = None, run: CatalogRun
+) -> pa.Table:
+    """Result rows with one ``status`` for plan-like ``rows`` (their other columns kept; ``error`` replaces
+    theirs when given)."""
+    n = rows.num_rows
+    constants = {
+        "status": status.value,
+        "dag_run_id": run.dag_run_id,
+        "run_key": run.key,
+        "run_date": run.run_date,
+    }
+    if error is not None or "error" not in rows.column_names:
+        constants["error"] = error
+    table = rows.drop_columns([name for name in constants if name in rows.column_names])
+    for name, value in constants.items():
+        table = table.append_column(name, pa.array([value] * n, pa.string()))
+    return manifests.conform_results(table)
+
+
+def _rejects_rows(rejects: pa.Table) -> pa.Table:
+    """The rejects table as result-like rows (short preset name where known, the reason as ``error``)."""
+    return manifests.rejects_as_results(rejects, dag_run_id="", run_date="")
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    """Dictionary columns decoded (joins and concatenation want plain types)."""
+    return table.cast(
+        pa.schema(
+            [
+                pa.field(f.name, f.type.value_type) if pa.types.is_dictionary(f.type) else f
+                for f in table.schema
+            ]
+        )
+    )
+
+
+def check_quota(
+    hook: LeapiHook, needed: int, *, reserve: int, on_shortfall: str
+) -> tuple[int, dict[str, Any]]:
+    """How many of ``needed`` credits may be spent now, from ``/v1/me/usage/``, before anything is spent.
+
+    :raises AirflowFailException: not enough credits and ``on_shortfall == "fail"``.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    usage = hook.get_usage()
+    remaining = usage.credits_remaining
+    facts = {
+        "credits_needed": needed,
+        "credits_remaining": remaining,
+        "quota": usage.quota,
+        "used": usage.used,
+    }
+    if remaining is None:
+        log.warning("LEAPI usage reports no remaining credits figure; the quota guard cannot check this run")
+        return needed, facts
+    available = max(remaining - reserve, 0)
+    if needed <= available:
+        return needed, facts
+    if on_shortfall == "fail":
+        raise AirflowFailException(
+            f"This run needs {needed} credits but the LEAPI account has {remaining} left"
+            + (f" ({reserve} reserved)" if reserve else "")
+            + "; nothing was submitted. Raise the quota, shrink the manifest, or set on_quota_shortfall="
+            "process_what_fits to enhance what fits and mark the rest deferred_quota."
+        )
+    log.warning(
+        "Only %d of the %d credits this run needs are available: the rest is deferred", available, needed
+    )
+    return available, facts
+
+
+def batch_count(images: int, *, parallel_batches: int, min_images_per_batch: int, max_batches: int) -> int:
+    """How many batches (mapped tasks) to cut ``images`` into.
+
+    Cost model: a batch task costs seconds of fixed overhead (a task start and a DAG parse in a worker, a
+    second start when its wait is deferred), whatever its size, while its images cost the API's time, which
+    does not depend on how they are batched. So batches are made as large as keeps the workers busy:
+
+    * at most :data:`~leapi_provider.catalog.settings.BATCHES_PER_SLOT` per slot that runs batches at once
+      (``parallel_batches``, the ``leapi`` pool's size), so a slot that finishes early picks up another batch
+      and a failed batch re-runs a fraction of the run;
+    * at least ``min_images_per_batch`` images each, when the manifest has that many (fewer, bigger batches
+      for small manifests: 200 images make 2 batches, not 20);
+    * never more than ``max_batches`` (the ``max_batches`` param and ``[core] max_map_length``).
+
+    >>> batch_count(1000, parallel_batches=4, min_images_per_batch=100, max_batches=1024)
+    8
+    >>> batch_count(200, parallel_batches=4, min_images_per_batch=100, max_batches=1024)
+    2
+    >>> batch_count(24, parallel_batches=4, min_images_per_batch=100, max_batches=1024)
+    1
+    """
+    if images <= 0:
+        return 1
+    by_size = math.ceil(images / max(min_images_per_batch, 1))
+    return max(1, min(by_size, parallel_batches * BATCHES_PER_SLOT, max_batches))
+
+
+@dataclass
+class PlanState:
+    """What the plan steps decide, step by step: rows still to submit, and result rows already decided."""
+
+    run: CatalogRun
+    valid: pa.Table
+    total_rows: int
+    rejected: int
+    carried: list[pa.Table] = field(default_factory=list)
+    counts: dict[str, Any] = field(default_factory=dict)
+
+    def carry(self, rows: pa.Table, status: ResultStatus, *, error: str | None = None) -> None:
+        """Decide ``rows`` now (they are not submitted): they get result rows of ``status``."""
+        if rows.num_rows:
+            self.carried.append(status_rows(rows, status, error=error, run=self.run))
+
+
+def plan_run(settings: CatalogSettings, run: CatalogRun, *, max_map_length: int) -> dict[str, Any]:
+    """Validate, diff (incremental), check the quota, plan batches; write it all to the run's folder.
+
+    A re-run of the same run (same run key) reuses the plan its earlier attempt wrote, checking credits
+    only for the images that attempt did not get accepted.
+
+    :param settings: the run's settings.
+    :param run: the run's identity.
+    :param max_map_length: Airflow's ``[core] max_map_length`` (batches are mapped tasks).
+    :returns: ``{"run_dir", "batches": [URI, ...], "counts": {...}}`` (small: URIs and numbers).
+    :raises ManifestError: unreadable manifest or no valid row.
+    """
+    folder = RunFolder(settings, run)
+    if folder.plan.exists():
+        return _resume_plan(settings, folder)
+    state = validate_step(settings, run, folder)
+    if settings.incremental:
+        incremental_step(settings, state)
+    quota_step(settings, state)
+    return write_plan(settings, state, folder, max_batches=min(settings.max_batches, max_map_length))
+
+
+def validate_step(settings: CatalogSettings, run: CatalogRun, folder: RunFolder) -> PlanState:
+    """Read and validate the manifest: bad rows are carried as ``rejected_row``; attributes set aside."""
+    manifest_location = storage_path(settings.manifest, settings.aws_conn_id)
+    validation = manifests.validate_manifest(
+        manifests.read_manifest(manifest_location), preset_defaults=settings.preset_defaults
+    )
+    validation.require_valid_rows(settings.manifest)
+    log.info(
+        "Manifest %s: %d rows, %d valid, rejects %s",
+        settings.manifest,
+        validation.total_rows,
+        validation.valid.num_rows,
+        validation.reject_counts,
+    )
+    valid = _plain(validation.valid)
+    if "attributes" in valid.column_names:
+        manifests.write_parquet_atomic(
+            valid.select(["manifest_row", "image_id", "attributes"]), folder.attributes
+        )
+        valid = valid.drop_columns(["attributes"])
+    n = valid.num_rows
+    valid = valid.append_column("source_fingerprint", pa.nulls(n, pa.string()))
+    valid = valid.append_column("input_bytes", pa.nulls(n, pa.int64()))
+    state = PlanState(
+        run=run, valid=valid, total_rows=validation.total_rows, rejected=validation.rejects.num_rows
+    )
+    state.carried.append(status_rows(_rejects_rows(validation.rejects), ResultStatus.REJECTED_ROW, run=run))
+    state.counts.update(skipped_unchanged=0, source_gone=0)
+    return state
+
+
+def incremental_step(settings: CatalogSettings, state: PlanState) -> None:
+    """Fingerprint the sources; carry gone sources as ``error`` and unchanged ones as ``skipped_unchanged``."""
+    urls = state.valid["source_url"].to_pylist()
+    found = source_fingerprints(urls, mode=settings.change_detection)
+    per_row = [found[url] for url in urls]
+    state.valid = state.valid.set_column(
+        state.valid.schema.get_field_index("source_fingerprint"),
+        "source_fingerprint",
+        pa.array([f.fingerprint for f in per_row], pa.string()),
+    )
+    state.valid = state.valid.set_column(
+        state.valid.schema.get_field_index("input_bytes"),
+        "input_bytes",
+        pa.array([f.content_length for f in per_row], pa.int64()),
+    )
+    unreadable = sum(f.fingerprint is None and not f.gone for f in found.values())
+    if unreadable:
+        log.warning("%d source(s) could not be fingerprinted: they are re-enhanced", unreadable)
+    _carry_gone_sources(state, found)
+    _carry_unchanged(settings, state)
+
+
+def _carry_gone_sources(state: PlanState, found: dict[str, SourceFingerprint]) -> None:
+    """Sources that answered 404/410 are not submitted: the failure is certain and would cost a credit."""
+    gone_urls = [url for url, f in found.items() if f.gone]
+    if not gone_urls:
+        return
+    is_gone = pc.is_in(state.valid["source_url"], pa.array(gone_urls, pa.string()))
+    gone = state.valid.filter(is_gone)
+    reasons = [
+        f"source answered {found[u].error} at change detection; not submitted"
+        for u in gone["source_url"].to_pylist()
+    ]
+    state.carry(gone.append_column("error", pa.array(reasons, pa.string())), ResultStatus.ERROR)
+    state.counts["source_gone"] = gone.num_rows
+    state.valid = state.valid.filter(pc.invert(is_gone))
+
+
+def _carry_unchanged(settings: CatalogSettings, state: PlanState) -> None:
+    """Images whose latest ``done`` row has the same source URL, operation hash and fingerprint."""
+    results_root = storage_path(settings.results, settings.aws_conn_id)
+    done_before = manifests.latest_results(
+        manifests.read_result_tables(
+            results_root,
+            # This run's own rows (from an earlier attempt of it) are not "before".
+            filter=(pc.field("status") == ResultStatus.DONE.value)
+            & (pc.field("run_key").is_null() | (pc.field("run_key") != state.run.key)),
+        )
+    )
+    previous = done_before.select(["image_id", "source_url", "operation_hash", "source_fingerprint"])
+    previous = previous.rename_columns(["image_id", "prev_url", "prev_hash", "prev_fingerprint"])
+    joined = state.valid.join(previous, "image_id", join_type="left outer").sort_by("manifest_row")
+    unchanged = pc.fill_null(
+        pc.and_(
+            pc.and_(
+                pc.equal(joined["source_url"], joined["prev_url"]),
+                pc.equal(joined["operation_hash"], joined["prev_hash"]),
+            ),
+            pc.equal(joined["source_fingerprint"], joined["prev_fingerprint"]),
+        ),
+        False,
+    )
+    joined = joined.drop_columns(["prev_url", "prev_hash", "prev_fingerprint"])
+    unchanged_rows = joined.filter(unchanged)
+    state.counts["skipped_unchanged"] = unchanged_rows.num_rows
+    if unchanged_rows.num_rows:
+        state.carried.append(
+            _skipped_rows(unchanged_rows.drop_columns(["input_bytes"]), done_before, state.run)
+        )
+    state.valid = joined.filter(pc.invert(unchanged))
+
+
+def quota_step(settings: CatalogSettings, state: PlanState) -> None:
+    """Check the account's credits before spending any; what does not fit is carried as ``deferred_quota``."""
+    from leapi_provider.hooks.leapi import LeapiHook
+
+    state.valid = state.valid.sort_by("manifest_row")
+    with LeapiHook(settings.leapi_conn_id) as hook:
+        allowed, usage = check_quota(
+            hook,
+            state.valid.num_rows,
+            reserve=settings.quota_reserve,
+            on_shortfall=settings.on_quota_shortfall,
+        )
+    deferred = state.valid.slice(allowed)
+    state.carry(
+        deferred,
+        ResultStatus.DEFERRED_QUOTA,
+        error=f"not submitted: {usage['credits_remaining']} credits were left",
+    )
+    state.counts["deferred_quota"] = deferred.num_rows
+    state.counts.update(usage)
+    state.valid = state.valid.slice(0, allowed)
+
+
+def write_plan(
+    settings: CatalogSettings, state: PlanState, folder: RunFolder, *, max_batches: int
+) -> dict[str, Any]:
+    """Cut the rows to submit into batches (:func:`batch_count`) and write the batch files, the carried
+    rows and ``plan.json`` (last: its presence means the plan is complete)."""
+    batches = batch_count(
+        state.valid.num_rows,
+        parallel_batches=settings.parallel_batches,
+        min_images_per_batch=settings.min_images_per_batch,
+        max_batches=max(1, max_batches),
+    )
+    plan = manifests.plan_batches(
+        state.valid, urls_per_pipeline=settings.urls_per_pipeline, max_batches=batches
+    )
+
+    def write_batch(item: tuple[int, pa.Table]) -> str:
+        index, rows = item
+        manifests.write_parquet_atomic(_plain(rows), folder.batch(index))
+        return uri_of(folder.batch(index))
+
+    # (small files on object stores are latency bound: written in parallel)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        batch_uris = list(pool.map(write_batch, plan.batches()))
+    manifests.write_parquet_atomic(pa.concat_tables(state.carried), folder.carried)
+    counts = {
+        "manifest_rows": state.total_rows,
+        "rejected": state.rejected,
+        **state.counts,
+        "to_submit": state.valid.num_rows,
+        "operations": plan.num_operations,
+        "pipelines": plan.num_pipelines,
+        "batches": plan.num_batches,
+        "pipelines_per_batch": plan.pipelines_per_batch,
+    }
+    run = state.run
+    manifests.write_json_atomic(
+        {
+            "dag_run_id": run.dag_run_id,
+            "run_key": run.key,
+            "run_date": run.run_date,
+            "batches": batch_uris,
+            "counts": counts,
+        },
+        folder.plan,
+    )
+    log.info("Plan: %s", counts)
+    return {"run_dir": uri_of(folder.root), "batches": batch_uris, "counts": counts}
+
+
+def _resume_plan(settings: CatalogSettings, folder: RunFolder) -> dict[str, Any]:
+    """The plan of an earlier attempt of this run, kept as it was so that its batches (and the submissions
+    recorded for them) stay valid; only images not yet accepted need credits now.
+    """
+    from leapi_provider.hooks.leapi import LeapiHook
+
+    plan = manifests.read_json(folder.plan)
+    pending = 0
+    for uri in plan["batches"]:
+        index = batch_index_of(uri)
+        planned = manifests.read_parquet(folder.batch(index)).num_rows
+        recorded = read_parquet_if_exists(folder.submitted(index))
+        pending += planned - (recorded.num_rows if recorded is not None else 0)
+    log.info(
+        "Resuming the plan of an earlier attempt of this run (%d batches); %d image(s) not submitted yet",
+        len(plan["batches"]),
+        pending,
+    )
+    if pending:
+        with LeapiHook(settings.leapi_conn_id) as hook:
+            allowed, _ = check_quota(
+                hook, pending, reserve=settings.quota_reserve, on_shortfall=settings.on_quota_shortfall
+            )
+        if allowed < pending:
+            log.warning("%d image(s) may be refused by the API for lack of credits", pending - allowed)
+    return {"run_dir": uri_of(folder.root), "batches": plan["batches"], "counts": plan["counts"]}

@@ -1,0 +1,166 @@
+"""The catalog's batch task: submit one batch's pipelines, wait for them (deferred when it pays), transfer.
+
+One task per batch, like dbt Cloud's operator submits and completes a job in one task: a batch task costs a
+task start and a DAG parse in a worker, so splitting submit, wait and transfer into three tasks tripled
+that cost for nothing. Retries stay safe because every step is recorded in the run's folder: a retried or
+resumed task submits nothing that was accepted before (:mod:`leapi_provider.catalog.submit`).
+
+This module is imported when DAG files are parsed: the catalog's data modules (pyarrow) and the HTTP
+clients are imported inside the methods that run in a worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, conf
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from leapi_provider.catalog.settings import CatalogSettings
+    from leapi_provider.catalog.storage import CatalogRun
+
+#: XCom key of the batch's pipeline ids (pushed right after submitting, before any wait).
+XCOM_PIPELINE_IDS_KEY = "pipeline_ids"
+DEFAULT_BATCH_TIMEOUT_S = 6 * 60 * 60.0
+DEFAULT_BATCH_POLL_INTERVAL_S = 15.0
+
+
+class LeapiCatalogBatchOperator(BaseOperator):
+    """Submit a catalog batch, wait until every pipeline of it is DONE or ERROR, then transfer its results.
+
+    The wait polls in the worker for up to ``defer_after`` seconds (a batch of small images is often done by
+    then, and resuming a deferred task costs another task start), then defers to the triggerer: one
+    :class:`~leapi_provider.triggers.leapi.LeapiPipelineTrigger` for every pipeline of the batch still
+    running. ERROR pipelines do not fail the task: their images get ``error`` rows. A wait that times out
+    fails the task; its retry reconnects to the recorded pipelines.
+
+    :param batch_uri: the batch file the plan wrote (templated; the plan's output is mapped over it).
+    :param deferrable: wait in the triggerer instead of a worker slot (default ``[operators]
+        default_deferrable``); when ``False`` the whole wait polls in the worker.
+    :param defer_after: seconds to poll in the worker before deferring; ``None`` takes the run's
+        ``defer_after`` param.
+    :param poll_interval: the longest gap between polls, in seconds.
+    :param timeout: how long to wait for the batch's pipelines, in seconds, from the submit.
+    """
+
+    template_fields: Sequence[str] = ("batch_uri",)
+    ui_color = "#c7e9f1"
+
+    def __init__(
+        self,
+        *,
+        batch_uri: str,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        defer_after: float | None = None,
+        poll_interval: float = DEFAULT_BATCH_POLL_INTERVAL_S,
+        timeout: float = DEFAULT_BATCH_TIMEOUT_S,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.batch_uri = batch_uri
+        self.deferrable = deferrable
+        self.defer_after = defer_after
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from leapi_provider.catalog.storage import run_context
+        from leapi_provider.catalog.submit import submit_batch
+
+        settings, run = run_context(context)
+        submitted_at = time.time()
+        pipeline_ids = submit_batch(settings, self.batch_uri, run)["pipeline_ids"]
+        context["ti"].xcom_push(key=XCOM_PIPELINE_IDS_KEY, value=pipeline_ids)
+        if pipeline_ids:
+            in_worker = self.timeout
+            if self.deferrable:
+                defer_after = settings.defer_after if self.defer_after is None else self.defer_after
+                in_worker = min(self.timeout, defer_after)
+            pending = self._wait_in_worker(settings, pipeline_ids, seconds=in_worker)
+            if pending and self.deferrable:
+                self._defer(settings, pending, end_time=submitted_at + self.timeout, total=len(pipeline_ids))
+            if pending:
+                self._raise_timeout(len(pending), len(pipeline_ids))
+        return self._transfer(settings, run, pipelines=len(pipeline_ids), deferred=False)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Resume after the trigger: validate its event, then transfer (ERROR pipelines included)."""
+        from leapi_provider.catalog.storage import run_context
+        from leapi_provider.exceptions import LeapiError
+        from leapi_provider.triggers.leapi import EVENT_TIMEOUT, validate_pipeline_event
+
+        event = validate_pipeline_event(event)
+        if event["status"] == EVENT_TIMEOUT:
+            self._raise_timeout(len(event["pending_ids"]), len(event["pipeline_ids"]))
+        if event["pending_ids"]:
+            raise LeapiError(f"Waiting for the batch's LEAPI pipelines failed: {event['message']}")
+        self.log.info("Resumed from the triggerer: %s", event["message"])
+        settings, run = run_context(context)
+        return self._transfer(settings, run, pipelines=len(event["pipeline_ids"]), deferred=True)
+
+    def _wait_in_worker(
+        self, settings: CatalogSettings, pipeline_ids: list[int], *, seconds: float
+    ) -> list[int]:
+        """Poll until every pipeline is terminal or ``seconds`` pass; the ids still running."""
+        from leapi_provider.hooks.leapi import LeapiHook
+        from leapi_provider.utils import poll_schedule
+
+        pending = list(pipeline_ids)
+        deadline = time.monotonic() + seconds
+        with LeapiHook(settings.leapi_conn_id) as hook:
+            for gap in poll_schedule(self.poll_interval):
+                pending = [pid for pid in pending if not _is_terminal(hook.get_pipeline(pid))]
+                remaining = deadline - time.monotonic()
+                if not pending or remaining <= 0:
+                    break
+                time.sleep(min(gap, remaining))
+        self.log.info(
+            "%d of %d pipeline(s) finished within %.0fs in the worker", len(pipeline_ids) - len(pending),
+            len(pipeline_ids), seconds,
+        )  # fmt: skip
+        return pending
+
+    def _defer(self, settings: CatalogSettings, pending: list[int], *, end_time: float, total: int) -> None:
+        from leapi_provider.triggers.leapi import LeapiPipelineTrigger
+
+        self.log.info("Deferring until %d of %d pipeline(s) finish (one trigger)", len(pending), total)
+        self.defer(
+            trigger=LeapiPipelineTrigger(
+                pipeline_ids=pending,
+                end_time=end_time,
+                leapi_conn_id=settings.leapi_conn_id,
+                poll_interval=self.poll_interval,
+            ),
+            method_name="execute_complete",
+        )
+
+    def _raise_timeout(self, pending: int, total: int) -> None:
+        from leapi_provider.exceptions import LeapiWaitTimeoutError
+
+        raise LeapiWaitTimeoutError(
+            f"{pending} of {total} LEAPI pipeline(s) of this batch still PROCESSING after {self.timeout:.0f}s; "
+            "a retry of this task reconnects to them (nothing is submitted twice)"
+        )
+
+    def _transfer(
+        self, settings: CatalogSettings, run: CatalogRun, *, pipelines: int, deferred: bool
+    ) -> dict[str, Any]:
+        from leapi_provider.catalog.storage import RunFolder, batch_index_of, uri_of
+        from leapi_provider.catalog.transfer import transfer_batch
+
+        index = batch_index_of(self.batch_uri)
+        submitted = uri_of(RunFolder(settings, run).submitted(index))
+        return {
+            "batch": index,
+            "pipelines": pipelines,
+            "deferred": deferred,
+            "results_uri": transfer_batch(settings, submitted, run),
+        }
+
+
+def _is_terminal(pipeline: Any) -> bool:
+    return pipeline.status is not None and pipeline.status.is_terminal()
