@@ -9,7 +9,7 @@ UV := $(WORK)/uv/bin/uv
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: all venv test demo demo-quickstart bench lint clean train
+.PHONY: all venv test demo demo-quickstart bench lint build clean train
 
 all: test
 
@@ -18,13 +18,14 @@ $(UV):
 	$(WORK)/uv/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 # Synced from the committed lock only (--frozen): a fresh machine gets exactly what CI tested.
-$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
-	$(UV) sync --frozen --all-extras --python python3
+$(VENV)/.synced: uv.lock pyproject.toml packages/leapi/pyproject.toml packages/leapi-server/pyproject.toml | $(UV)
+	$(UV) sync --frozen --all-extras --all-packages --python python3
 	touch $@
 
 venv: $(VENV)/.synced
 
-test: venv
+# Lint, format and type checks first: CI fails on any of them before a test runs.
+test: lint
 	$(PY) -m pytest
 
 # The main job: marketplace_feed_etl over a sample catalog on leapi-server + a local S3 (see docs/catalog.md).
@@ -50,7 +51,13 @@ train: $(TRAIN_VENV)/.installed
 	$(TRAIN_VENV)/bin/python train/train_restoration.py
 
 lint: venv
-	$(PY) -m ruff check leapi_provider tests dags example_dags scripts
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+# The three wheels (leapi, airflow_provider_leapi, leapi_server) into dist/.
+build: | $(UV)
+	$(UV) build --all-packages --out-dir dist
 
 clean:
 	rm -rf $(VENV) $(WORK)

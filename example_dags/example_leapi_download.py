@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
-from leapi_provider.models import PrintPreset
+from leapi.models import PrintPreset
 from leapi_provider.operators.leapi import LeapiDownloadResultOperator, LeapiSubmitPipelineOperator
 
 with DAG(

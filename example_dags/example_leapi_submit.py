@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, task
 
-from leapi_provider.models import MarketplacePreset
+from leapi.models import MarketplacePreset
 from leapi_provider.operators.leapi import LeapiSubmitPipelineOperator
 
 with DAG(

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Asset, Param
 
-from leapi_provider.models import MarketplacePreset
+from leapi.models import MarketplacePreset
 from leapi_provider.operators.leapi import LeapiSubmitPipelineOperator
 from leapi_provider.transfers.leapi_to_s3 import LeapiResultToS3Operator
 

@@ -28,7 +28,8 @@ class LeapiHTTPError(LeapiError):
 
     def __init__(self, message: str, *, status_code: int | None, method: str, url: str, detail: str = ""):
         super().__init__(message)
-        self.status_code = status_code
+        # (Airflow's exceptions carry an HTTPStatus for its API; this one is the LEAPI answer's, or None)
+        self.status_code = status_code  # type: ignore[assignment]
         self.method = method
         self.url = url
         self.detail = detail
@@ -51,7 +52,8 @@ class LeapiRejectedError(LeapiError, AirflowFailException):
     def __init__(self, reason: str, *, status_code: int | None = None):
         super().__init__(f"LEAPI rejected the pipeline: {reason}")
         self.reason = reason
-        self.status_code = status_code
+        # (Airflow's exceptions carry an HTTPStatus for its API; this one is the LEAPI answer's, or None)
+        self.status_code = status_code  # type: ignore[assignment]
 
 
 class LeapiSubmitUncertainError(LeapiError):

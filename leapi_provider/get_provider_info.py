@@ -6,10 +6,12 @@ the hook.
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Any
 
 PACKAGE_NAME = "airflow-provider-leapi"
-PACKAGE_VERSION = "0.1.0"
+#: One source: the distribution's metadata (``pyproject.toml``).
+PACKAGE_VERSION = version(PACKAGE_NAME)
 INTEGRATION = "Let's Enhance (LEAPI)"
 
 #: Connection form: host is the base URL, password the API key; the rest is unused.

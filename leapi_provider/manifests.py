@@ -10,7 +10,7 @@ written partitioned by run date and preset with :func:`write_result_table`, atom
 Decisions (documented here once, referenced from ``docs/catalog.md``):
 
 * **Types.** Numeric option columns may be integer, floating, decimal or string typed; each value is then
-  validated by the preset's pydantic model from :mod:`leapi_provider.models` (the single source of ranges),
+  validated by the preset's pydantic model from :mod:`leapi.models` (the single source of ranges),
   so ``1200.0`` is accepted as ``1200`` and ``12.5``, ``"abc"`` or ``50000`` are rejected with the model's
   message. Any other column type (bool, timestamp, nested) rejects every row that sets it. ``image_id`` may
   be string or integer typed (integers are used as their decimal text). A float NaN counts as null, as
@@ -22,7 +22,7 @@ Decisions (documented here once, referenced from ``docs/catalog.md``):
   (files in path order, rows in file order) is kept; every later occurrence is rejected as
   ``duplicate_image_id`` naming the kept row. Rows already rejected for another reason do not claim an id,
   so a broken first row does not block a good second one.
-* **Effective operation** is the wire form (:meth:`~leapi_provider.models._PresetOperation.to_wire`) of the
+* **Effective operation** is the wire form (:meth:`~leapi.models._PresetOperation.to_wire`) of the
   preset model built from the DAG's per-preset defaults overlaid with the row's non-null options. Its hash is
   the sha256 of its canonical JSON (sorted keys, compact separators): the same operation always hashes the
   same, whatever spelling the manifest used (``jpg`` / ``JPEG``, ``1200`` / ``1200.0``).
@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -57,8 +57,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
+from leapi.models import PRESET_OPS, PresetOperation
 from leapi_provider.catalog.settings import DEFAULT_URLS_PER_PIPELINE
-from leapi_provider.models import PRESET_OPS, PresetOperation
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -424,7 +424,7 @@ def build_operation(
     values: dict[str, Any] = {k: v for k, v in (defaults or {}).items() if v is not None}
     values.update({k: v for k, v in options.items() if v is not None})
     values["op"] = op
-    return PRESET_OPS[op].model_validate(values)
+    return cast("PresetOperation", PRESET_OPS[op].model_validate(values))  # (the class of that op)
 
 
 def _normalize_preset_name(name: str) -> str:
@@ -634,9 +634,9 @@ def validate_manifest(
     option_values: list[pa.Array] = []
     option_checks: list[_Check] = []
     for name in OPTION_COLUMNS:
-        values, checks = _option_column(table, name)
+        values, column_checks = _option_column(table, name)
         option_values.append(values)
-        option_checks.extend(checks)
+        option_checks.extend(column_checks)
     combo_ids = _dense_ids([preset, *option_values])
     first = pa.array(_first_rows(combo_ids))
     combo_preset = preset.take(first).to_pylist()

@@ -18,6 +18,7 @@ from pathlib import PurePosixPath
 from typing import IO, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from leapi.models import Pipeline, PipelineResult, PipelineStatus
 from leapi_provider.exceptions import (
     LeapiError,
     LeapiHTTPError,
@@ -26,7 +27,6 @@ from leapi_provider.exceptions import (
     LeapiResultVerificationError,
 )
 from leapi_provider.hooks.leapi import LeapiHook, redact_url
-from leapi_provider.models import Pipeline, PipelineResult, PipelineStatus
 
 #: The docs: a result is stored "for 24 hours once it's done".
 TEMP_URL_LIFETIME = timedelta(hours=24)
@@ -166,8 +166,10 @@ def result_files(pipeline: Pipeline) -> tuple[list[ResultFile], dict[int, str]]:
                 ),
                 tmp_url=output.tmp_url,
                 mime=output.mime,
-                width=output.width if output.width is not None else (output.size or [None, None])[0],
-                height=output.height if output.height is not None else (output.size or [None, None])[1],
+                width=output.width if output.width is not None else (output.size[0] if output.size else None),
+                height=output.height
+                if output.height is not None
+                else (output.size[1] if output.size else None),
                 expires_at=exact or estimated,
                 expiry_is_exact=exact is not None,
             )

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from leapi_provider.server.testing import (
+from tests.support.server import (
     quick_start_body,
     running_server,
     serve_directory,

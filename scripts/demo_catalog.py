@@ -66,7 +66,7 @@ os.environ.update(
 @contextlib.contextmanager
 def serve_sources(folder: Path, state_file: Path) -> Iterator[str]:
     """Serve ``folder`` on 127.0.0.1, on the port of the previous run when it is free (stable URLs)."""
-    from leapi_provider.server.testing import serve_directory
+    from tests.support.server import serve_directory
 
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     with contextlib.ExitStack() as stack:
@@ -111,7 +111,7 @@ def demo_manifest(base_url: str, sources: Path, *, touch: int) -> tuple[object, 
     import pyarrow as pa
     from PIL import Image
 
-    from leapi_provider.catalog_testing import sample_manifest, write_sample_images
+    from tests.support.catalog import sample_manifest, write_sample_images
 
     images = write_sample_images(
         sources, IMAGE_COUNT, long_sides=(480, 320), qualities=(90, 60, 30), prefix="sku", overwrite=False
@@ -171,9 +171,9 @@ def main(argv: list[str]) -> int:
 
     from leapi_provider import manifests
     from leapi_provider.catalog import LEAPI_POOL
-    from leapi_provider.server.testing import running_server
     from tests.fixtures.airflow import leapi_connection_json, load_dag
     from tests.fixtures.s3 import MotoS3Server, aws_connection_json
+    from tests.support.server import running_server
 
     print(
         f"Airflow home {AIRFLOW_HOME.relative_to(REPO)} (SQLite); preparing the metadata DB ...", flush=True

@@ -41,19 +41,16 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from leapi_provider.engine.restoration_spec import (
-    HELD_OUT_PHOTOS,
+from leapi_server.engine.restoration_spec import (
     INPUT_PLANES,
     INPUT_STRENGTH,
     MODEL_PATH,
     OUTPUT_RESIDUAL,
     SCALE,
-    TRAIN_PHOTOS,
-    VALIDATION_PHOTOS,
     compression_strength,
-    load_photo,
     model_planes,
 )
+from train.photos import HELD_OUT_PHOTOS, TRAIN_PHOTOS, VALIDATION_PHOTOS, load_photo
 
 CHANNELS = 16
 BLOCKS = 6
@@ -156,7 +153,7 @@ class CollapsedNet(nn.Module):
 
 
 def ycrcb_luma(pixels: np.ndarray) -> np.ndarray:
-    # The engine's own conversion (leapi_provider.engine.color.luma): cv2's full-range BT.601.
+    # The engine's own conversion (leapi_server.engine.color.luma): cv2's full-range BT.601.
     return pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2YCrCb)[..., 0]
 
 

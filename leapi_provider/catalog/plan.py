@@ -68,7 +68,7 @@ def status_rows(
     """Result rows with one ``status`` for plan-like ``rows`` (their other columns kept; ``error`` replaces
     theirs when given)."""
     n = rows.num_rows
-    constants = {
+    constants: dict[str, str | None] = {
         "status": status.value,
         "dag_run_id": run.dag_run_id,
         "run_key": run.key,

@@ -45,11 +45,11 @@ def contact_sheet_png(pairs: Sequence[tuple[str, bytes, bytes]], *, cell: int = 
     draw = ImageDraw.Draw(sheet)
     y0 = pad
     for row, height in zip(rows, row_heights, strict=True):
-        for column, (label, before, after) in enumerate(row):
+        for column, (label, before_rgb, after_rgb) in enumerate(row):
             x0 = pad + column * (pair_width + pad)
-            sheet.paste(before, (x0, y0))
-            sheet.paste(after, (x0 + cell + pad, y0))
-            draw.text((x0, y0 + after.height + 2), f"before | after   {label}"[:90], fill="black")
+            sheet.paste(before_rgb, (x0, y0))
+            sheet.paste(after_rgb, (x0 + cell + pad, y0))
+            draw.text((x0, y0 + after_rgb.height + 2), f"before | after   {label}"[:90], fill="black")
         y0 += height
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG", optimize=True)

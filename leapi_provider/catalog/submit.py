@@ -64,8 +64,8 @@ def submit_batch(settings: CatalogSettings, batch_uri: str, run: CatalogRun) -> 
 
     :returns: ``{"submitted_uri", "pipeline_ids"}``.
     """
+    from leapi.models import PipelineRequest
     from leapi_provider.hooks.leapi import LeapiHook, derive_idempotency_key
-    from leapi_provider.models import PipelineRequest
 
     folder = RunFolder(settings, run)
     index = batch_index_of(batch_uri)

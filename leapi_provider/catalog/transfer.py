@@ -25,8 +25,8 @@ from leapi_provider.manifests import ResultStatus
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
+    from leapi.models import Pipeline
     from leapi_provider.hooks.leapi import LeapiHook
-    from leapi_provider.models import Pipeline
     from leapi_provider.results import ResultFile
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def _pipeline_jobs(
     pipeline: Pipeline, members: list[dict[str, Any]], run: CatalogRun
 ) -> tuple[list[dict[str, Any]], list[_CopyJob]]:
     """``(error rows, copy jobs)`` for the images one pipeline carried."""
-    from leapi_provider.models import PipelineStatus
+    from leapi.models import PipelineStatus
     from leapi_provider.results import result_files
 
     pipeline_id = pipeline.id

@@ -42,6 +42,15 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from airflow.sdk import BaseHook
 
+from leapi.constants import (
+    API_KEY_HEADER,
+    DEFAULT_BASE_URL,
+    IDEMPOTENCY_KEY_HEADER,
+    IDEMPOTENCY_SUPPORT_HEADER,
+    PIPELINE_PATH,
+    USAGE_PATH,
+)
+from leapi.models import Pipeline, PipelineEnvelope, PipelineRequest, SubmitResponse, SubmitStatus, Usage
 from leapi_provider.exceptions import (
     LeapiAuthError,
     LeapiError,
@@ -51,21 +60,6 @@ from leapi_provider.exceptions import (
     LeapiSubmitUncertainError,
 )
 from leapi_provider.get_provider_info import LEAPI_UI_FIELD_BEHAVIOUR, PACKAGE_VERSION
-from leapi_provider.models import (
-    IDEMPOTENCY_KEY_HEADER,
-    IDEMPOTENCY_SUPPORT_HEADER,
-    Pipeline,
-    PipelineEnvelope,
-    PipelineRequest,
-    SubmitResponse,
-    SubmitStatus,
-    Usage,
-)
-
-DEFAULT_BASE_URL = "https://api.letsenhance.io"
-PIPELINE_PATH = "/v1/pipeline"
-USAGE_PATH = "/v1/me/usage/"
-API_KEY_HEADER = "X-API-KEY"
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_RETRIES = 6

@@ -15,6 +15,13 @@ from airflow.providers.common.compat.sdk import XCom
 from airflow.sdk import BaseOperator, BaseOperatorLink, ObjectStoragePath, ResumableJobMixin, conf
 from pydantic import BaseModel, ValidationError
 
+from leapi.models import (
+    OPERATION_ADAPTER,
+    Pipeline,
+    PipelineRequest,
+    PipelineStatus,
+    validation_reason,
+)
 from leapi_provider.exceptions import (
     LeapiError,
     LeapiNotFoundError,
@@ -22,13 +29,6 @@ from leapi_provider.exceptions import (
     LeapiWaitTimeoutError,
 )
 from leapi_provider.hooks.leapi import LeapiHook, derive_idempotency_key
-from leapi_provider.models import (
-    OPERATION_ADAPTER,
-    Pipeline,
-    PipelineRequest,
-    PipelineStatus,
-    validation_reason,
-)
 from leapi_provider.results import file_record, raise_for_failed_results, result_files, spooled_download
 from leapi_provider.triggers.leapi import (
     EVENT_SUCCESS,
@@ -39,7 +39,8 @@ from leapi_provider.triggers.leapi import (
 from leapi_provider.utils import coerce_pipeline_ids, contains_template, poll_schedule
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context, TaskInstanceKey
+    from airflow.sdk import Context
+    from airflow.sdk.types import TaskInstanceKey
 
 #: XCom key of the submitted pipeline's id (pushed before waiting, so a failed wait still records it).
 XCOM_PIPELINE_ID_KEY = "pipeline_id"
@@ -229,7 +230,8 @@ class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
     def is_job_succeeded(self, status: str) -> bool:
         return status == PipelineStatus.DONE.value
 
-    def poll_until_complete(self, external_id: Any, context: Context) -> dict[str, Any]:
+    # (execute_resumable returns this method's value, though the mixin annotates it None)
+    def poll_until_complete(self, external_id: Any, context: Context) -> dict[str, Any]:  # type: ignore[override]
         pipeline_id = int(external_id)
         # A retry starts with empty XComs: record the id again when reconnecting.
         self._record_pipeline(context, pipeline_id)

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
+from leapi.models import PipelineStatus
 from leapi_provider.exceptions import LeapiError, LeapiNotFoundError, LeapiPipelineFailedError
 from leapi_provider.hooks.leapi import LeapiHook
-from leapi_provider.models import PipelineStatus
 from leapi_provider.triggers.leapi import (
     EVENT_SUCCESS,
     EVENT_TIMEOUT,

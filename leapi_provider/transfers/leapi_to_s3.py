@@ -208,8 +208,9 @@ class LeapiResultToS3Operator(BaseOperator):
     def _emit_outlet_events(self, context: Context, pipeline_id: int, uris: list[str]) -> None:
         for outlet in self.outlets or []:
             if isinstance(outlet, Asset):
-                context["outlet_events"][outlet].extra = {
+                extra: dict[str, Any] = {
                     "pipeline_id": pipeline_id,
                     "uris": uris[:_MAX_URIS_IN_ASSET_EVENT],
                     "count": len(uris),
                 }
+                context["outlet_events"][outlet].extra = extra

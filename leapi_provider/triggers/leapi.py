@@ -30,9 +30,9 @@ from typing import Any
 import httpx
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from leapi.models import PipelineStatus
 from leapi_provider.exceptions import LeapiAuthError, LeapiError, LeapiNotFoundError
 from leapi_provider.hooks.leapi import LeapiHook, redact_text
-from leapi_provider.models import PipelineStatus
 from leapi_provider.utils import DEFAULT_INITIAL_POLL_INTERVAL_S, coerce_pipeline_ids, poll_schedule
 
 EVENT_SUCCESS = "success"

@@ -63,8 +63,8 @@ CASES = (
 
 def _write_sources(case: Case, folder: Path) -> list[dict[str, Any]]:
     """The case's source images and their manifest rows (deterministic)."""
-    from leapi_provider.catalog_testing import write_sample_images
-    from leapi_provider.server.testing import SAMPLE_PHOTOS, sample_photo
+    from tests.support.catalog import write_sample_images
+    from tests.support.server import SAMPLE_PHOTOS, sample_photo
 
     if case.name == "small":
         images = write_sample_images(folder, case.images, long_sides=(96,), prefix=case.name)
@@ -209,10 +209,10 @@ def measure(work: Path) -> tuple[list[dict], dict[str, float]]:
     import os
 
     from leapi_provider.catalog.settings import LEAPI_POOL
-    from leapi_provider.server.testing import running_server, serve_directory
     from tests.e2e.stack import AirflowStack
     from tests.fixtures.airflow import leapi_connection_json
     from tests.fixtures.s3 import MotoS3Server, aws_connection_json
+    from tests.support.server import running_server, serve_directory
 
     sources = work / "sources"
     sources.mkdir()

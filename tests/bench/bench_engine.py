@@ -25,11 +25,12 @@ import numpy as np
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from leapi_provider.engine import enhance
-from leapi_provider.engine.color import luma
-from leapi_provider.engine.restoration import BACKENDS, blockiness, load_model, run_tiled
-from leapi_provider.engine.restoration_spec import HELD_OUT_PHOTOS, MODEL_PATH, load_photo
-from leapi_provider.models import MarketplacePreset
+from leapi.models import MarketplacePreset
+from leapi_server.engine import enhance
+from leapi_server.engine.color import luma
+from leapi_server.engine.restoration import BACKENDS, blockiness, load_model, run_tiled
+from leapi_server.engine.restoration_spec import MODEL_PATH
+from train.photos import HELD_OUT_PHOTOS, load_photo
 
 REPO = Path(__file__).resolve().parents[2]
 GRID_PATH = REPO / "docs" / "engine-levels.png"
@@ -319,9 +320,9 @@ _MEMORY_PROBE = r"""
 import io, json, resource, sys, time
 import numpy as np
 from PIL import Image
-from leapi_provider.engine import enhance
-from leapi_provider.engine.restoration import load_model
-from leapi_provider.models import MarketplacePreset
+from leapi_server.engine import enhance
+from leapi_server.engine.restoration import load_model
+from leapi.models import MarketplacePreset
 rng = np.random.default_rng(0)
 w, h = 3062, 2041
 base = rng.integers(0, 255, (h // 16, w // 16, 3), dtype=np.uint8)
@@ -406,7 +407,7 @@ def run() -> str:
     grid = build_grid(photos)
     return "\n".join(
         [
-            "## Engine (`leapi_provider.engine`)",
+            "## Engine (`leapi_server.engine`)",
             "",
             "### Targets",
             "",

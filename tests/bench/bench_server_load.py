@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import random
 import resource
@@ -29,7 +30,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from leapi_provider.server.testing import running_server, serve_directory, write_sample_photo
+from tests.support.server import running_server, serve_directory, write_sample_photo
 
 CLIENTS = int(os.environ.get("LEAPI_LOAD_CLIENTS", "500"))
 LOAD_SECONDS = float(os.environ.get("LEAPI_LOAD_SECONDS", "60"))
@@ -108,10 +109,8 @@ async def sample_busy(base_url: str, stop_at: float, samples: list[int]) -> None
     """How many tasks the dispatcher has leased (workers x 2 means the pool is saturated)."""
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
         while time.monotonic() < stop_at:
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 samples.append((await http.get("/healthz")).json()["busy_tasks"])
-            except httpx.HTTPError:
-                pass
             await asyncio.sleep(1.0)
 
 
@@ -187,7 +186,7 @@ async def drain(base_url: str, accepted: dict[int, str]) -> tuple[collections.Co
         while pending and time.monotonic() - started < DRAIN_TIMEOUT_S:
             items = list(pending.items())
             results = await asyncio.gather(*(status(pid, key) for pid, key in items))
-            for (pipeline_id, _key), state in zip(items, results):
+            for (pipeline_id, _key), state in zip(items, results, strict=False):
                 if state != "PROCESSING":
                     outcome[state] += 1
                     del pending[pipeline_id]

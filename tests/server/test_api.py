@@ -9,15 +9,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from leapi_provider.models import (
-    IDEMPOTENCY_SUPPORT_HEADER,
-    PipelineEnvelope,
-    PipelineStatus,
-    SubmitResponse,
-    SubmitStatus,
-    Usage,
-)
-from leapi_provider.server.testing import (
+from leapi.constants import IDEMPOTENCY_SUPPORT_HEADER
+from leapi.models import PipelineEnvelope, PipelineStatus, SubmitResponse, SubmitStatus, Usage
+from tests.support.server import (
     QUICK_START_OPERATION,
     RunningServer,
     wait_for_pipeline,

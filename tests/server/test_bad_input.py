@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leapi_provider.server.config import DEFAULT_MAX_URLS_PER_PIPELINE
-from leapi_provider.server.testing import (
+from leapi_server.config import DEFAULT_MAX_URLS_PER_PIPELINE
+from tests.server import hostile_images
+from tests.support.server import (
     QUICK_START_OPERATION,
     RunningServer,
     running_server,
     wait_for_pipeline,
 )
-from tests.server import hostile_images
 
 GOOD = "https://example.com/a.jpg"
 
@@ -268,7 +268,7 @@ def test_every_broken_image_fails_alone_with_a_clear_reason(
     *broken, good = pipeline["results"]
     assert pipeline["status"] == "DONE"
     assert good["error"] is None and good["output_object"]["size"] == [120, 80]
-    for name, result in zip(names, broken):
+    for name, result in zip(names, broken, strict=False):
         assert result["output_object"] is None, name
         assert result["error"] and _matches(_BROKEN[name][1], result["error"]), (name, result["error"])
         assert "Traceback" not in result["error"] and "0x" not in result["error"], name
@@ -310,7 +310,7 @@ def odd_outputs(leapi_server: RunningServer, source_dir: Path, source_server: st
             pipeline_id = client.post("/v1/pipeline", json=payload).json()["pipeline"]["id"]
             pipeline = wait_for_pipeline(client, pipeline_id, timeout=120)
             assert pipeline["status"] == "DONE" and pipeline["errors"] == [], pipeline["errors"]
-            for name, result in zip(_ODD, pipeline["results"]):
+            for name, result in zip(_ODD, pipeline["results"], strict=False):
                 image = Image.open(io.BytesIO(httpx.get(result["output_object"]["tmp_url"]).content))
                 assert image.format == image_format and image.size == tuple(result["output_object"]["size"])
                 outputs[name][image_format] = (result, np.asarray(image))

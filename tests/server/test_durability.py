@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from leapi_provider.server.testing import QUICK_START_OPERATION, running_server, wait_for_pipeline
+from tests.support.server import QUICK_START_OPERATION, running_server, wait_for_pipeline
 
 PIPELINES = 8
 URLS_PER_PIPELINE = 2

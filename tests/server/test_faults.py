@@ -26,7 +26,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from leapi_provider.server.testing import (
+from leapi.webhooks import generate_secret, verify_webhook
+from tests.support.server import (
     QUICK_START_OPERATION,
     RunningServer,
     free_port,
@@ -34,7 +35,6 @@ from leapi_provider.server.testing import (
     serve_http,
     wait_for_pipeline,
 )
-from leapi_provider.webhooks import generate_secret, verify_webhook
 
 #: Seed of the kill schedule; set LEAPI_FAULT_SEED to replay another schedule.
 SEED = int(os.environ.get("LEAPI_FAULT_SEED", "6"))
@@ -169,7 +169,7 @@ def test_random_sigkills_with_50_pipelines_in_flight(
         urls = bodies[index]["source"]["http"]["url"]
         assert pipeline["status"] in ("DONE", "ERROR"), context
         assert [r["input_object"]["url"] for r in pipeline["results"]] == urls, context
-        for url, result in zip(urls, pipeline["results"]):
+        for url, result in zip(urls, pipeline["results"], strict=True):
             if url == broken:
                 assert result["output_object"] is None and "HTTP 404" in result["error"], context
             else:
@@ -403,5 +403,5 @@ def test_webhook_receiver_down_then_back(
         datetime.fromisoformat(a["started_at"]).replace(tzinfo=UTC).timestamp() for a in failed["attempts"]
     ]
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    for gap, delay in zip(gaps, RETRY_DELAYS):
+    for gap, delay in zip(gaps, RETRY_DELAYS, strict=False):
         assert delay - 0.05 <= gap <= delay + 1.5, (gaps, RETRY_DELAYS)

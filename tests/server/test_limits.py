@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from leapi_provider.models import RATE_LIMIT_REASON, SubmitResponse
-from leapi_provider.server.testing import QUICK_START_OPERATION, running_server
+from leapi.constants import RATE_LIMIT_REASON
+from leapi.models import SubmitResponse
+from tests.support.server import QUICK_START_OPERATION, running_server
 
 
 def body(urls: list[str]) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from leapi_provider.server.testing import RunningServer, running_server
+from tests.support.server import RunningServer, running_server
 
 CHECKS = (
     "not_a_server_error",

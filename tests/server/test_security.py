@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from leapi_provider.server.testing import (
+from tests.support.server import (
     QUICK_START_OPERATION,
     RunningServer,
     running_server,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -12,20 +13,20 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from leapi_provider.models import WebhookEvent
-from leapi_provider.server.testing import (
-    QUICK_START_OPERATION,
-    RunningServer,
-    running_server,
-    serve_http,
-    wait_for_pipeline,
-)
-from leapi_provider.webhooks import (
+from leapi.models import WebhookEvent
+from leapi.webhooks import (
     WebhookVerificationError,
     generate_secret,
     sign,
     signed_headers,
     verify_webhook,
+)
+from tests.support.server import (
+    QUICK_START_OPERATION,
+    RunningServer,
+    running_server,
+    serve_http,
+    wait_for_pipeline,
 )
 
 SECRET = generate_secret()
@@ -135,7 +136,7 @@ def test_receiver_failing_twice_then_succeeding(
     for call in receiver.calls:
         assert verify_webhook(SECRET, call.headers, call.body) == delivery_id
         assert call.headers["content-type"] == "application/json"
-    gaps = [b.at - a.at for a, b in zip(receiver.calls, receiver.calls[1:])]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(receiver.calls)]
     assert all(gap >= RETRY_DELAYS[0] - 0.05 for gap in gaps), gaps
 
     event = WebhookEvent.model_validate(json.loads(receiver.calls[0].body))
@@ -214,7 +215,7 @@ class socket_closed_port:
         return None
 
 
-# -- leapi_provider.webhooks ---------------------------------------------------------------------------------
+# -- leapi.webhooks ---------------------------------------------------------------------------------
 
 
 def test_sign_matches_the_standard_webhooks_reference_vector() -> None:

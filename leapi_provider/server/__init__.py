@@ -1,7 +1,0 @@
-"""``leapi-server``: a LEAPI-compatible image enhancement server (FastAPI + SQLite + a worker pool).
-
-Layout: ``config`` (flags), ``store`` (SQLite: pipelines, tasks, ledger, webhooks, idempotency),
-``fetch`` (safe source download), ``worker`` (fetch + engine in worker processes), ``dispatcher``
-(claims tasks, feeds the pool, records results), ``webhook_sender``, ``tempstore`` (signed tmp URLs),
-``app`` (thin routes), ``testing`` (run it from tests).
-"""

@@ -1,0 +1,222 @@
+"""``leapi-server`` / ``python -m leapi_server``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from leapi_server import config as defaults
+from leapi_server.config import ServerConfig
+
+log = logging.getLogger("leapi_server")
+
+API_KEYS_ENV = "LEAPI_API_KEYS"
+WEBHOOK_SECRET_ENV = "LEAPI_WEBHOOK_SECRET"
+
+
+def _seconds_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma separated seconds, got {text!r}") from exc
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError("delays must not be negative")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="leapi-server",
+        description="A LEAPI-compatible image enhancement server (POST /v1/pipeline, GET /v1/pipeline/{id}, "
+        "GET /v1/me/usage/).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=defaults.DEFAULT_PORT, help="port to listen on")
+    p.add_argument(
+        "--data-dir", type=Path, default=Path("./leapi-data"), help="SQLite database and temp files"
+    )
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help=f"an accepted X-API-KEY (repeatable); also env {API_KEYS_ENV}, comma separated",
+    )
+    p.add_argument(
+        "--public-url",
+        default=None,
+        help="base URL for tmp_url links and webhook payloads; unset: the address the client used",
+    )
+    p.add_argument(
+        "--rate-limit-per-minute",
+        type=_non_negative_int,
+        default=defaults.DEFAULT_RATE_LIMIT_PER_MINUTE,
+        help="POST /v1/pipeline per key per sliding minute (0: unlimited)",
+    )
+    p.add_argument(
+        "--monthly-quota",
+        type=_non_negative_int,
+        default=defaults.DEFAULT_MONTHLY_QUOTA,
+        help="credits (image URLs) per key per calendar month, UTC (0: unlimited)",
+    )
+    p.add_argument(
+        "--workers", type=_positive_int, default=defaults.default_workers(), help="worker processes"
+    )
+    p.add_argument(
+        "--temp-url-ttl",
+        type=_positive_float,
+        default=defaults.DEFAULT_TEMP_URL_TTL_S,
+        help="seconds a tmp_url stays valid",
+    )
+    p.add_argument(
+        "--webhook-retry-delays",
+        type=_seconds_list,
+        default=defaults.DEFAULT_WEBHOOK_RETRY_DELAYS_S,
+        help="seconds before each webhook retry, comma separated",
+    )
+    p.add_argument(
+        "--webhook-timeout", type=_positive_float, default=10.0, help="seconds per webhook attempt"
+    )
+    p.add_argument(
+        "--webhook-secret",
+        default=None,
+        help=f"HMAC secret for webhook signatures (also env {WEBHOOK_SECRET_ENV}); unset: generated once and "
+        "kept in DATA_DIR/webhook-secret",
+    )
+    p.add_argument(
+        "--allow-private-sources",
+        action="store_true",
+        help="allow source URLs and webhooks on loopback/private/link-local addresses (local use only)",
+    )
+    p.add_argument(
+        "--allow-source-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="allow this one private network (repeatable), e.g. an internal CDN",
+    )
+    limits = p.add_argument_group("limits")
+    limits.add_argument(
+        "--max-urls-per-pipeline",
+        type=_positive_int,
+        default=defaults.DEFAULT_MAX_URLS_PER_PIPELINE,
+        help="source URLs one pipeline may have",
+    )
+    limits.add_argument(
+        "--max-request-bytes",
+        type=_positive_int,
+        default=defaults.DEFAULT_MAX_REQUEST_BYTES,
+        help="request body",
+    )
+    limits.add_argument(
+        "--max-download-bytes",
+        type=_positive_int,
+        default=defaults.DEFAULT_MAX_DOWNLOAD_BYTES,
+        help="per source",
+    )
+    limits.add_argument(
+        "--max-input-pixels",
+        type=_positive_int,
+        default=defaults.DEFAULT_MAX_INPUT_PIXELS,
+        help="largest source image (width x height), checked from its header before decoding",
+    )
+    limits.add_argument(
+        "--max-output-pixels",
+        type=_positive_int,
+        default=defaults.DEFAULT_MAX_OUTPUT_PIXELS,
+        help="largest output (width x height) an operation may produce",
+    )
+    limits.add_argument("--fetch-connect-timeout", type=_positive_float, default=5.0, help="seconds")
+    limits.add_argument("--fetch-read-timeout", type=_positive_float, default=15.0, help="between two reads")
+    limits.add_argument("--fetch-deadline", type=_positive_float, default=60.0, help="whole download")
+    limits.add_argument("--max-redirects", type=_non_negative_int, default=5, help="per source download")
+    limits.add_argument(
+        "--max-image-seconds",
+        type=_positive_float,
+        default=defaults.DEFAULT_MAX_IMAGE_SECONDS,
+        help="engine wall-clock limit per image (after its download): a worker still busy after this is "
+        "replaced and the image fails",
+    )
+    limits.add_argument(
+        "--max-task-attempts", type=_positive_int, default=3, help="interrupted tasks retried"
+    )
+    limits.add_argument("--gc-interval", type=_positive_float, default=600.0, help="expired temp file sweep")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def config_from_args(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> ServerConfig:
+    keys = list(args.api_key)
+    keys += [k.strip() for k in environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+    keys = list(dict.fromkeys(keys))
+    if not keys:
+        raise SystemExit(f"leapi-server: no API key configured: pass --api-key or set {API_KEYS_ENV}")
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir.resolve(),
+        api_keys=tuple(keys),
+        public_url=args.public_url,
+        rate_limit_per_minute=args.rate_limit_per_minute,
+        monthly_quota=args.monthly_quota,
+        workers=args.workers,
+        temp_url_ttl_s=args.temp_url_ttl,
+        webhook_retry_delays_s=args.webhook_retry_delays,
+        webhook_timeout_s=args.webhook_timeout,
+        webhook_secret=args.webhook_secret or environ.get(WEBHOOK_SECRET_ENV) or None,
+        allow_private_sources=args.allow_private_sources,
+        allowed_source_networks=tuple(args.allow_source_network),
+        max_urls_per_pipeline=args.max_urls_per_pipeline,
+        max_request_bytes=args.max_request_bytes,
+        max_download_bytes=args.max_download_bytes,
+        max_input_pixels=args.max_input_pixels,
+        max_output_pixels=args.max_output_pixels,
+        fetch_connect_timeout_s=args.fetch_connect_timeout,
+        fetch_read_timeout_s=args.fetch_read_timeout,
+        fetch_deadline_s=args.fetch_deadline,
+        max_redirects=args.max_redirects,
+        max_task_attempts=args.max_task_attempts,
+        max_image_seconds=args.max_image_seconds,
+        gc_interval_s=args.gc_interval,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args, os.environ)
+    # Imported late: --help and argument errors stay fast and don't need the server extra.
+    from leapi_server.app import serve
+
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(config, log_level=args.log_level)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""What the restoration model expects (its inputs and file), shared by the engine and ``train/train_restoration.py``.
+
+Kept free of heavy imports so the training environment (PyTorch, no server extras) can import it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+#: The committed model: luma x2 super-resolution + JPEG artifact removal.
+MODEL_PATH = Path(__file__).with_name("weights") / "luma_x2.onnx"
+SCALE = 2
+#: Input names of the ONNX graph: ``planes`` [N, 3, H, W] (see :func:`model_planes`) and ``strength``
+#: [1] (see :func:`compression_strength`); output ``residual`` [N, 1, 2H, 2W], added to the bicubic
+#: upscale of the luma plane.
+INPUT_PLANES = "planes"
+INPUT_STRENGTH = "strength"
+OUTPUT_RESIDUAL = "residual"
+#: Every layer is a 3x3 convolution at the input resolution: this many input pixels on each side
+#: influence an output pixel, so tiles overlap by this much.
+RECEPTIVE_HALO = 8
+
+#: JPEG's DCT block side (luma).
+BLOCK = 8
+
+
+def model_planes(luma: np.ndarray, grid: tuple[int, int] | None, top: int = 0, left: int = 0) -> np.ndarray:
+    """The model's input for a luma plane (float32 in [0, 1]): [3, H, W].
+
+    Plane 0 is the luma; planes 1 and 2 mark the pixels on either side of a JPEG block boundary (columns,
+    then rows) with 1.0, so the tiny network knows where blocking can be without having to find it.
+    ``grid`` is ``(x, y)``: block boundaries sit just before the columns ``x + 8k`` and rows ``y + 8k``;
+    ``None`` (clean input) leaves the planes at 0. ``top``/``left`` place a tile inside the image.
+    """
+    height, width = luma.shape
+    planes = np.zeros((3, height, width), dtype=np.float32)
+    planes[0] = luma
+    if grid is not None:
+        columns = (np.arange(width) + left - grid[0]) % BLOCK
+        rows = (np.arange(height) + top - grid[1]) % BLOCK
+        planes[1] = ((columns == 0) | (columns == BLOCK - 1)).astype(np.float32)[None, :]
+        planes[2] = ((rows == 0) | (rows == BLOCK - 1)).astype(np.float32)[:, None]
+    return planes
+
+
+def compression_strength(jpeg_quality: int | None) -> float:
+    """How hard the input was compressed, as the model is told it: 0 = clean, ~1 at quality 50.
+
+    The square root of the IJG table scale (quantisation step relative to quality 50): quantisation
+    noise grows with the step, and the root spreads the useful range (quality 10 -> 2.2, 20 -> 1.6,
+    75 -> 0.7, 95 -> 0.3) evenly for the network.
+    """
+    if jpeg_quality is None or jpeg_quality >= 100:
+        return 0.0
+    quality = max(1, int(jpeg_quality))
+    scale = 5000 / quality if quality < 50 else 200 - 2 * quality
+    return math.sqrt(scale / 100)

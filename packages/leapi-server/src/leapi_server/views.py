@@ -1,0 +1,165 @@
+"""Rendering stored rows into the documented JSON shapes (the GET example of the LEAPI docs).
+
+Timestamps are emitted as the docs show them: ISO 8601 without offset (``2021-04-26T13:46:01.358819``);
+they are UTC.
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from leapi_server.store import DONE, FAILED, PipelineRow, TaskRow
+from leapi_server.tempstore import TempStore
+
+#: ``output_object.s3_bucket``. The docs' default is ``leapi-tmp-us-east-1``; this server keeps temp files
+#: on its own disk, and says so instead of naming a bucket that does not exist.
+TEMP_BUCKET = "leapi-server-tmp"
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+def month_period(now: float) -> tuple[str, float, float]:
+    """(``YYYY-MM``, start, end) of the UTC calendar month holding ``now``: the quota period."""
+    moment = datetime.fromtimestamp(now, UTC)
+    start = datetime(moment.year, moment.month, 1, tzinfo=UTC)
+    days = calendar.monthrange(moment.year, moment.month)[1]
+    end = start.timestamp() + days * 86400
+    return f"{moment.year:04d}-{moment.month:02d}", start.timestamp(), end
+
+
+def _megapixels(width: int, height: int) -> float:
+    return round(width * height / 1e6, 2)
+
+
+def _source_names(url: str) -> tuple[str | None, str | None]:
+    """(basename, filename) of the source, from its URL path (``burger``, ``burger.jpg``)."""
+    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    if not name:
+        return None, None
+    return (name.rsplit(".", 1)[0] if "." in name else name), name
+
+
+def input_object(task: TaskRow) -> dict[str, Any]:
+    basename, filename = _source_names(task.url)
+    meta = task.input or {}
+    width, height = meta.get("width"), meta.get("height")
+    return {
+        "ext": meta.get("ext"),
+        "mps": _megapixels(width, height) if width and height else None,
+        "url": task.url,
+        "mime": meta.get("mime"),
+        "size": [width, height] if width and height else None,
+        "width": width,
+        "format": meta.get("format"),
+        "height": height,
+        "s3_key": None,
+        "tmp_url": None,
+        "basename": basename,
+        "filename": filename,
+        "interpret": meta.get("interpret"),
+        "s3_bucket": None,
+        "s3_key_prefix": "",
+    }
+
+
+def output_object(
+    task: TaskRow, *, temp_store: TempStore, base_url: str, with_tmp_url: bool
+) -> dict[str, Any]:
+    meta = task.output or {}
+    key = task.output_key or ""
+    filename = key.rsplit("/", 1)[-1]
+    width, height = meta["width"], meta["height"]
+    tmp_url = None
+    if with_tmp_url and key and task.expires_at is not None:
+        tmp_url = temp_store.signed_url(base_url, key, int(task.expires_at))
+    return {
+        "ext": meta.get("ext"),
+        "mps": _megapixels(width, height),
+        "url": None,
+        "mime": meta.get("mime"),
+        "size": [width, height],
+        "width": width,
+        "format": meta.get("format"),
+        "height": height,
+        "s3_key": key,
+        "tmp_url": tmp_url,
+        "basename": filename.rsplit(".", 1)[0],
+        "filename": filename,
+        "interpret": meta.get("interpret"),
+        "s3_bucket": TEMP_BUCKET,
+        "s3_key_prefix": "",
+    }
+
+
+def render_pipeline(
+    row: PipelineRow, tasks: list[TaskRow], *, temp_store: TempStore, base_url: str
+) -> dict[str, Any]:
+    """The ``pipeline`` object of ``GET /v1/pipeline/{id}``.
+
+    ``results`` lists the images finished so far in source order; once the pipeline is DONE or ERROR
+    it has exactly one entry per source URL. A failed image has ``output_object: null`` and ``error``
+    (extension); ``errors`` has one ``"<url>: <reason>"`` line per failed image.
+    """
+    with_tmp_url = bool(row.request.get("sink", {}).get("temp_store", True))
+    results = []
+    errors = []
+    for task in tasks:
+        if task.state not in (DONE, FAILED):
+            continue
+        succeeded = task.state == DONE
+        results.append(
+            {
+                "created_at": iso(task.finished_at),
+                "input_object": input_object(task),
+                "output_object": output_object(
+                    task, temp_store=temp_store, base_url=base_url, with_tmp_url=with_tmp_url
+                )
+                if succeeded
+                else None,
+                "error": None if succeeded else task.error,
+            }
+        )
+        if not succeeded:
+            errors.append(f"{task.url}: {task.error}")
+    return {
+        "id": row.id,
+        "sink": row.request.get("sink", {"temp_store": True}),
+        "error": row.error,
+        "errors": errors,
+        "source": {"http": {"url": [t.url for t in tasks]}},
+        "status": row.status,
+        "results": results,
+        "notify_url": row.notify_url,
+        "operations": row.request["operations"],
+        "started_at": iso(row.started_at),
+        "finished_at": iso(row.finished_at),
+        "submitted_at": iso(row.submitted_at),
+    }
+
+
+def render_accepted(row: PipelineRow, urls: list[str]) -> dict[str, Any]:
+    """The ACCEPTED answer: the pipeline as it was when accepted (also for an idempotent replay)."""
+    return {
+        "status": "ACCEPTED",
+        "pipeline": {
+            "id": row.id,
+            "sink": row.request.get("sink", {"temp_store": True}),
+            "error": None,
+            "errors": [],
+            "source": {"http": {"url": urls}},
+            "status": "PROCESSING",
+            "results": [],
+            "notify_url": row.notify_url,
+            "operations": row.request["operations"],
+            "started_at": None,
+            "finished_at": None,
+            "submitted_at": iso(row.submitted_at),
+        },
+    }

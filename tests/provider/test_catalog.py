@@ -1,0 +1,175 @@
+"""The catalog job's helpers: source fingerprints, key templates, run identity, contact sheet, settings."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from PIL import Image
+
+from leapi_provider.catalog.fingerprints import source_fingerprints
+from leapi_provider.catalog.plan import batch_count
+from leapi_provider.catalog.report import contact_sheet_png
+from leapi_provider.catalog.settings import CatalogSettings, check_key_template, safe_key_part
+from leapi_provider.catalog.storage import CatalogRun
+from leapi_provider.catalog.transfer import object_key
+from tests.support.server import serve_http
+
+BODY = b"\xff\xd8 not really a jpeg but bytes to hash"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """``/etag``: ETag; ``/modified``: Last-Modified; ``/plain``: no validator; ``/no-head``: 405 on HEAD;
+    ``/gone``: 404; ``/broken``: 500."""
+
+    def log_message(self, format, *args):
+        pass
+
+    def _answer(self, with_body: bool) -> None:
+        path = self.path
+        if path == "/gone":
+            self.send_response(404)
+            self.end_headers()
+            return
+        if path == "/broken":
+            self.send_response(500)
+            self.end_headers()
+            return
+        if path == "/no-head" and not with_body:
+            self.send_response(405)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(BODY)))
+        if path == "/etag":
+            self.send_header("ETag", '"v1"')
+        if path == "/modified":
+            self.send_header("Last-Modified", "Wed, 01 Apr 2026 10:00:00 GMT")
+        self.end_headers()
+        if with_body:
+            self.wfile.write(BODY)
+
+    def do_HEAD(self):
+        self._answer(False)
+
+    def do_GET(self):
+        self._answer(True)
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[str]:
+    with serve_http(_Handler) as url:
+        yield url
+
+
+def test_fingerprints_prefer_validators_then_hash_the_content(origin: str) -> None:
+    digest = hashlib.sha256(BODY).hexdigest()
+    urls = [f"{origin}/{p}" for p in ("etag", "modified", "plain", "no-head", "gone", "broken", "etag")]
+    found = source_fingerprints(urls)
+    assert found[f"{origin}/etag"].fingerprint == 'etag:"v1"'
+    assert (
+        found[f"{origin}/modified"].fingerprint
+        == f"last-modified:Wed, 01 Apr 2026 10:00:00 GMT;length:{len(BODY)}"
+    )
+    assert found[f"{origin}/plain"].fingerprint == f"sha256:{digest}"
+    assert found[f"{origin}/no-head"].fingerprint == f"sha256:{digest}"
+    assert found[f"{origin}/etag"].content_length == len(BODY)
+    gone, broken = found[f"{origin}/gone"], found[f"{origin}/broken"]
+    assert (gone.fingerprint, gone.gone, gone.error) == (None, True, "HTTP 404")
+    assert (broken.fingerprint, broken.gone, broken.error) == (None, False, "HTTP 500")
+    assert len(found) == 6  # each distinct URL once
+
+
+def test_content_mode_always_hashes(origin: str) -> None:
+    found = source_fingerprints([f"{origin}/etag"], mode="content")
+    assert found[f"{origin}/etag"].fingerprint == f"sha256:{hashlib.sha256(BODY).hexdigest()}"
+
+
+def test_unreachable_source_has_no_fingerprint() -> None:
+    from tests.support.server import free_port
+
+    found = source_fingerprints([f"http://127.0.0.1:{free_port()}/x.jpg"], timeout=2)
+    (only,) = found.values()
+    assert only.fingerprint is None and not only.gone and "ConnectError" in only.error
+
+
+def test_key_templates() -> None:
+    check_key_template("feed/{preset}/{image_id}/{sha256:.16}.{ext}")
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['sku'\]"):
+        check_key_template("{sku}/{image_id}.{ext}")
+    with pytest.raises(ValueError, match=r"must contain \{image_id\}"):
+        check_key_template("{preset}/{sha256}.{ext}")
+    key = object_key(
+        "x/{preset}/{image_id}/{sha256:.4}.{ext}",
+        image_id="a/b c",
+        preset="print",
+        sha256="abcdef",
+        ext="jpg",
+    )
+    assert key == "x/print/a%2Fb%20c/abcd.jpg"
+    assert safe_key_part("..") == "%2E%2E" and safe_key_part("sku-1_A.b") == "sku-1_A.b"
+
+
+def test_run_key_is_stable_for_a_logical_date() -> None:
+    day = datetime(2026, 4, 1, tzinfo=UTC)
+    first = CatalogRun.of("dag", "manual__one", day)
+    again = CatalogRun.of("dag", "manual__two", day)  # re-triggered for the same logical date
+    other = CatalogRun.of("dag", "manual__one", datetime(2026, 4, 2, tzinfo=UTC))
+    assert first.key == again.key != other.key
+    assert first.run_date == "2026-04-01"
+    no_date = CatalogRun.of("dag", "asset_triggered__x", None, run_after=day)
+    assert no_date.run_date == "2026-04-01" and no_date.key != first.key
+
+
+def test_settings_are_validated() -> None:
+    base = {"manifest": "m", "results": "r", "images": "i"}
+    assert CatalogSettings.from_params({**base, "export": "", "unrelated": 1}).export is None
+    with pytest.raises(ValueError, match="change_detection"):
+        CatalogSettings(**base, change_detection="mtime")
+    with pytest.raises(ValueError, match="preset defaults for 'print'"):
+        CatalogSettings(**base, preset_defaults={"print": {"quality": 101}})
+    with pytest.raises(ValueError, match="key_template"):
+        CatalogSettings(**base, key_template="{preset}.{ext}")
+
+
+def _jpeg(size: tuple[int, int], color: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_contact_sheet_shows_pairs_at_the_same_size() -> None:
+    pairs = [(f"img-{i}", _jpeg((60, 40), "red"), _jpeg((120, 80), "blue")) for i in range(5)]
+    with Image.open(io.BytesIO(contact_sheet_png(pairs, cell=100))) as sheet:
+        assert sheet.format == "PNG"
+        assert sheet.width == 2 * (2 * 100 + 8 + 8) + 8  # two pairs a row
+        rgb = sheet.convert("RGB")
+        # First pair: source (scaled up to the result's display size) then result, both 100x67.
+        assert rgb.getpixel((8 + 50, 8 + 30))[0] > 200  # red source
+        assert rgb.getpixel((8 + 100 + 8 + 50, 8 + 30))[2] > 200  # blue result
+        assert rgb.getpixel((8 + 50, 8 + 70))[:3] != (255, 0, 0)  # below the image: no image (height 67)
+
+
+@pytest.mark.parametrize(
+    ("images", "slots", "expected"),
+    [
+        (1, 4, 1),
+        (24, 4, 1),  # a small manifest is one batch: a batch task costs seconds whatever its size
+        (199, 4, 2),
+        (200, 4, 2),  # at least min_images_per_batch (100) each ...
+        (1000, 4, 8),  # ... and at most BATCHES_PER_SLOT (2) per slot that runs batches at once
+        (1000, 16, 10),
+        (1_000_000, 4, 8),
+    ],
+)
+def test_batch_count_follows_the_cost_model(images: int, slots: int, expected: int) -> None:
+    assert batch_count(images, parallel_batches=slots, min_images_per_batch=100, max_batches=1024) == expected
+
+
+def test_batch_count_never_exceeds_max_batches() -> None:
+    assert batch_count(10_000, parallel_batches=64, min_images_per_batch=10, max_batches=5) == 5
+    assert batch_count(0, parallel_batches=4, min_images_per_batch=100, max_batches=5) == 1

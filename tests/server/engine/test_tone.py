@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from leapi_server.engine.tone import ToneTuning, apply_tone, shadows_highlights_curve
+from tests.server.engine.images import scene
+
+TUNING = ToneTuning()
+
+
+def _lightness(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)[..., 0].astype(float)
+
+
+def _dark_interior() -> np.ndarray:
+    image = scene(160, 120, seed=7).astype(np.float32)
+    image[:, :100] *= 0.25  # most of the frame in shadow, a bright window on the right
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def test_shadows_are_lifted():
+    image = _dark_interior()
+    toned = apply_tone(image, intensity=1.0, tuning=TUNING)
+    before, after = _lightness(image), _lightness(toned)
+    shadows = before < np.percentile(before, 40)
+    assert after[shadows].mean() > before[shadows].mean() + 5
+
+
+def test_local_contrast_increases_in_flat_regions():
+    image = _dark_interior()
+    toned = apply_tone(image, intensity=1.0, tuning=TUNING)
+    region = (slice(10, 110), slice(10, 90))
+    assert _lightness(toned)[region].std() > _lightness(image)[region].std()
+
+
+def test_intensity_zero_disables_and_intensity_is_monotonic():
+    image = _dark_interior()
+    assert apply_tone(image, intensity=0.0, tuning=TUNING) is image
+    lifts = [_lightness(apply_tone(image, intensity=t, tuning=TUNING)).mean() for t in (0.2, 0.5, 1.0)]
+    assert lifts == sorted(lifts)
+
+
+def test_colour_is_left_alone():
+    image = _dark_interior()
+    toned = apply_tone(image, intensity=1.0, tuning=TUNING)
+    lab_before = cv2.cvtColor(image, cv2.COLOR_RGB2Lab)[..., 1:].astype(int)
+    lab_after = cv2.cvtColor(toned, cv2.COLOR_RGB2Lab)[..., 1:].astype(int)
+    assert np.abs(lab_after - lab_before).mean() < 2.5
+
+
+def test_curve_keeps_black_and_white_and_is_monotonic():
+    for shadows, highlights in [(0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0.3)]:
+        curve = shadows_highlights_curve(shadows, highlights).astype(int)
+        assert curve[0] == 0 and curve[255] == 255
+        assert np.all(np.diff(curve) >= 0)
+    assert shadows_highlights_curve(1, 0)[64] > 64  # lifts a shadow tone
+    assert shadows_highlights_curve(0, 1)[192] < 192  # holds back a highlight

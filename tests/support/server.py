@@ -1,0 +1,351 @@
+"""Run a real ``leapi-server`` (and a static source-image server) on 127.0.0.1 for tests, demos and benches.
+
+``running_server`` starts ``python -m leapi_server`` as a subprocess on a free port, waits until it
+answers, and always stops it (and its worker processes) on exit. ``serve_directory`` serves a folder of
+source images over HTTP from a thread. Neither needs the internet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from leapi.constants import HEALTH_PATH
+
+_START_TIMEOUT_S = 60.0
+_STOP_TIMEOUT_S = 15.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now on ``host`` (the usual bind-to-0 trick; a tiny race is accepted)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class ServerStartError(RuntimeError):
+    """``leapi-server`` exited or did not answer in time; the message carries its log tail."""
+
+
+class RunningServer:
+    """A ``leapi-server`` subprocess. Use through :func:`running_server`.
+
+    :param data_dir: the server's ``--data-dir`` (kept across :meth:`restart`).
+    :param api_keys: the keys it accepts; ``api_key`` is the first.
+    """
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        api_keys: Sequence[str],
+        extra_args: Sequence[str],
+        env: Mapping[str, str] | None,
+        allow_private_sources: bool,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.api_keys: tuple[str, ...] = tuple(api_keys)
+        self.api_key: str = self.api_keys[0] if self.api_keys else ""
+        self.host = host
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir / "server.log"
+        self._extra_args = list(extra_args)
+        self._env = dict(env or {})
+        self._allow_private_sources = allow_private_sources
+        self._log_file = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def headers(self, api_key: str | None = None) -> dict[str, str]:
+        """Request headers carrying ``api_key`` (default: the first key)."""
+        return {"X-API-KEY": api_key if api_key is not None else self.api_key}
+
+    def client(self, api_key: str | None = None, **kwargs: object) -> httpx.Client:
+        """A plain ``httpx.Client`` on this server sending ``api_key`` (default: the first key)."""
+        kwargs.setdefault("timeout", 30.0)
+        return httpx.Client(base_url=self.base_url, headers=self.headers(api_key), **kwargs)  # type: ignore[arg-type]
+
+    def logs(self) -> str:
+        """Everything the server wrote to stdout/stderr so far (across restarts; kept in the data dir, so
+        read it before a temporary data dir is removed at exit)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def _command(self) -> list[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "leapi_server",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        for key in self.api_keys:
+            cmd += ["--api-key", key]
+        if self._allow_private_sources:
+            cmd.append("--allow-private-sources")
+        return cmd + self._extra_args
+
+    def start(self, *, port: int | None = None) -> None:
+        """Start the subprocess (on ``port``, or a fresh free port) and wait until it answers."""
+        attempts = 1 if port else 3
+        last_error: Exception | None = None
+        for _ in range(attempts):
+            self.port = port or free_port(self.host)
+            try:
+                self._spawn_and_wait()
+                return
+            except ServerStartError as exc:  # most likely the port was taken between probe and bind
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+    def _spawn_and_wait(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self._env}
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
+        log_offset = self.log_path.stat().st_size
+        self.process = subprocess.Popen(
+            self._command(),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            # Own process group: kill() takes the worker processes down with the server, like a crash.
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    break
+                try:
+                    if client.get(self.base_url + HEALTH_PATH).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05)
+        tail = self.logs()[log_offset:][-4000:]
+        self.stop()
+        raise ServerStartError(f"leapi-server did not start on {self.base_url}:\n{tail}")
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers (a crash: no shutdown code runs)."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self._reap()
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM), then SIGKILL of whatever is left of the process group."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(_STOP_TIMEOUT_S)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self._reap()
+
+    def restart(self) -> None:
+        """Stop if running (gracefully), then start again on the same port and data dir."""
+        if self.process is not None and self.process.poll() is None:
+            self.stop()
+        self.start(port=self.port)
+
+    def _reap(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(_STOP_TIMEOUT_S)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+
+@contextlib.contextmanager
+def running_server(
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    api_keys: Sequence[str] = ("test-key",),
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    allow_private_sources: bool = True,
+) -> Iterator[RunningServer]:
+    """Start ``leapi-server`` on 127.0.0.1 (free port) and stop it on exit, whatever happens.
+
+    :param data_dir: the server's data dir; a temporary one (removed afterwards) when ``None``.
+    :param api_keys: keys the server accepts (``--api-key`` each).
+    :param extra_args: more command-line flags, e.g. ``("--workers", "1")``.
+    :param env: extra environment variables for the subprocess.
+    :param allow_private_sources: pass ``--allow-private-sources`` (needed to fetch from 127.0.0.1).
+    """
+    owned = data_dir is None
+    path = Path(tempfile.mkdtemp(prefix="leapi-server-")) if owned else Path(data_dir)  # type: ignore[arg-type]
+    server = RunningServer(
+        data_dir=path,
+        api_keys=api_keys,
+        extra_args=extra_args,
+        env=env,
+        allow_private_sources=allow_private_sources,
+    )
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        if owned:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+#: scikit-image sample photographs (shipped with the package, nothing downloaded) by short name.
+SAMPLE_PHOTOS = (
+    "coffee",
+    "chelsea",
+    "astronaut",
+    "rocket",
+    "motorcycle",
+    "hubble_deep_field",
+    "retina",
+    "camera",
+    "clock",
+    "coins",
+    "moon",
+    "immunohistochemistry",
+)
+
+
+def sample_photo(name: str = "coffee", *, size: tuple[int, int] | None = (900, 600)) -> Any:
+    """A real photograph from scikit-image as a Pillow RGB image, resized to ``size`` (width, height).
+
+    ``coffee`` is 600x400 (3:2, so 900x600 keeps its shape, like the docs' reference image).
+    Needs scikit-image (dev dependency).
+    """
+    from PIL import Image
+    from skimage import data
+
+    if name not in SAMPLE_PHOTOS:
+        raise ValueError(f"unknown sample photo {name!r}; choose from {SAMPLE_PHOTOS}")
+    pixels = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
+    image = Image.fromarray(pixels).convert("RGB")
+    if size is not None and image.size != size:
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return image
+
+
+def write_sample_photo(
+    path: str | os.PathLike[str],
+    name: str = "coffee",
+    *,
+    size: tuple[int, int] | None = (900, 600),
+    image_format: str = "JPEG",
+    quality: int = 80,
+) -> Path:
+    """Save :func:`sample_photo` to ``path`` (JPEG with ``quality``, or any Pillow format)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image = sample_photo(name, size=size)
+    options: dict[str, Any] = {"quality": quality} if image_format.upper() == "JPEG" else {}
+    image.save(target, format=image_format, **options)
+    return target
+
+
+def wait_for_pipeline(
+    client: httpx.Client, pipeline_id: int, *, timeout: float = 60.0, interval: float = 0.1
+) -> dict[str, Any]:
+    """Poll ``GET /v1/pipeline/{id}`` until DONE or ERROR; return the pipeline object.
+
+    :raises TimeoutError: still PROCESSING after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(f"/v1/pipeline/{pipeline_id}")
+        response.raise_for_status()
+        pipeline = response.json()["pipeline"]
+        if pipeline["status"] != "PROCESSING":
+            return pipeline
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pipeline {pipeline_id} still PROCESSING after {timeout:g} s")
+        time.sleep(interval)
+
+
+#: The operation of the docs' quick start (900x600 burger.jpg to 1800x1200), verbatim.
+QUICK_START_OPERATION: dict[str, Any] = {
+    "op": "preset/marketplace",
+    "width": 1800,
+    "height": 1200,
+    "restoration_level": 4,
+    "lightai_intensity": 1.0,
+    "toneai_intensity": 0.5,
+    "image_format": "JPEG",
+    "quality": 75,
+}
+
+
+def quick_start_body(url: str | list[str]) -> dict[str, Any]:
+    """The docs' quick-start request body with its source URL(s) replaced by ``url``."""
+    return {
+        "source": {"http": {"url": url}},
+        "operations": [dict(QUICK_START_OPERATION)],
+        "sink": {"temp_store": True},
+    }
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    # Many concurrent fetches from the worker pool: don't refuse connections under load.
+    request_queue_size = 128
+
+
+@contextlib.contextmanager
+def serve_http(handler: Callable[..., http.server.BaseHTTPRequestHandler], *, port: int = 0) -> Iterator[str]:
+    """Run ``handler`` in a threaded HTTP server on 127.0.0.1; yields the base URL (no trailing /).
+
+    :param port: the port to bind (0: a free one). A taken port raises ``OSError`` on entering.
+    """
+    server = _Server(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=server.serve_forever, name="serve-http", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def serve_directory(path: str | os.PathLike[str], *, port: int = 0) -> contextlib.AbstractContextManager[str]:
+    """Serve ``path`` read-only over HTTP on 127.0.0.1 (``serve_http``); yields the base URL."""
+    return serve_http(functools.partial(_QuietHandler, directory=str(path)), port=port)

@@ -1,0 +1,1 @@
+"""Training the engine's restoration model (``make train``): a tool of its own, not part of any wheel."""
