@@ -419,13 +419,13 @@ def test_plan_does_not_depend_on_row_order() -> None:
 
 
 def test_plan_of_nothing_and_bad_arguments() -> None:
-    plan = plan_batches(_valid_rows(3).slice(0, 0), max_batches=5)
+    plan = plan_batches(_valid_rows(3).slice(0, 0), urls_per_pipeline=10, max_batches=5)
     assert (plan.num_batches, plan.num_pipelines, plan.table.num_rows) == (0, 0, 0)
     assert list(plan.batches()) == []
     with pytest.raises(ValueError, match="urls_per_pipeline"):
         plan_batches(_valid_rows(3), urls_per_pipeline=0, max_batches=5)
     with pytest.raises(ValueError, match="max_batches"):
-        plan_batches(_valid_rows(3), max_batches=0)
+        plan_batches(_valid_rows(3), urls_per_pipeline=10, max_batches=0)
 
 
 # ---------------------------------------------------------------------------------------------- result tables
@@ -505,7 +505,7 @@ def test_a_failed_write_leaves_nothing_visible(tmp_path: Path, monkeypatch: pyte
         real_write(table.slice(0, 1), where, **kwargs)
         raise OSError("disk full")
 
-    monkeypatch.setattr(manifests.pq, "write_table", write_half_then_fail)
+    monkeypatch.setattr(pq, "write_table", write_half_then_fail)
     with pytest.raises(OSError, match="disk full"):
         write_result_table(_results(["a", "b"]), tmp_path, dag_run_id="run-1", run_date="2024-05-01")
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

@@ -1,0 +1,123 @@
+"""Locations (local paths, URLs, ``ObjectStoragePath``) and atomic writes on any of them.
+
+Each file is written under a hidden temporary name (``.`` prefix: every Parquet dataset reader skips it) in
+its final folder, then moved to its final name: an atomic rename on a local disk, a server-side copy (which
+publishes the object whole) on object stores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+log = logging.getLogger(__name__)
+
+
+Location = Any  # str | os.PathLike | airflow.sdk.ObjectStoragePath (anything with ``.fs`` and ``.path``)
+
+
+def resolve_location(location: Location) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem and the path on it, for a local path, a URL or an ``ObjectStoragePath``.
+
+    An ``ObjectStoragePath`` brings its own filesystem (with its Airflow connection); a plain URL uses fsspec's
+    default credentials for its scheme.
+    """
+    fs = getattr(location, "fs", None)
+    if fs is not None and hasattr(location, "path"):
+        return fs, str(location.path)
+    import fsspec.core
+
+    text = os.fspath(location)
+    if "://" not in text:
+        text = os.path.abspath(text)
+    fs, path = fsspec.core.url_to_fs(text)
+    return fs, path
+
+
+def is_local_filesystem(fs: AbstractFileSystem) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def arrow_filesystem(fs: AbstractFileSystem) -> Any:
+    """pyarrow's native local filesystem where possible (faster), fsspec's otherwise."""
+    if is_local_filesystem(fs):
+        import pyarrow.fs as pafs
+
+        return pafs.LocalFileSystem()
+    return fs
+
+
+def uri_on(fs: AbstractFileSystem, path: str) -> str:
+    if is_local_filesystem(fs):
+        return path
+    return fs.unstrip_protocol(path)
+
+
+def atomic_write(fs: AbstractFileSystem, path: str, write: Any) -> str:
+    """Run ``write(handle)`` into a hidden temporary file beside ``path``, then move it into place."""
+    parent, _, name = path.rpartition("/")
+    temp = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
+    fs.makedirs(parent, exist_ok=True)
+    try:
+        with fs.open(temp, "wb") as handle:
+            write(handle)
+        if is_local_filesystem(fs):
+            os.replace(temp, path)
+        else:
+            fs.mv(temp, path)
+    except BaseException:
+        try:
+            if fs.exists(temp):
+                fs.rm(temp)
+        except OSError:  # cleanup is best effort; the original error is what matters
+            log.warning("could not remove temporary file %s", temp)
+        raise
+    return uri_on(fs, path)
+
+
+def write_parquet_atomic(table: pa.Table, location: Location, *, compression: str = "zstd") -> str:
+    """Write ``table`` to ``location`` so that no reader ever sees a partial file; return its URI.
+
+    The file is written under a hidden name (``.`` prefix, which Parquet dataset readers skip) beside its
+    destination and then moved into place: an atomic rename on a local disk, a server-side copy (published
+    whole) on object stores.
+    """
+    fs, path = resolve_location(location)
+    return atomic_write(fs, path, lambda handle: pq.write_table(table, handle, compression=compression))
+
+
+def write_json_atomic(payload: Any, location: Location) -> str:
+    """As :func:`write_parquet_atomic`, for a small JSON document."""
+    fs, path = resolve_location(location)
+    data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
+    return atomic_write(fs, path, lambda handle: handle.write(data))
+
+
+def write_bytes_atomic(data: bytes, location: Location) -> str:
+    """As :func:`write_parquet_atomic`, for bytes (a PNG, a CSV)."""
+    fs, path = resolve_location(location)
+    return atomic_write(fs, path, lambda handle: handle.write(data))
+
+
+def read_parquet(location: Location) -> pa.Table:
+    """Read one Parquet file from any location."""
+    fs, path = resolve_location(location)
+    with fs.open(path, "rb") as handle:
+        return pq.read_table(handle)
+
+
+def read_json(location: Location) -> Any:
+    fs, path = resolve_location(location)
+    with fs.open(path, "rb") as handle:
+        return json.loads(handle.read())

@@ -1,0 +1,216 @@
+"""Result tables: one row per manifest row and run, written partitioned and atomically, read back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from leapi_provider.manifests.arrays import as_plain
+from leapi_provider.manifests.locations import Location, arrow_filesystem, atomic_write, resolve_location
+from leapi_provider.manifests.schemas import (
+    PRESETS,
+    RESULT_FILE_SCHEMA,
+    RESULT_PARTITIONING,
+    RESULT_SCHEMA,
+    TIMESTAMP_UTC,
+    UNKNOWN_PRESET_PARTITION,
+    ResultStatus,
+)
+
+
+def run_key(dag_run_id: str) -> str:
+    """A file-name-safe, unique form of a DAG run id (readable prefix + short hash)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", dag_run_id).strip("_.")[:60]
+    return f"{slug}-{hashlib.sha256(dag_run_id.encode()).hexdigest()[:10]}"
+
+
+def empty_results() -> pa.Table:
+    return RESULT_SCHEMA.empty_table()
+
+
+def conform_results(table: pa.Table | Sequence[Mapping[str, Any]]) -> pa.Table:
+    """A table (or rows) with the result schema: missing columns null, types cast, unknown columns dropped.
+
+    :raises ValueError: a status outside :class:`ResultStatus`, or a row without status.
+    """
+    if not isinstance(table, pa.Table):
+        # Keys a row lacks are null (from_pylist alone would take the columns of the first row only).
+        table = pa.Table.from_pylist(list(table), schema=RESULT_SCHEMA)
+    n = table.num_rows
+    columns = []
+    for f in RESULT_SCHEMA:
+        if f.name in table.column_names:
+            column = as_plain(table[f.name])
+            if (
+                pa.types.is_timestamp(f.type)
+                and pa.types.is_timestamp(column.type)
+                and column.type.tz is None
+            ):
+                column = pc.assume_timezone(column, "UTC")
+            columns.append(column.cast(f.type))
+        else:
+            columns.append(pa.nulls(n, f.type))
+    result = pa.Table.from_arrays(columns, schema=RESULT_SCHEMA)
+    statuses = set(pc.unique(result["status"]).to_pylist())
+    unknown = statuses - {s.value for s in ResultStatus}
+    if unknown:
+        raise ValueError(f"result rows with unknown status {sorted(map(str, unknown))}")
+    return result
+
+
+@dataclass(frozen=True)
+class WrittenResults:
+    """What :func:`write_result_table` wrote: the part files and the commit marker."""
+
+    files: list[str]
+    commit_marker: str
+    rows: int
+
+
+def write_result_table(
+    results: pa.Table, root: Location, *, dag_run_id: str, run_date: date | str, file_key: str | None = None
+) -> WrittenResults:
+    """Write one run's result rows under ``root``, partitioned ``run_date=YYYY-MM-DD/preset=NAME/``.
+
+    Every file is written atomically (:func:`write_parquet_atomic`) under a name derived from the run id,
+    so a retried write replaces the same files; pass ``file_key`` to name them after something more stable
+    than the run id (a re-triggered run of the same logical date then replaces them too). Rows without a preset (rejected before one was known) go to
+    ``preset=__unknown__``. The commit marker ``_commits/run_date=.../<run>.json`` lists the files and is
+    written last.
+    """
+    results = conform_results(results)
+    day = run_date.isoformat() if isinstance(run_date, date) else str(run_date)
+    key = file_key or run_key(dag_run_id)
+    now = pa.scalar(datetime.now(UTC), TIMESTAMP_UTC)
+    for name, value in (
+        ("recorded_at", now),
+        ("run_key", pa.scalar(key)),
+        ("dag_run_id", pa.scalar(dag_run_id)),
+    ):
+        index = RESULT_SCHEMA.get_field_index(name)
+        results = results.set_column(index, name, pc.fill_null(results[name], value))
+    known = pc.fill_null(pc.is_in(results["preset"], pa.array(sorted(PRESETS))), False)
+    presets = pc.if_else(known, results["preset"], pa.scalar(UNKNOWN_PRESET_PARTITION))
+    fs, base = resolve_location(root)
+    base = base.rstrip("/")
+    files: list[str] = []
+    for preset in sorted(set(pc.unique(presets).to_pylist())):
+        part = results.filter(pc.equal(presets, preset)).select(RESULT_FILE_SCHEMA.names)
+        path = f"{base}/run_date={day}/preset={preset}/part-{key}.parquet"
+        files.append(
+            atomic_write(fs, path, lambda handle, part=part: pq.write_table(part, handle, compression="zstd"))
+        )
+    counts = results.group_by("status").aggregate([("status", "count")])
+    payload = {
+        "dag_run_id": dag_run_id,
+        "run_key": key,
+        "run_date": day,
+        "rows": results.num_rows,
+        "files": files,
+        "status_counts": dict(
+            zip(counts["status"].to_pylist(), counts["status_count"].to_pylist(), strict=True)
+        ),
+        "committed_at": datetime.now(UTC).isoformat(),
+    }
+    data = json.dumps(payload, indent=2, sort_keys=True).encode()
+    marker = atomic_write(fs, f"{base}/_commits/run_date={day}/{key}.json", lambda handle: handle.write(data))
+    return WrittenResults(files=files, commit_marker=marker, rows=results.num_rows)
+
+
+def read_result_tables(
+    root: Location, *, filter: pc.Expression | None = None, columns: Sequence[str] | None = None
+) -> pa.Table:
+    """Every result row written under ``root`` (all runs), with the result schema; empty if none yet.
+
+    Hidden and ``_``-prefixed paths (temporary files, commit markers) are skipped, as every Parquet reader
+    does. ``run_date`` and ``preset`` come from the partition path.
+
+    :param filter: a pyarrow expression pushed down to the files (e.g. ``pc.field("status") == "done"``).
+    """
+    fs, base = resolve_location(root)
+    base = base.rstrip("/")
+    wanted = list(columns) if columns is not None else RESULT_SCHEMA.names
+    try:
+        exists = fs.isdir(base)
+    except OSError:  # some stores raise instead of answering False for a missing bucket prefix
+        exists = False
+    if not exists:
+        return RESULT_SCHEMA.empty_table().select(wanted)
+    dataset = ds.dataset(
+        base,
+        schema=RESULT_SCHEMA,
+        format="parquet",
+        filesystem=arrow_filesystem(fs),
+        partitioning=ds.partitioning(RESULT_PARTITIONING, flavor="hive"),
+    )
+    table = dataset.to_table(columns=wanted, filter=filter)
+    if "preset" in wanted:
+        index = table.schema.get_field_index("preset")
+        preset = table["preset"]
+        table = table.set_column(
+            index,
+            "preset",
+            pc.if_else(pc.equal(preset, UNKNOWN_PRESET_PARTITION), pa.scalar(None, pa.string()), preset),
+        )
+    return table
+
+
+def latest_results(results: pa.Table, *, statuses: Iterable[ResultStatus | str] | None = None) -> pa.Table:
+    """The latest row per ``image_id`` (by ``recorded_at``, then ``finished_at``), optionally of some statuses.
+
+    Use it on :func:`read_result_tables` to find, say, the last successful enhancement of every image.
+    """
+    if statuses is not None:
+        wanted = pa.array(sorted(ResultStatus(s).value for s in statuses))
+        results = results.filter(pc.is_in(results["status"], wanted))
+    results = results.filter(pc.is_valid(results["image_id"]))
+    if results.num_rows == 0:
+        return results
+
+    def newest_first(name: str) -> np.ndarray:
+        values = results[name].cast(pa.int64()).fill_null(np.iinfo(np.int64).min)
+        return -values.to_numpy().astype(np.float64)  # (float: negating int64 min would overflow)
+
+    ids = pc.dictionary_encode(results["image_id"].combine_chunks())
+    rank = np.argsort(np.argsort(np.array(ids.dictionary.to_pylist(), dtype=object)))
+    group = rank[ids.indices.to_numpy(zero_copy_only=False)]
+    order = np.lexsort((newest_first("finished_at"), newest_first("recorded_at"), group))
+    first = np.r_[True, group[order][1:] != group[order][:-1]]
+    return results.take(pa.array(order[first]))
+
+
+def rejects_as_results(rejects: pa.Table, *, dag_run_id: str, run_date: date | str) -> pa.Table:
+    """Result rows (status ``rejected_row``, error = the reason) for a rejects table."""
+    n = rejects.num_rows
+    preset = pc.replace_substring_regex(
+        pc.utf8_lower(pc.utf8_trim_whitespace(rejects["preset"])), "^preset/", ""
+    )
+    preset = pc.if_else(
+        pc.fill_null(pc.is_in(preset, pa.array(sorted(PRESETS))), False), preset, pa.scalar(None, pa.string())
+    )
+    day = run_date.isoformat() if isinstance(run_date, date) else str(run_date)
+    return conform_results(
+        pa.table(
+            {
+                "image_id": rejects["image_id"],
+                "manifest_row": rejects["manifest_row"],
+                "source_url": rejects["source_url"],
+                "preset": preset,
+                "status": pa.array([ResultStatus.REJECTED_ROW.value] * n, pa.string()),
+                "error": rejects["reason"],
+                "dag_run_id": pa.array([dag_run_id] * n, pa.string()),
+                "run_date": pa.array([day] * n, pa.string()),
+            }
+        )
+    )
