@@ -129,6 +129,18 @@ def demo_manifest(base_url: str, sources: Path, *, touch: int) -> tuple[object, 
     return pa.Table.from_pylist(rows, schema=table.schema), len(images)
 
 
+def upload_manifest(s3, base_url: str, *, touch: int) -> None:
+    """The demo manifest, as Parquet, to ``s3://BUCKET/manifests/feed.parquet``."""
+    import pyarrow.parquet as pq
+
+    table, photos = demo_manifest(base_url, DEMO / "sources", touch=touch)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    s3.put_object(Bucket=BUCKET, Key="manifests/feed.parquet", Body=buffer.getvalue())
+    print(f"manifest: {table.num_rows} rows ({photos} photographs, 1 bad row, 1 dead link) -> "
+          f"s3://{BUCKET}/manifests/feed.parquet")  # fmt: skip
+
+
 def print_summary(results, *, credits_used: int, usage: dict, wall_s: float) -> None:
     presets = ["marketplace", "realestate", "print", None]
     counts = Counter(zip(results["status"].to_pylist(), results["preset"].to_pylist(), strict=True))
@@ -164,12 +176,10 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     import httpx
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
     from airflow.models.pool import Pool
     from airflow.utils import db
 
-    from leapi_provider import manifests
+    from leapi.constants import API_KEY_HEADER, USAGE_PATH
     from leapi_provider.catalog import LEAPI_POOL
     from tests.fixtures.airflow import leapi_connection_json, load_dag
     from tests.fixtures.s3 import MotoS3Server, aws_connection_json
@@ -202,12 +212,7 @@ def main(argv: list[str]) -> int:
         for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
             os.environ.setdefault(name, value)
 
-        table, photos = demo_manifest(base_url, DEMO / "sources", touch=args.touch)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        s3.put_object(Bucket=BUCKET, Key="manifests/feed.parquet", Body=buffer.getvalue())
-        print(f"manifest: {table.num_rows} rows ({photos} photographs, 1 bad row, 1 dead link) -> "
-              f"s3://{BUCKET}/manifests/feed.parquet")  # fmt: skip
+        upload_manifest(s3, base_url, touch=args.touch)
         conf = {
             "manifest": f"s3://{BUCKET}/manifests/feed.parquet",
             "results": f"s3://{BUCKET}/results",
@@ -218,41 +223,46 @@ def main(argv: list[str]) -> int:
             "max_batches": 4,
             "contact_sheet_images": 6,
         }
-        with httpx.Client(base_url=server.base_url, headers={"X-API-KEY": API_KEY}) as client:
-            used_before = client.get("/v1/me/usage/").json()["used"]
+        with httpx.Client(base_url=server.base_url, headers={API_KEY_HEADER: API_KEY}) as client:
+            used_before = client.get(USAGE_PATH).json()["used"]
             print("running marketplace_feed_etl with dag.test() ...", flush=True)
             dag = load_dag(DAG_FILE, "marketplace_feed_etl")
             dag_run = dag.test(run_conf=conf, logical_date=datetime.now(UTC))
-            usage = client.get("/v1/me/usage/").json()
-
-        from airflow.sdk import ObjectStoragePath
-
-        results_root = ObjectStoragePath(f"s3://{BUCKET}/results", conn_id="aws_default")
-        everything = manifests.read_result_tables(results_root)
-        results = everything.filter(pc.equal(everything["dag_run_id"], dag_run.run_id))
-        print(f"\nDAG run {dag_run.run_id}: {dag_run.state}\n")
-        print_summary(
-            results, credits_used=usage["used"] - used_before, usage=usage, wall_s=time.monotonic() - started
-        )
-        copies = {}
-        for key, local in (
-            (_latest_key(s3, "results/", ".png"), DEMO / "contact-sheet.png"),
-            ("export/latest/feed.csv", DEMO / "feed.csv"),
-        ):
-            if key:
-                s3.download_file(BUCKET, key, str(local))
-                copies[key] = local
-        run_date = results["run_date"][0].as_py() if results.num_rows else "?"
-        print(f"\nresult table:  s3://{BUCKET}/results/ (partitions run_date={run_date}/preset=*/, "
-              f"{len({r for r in results['run_key'].to_pylist()})} run)")  # fmt: skip
-        for key, local in copies.items():
-            print(f"{'contact sheet:' if key.endswith('.png') else 'feed export:  '} s3://{BUCKET}/{key}\n"
-                  f"               local copy: {local.relative_to(REPO)}")  # fmt: skip
-        saved = save_bucket(s3, DEMO / "s3")
-        print(f"\nbucket saved to {(DEMO / 's3').relative_to(REPO)} ({saved} objects); "
-              "run `make demo` again to see the incremental skip")  # fmt: skip
+            usage = client.get(USAGE_PATH).json()
+        report_run(s3, dag_run, credits_used=usage["used"] - used_before, usage=usage, started=started)
     print(f"done in {time.monotonic() - started:.1f} s; all servers stopped")
     return 0 if dag_run.state == "success" else 1
+
+
+def report_run(s3, dag_run, *, credits_used: int, usage: dict, started: float) -> None:
+    """Print the run's summary and where its table, contact sheet and export are; save the bucket."""
+    import pyarrow.compute as pc
+    from airflow.sdk import ObjectStoragePath
+
+    from leapi_provider import manifests
+
+    results_root = ObjectStoragePath(f"s3://{BUCKET}/results", conn_id="aws_default")
+    everything = manifests.read_result_tables(results_root)
+    results = everything.filter(pc.equal(everything["dag_run_id"], dag_run.run_id))
+    print(f"\nDAG run {dag_run.run_id}: {dag_run.state}\n")
+    print_summary(results, credits_used=credits_used, usage=usage, wall_s=time.monotonic() - started)
+    copies = {}
+    for key, local in (
+        (_latest_key(s3, "results/", ".png"), DEMO / "contact-sheet.png"),
+        ("export/latest/feed.csv", DEMO / "feed.csv"),
+    ):
+        if key:
+            s3.download_file(BUCKET, key, str(local))
+            copies[key] = local
+    run_date = results["run_date"][0].as_py() if results.num_rows else "?"
+    print(f"\nresult table:  s3://{BUCKET}/results/ (partitions run_date={run_date}/preset=*/, "
+          f"{len({r for r in results['run_key'].to_pylist()})} run)")  # fmt: skip
+    for key, local in copies.items():
+        print(f"{'contact sheet:' if key.endswith('.png') else 'feed export:  '} s3://{BUCKET}/{key}\n"
+              f"               local copy: {local.relative_to(REPO)}")  # fmt: skip
+    saved = save_bucket(s3, DEMO / "s3")
+    print(f"\nbucket saved to {(DEMO / 's3').relative_to(REPO)} ({saved} objects); "
+          "run `make demo` again to see the incremental skip")  # fmt: skip
 
 
 def _latest_key(s3, prefix: str, suffix: str) -> str | None:
