@@ -1,12 +1,14 @@
 """Fan a Parquet manifest of image URLs out to LEAPI and land the results in S3 with a result table.
 
-``manifest -> validate -> group by preset and operation -> batches of up to N URLs per pipeline ->
-submit (mapped, pool "leapi") -> wait (deferrable, one trigger per batch) -> transfer to S3 -> result table``
+``manifest -> validate -> group by preset and operation -> pipelines of up to N URLs, packed into batches
+-> one task per batch (mapped, pool "leapi"): submit, wait (deferred, one trigger per batch), transfer to S3
+-> result table``
 
 * ``plan``: reads and validates the manifest (bad rows become ``rejected_row`` results with their reason),
   checks the account's credits, and cuts the valid rows into batches so that the number of mapped tasks
   stays within ``[core] max_map_length`` whatever the manifest's size. XCom carries the batch files' URIs.
-* ``batch`` (mapped task group, one per batch): ``submit`` -> ``wait`` -> ``transfer``.
+* ``batch`` (mapped, one ``LeapiCatalogBatchOperator`` per batch): submit, wait (in the worker for
+  ``defer_after`` seconds, then deferred to the triggerer), transfer.
 * ``finalize``: the result table (one row per manifest row), partitioned ``run_date=/preset=``, written
   atomically, with a before/after contact sheet beside it; an ``Asset`` event for downstream DAGs.
 
