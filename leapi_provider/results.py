@@ -48,7 +48,9 @@ def result_files(pipeline: Pipeline) -> tuple[list[ResultFile], dict[int, str]]:
 
 
 def download_verified(hook: LeapiHook, result: ResultFile, fileobj: IO[bytes]) -> VerifiedResult:
-    """Stream ``result`` into ``fileobj`` and check it before anyone else sees it (:meth:`LeapiHook.download_verified`).
+    """Stream ``result`` into ``fileobj`` and check it before anyone else sees it.
+
+    (:meth:`LeapiHook.download_verified`, kept here for the callers that pass a hook.)
 
     :raises LeapiResultExpiredError: the temp URL expired (names the pipeline and the expiry).
     :raises LeapiResultVerificationError: incomplete, not an image, or not the size/format reported.

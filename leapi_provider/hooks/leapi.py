@@ -238,7 +238,7 @@ class LeapiHook(BaseHook):
             return self._client
 
     async def aget_conn(self) -> leapi.AsyncClient:
-        """The ``leapi.AsyncClient`` of this connection (built once; the connection is read asynchronously)."""
+        """The ``leapi.AsyncClient`` of this connection (built once; the connection is read without blocking)."""
         settings = await self.aget_settings()
         if self._async_client is None:
             self._async_client = leapi.AsyncClient(**self._client_kwargs(settings))

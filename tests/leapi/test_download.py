@@ -277,3 +277,11 @@ def test_a_failed_download_leaves_no_partial_file(tmp_path: Path):
         with pytest.raises(LeapiHTTPError):
             client.download_result(fake_result(), tmp_path / "a.png")
     assert list(tmp_path.iterdir()) == []
+
+
+@respx.mock
+def test_a_redirect_loop_is_a_leapi_error_without_the_signature(fake_client):
+    respx.get(URL).respond(302, headers={"Location": URL})
+    with pytest.raises(LeapiHTTPError, match="TooManyRedirects") as info:
+        fake_client.download(URL, io.BytesIO())
+    assert "deadbeef" not in str(info.value)

@@ -1,4 +1,4 @@
-"""The asyncio LEAPI client: :class:`leapi.Client`'s twin, with the same retry rules (:mod:`leapi.transport`)."""
+"""The asyncio LEAPI client: :class:`leapi.Client`'s twin, with the same rules (:mod:`leapi.transport`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from leapi.download import (
     DownloadedResult,
     DownloadTarget,
     VerifiedResult,
+    download_error,
     judge_download_answer,
     next_download_delay,
     verify_result,
@@ -258,6 +259,8 @@ class AsyncClient(ClientBase):
                         return target.finish(response)
             except TRANSIENT_ERRORS as exc:
                 outcome = Outcome(Verdict.RETRY, f"{type(exc).__name__}: {exc}")
+            except httpx.HTTPError as exc:
+                raise download_error(url, exc) from exc
             policy = self.retry_policy
             await self._sleep(
                 next_download_delay(outcome, target=target, attempt=attempt, policy=policy, url=url)

@@ -18,6 +18,7 @@ from leapi.download import (
     DownloadedResult,
     DownloadTarget,
     VerifiedResult,
+    download_error,
     judge_download_answer,
     next_download_delay,
     verify_result,
@@ -300,6 +301,8 @@ class Client(ClientBase):
                         return target.finish(response)
             except TRANSIENT_ERRORS as exc:
                 outcome = Outcome(Verdict.RETRY, f"{type(exc).__name__}: {exc}")
+            except httpx.HTTPError as exc:
+                raise download_error(url, exc) from exc
             policy = self.retry_policy
             self._sleep(next_download_delay(outcome, target=target, attempt=attempt, policy=policy, url=url))
             attempt += 1

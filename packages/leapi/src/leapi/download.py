@@ -29,7 +29,7 @@ import httpx
 
 from leapi.errors import LeapiHTTPError, LeapiResultVerificationError
 from leapi.imageinfo import ImageInfo, ImageInspector, read_image_info
-from leapi.redaction import redact_url
+from leapi.redaction import redact_text, redact_url
 from leapi.results import ResultFile
 from leapi.transport import Outcome, RetryPolicy, Verdict, http_error, log, retry_after_seconds
 
@@ -209,6 +209,18 @@ def next_download_delay(
     return delay
 
 
+def download_error(url: str, exc: httpx.HTTPError) -> LeapiHTTPError:
+    """A non-transient httpx failure of a download (too many redirects, an undecodable body...)."""
+    redacted = redact_url(url)
+    return LeapiHTTPError(
+        f"Download of {redacted} failed: {type(exc).__name__}: {redact_text(str(exc))}",
+        status_code=None,
+        method="GET",
+        url=redacted,
+        detail=type(exc).__name__,
+    )
+
+
 def verify_result(
     result: ResultFile,
     target: DownloadTarget,
@@ -232,7 +244,8 @@ def verify_result(
         result.height is not None and result.height != info.height
     ):
         raise LeapiResultVerificationError(
-            f"{where}: the image is {info.width}x{info.height} but the API reported {result.width}x{result.height}"
+            f"{where}: the image is {info.width}x{info.height} "
+            f"but the API reported {result.width}x{result.height}"
         )
     if result.mime and info.mime and result.mime.lower() != info.mime:
         raise LeapiResultVerificationError(

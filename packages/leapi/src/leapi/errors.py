@@ -68,7 +68,7 @@ class LeapiRejectedError(LeapiError):
 
 
 class LeapiRateLimitError(LeapiRejectedError):
-    """The API kept refusing with its rate limit (HTTP 429 or REJECTED "Too Many Requests") until retries ran out.
+    """The API's rate limit (HTTP 429 or REJECTED "Too Many Requests") outlasted the retries.
 
     Unlike other rejections it is worth retrying later; nothing was submitted or charged.
 
