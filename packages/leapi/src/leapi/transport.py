@@ -351,7 +351,10 @@ class RequestAttempts:
         if self.attempt >= self.policy.max_retries:
             raise self._exhausted_error(outcome)
         delay = self.policy.delay(self.attempt, outcome.retry_after)
-        what = f"rate limited ({outcome.reason})" if outcome.rate_limited else outcome.reason
+        if outcome.rate_limited:
+            what = "rate limited (HTTP 429)" if outcome.status_code == 429 else "rate limited (REJECTED)"
+        else:
+            what = outcome.reason
         log.warning(
             "LEAPI %s %s: %s; backoff %.2fs before retry %d/%d",
             self.method,
