@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
-#: Polls start this soon after a submit (most small images finish in seconds) ...
-DEFAULT_INITIAL_POLL_INTERVAL_S = 2.0
-#: ... and each later gap is this fraction of the time already waited (up to the caller's ``poll_interval``),
-#: so a wait ends at most ~10% after the pipelines did, while a long wait still polls rarely.
-POLL_GAP_FRACTION = 0.1
+from leapi.polling import DEFAULT_INITIAL_POLL_INTERVAL_S, POLL_GAP_FRACTION, poll_schedule
 
-
-def poll_schedule(poll_interval: float, initial: float = DEFAULT_INITIAL_POLL_INTERVAL_S) -> Iterator[float]:
-    """Gaps between polls: ``initial`` at first, then a tenth of the time waited so far, at most ``poll_interval``.
-
-    A doubling schedule would overshoot a 30 s batch by up to its longest gap; this one by about 10%.
-
-    >>> import itertools
-    >>> [round(gap, 2) for gap in itertools.islice(poll_schedule(3.0, 2.0), 14)]
-    [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.2, 2.42, 2.66]
-    """
-    waited = 0.0
-    while True:
-        gap = min(poll_interval, max(initial, waited * POLL_GAP_FRACTION))
-        yield gap
-        waited += gap
+# The poll schedule is the client's (one rule for every wait); re-exported for the operators, sensor,
+# trigger and catalog.
+__all__ = [
+    "DEFAULT_INITIAL_POLL_INTERVAL_S",
+    "POLL_GAP_FRACTION",
+    "coerce_pipeline_ids",
+    "contains_template",
+    "poll_schedule",
+]
 
 
 def coerce_pipeline_ids(value: Any) -> list[int]:

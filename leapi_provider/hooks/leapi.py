@@ -1,150 +1,60 @@
-"""Hook for the Let's Enhance image API (LEAPI): transport, retries, rate limiting and idempotent submits.
+"""Hook for the Let's Enhance image API (LEAPI): an Airflow connection in, a ``leapi`` client out.
 
-The hook owns everything about talking to the API; operators, sensors and triggers stay thin.
+Everything about talking to the API (retries, rate limits, idempotent submits, verified downloads) lives
+in the ``leapi`` client (``packages/leapi``, see its README). This hook adds what only Airflow needs:
 
-Retry rules (also in ``docs/provider.md``, "Retries and idempotency"):
-
-* Reads (``GET`` of a pipeline, of the usage) are retried on connection errors, timeouts, dropped
-  connections, 5xx, 429 and REJECTED "Too Many Requests", with exponential backoff and jitter, honouring
-  ``Retry-After`` / ``RateLimit-Reset``.
-* A submit (``POST /v1/pipeline``) is retried freely only when the API provably did not take it: the
-  connection was never established (connect error, connect or pool timeout), or the API answered
-  REJECTED rate limit / 429 (the docs: rejected requests cost no credit).
-* Any other submit failure (read timeout, dropped connection, 5xx after the body was sent) is ambiguous:
-  the pipeline may exist. It is retried only when the server supports idempotency: every submit carries
-  an ``Idempotency-Key`` header, and ``leapi-server`` advertises, with ``X-Leapi-Idempotency: supported``
-  on its answers, that a repeated key returns the first answer instead of creating a second pipeline.
-  Without that (the public API does not document it) the hook raises
-  :class:`~leapi_provider.exceptions.LeapiSubmitUncertainError` instead of risking a second charge.
-* A REJECTED for any other reason raises :class:`~leapi_provider.exceptions.LeapiRejectedError`.
+* the connection (type ``leapi``: host = base URL, password = API key, extras ``timeout``,
+  ``max_retries``, ``rate_limit_per_minute``, ``idempotency``), read asynchronously in triggers;
+* the API key registered with Airflow's secrets masker, the connection form, "Test connection";
+* client errors re-raised as :mod:`leapi_provider.exceptions` twins, so that errors no retry can fix
+  fail the task at once (``AirflowFailException``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import enum
-import functools
-import hashlib
-import json
 import logging
-import random
-import re
-import ssl
 import threading
-import time
-import uuid
-from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from typing import IO, Any, ClassVar, Self
-from urllib.parse import urlsplit, urlunsplit
+from typing import IO, Any, Self
 
-import httpx
 from airflow.sdk import BaseHook
 
-from leapi.constants import (
-    API_KEY_HEADER,
-    DEFAULT_BASE_URL,
-    IDEMPOTENCY_KEY_HEADER,
-    IDEMPOTENCY_SUPPORT_HEADER,
-    PIPELINE_PATH,
-    USAGE_PATH,
+import leapi
+from leapi.constants import PIPELINE_PATH
+from leapi.download import DOWNLOAD_CHUNK_BYTES, DownloadedResult, VerifiedResult
+from leapi.idempotency import IdempotencyMode, derive_idempotency_key, request_fingerprint
+from leapi.models import Pipeline, PipelineRequest, Usage
+from leapi.polling import DEFAULT_INITIAL_POLL_INTERVAL_S
+from leapi.redaction import RedactSignedUrlsFilter, redact_text, redact_url
+from leapi.results import ResultFile
+from leapi.transport import (
+    DEFAULT_BACKOFF_BASE_S,
+    DEFAULT_BACKOFF_MAX_S,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    normalize_base_url,
+    shared_tls_context,
 )
-from leapi.models import Pipeline, PipelineEnvelope, PipelineRequest, SubmitResponse, SubmitStatus, Usage
-from leapi_provider.exceptions import (
-    LeapiAuthError,
-    LeapiError,
-    LeapiHTTPError,
-    LeapiNotFoundError,
-    LeapiRejectedError,
-    LeapiSubmitUncertainError,
-)
+from leapi_provider.exceptions import LeapiError, airflow_errors
 from leapi_provider.get_provider_info import LEAPI_UI_FIELD_BEHAVIOUR, PACKAGE_VERSION
 
-DEFAULT_TIMEOUT_S = 30.0
-DEFAULT_MAX_RETRIES = 6
-DEFAULT_BACKOFF_BASE_S = 1.0
-DEFAULT_BACKOFF_MAX_S = 60.0
-#: A server asking to wait longer than this is waited for this long (then asked again).
-MAX_RETRY_AFTER_S = 300.0
-DOWNLOAD_CHUNK_BYTES = 1024 * 1024
-USER_AGENT = f"airflow-provider-leapi/{PACKAGE_VERSION}"
+USER_AGENT = f"airflow-provider-leapi/{PACKAGE_VERSION} leapi-python/{leapi.__version__}"
 
-#: Transport errors raised before the request could reach the server: always safe to retry.
-_NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-#: Transport errors worth retrying at all (others, e.g. an unsupported scheme, are bugs).
-_TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
-
-
-class IdempotencyMode(str, enum.Enum):
-    """Connection extra ``idempotency``: when may an ambiguous submit failure be retried.
-
-    * ``auto``: when the server advertised support (``X-Leapi-Idempotency: supported``).
-    * ``always``: always (you know your server dedupes on ``Idempotency-Key``).
-    * ``never``: never; no ``Idempotency-Key`` header is sent either.
-    """
-
-    AUTO = "auto"
-    ALWAYS = "always"
-    NEVER = "never"
-
-
-# --------------------------------------------------------------------------------------------------
-# Redaction: the API key never reaches a log; signed result URLs lose their query string.
-# --------------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def shared_tls_context() -> ssl.SSLContext:
-    """One TLS context for every client this process builds.
-
-    httpx builds a fresh context (loading the CA bundle, ~50 ms of CPU) per client; a triggerer running
-    hundreds of triggers would spend that on its event loop for each one.
-    """
-    return httpx.create_ssl_context()
-
-
-def redact_url(url: str | httpx.URL) -> str:
-    """``url`` without its query string and fragment (signed result URLs carry credentials there)."""
-    text = str(url)
-    parts = urlsplit(text)
-    if not parts.query and not parts.fragment:
-        return text
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "<redacted>" if parts.query else "", ""))
-
-
-_URL_WITH_QUERY = re.compile(r"https?://[^\s\"'<>]+\?[^\s\"'<>]*")
-
-
-def redact_text(text: str) -> str:
-    """``text`` with the query string of every URL in it redacted."""
-    return _URL_WITH_QUERY.sub(lambda m: redact_url(m.group(0)), text)
-
-
-class RedactSignedUrlsFilter(logging.Filter):
-    """Redacts URL query strings in httpx's own request log lines (``HTTP Request: GET <url> ...``)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and record.args:
-            record.args = tuple(
-                redact_url(arg)
-                if isinstance(arg, httpx.URL) or (isinstance(arg, str) and "?" in arg)
-                else arg
-                for arg in record.args
-            )
-        elif isinstance(record.msg, str) and "?" in record.msg:
-            record.msg = redact_text(record.msg)
-        return True
-
-
-def _install_httpx_log_filter() -> None:
-    for name in ("httpx", "httpcore"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactSignedUrlsFilter) for f in logger.filters):
-            logger.addFilter(RedactSignedUrlsFilter())
-
-
-_install_httpx_log_filter()
+# Kept importable from here: operators, the trigger and the catalog use them through the hook module.
+__all__ = [
+    "DownloadedResult",
+    "IdempotencyMode",
+    "LeapiConnectionSettings",
+    "LeapiHook",
+    "RedactSignedUrlsFilter",
+    "derive_idempotency_key",
+    "normalize_base_url",
+    "redact_text",
+    "redact_url",
+    "request_fingerprint",
+    "shared_tls_context",
+]
 
 
 def _mask_secret(secret: str) -> None:
@@ -167,70 +77,12 @@ async def _amask_secret(secret: str) -> None:
         logging.getLogger(__name__).debug("could not register the API key with the secrets masker")
 
 
-# --------------------------------------------------------------------------------------------------
-# Idempotency keys
-# --------------------------------------------------------------------------------------------------
-
-
-def request_fingerprint(request: PipelineRequest) -> str:
-    """A stable hash of what a request asks for (its documented wire form, keys sorted)."""
-    canonical = json.dumps(request.to_wire(), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def derive_idempotency_key(request: PipelineRequest, *scope: object) -> str:
-    """A deterministic ``Idempotency-Key`` for ``request`` submitted on behalf of ``scope``.
-
-    Operators pass the task instance identity (dag, task, run, map index: not the try number), so that a
-    retried task sends the same key and gets its first pipeline back instead of a second one.
-    """
-    material = "\x1f".join([*(str(part) for part in scope), request_fingerprint(request)])
-    return "leapi-" + hashlib.sha256(material.encode()).hexdigest()[:40]
-
-
-# --------------------------------------------------------------------------------------------------
-# Client-side rate limiter
-# --------------------------------------------------------------------------------------------------
-
-
-class SlidingWindowRateLimiter:
-    """At most ``per_minute`` requests in any 60 s window, shared by the sync and async paths.
-
-    :meth:`reserve` books the next free slot under a lock and returns how long to wait for it; callers
-    sleep (``time.sleep`` or ``asyncio.sleep``) outside the lock. Scope: one hook instance (one task or
-    one trigger). Bound concurrency across tasks with an Airflow pool.
-    """
-
-    WINDOW_S = 60.0
-
-    def __init__(self, per_minute: int):
-        if per_minute < 1:
-            raise ValueError("per_minute must be >= 1")
-        self.per_minute = per_minute
-        self._granted: deque[float] = deque()
-        self._lock = threading.Lock()
-
-    def reserve(self) -> float:
-        with self._lock:
-            now = time.monotonic()
-            while self._granted and self._granted[0] <= now - self.WINDOW_S:
-                self._granted.popleft()
-            if len(self._granted) < self.per_minute:
-                slot = now
-            else:
-                slot = max(now, self._granted[-self.per_minute] + self.WINDOW_S)
-            if self._granted:
-                slot = max(slot, self._granted[-1])
-            self._granted.append(slot)
-            # Only the last ``per_minute`` grants matter for the next booking.
-            while len(self._granted) > self.per_minute:
-                self._granted.popleft()
-            return max(slot - now, 0.0)
-
-
-# --------------------------------------------------------------------------------------------------
-# Settings and retry verdicts
-# --------------------------------------------------------------------------------------------------
+def _extra(extras: Mapping[str, Any], name: str) -> Any:
+    """An extra by its plain name, or by the ``extra__leapi__<name>`` form of form-widget fields."""
+    value = extras.get(name)
+    if value in (None, ""):
+        value = extras.get(f"extra__leapi__{name}")
+    return None if value in (None, "") else value
 
 
 @dataclass(frozen=True)
@@ -245,109 +97,16 @@ class LeapiConnectionSettings:
     idempotency: IdempotencyMode
 
 
-@dataclass(frozen=True)
-class DownloadedResult:
-    """What :meth:`LeapiHook.download_result` wrote to the file object."""
-
-    byte_count: int
-    sha256: str
-    content_type: str | None
-    #: The ``Content-Length`` the server announced, if any (already checked against ``byte_count``).
-    content_length: int | None
-
-
-class _Verdict(enum.Enum):
-    OK = "ok"
-    RETRY = "retry"
-    #: A submit failed after its body may have been processed.
-    AMBIGUOUS = "ambiguous"
-
-
-@dataclass
-class _Outcome:
-    verdict: _Verdict
-    reason: str = ""
-    retry_after: float | None = None
-    error: LeapiError | None = None
-
-
-def _extra(extras: dict[str, Any], name: str) -> Any:
-    """An extra by its plain name, or by the ``extra__leapi__<name>`` form of form-widget fields."""
-    value = extras.get(name)
-    if value in (None, ""):
-        value = extras.get(f"extra__leapi__{name}")
-    return None if value in (None, "") else value
-
-
-def normalize_base_url(host: str | None, *, schema: str | None = None, port: int | None = None) -> str:
-    """The API base URL from a connection's host (a full URL or a bare host name).
-
-    The docs print the base URL as ``https://api.letsenhance.io/v1/pipeline/``; a pasted ``/v1/...``
-    suffix is dropped because the hook adds the paths itself.
-    """
-    if not host:
-        return DEFAULT_BASE_URL
-    text = host.strip()
-    if "://" not in text:
-        text = f"{schema or 'https'}://{text}"
-    parts = urlsplit(text)
-    netloc = parts.netloc
-    if port and parts.port is None:
-        netloc = f"{netloc}:{port}"
-    path = re.sub(r"/v1(/pipeline|/me/usage)?/?$", "", parts.path.rstrip("/"))
-    return urlunsplit((parts.scheme, netloc, path.rstrip("/"), "", ""))
-
-
-def retry_after_seconds(headers: httpx.Headers) -> float | None:
-    """Seconds the server asks to wait: ``Retry-After`` (seconds or HTTP date), else ``RateLimit-Reset``."""
-    value = headers.get("Retry-After")
-    if value:
-        try:
-            return max(float(value), 0.0)
-        except ValueError:
-            try:
-                return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-            except (TypeError, ValueError):
-                pass
-    for name in ("RateLimit-Reset", "X-RateLimit-Reset"):
-        value = headers.get(name)
-        if value:
-            try:
-                seconds = float(value)
-            except ValueError:
-                continue
-            # Some servers send an epoch timestamp instead of a delta.
-            if seconds > 1_000_000_000:
-                seconds -= time.time()
-            return max(seconds, 0.0)
-    return None
-
-
-def _body_excerpt(response: httpx.Response, limit: int = 300) -> str:
-    try:
-        text = response.text
-    except Exception:  # noqa: BLE001 - an undecodable body just has no excerpt
-        return ""
-    return redact_text(text[:limit])
-
-
-def _json_or_none(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
 class LeapiHook(BaseHook):
-    """Talks to the Let's Enhance API (or ``leapi-server``) through one connection.
+    """Builds ``leapi.Client`` / ``leapi.AsyncClient`` from one Airflow connection, and uses them.
 
     Connection (type ``leapi``): **host** the base URL (default ``https://api.letsenhance.io``),
     **password** the API key, **extra** ``{"timeout": 30, "rate_limit_per_minute": 60, "max_retries": 6,
     "idempotency": "auto"}`` (all optional).
 
-    The hook keeps one ``httpx.Client`` and one ``httpx.AsyncClient`` built from the same connection;
-    use it as a (async) context manager, or call :meth:`close` / :meth:`aclose`, to release them. In async
-    code (triggers) the connection is fetched asynchronously.
+    The hook keeps one client of each kind; use it as a (async) context manager, or call :meth:`close` /
+    :meth:`aclose`, to release them. In async code (triggers) the connection is fetched asynchronously.
+    Every method raises :mod:`leapi_provider.exceptions` errors (twins of :mod:`leapi.errors`).
 
     :param leapi_conn_id: the Airflow connection id.
     :param timeout: per-request timeout in seconds (overrides the ``timeout`` extra).
@@ -362,10 +121,6 @@ class LeapiHook(BaseHook):
     default_conn_name = "leapi_default"
     conn_type = "leapi"
     hook_name = "Let's Enhance (LEAPI)"
-
-    #: Whether a base URL advertised idempotency support, shared by every hook in the process.
-    _idempotency_support: ClassVar[dict[str, bool]] = {}
-    _idempotency_support_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(
         self,
@@ -384,15 +139,13 @@ class LeapiHook(BaseHook):
         self._timeout_override = timeout
         self._max_retries_override = max_retries
         self._rate_limit_override = rate_limit_per_minute
-        self._idempotency_override = IdempotencyMode(idempotency) if idempotency is not None else None
+        self._idempotency_override = IdempotencyMode(idempotency.lower()) if idempotency is not None else None
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self._settings: LeapiConnectionSettings | None = None
-        self._client: httpx.Client | None = None
-        self._async_client: httpx.AsyncClient | None = None
-        self._download_client: httpx.Client | None = None
-        self._limiter: SlidingWindowRateLimiter | None = None
-        self._settings_lock = threading.Lock()
+        self._client: leapi.Client | None = None
+        self._async_client: leapi.AsyncClient | None = None
+        self._lock = threading.Lock()
 
     # -- connection ---------------------------------------------------------------------------------
 
@@ -405,7 +158,7 @@ class LeapiHook(BaseHook):
             "placeholders": dict(LEAPI_UI_FIELD_BEHAVIOUR["placeholders"]),
         }
 
-    def _build_settings(self, conn: Any, extras: dict[str, Any]) -> LeapiConnectionSettings:
+    def _build_settings(self, conn: Any, extras: Mapping[str, Any]) -> LeapiConnectionSettings:
         api_key = conn.password or _extra(extras, "api_key") or ""
         if not api_key:
             raise LeapiError(
@@ -431,11 +184,9 @@ class LeapiHook(BaseHook):
         )
 
     def _adopt_settings(self, settings: LeapiConnectionSettings) -> LeapiConnectionSettings:
-        with self._settings_lock:
+        with self._lock:
             if self._settings is None:
                 self._settings = settings
-                if settings.rate_limit_per_minute:
-                    self._limiter = SlidingWindowRateLimiter(settings.rate_limit_per_minute)
             return self._settings
 
     @property
@@ -467,37 +218,36 @@ class LeapiHook(BaseHook):
 
     def _client_kwargs(self, settings: LeapiConnectionSettings) -> dict[str, Any]:
         return {
+            "api_key": settings.api_key,
             "base_url": settings.base_url,
-            "headers": {
-                API_KEY_HEADER: settings.api_key,
-                "User-Agent": USER_AGENT,
-                "Accept": "application/json",
-            },
-            "timeout": httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
-            "verify": shared_tls_context(),
+            "timeout": settings.timeout,
+            "max_retries": settings.max_retries,
+            "rate_limit_per_minute": settings.rate_limit_per_minute,
+            "idempotency": settings.idempotency,
+            "backoff_base": self.backoff_base,
+            "backoff_max": self.backoff_max,
+            "user_agent": USER_AGENT,
         }
 
-    def get_conn(self) -> httpx.Client:
-        """The sync ``httpx.Client`` (base URL and API key header set)."""
-        if self._client is None:
-            self._client = httpx.Client(**self._client_kwargs(self.settings))
-        return self._client
+    def get_conn(self) -> leapi.Client:
+        """The ``leapi.Client`` of this connection (built once)."""
+        settings = self.settings
+        with self._lock:
+            if self._client is None:
+                self._client = leapi.Client(**self._client_kwargs(settings))
+            return self._client
 
-    async def aget_conn(self) -> httpx.AsyncClient:
-        """The ``httpx.AsyncClient`` (base URL and API key header set)."""
+    async def aget_conn(self) -> leapi.AsyncClient:
+        """The ``leapi.AsyncClient`` of this connection (built once; the connection is read without blocking)."""
+        settings = await self.aget_settings()
         if self._async_client is None:
-            settings = await self.aget_settings()
-            self._async_client = httpx.AsyncClient(
-                **self._client_kwargs(settings),
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
-            )
+            self._async_client = leapi.AsyncClient(**self._client_kwargs(settings))
         return self._async_client
 
     def close(self) -> None:
-        for client in (self._client, self._download_client):
-            if client is not None:
-                client.close()
-        self._client = self._download_client = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     async def aclose(self) -> None:
         if self._async_client is not None:
@@ -517,7 +267,7 @@ class LeapiHook(BaseHook):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    # -- public API ---------------------------------------------------------------------------------
+    # -- the API, with Airflow's errors -------------------------------------------------------------
 
     def test_connection(self) -> tuple[bool, str]:
         """Reads ``/v1/me/usage/`` with the connection's key."""
@@ -533,43 +283,64 @@ class LeapiHook(BaseHook):
     def submit_pipeline(
         self, request: PipelineRequest | dict[str, Any], *, idempotency_key: str | None = None
     ) -> int:
-        """``POST /v1/pipeline``; returns the id of the ACCEPTED pipeline.
+        """``POST /v1/pipeline``; the id of the ACCEPTED pipeline (see ``leapi.Client.submit``).
 
         :param request: the pipeline request (a model or its dict form, validated here).
         :param idempotency_key: sent as ``Idempotency-Key``; a random one when not given. Pass a key derived
             from the task's identity (:func:`derive_idempotency_key`) to make task retries safe.
         :raises LeapiRejectedError: REJECTED for another reason than the rate limit.
-        :raises LeapiSubmitUncertainError: the pipeline may or may not exist (see the module docstring).
+        :raises LeapiSubmitUncertainError: the pipeline may or may not exist.
         """
-        body, headers = self._submit_parts(request, idempotency_key, self.settings)
-        response = self._request("POST", PIPELINE_PATH, json=body, headers=headers, submit=True)
-        return self._accepted_pipeline(response).id
+        with airflow_errors():
+            return self.get_conn().submit(request, idempotency_key=idempotency_key).id
 
     async def asubmit_pipeline(
         self, request: PipelineRequest | dict[str, Any], *, idempotency_key: str | None = None
     ) -> int:
         """Async twin of :meth:`submit_pipeline`."""
-        body, headers = self._submit_parts(request, idempotency_key, await self.aget_settings())
-        response = await self._arequest("POST", PIPELINE_PATH, json=body, headers=headers, submit=True)
-        return self._accepted_pipeline(response).id
+        with airflow_errors():
+            client = await self.aget_conn()
+            return (await client.submit(request, idempotency_key=idempotency_key)).id
 
     def get_pipeline(self, pipeline_id: int) -> Pipeline:
         """``GET /v1/pipeline/{id}``."""
-        response = self._request("GET", f"{PIPELINE_PATH}/{int(pipeline_id)}")
-        return PipelineEnvelope.model_validate(response.json()).pipeline
+        with airflow_errors():
+            return self.get_conn().get_pipeline(pipeline_id)
 
     async def aget_pipeline(self, pipeline_id: int) -> Pipeline:
         """Async twin of :meth:`get_pipeline`."""
-        response = await self._arequest("GET", f"{PIPELINE_PATH}/{int(pipeline_id)}")
-        return PipelineEnvelope.model_validate(response.json()).pipeline
+        with airflow_errors():
+            return await (await self.aget_conn()).get_pipeline(pipeline_id)
 
     def get_usage(self) -> Usage:
         """``GET /v1/me/usage/``: credits used and left this month."""
-        return Usage.model_validate(self._request("GET", USAGE_PATH).json())
+        with airflow_errors():
+            return self.get_conn().get_usage()
 
     async def aget_usage(self) -> Usage:
         """Async twin of :meth:`get_usage`."""
-        return Usage.model_validate((await self._arequest("GET", USAGE_PATH)).json())
+        with airflow_errors():
+            return await (await self.aget_conn()).get_usage()
+
+    def wait_for_pipelines(
+        self,
+        pipeline_ids: Sequence[int],
+        *,
+        timeout: float | None,
+        poll_interval: float,
+        initial_poll_interval: float = DEFAULT_INITIAL_POLL_INTERVAL_S,
+    ) -> list[Pipeline]:
+        """Poll in this worker until every pipeline is DONE or ERROR (``leapi.Client.wait``).
+
+        :raises LeapiWaitTimeoutError: some still run after ``timeout`` seconds (``pending_ids``).
+        """
+        with airflow_errors():
+            return self.get_conn().wait(
+                list(pipeline_ids),
+                timeout=timeout,
+                poll_interval=poll_interval,
+                initial_poll_interval=initial_poll_interval,
+            )
 
     def pipeline_url(self, pipeline_id: int) -> str:
         """The API URL of a pipeline (what the task's extra link shows)."""
@@ -578,321 +349,20 @@ class LeapiHook(BaseHook):
     def download_result(
         self, url: str, fileobj: IO[bytes], *, chunk_size: int = DOWNLOAD_CHUNK_BYTES
     ) -> DownloadedResult:
-        """Stream a result (its ``tmp_url``) into ``fileobj``, chunk by chunk, never whole in memory.
+        """Stream a result URL into ``fileobj``, complete or not at all (``leapi.Client.download``).
 
-        The API key is not sent: a result URL is signed and usually points at another host. Transient
-        failures restart the download from the beginning when ``fileobj`` is seekable.
+        The API key is not sent: a result URL is signed and usually points at another host.
 
         :raises LeapiHTTPError: the URL answered 4xx (403 usually means it expired), or retries ran out.
         """
-        settings = self.settings
-        if self._download_client is None:
-            self._download_client = httpx.Client(
-                timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
-                headers={"User-Agent": USER_AGENT},
-                follow_redirects=True,
-                verify=shared_tls_context(),
-            )
-        client = self._download_client
-        start = fileobj.tell() if fileobj.seekable() else None
-        attempt = 0
-        while True:
-            written = 0
-            digest = hashlib.sha256()
-            try:
-                with client.stream("GET", url) as response:
-                    if response.status_code >= 400:
-                        response.read()
-                        status = response.status_code
-                        if status not in (408, 429) and status < 500:
-                            raise self._http_error(response, api=False)
-                        outcome = _Outcome(
-                            _Verdict.RETRY, f"HTTP {status}", retry_after_seconds(response.headers)
-                        )
-                    else:
-                        for chunk in response.iter_bytes(chunk_size):
-                            fileobj.write(chunk)
-                            digest.update(chunk)
-                            written += len(chunk)
-                        announced = response.headers.get("Content-Length")
-                        length = int(announced) if announced and announced.isdigit() else None
-                        if length is not None and length != written:
-                            raise httpx.RemoteProtocolError(
-                                f"got {written} bytes of the announced {length}", request=response.request
-                            )
-                        return DownloadedResult(
-                            byte_count=written,
-                            sha256=digest.hexdigest(),
-                            content_type=response.headers.get("Content-Type"),
-                            content_length=length,
-                        )
-            except _TRANSIENT_ERRORS as exc:
-                outcome = _Outcome(_Verdict.RETRY, reason=f"{type(exc).__name__}: {exc}")
-            if start is None and written:
-                raise LeapiHTTPError(
-                    f"Download of {redact_url(url)} broke after {written} bytes ({outcome.reason}) and the "
-                    "destination cannot be rewound to retry it",
-                    status_code=None,
-                    method="GET",
-                    url=redact_url(url),
-                    detail=outcome.reason,
-                )
-            if attempt >= settings.max_retries:
-                raise LeapiHTTPError(
-                    f"Download of {redact_url(url)} failed after {attempt + 1} attempts: {outcome.reason}",
-                    status_code=None,
-                    method="GET",
-                    url=redact_url(url),
-                    detail=outcome.reason,
-                )
-            delay = self._backoff_delay(attempt, outcome.retry_after)
-            self._log_backoff("GET", redact_url(url), outcome.reason, delay, attempt)
-            self._sleep(delay)
-            if start is not None:
-                fileobj.seek(start)
-                fileobj.truncate()
-            attempt += 1
+        with airflow_errors():
+            return self.get_conn().download(url, fileobj, chunk_size=chunk_size)
 
-    # -- request machinery --------------------------------------------------------------------------
+    def download_verified(self, result: ResultFile, fileobj: IO[bytes]) -> VerifiedResult:
+        """Stream ``result`` into ``fileobj`` and verify it (``leapi.Client.download_result``).
 
-    def _sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-    async def _asleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-    @staticmethod
-    def _submit_parts(
-        request: PipelineRequest | dict[str, Any],
-        idempotency_key: str | None,
-        settings: LeapiConnectionSettings,
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        model = request if isinstance(request, PipelineRequest) else PipelineRequest.model_validate(request)
-        headers: dict[str, str] = {}
-        if settings.idempotency is not IdempotencyMode.NEVER:
-            # One key for every attempt of this call, so that the server can dedupe the retries.
-            headers[IDEMPOTENCY_KEY_HEADER] = idempotency_key or f"leapi-{uuid.uuid4().hex}"
-        return model.to_wire(), headers
-
-    def _accepted_pipeline(self, response: httpx.Response) -> Pipeline:
-        parsed = SubmitResponse.model_validate(response.json())
-        if parsed.status is not SubmitStatus.ACCEPTED or parsed.pipeline is None:
-            raise LeapiRejectedError(
-                parsed.reason or "no pipeline in the answer", status_code=response.status_code
-            )
-        self.log.info("LEAPI accepted pipeline %s", parsed.pipeline.id)
-        return parsed.pipeline
-
-    def _note_idempotency_support(self, response: httpx.Response) -> None:
-        value = response.headers.get(IDEMPOTENCY_SUPPORT_HEADER)
-        if value is None or self._settings is None:
-            return
-        with self._idempotency_support_lock:
-            self._idempotency_support[self._settings.base_url] = value.strip().lower() == "supported"
-
-    def _idempotency_known(self) -> bool | None:
-        """``True``/``False`` once the server said; ``None`` while it has not (``auto`` mode only)."""
-        settings = self._settings
-        assert settings is not None
-        if settings.idempotency is IdempotencyMode.ALWAYS:
-            return True
-        if settings.idempotency is IdempotencyMode.NEVER:
-            return False
-        return self._idempotency_support.get(settings.base_url)
-
-    @staticmethod
-    def _http_error(response: httpx.Response, *, api: bool = True) -> LeapiHTTPError:
-        """The error for a non-retryable HTTP answer; ``api=False`` for result URLs (no key involved)."""
-        status = response.status_code
-        method = response.request.method
-        detail = _body_excerpt(response)
-        redacted = redact_url(response.url)
-        message = f"LEAPI {method} {redacted} answered HTTP {status}: {detail}"
-        if status in (401, 403) and api:
-            return LeapiAuthError(
-                message + " (check the API key in the connection's password)",
-                status_code=status,
-                method=method,
-                url=redacted,
-                detail=detail,
-            )
-        if status == 404 and api:
-            return LeapiNotFoundError(message, status_code=status, method=method, url=redacted, detail=detail)
-        return LeapiHTTPError(message, status_code=status, method=method, url=redacted, detail=detail)
-
-    def _judge_response(self, response: httpx.Response, *, submit: bool) -> _Outcome:
-        status = response.status_code
-        if status == 429:
-            return _Outcome(_Verdict.RETRY, "rate limited (HTTP 429)", retry_after_seconds(response.headers))
-        if status >= 500 or status == 408:
-            verdict = _Verdict.AMBIGUOUS if submit else _Verdict.RETRY
-            return _Outcome(verdict, f"HTTP {status}", retry_after_seconds(response.headers))
-        if status in (401, 403, 404):
-            return _Outcome(_Verdict.OK, error=self._http_error(response))
-        body = _json_or_none(response)
-        if isinstance(body, dict) and body.get("status") == SubmitStatus.REJECTED.value:
-            # The documented refusal: no pipeline was created and no credit charged.
-            parsed = SubmitResponse.model_validate(body)
-            if parsed.is_rate_limited:
-                return _Outcome(
-                    _Verdict.RETRY, "rate limited (REJECTED)", retry_after_seconds(response.headers)
-                )
-            return _Outcome(_Verdict.OK, error=LeapiRejectedError(parsed.reason or "", status_code=status))
-        if 200 <= status < 300:
-            return _Outcome(_Verdict.OK)
-        return _Outcome(_Verdict.OK, error=self._http_error(response))
-
-    @staticmethod
-    def _judge_transport_error(exc: httpx.TransportError, *, submit: bool) -> _Outcome | None:
-        """The retry verdict of a transport error, ``None`` when it is not transient (re-raise it)."""
-        reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
-        if isinstance(exc, _NOT_SENT_ERRORS):
-            return _Outcome(_Verdict.RETRY, reason)
-        if isinstance(exc, _TRANSIENT_ERRORS):
-            return _Outcome(_Verdict.AMBIGUOUS if submit else _Verdict.RETRY, reason)
-        return None
-
-    def _backoff_delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            # Honour the server's wait; a little jitter so that many clients do not return in lockstep.
-            wait = min(retry_after, MAX_RETRY_AFTER_S)
-            return wait + random.uniform(0, min(1.0, 0.1 * wait + 0.05))
-        ceiling = min(self.backoff_max, self.backoff_base * (2**attempt))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-    def _log_backoff(self, method: str, target: str, reason: str, delay: float, attempt: int) -> None:
-        max_retries = self._settings.max_retries if self._settings else DEFAULT_MAX_RETRIES
-        self.log.warning(
-            "LEAPI %s %s: %s; backoff %.2fs before retry %d/%d",
-            method,
-            target,
-            reason,
-            delay,
-            attempt + 1,
-            max_retries,
-        )
-
-    def _uncertain_error(
-        self, headers: dict[str, str], reason: str, attempts: int
-    ) -> LeapiSubmitUncertainError:
-        key = headers.get(IDEMPOTENCY_KEY_HEADER)
-        supported = self._idempotency_known()
-        if supported:
-            advice = (
-                "Retrying the task is safe: it sends the same Idempotency-Key, which returns the pipeline "
-                "if it was created."
-            )
-        else:
-            advice = (
-                "The server does not advertise idempotent submits, so the hook did not resubmit (that could "
-                "charge twice). Check the account's pipelines/usage before re-running, or set the "
-                "connection extra idempotency=always if the server dedupes on Idempotency-Key."
-            )
-        return LeapiSubmitUncertainError(
-            f"LEAPI submit failed after {attempts} attempt(s) ({reason}); the pipeline may have been "
-            f"created (Idempotency-Key {key}). {advice}",
-            idempotency_key=key,
-        )
-
-    def _next_step(
-        self, outcome: _Outcome, *, attempt: int, method: str, path: str, headers: dict[str, str]
-    ) -> float:
-        """Raise if the request must not be retried; else the delay before the next attempt."""
-        settings = self._settings
-        assert settings is not None
-        if outcome.verdict is _Verdict.AMBIGUOUS and not self._idempotency_known():
-            raise self._uncertain_error(headers, outcome.reason, attempt + 1)
-        if attempt >= settings.max_retries:
-            if outcome.verdict is _Verdict.AMBIGUOUS:
-                raise self._uncertain_error(headers, outcome.reason, attempt + 1)
-            raise LeapiHTTPError(
-                f"LEAPI {method} {path} failed after {attempt + 1} attempts: {outcome.reason}",
-                status_code=None,
-                method=method,
-                url=path,
-                detail=outcome.reason,
-            )
-        delay = self._backoff_delay(attempt, outcome.retry_after)
-        self._log_backoff(method, path, outcome.reason, delay, attempt)
-        return delay
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-        submit: bool = False,
-    ) -> httpx.Response:
-        client = self.get_conn()
-        headers = headers or {}
-        attempt = 0
-        while True:
-            if self._limiter is not None and (wait := self._limiter.reserve()) > 0:
-                self._sleep(wait)
-            try:
-                response = client.request(method, path, json=json, headers=headers)
-            except httpx.TransportError as exc:
-                outcome = self._judge_transport_error(exc, submit=submit)
-                if outcome is None:
-                    raise
-            else:
-                self._note_idempotency_support(response)
-                outcome = self._judge_response(response, submit=submit)
-                if outcome.verdict is _Verdict.OK:
-                    if outcome.error is not None:
-                        raise outcome.error
-                    return response
-            if outcome.verdict is _Verdict.AMBIGUOUS and self._idempotency_known() is None:
-                self._probe_idempotency_support()
-            self._sleep(self._next_step(outcome, attempt=attempt, method=method, path=path, headers=headers))
-            attempt += 1
-
-    async def _arequest(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-        submit: bool = False,
-    ) -> httpx.Response:
-        client = await self.aget_conn()
-        headers = headers or {}
-        attempt = 0
-        while True:
-            if self._limiter is not None and (wait := self._limiter.reserve()) > 0:
-                await self._asleep(wait)
-            try:
-                response = await client.request(method, path, json=json, headers=headers)
-            except httpx.TransportError as exc:
-                outcome = self._judge_transport_error(exc, submit=submit)
-                if outcome is None:
-                    raise
-            else:
-                self._note_idempotency_support(response)
-                outcome = self._judge_response(response, submit=submit)
-                if outcome.verdict is _Verdict.OK:
-                    if outcome.error is not None:
-                        raise outcome.error
-                    return response
-            if outcome.verdict is _Verdict.AMBIGUOUS and self._idempotency_known() is None:
-                await self._aprobe_idempotency_support()
-            await self._asleep(
-                self._next_step(outcome, attempt=attempt, method=method, path=path, headers=headers)
-            )
-            attempt += 1
-
-    def _probe_idempotency_support(self) -> None:
-        """After an ambiguous submit failure, learn whether the server dedupes (one cheap GET)."""
-        try:
-            self._note_idempotency_support(self._request("GET", USAGE_PATH))
-        except LeapiError as exc:
-            self.log.warning("Could not learn whether LEAPI supports idempotent submits: %s", exc)
-
-    async def _aprobe_idempotency_support(self) -> None:
-        try:
-            self._note_idempotency_support(await self._arequest("GET", USAGE_PATH))
-        except LeapiError as exc:
-            self.log.warning("Could not learn whether LEAPI supports idempotent submits: %s", exc)
+        :raises LeapiResultExpiredError: the temp URL expired (fails the task without retries).
+        :raises LeapiResultVerificationError: incomplete, not an image, or not the size/format reported.
+        """
+        with airflow_errors():
+            return self.get_conn().download_result(result, fileobj)

@@ -36,7 +36,7 @@ from leapi_provider.triggers.leapi import (
     LeapiPipelineTrigger,
     validate_pipeline_event,
 )
-from leapi_provider.utils import coerce_pipeline_ids, contains_template, poll_schedule
+from leapi_provider.utils import coerce_pipeline_ids, contains_template
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -273,20 +273,18 @@ class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
     # -- waiting ----------------------------------------------------------------------------------------
 
     def _wait_in_worker(self, pipeline_id: int) -> None:
-        deadline = time.monotonic() + self.timeout
-        for gap in poll_schedule(self.poll_interval):
-            pipeline = self.hook.get_pipeline(pipeline_id)
-            if pipeline.status is not None and pipeline.status.is_terminal():
-                self._final_pipeline = pipeline
-                self.log.info("Pipeline %s is %s", pipeline_id, pipeline.status.value)
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise LeapiWaitTimeoutError(
-                    f"LEAPI pipeline {pipeline_id} still PROCESSING after {self.timeout:.0f}s; a retry of this "
-                    "task reconnects to it"
-                )
-            time.sleep(min(gap, remaining))
+        try:
+            (pipeline,) = self.hook.wait_for_pipelines(
+                [pipeline_id], timeout=self.timeout, poll_interval=self.poll_interval
+            )
+        except LeapiWaitTimeoutError as exc:
+            raise LeapiWaitTimeoutError(
+                f"LEAPI pipeline {pipeline_id} still PROCESSING after {self.timeout:.0f}s; a retry of this "
+                "task reconnects to it",
+                pending_ids=[pipeline_id],
+            ) from exc
+        self._final_pipeline = pipeline
+        self.log.info("Pipeline %s is %s", pipeline_id, (pipeline.status or PipelineStatus.PROCESSING).value)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger: validate its event, then return the summary or raise."""

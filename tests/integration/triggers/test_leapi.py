@@ -15,7 +15,7 @@ import httpx
 import pytest
 import respx
 
-from leapi_provider.hooks.leapi import LeapiHook
+from leapi import AsyncClient
 from leapi_provider.triggers import leapi as trigger_module
 from leapi_provider.triggers.leapi import LeapiPipelineTrigger, validate_pipeline_event
 from tests.support.server import RunningServer
@@ -106,14 +106,14 @@ def fake_conn(leapi_conn_factory) -> str:
 
 @pytest.fixture
 def instant_sleep(monkeypatch):
-    """Poll gaps and hook backoffs are recorded instead of waited for."""
+    """Poll gaps and the client's backoffs are recorded instead of waited for."""
     gaps: list[float] = []
 
     async def record(seconds: float) -> None:
         gaps.append(seconds)
 
     monkeypatch.setattr(trigger_module, "_sleep", record)
-    monkeypatch.setattr(LeapiHook, "_asleep", lambda self, s: record(s))
+    monkeypatch.setattr(AsyncClient, "_sleep", lambda self, s: record(s))
     return gaps
 
 
