@@ -106,22 +106,21 @@ class LeapiCatalogBatchOperator(BaseOperator):
         self, settings: CatalogSettings, pipeline_ids: list[int], *, seconds: float
     ) -> list[int]:
         """Poll until every pipeline is terminal or ``seconds`` pass; the ids still running."""
+        from leapi_provider.exceptions import LeapiWaitTimeoutError
         from leapi_provider.hooks.leapi import LeapiHook
-        from leapi_provider.utils import poll_schedule
 
-        pending = list(pipeline_ids)
-        deadline = time.monotonic() + seconds
+        pending: list[int] = []
         with LeapiHook(settings.leapi_conn_id) as hook:
-            for gap in poll_schedule(self.poll_interval):
-                pending = [pid for pid in pending if not _is_terminal(hook.get_pipeline(pid))]
-                remaining = deadline - time.monotonic()
-                if not pending or remaining <= 0:
-                    break
-                time.sleep(min(gap, remaining))
+            try:
+                hook.wait_for_pipelines(pipeline_ids, timeout=seconds, poll_interval=self.poll_interval)
+            except LeapiWaitTimeoutError as exc:
+                pending = list(exc.pending_ids)
         self.log.info(
-            "%d of %d pipeline(s) finished within %.0fs in the worker", len(pipeline_ids) - len(pending),
-            len(pipeline_ids), seconds,
-        )  # fmt: skip
+            "%d of %d pipeline(s) finished within %.0fs in the worker",
+            len(pipeline_ids) - len(pending),
+            len(pipeline_ids),
+            seconds,
+        )
         return pending
 
     def _defer(self, settings: CatalogSettings, pending: list[int], *, end_time: float, total: int) -> None:
@@ -160,7 +159,3 @@ class LeapiCatalogBatchOperator(BaseOperator):
             "deferred": deferred,
             "results_uri": transfer_batch(settings, submitted, run),
         }
-
-
-def _is_terminal(pipeline: Any) -> bool:
-    return pipeline.status is not None and pipeline.status.is_terminal()
