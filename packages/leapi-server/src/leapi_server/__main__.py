@@ -51,12 +51,23 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every flag, in the order ``--help`` lists them."""
     p = argparse.ArgumentParser(
         prog="leapi-server",
         description="A LEAPI-compatible image enhancement server (POST /v1/pipeline, GET /v1/pipeline/{id}, "
         "GET /v1/me/usage/).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    _add_service_flags(p)
+    _add_delivery_flags(p)
+    _add_network_policy_flags(p)
+    _add_limit_flags(p.add_argument_group("limits"))
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _add_service_flags(p: argparse.ArgumentParser) -> None:
+    """Where to listen and store, who may call, how much, with how many workers."""
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=defaults.DEFAULT_PORT, help="port to listen on")
     p.add_argument(
@@ -88,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=_positive_int, default=defaults.default_workers(), help="worker processes"
     )
+
+
+def _add_delivery_flags(p: argparse.ArgumentParser) -> None:
+    """How results reach the client: temp URLs and webhooks."""
     p.add_argument(
         "--temp-url-ttl",
         type=_positive_float,
@@ -109,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"HMAC secret for webhook signatures (also env {WEBHOOK_SECRET_ENV}); unset: generated once and "
         "kept in DATA_DIR/webhook-secret",
     )
+
+
+def _add_network_policy_flags(p: argparse.ArgumentParser) -> None:
+    """Which addresses sources and webhooks may reach (SSRF policy)."""
     p.add_argument(
         "--allow-private-sources",
         action="store_true",
@@ -121,7 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CIDR",
         help="allow this one private network (repeatable), e.g. an internal CDN",
     )
-    limits = p.add_argument_group("limits")
+
+
+def _add_limit_flags(limits: argparse._ArgumentGroup) -> None:
+    """What one request, download or image may cost the server."""
     limits.add_argument(
         "--max-urls-per-pipeline",
         type=_positive_int,
@@ -167,8 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-task-attempts", type=_positive_int, default=3, help="interrupted tasks retried"
     )
     limits.add_argument("--gc-interval", type=_positive_float, default=600.0, help="expired temp file sweep")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    return p
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> ServerConfig:
@@ -211,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     config = config_from_args(args, os.environ)
     # Imported late: --help and argument errors stay fast and don't need the server extra.
-    from leapi_server.app import serve
+    from leapi_server.server import serve
 
     with contextlib.suppress(KeyboardInterrupt):
         serve(config, log_level=args.log_level)
