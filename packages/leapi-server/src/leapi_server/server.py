@@ -1,4 +1,4 @@
-"""Running ``leapi-server`` as a process: logging, the data-dir lock and uvicorn."""
+"""Running ``leapi-server`` as a process: logging, the startup check, the data-dir lock and uvicorn."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import uvicorn
 from leapi_server.app import create_app
 from leapi_server.config import ServerConfig
 from leapi_server.datadir import DataDirInUseError, lock_data_dir
+from leapi_server.engine_check import EngineUnavailableError, check_engine
 
 log = logging.getLogger("leapi_server")
 
-#: Exit status of a server that refused to start.
+#: Exit statuses of a server that refused to start.
 EXIT_DATA_DIR_IN_USE = 2
+EXIT_ENGINE_UNAVAILABLE = 3
 
 _SECRET_QUERY = re.compile(r"(signature=)[^&\s\"]+", re.IGNORECASE)
 
@@ -61,6 +63,12 @@ def log_config(level: str) -> dict[str, Any]:
 def serve(config: ServerConfig, *, log_level: str = "info") -> None:
     """Run the server until SIGINT/SIGTERM; exit non-zero, saying why, when it cannot start."""
     logging.config.dictConfig(log_config(log_level))
+    try:
+        # Before listening: a server that cannot enhance would accept and charge work it cannot do.
+        check_engine()
+    except EngineUnavailableError as exc:
+        log.error("leapi-server cannot enhance images: %s", exc)
+        sys.exit(EXIT_ENGINE_UNAVAILABLE)
     try:
         lock = lock_data_dir(config.data_dir)
     except DataDirInUseError as exc:
