@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from leapi.constants import API_KEY_HEADER
 from leapi_server import config as defaults
 from leapi_server.config import ServerConfig
 
 log = logging.getLogger("leapi_server")
+
+_CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ServerConfig)}
 
 API_KEYS_ENV = "LEAPI_API_KEYS"
 WEBHOOK_SECRET_ENV = "LEAPI_WEBHOOK_SECRET"
@@ -50,6 +54,11 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _default(field_name: str) -> object:
+    """The default of a ``ServerConfig`` field: the one place each default is written."""
+    return _CONFIG_DEFAULTS[field_name]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every flag, in the order ``--help`` lists them."""
     p = argparse.ArgumentParser(
@@ -77,7 +86,7 @@ def _add_service_flags(p: argparse.ArgumentParser) -> None:
         "--api-key",
         action="append",
         default=[],
-        help=f"an accepted X-API-KEY (repeatable); also env {API_KEYS_ENV}, comma separated",
+        help=f"an accepted {API_KEY_HEADER} (repeatable); also env {API_KEYS_ENV}, comma separated",
     )
     p.add_argument(
         "--public-url",
@@ -116,7 +125,10 @@ def _add_delivery_flags(p: argparse.ArgumentParser) -> None:
         help="seconds before each webhook retry, comma separated",
     )
     p.add_argument(
-        "--webhook-timeout", type=_positive_float, default=10.0, help="seconds per webhook attempt"
+        "--webhook-timeout",
+        type=_positive_float,
+        default=_default("webhook_timeout_s"),
+        help="seconds per webhook attempt",
     )
     p.add_argument(
         "--webhook-secret",
@@ -174,10 +186,27 @@ def _add_limit_flags(limits: argparse._ArgumentGroup) -> None:
         default=defaults.DEFAULT_MAX_OUTPUT_PIXELS,
         help="largest output (width x height) an operation may produce",
     )
-    limits.add_argument("--fetch-connect-timeout", type=_positive_float, default=5.0, help="seconds")
-    limits.add_argument("--fetch-read-timeout", type=_positive_float, default=15.0, help="between two reads")
-    limits.add_argument("--fetch-deadline", type=_positive_float, default=60.0, help="whole download")
-    limits.add_argument("--max-redirects", type=_non_negative_int, default=5, help="per source download")
+    limits.add_argument(
+        "--fetch-connect-timeout",
+        type=_positive_float,
+        default=_default("fetch_connect_timeout_s"),
+        help="seconds",
+    )
+    limits.add_argument(
+        "--fetch-read-timeout",
+        type=_positive_float,
+        default=_default("fetch_read_timeout_s"),
+        help="between two reads",
+    )
+    limits.add_argument(
+        "--fetch-deadline", type=_positive_float, default=_default("fetch_deadline_s"), help="whole download"
+    )
+    limits.add_argument(
+        "--max-redirects",
+        type=_non_negative_int,
+        default=_default("max_redirects"),
+        help="per source download",
+    )
     limits.add_argument(
         "--max-image-seconds",
         type=_positive_float,
@@ -186,9 +215,17 @@ def _add_limit_flags(limits: argparse._ArgumentGroup) -> None:
         "replaced and the image fails",
     )
     limits.add_argument(
-        "--max-task-attempts", type=_positive_int, default=3, help="interrupted tasks retried"
+        "--max-task-attempts",
+        type=_positive_int,
+        default=_default("max_task_attempts"),
+        help="interrupted tasks retried",
     )
-    limits.add_argument("--gc-interval", type=_positive_float, default=600.0, help="expired temp file sweep")
+    limits.add_argument(
+        "--gc-interval",
+        type=_positive_float,
+        default=_default("gc_interval_s"),
+        help="expired temp file sweep",
+    )
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> ServerConfig:
