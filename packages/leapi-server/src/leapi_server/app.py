@@ -59,7 +59,7 @@ def create_app(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
         lifespan=_lifespan,
         redoc_url=None,
     )
-    app.state.runtime = Runtime(config, clock=clock)
+    app.state.runtime = Runtime(config=config, clock=clock)
     app.add_middleware(IdempotencySupportHeader)
     install_error_handlers(app)
     app.include_router(api_router)

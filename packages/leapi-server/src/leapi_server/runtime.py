@@ -51,7 +51,7 @@ class Runtime:
     :param clock: the one source of "now" for stamps, expiry, quotas, rate limits and webhook retries.
     """
 
-    def __init__(self, config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, *, config: ServerConfig, clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
         self.clock = clock
         self.boot_id = secrets.token_hex(8)
@@ -126,11 +126,11 @@ class Runtime:
 
     async def _collect_garbage_forever(self) -> None:
         while True:
+            self._collect_now.clear()  # before the pass: a wake() during it asks for another one
             try:
                 await asyncio.to_thread(self.collect_garbage)
             except Exception:
                 log.exception("temp store garbage collection failed")
-            self._collect_now.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._collect_now.wait(), timeout=self.config.gc_interval_s)
 
