@@ -43,7 +43,10 @@ def default_server() -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def strict_server() -> Iterator[RunningServer]:
-    """Private sources refused except 127.0.0.1 (where the test sources live); short limits and TTL."""
+    """Private sources refused except 127.0.0.1 (where the test sources live); short limits.
+
+    (Temp URL expiry is tested on a fake clock: ``test_clock.py``.)
+    """
     with running_server(
         api_keys=(STRICT_KEY,),
         allow_private_sources=False,
@@ -58,10 +61,6 @@ def strict_server() -> Iterator[RunningServer]:
             "1",
             "--max-download-bytes",
             "200000",
-            "--temp-url-ttl",
-            "3",
-            "--gc-interval",
-            "0.5",
         ),
     ) as server:
         yield server
@@ -244,25 +243,6 @@ def test_path_traversal_is_refused_even_when_signed(strict_server: RunningServer
             response = httpx.get(f"{strict_server.base_url}{path}?expires={expires}&signature={signature}")
             assert response.status_code in (403, 404), (path, response.status_code)
             assert b"SQLite" not in response.content
-
-
-def test_expired_temp_url_is_403_and_file_is_collected(
-    strict_server: RunningServer, source_photos: dict[str, str]
-) -> None:
-    with strict_server.client() as client:
-        response = client.post("/v1/pipeline", json=body(source_photos["burger.jpg"]))
-        output = wait_for_pipeline(client, response.json()["pipeline"]["id"])["results"][0]["output_object"]
-    stored = strict_server.data_dir / "tmp" / output["s3_key"]
-    assert stored.is_file()
-    expires = int(parse_qs(urlsplit(output["tmp_url"]).query)["expires"][0])
-    time.sleep(max(0.0, expires - time.time()) + 1.1)
-    response = httpx.get(output["tmp_url"])
-    assert response.status_code == 403
-    assert "expired" in response.json()["reason"]
-    deadline = time.monotonic() + 10
-    while stored.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not stored.exists()
 
 
 # -- keys ---------------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Run a real ``leapi-server`` (and a static source-image server) on 127.0.0.1 for tests, demos and benches.
 
-``running_server`` starts ``python -m leapi_server`` as a subprocess on a free port, waits until it
-answers, and always stops it (and its worker processes) on exit. ``serve_directory`` serves a folder of
-source images over HTTP from a thread. Neither needs the internet.
+``running_server`` starts ``python -m leapi_server`` (or another ``leapi-server`` command) as a
+subprocess on a free port, waits until it answers, and always stops it (and its worker processes) on
+exit. ``in_process_server`` serves the same application from a thread of the calling process on a
+:class:`FakeClock`, for tests that move time instead of waiting for it. ``serve_directory`` serves a
+folder of source images over HTTP from a thread. None of them needs the internet.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 
-from leapi.constants import HEALTH_PATH
+from leapi.constants import API_KEY_HEADER, HEALTH_PATH
 
 _START_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 15.0
@@ -47,6 +50,7 @@ class RunningServer:
 
     :param data_dir: the server's ``--data-dir`` (kept across :meth:`restart`).
     :param api_keys: the keys it accepts; ``api_key`` is the first.
+    :param command: the server command before its flags; default ``python -m leapi_server`` of this venv.
     """
 
     def __init__(
@@ -58,8 +62,10 @@ class RunningServer:
         env: Mapping[str, str] | None,
         allow_private_sources: bool,
         host: str = "127.0.0.1",
+        command: Sequence[str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self._server_command = list(command) if command else [sys.executable, "-m", "leapi_server"]
         self.api_keys: tuple[str, ...] = tuple(api_keys)
         self.api_key: str = self.api_keys[0] if self.api_keys else ""
         self.host = host
@@ -77,7 +83,7 @@ class RunningServer:
 
     def headers(self, api_key: str | None = None) -> dict[str, str]:
         """Request headers carrying ``api_key`` (default: the first key)."""
-        return {"X-API-KEY": api_key if api_key is not None else self.api_key}
+        return {API_KEY_HEADER: api_key if api_key is not None else self.api_key}
 
     def client(self, api_key: str | None = None, **kwargs: object) -> httpx.Client:
         """A plain ``httpx.Client`` on this server sending ``api_key`` (default: the first key)."""
@@ -96,9 +102,7 @@ class RunningServer:
 
     def _command(self) -> list[str]:
         cmd = [
-            sys.executable,
-            "-m",
-            "leapi_server",
+            *self._server_command,
             "--host",
             self.host,
             "--port",
@@ -198,6 +202,7 @@ def running_server(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     allow_private_sources: bool = True,
+    command: Sequence[str] | None = None,
 ) -> Iterator[RunningServer]:
     """Start ``leapi-server`` on 127.0.0.1 (free port) and stop it on exit, whatever happens.
 
@@ -206,6 +211,8 @@ def running_server(
     :param extra_args: more command-line flags, e.g. ``("--workers", "1")``.
     :param env: extra environment variables for the subprocess.
     :param allow_private_sources: pass ``--allow-private-sources`` (needed to fetch from 127.0.0.1).
+    :param command: the server command before its flags, e.g. ``[venv/bin/leapi-server]``; default
+        ``python -m leapi_server`` of this interpreter.
     """
     owned = data_dir is None
     path = Path(tempfile.mkdtemp(prefix="leapi-server-")) if owned else Path(data_dir)  # type: ignore[arg-type]
@@ -215,6 +222,7 @@ def running_server(
         extra_args=extra_args,
         env=env,
         allow_private_sources=allow_private_sources,
+        command=command,
     )
     try:
         server.start()
@@ -223,6 +231,116 @@ def running_server(
         server.stop()
         if owned:
             shutil.rmtree(path, ignore_errors=True)
+
+
+class FakeClock:
+    """A ``leapi_server.clock.Clock`` that moves only when told to.
+
+    :param start: Unix seconds to start at; default the current second (whole seconds, so that moving by
+        whole seconds lands exactly on window and expiry boundaries).
+    """
+
+    def __init__(self, *, start: float | None = None) -> None:
+        self._now = float(int(time.time())) if start is None else start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
+
+
+class InProcessServer:
+    """A ``leapi-server`` application served by uvicorn on a thread of this process. Use through
+    :func:`in_process_server`.
+
+    :param runtime: the application's ``leapi_server.runtime.Runtime`` (its store, temp store, ...).
+    :param clock: the clock the application reads.
+    :param base_url: where it listens.
+    :param data_dir: its data dir.
+    :param api_keys: the keys it accepts; ``api_key`` is the first.
+    """
+
+    def __init__(
+        self, *, runtime: Any, clock: FakeClock, base_url: str, data_dir: Path, api_keys: tuple[str, ...]
+    ) -> None:
+        self.runtime = runtime
+        self.clock = clock
+        self.base_url = base_url
+        self.data_dir = data_dir
+        self.api_keys = api_keys
+        self.api_key = api_keys[0]
+
+    def headers(self, api_key: str | None = None) -> dict[str, str]:
+        """Request headers carrying ``api_key`` (default: the first key)."""
+        return {API_KEY_HEADER: api_key if api_key is not None else self.api_key}
+
+    def client(self, api_key: str | None = None, **kwargs: object) -> httpx.Client:
+        """A plain ``httpx.Client`` on this server sending ``api_key`` (default: the first key)."""
+        kwargs.setdefault("timeout", 30.0)
+        return httpx.Client(base_url=self.base_url, headers=self.headers(api_key), **kwargs)  # type: ignore[arg-type]
+
+    def advance(self, seconds: float) -> None:
+        """Move the server's clock forward and have it re-check its timers (webhook retries, expired
+        files) now rather than at its next poll."""
+        self.clock.advance(seconds)
+        self.runtime.wake()
+
+
+@contextlib.contextmanager
+def in_process_server(
+    *,
+    clock: FakeClock | None = None,
+    api_keys: Sequence[str] = ("test-key",),
+    **settings: Any,
+) -> Iterator[InProcessServer]:
+    """Serve ``leapi_server.app.create_app`` on 127.0.0.1 (free port) from a thread, on ``clock``.
+
+    The same application as ``leapi-server`` (worker processes included) minus the command line, the
+    data-dir lock and the startup check; stopped and its temporary data dir removed on exit.
+
+    :param clock: the server's clock; default a new :class:`FakeClock`.
+    :param api_keys: keys the server accepts.
+    :param settings: ``ServerConfig`` fields; defaults here: one worker, private sources allowed.
+    """
+    import uvicorn
+
+    from leapi_server.app import create_app
+    from leapi_server.config import ServerConfig
+
+    clock = clock or FakeClock()
+    data_dir = Path(tempfile.mkdtemp(prefix="leapi-server-inproc-"))
+    port = free_port()
+    settings = {"workers": 1, "allow_private_sources": True, **settings}
+    config = ServerConfig(data_dir=data_dir, api_keys=tuple(api_keys), port=port, **settings)
+    # The dispatcher sets thread-count variables for its workers; keep them out of this process's
+    # environment, where later subprocess servers would inherit them.
+    with mock.patch.dict(os.environ):
+        app = create_app(config, clock=clock)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, name="leapi-server-inproc", daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + _START_TIMEOUT_S
+            while not server.started:
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    raise ServerStartError(f"in-process leapi-server did not start on port {port}")
+                time.sleep(0.02)
+            yield InProcessServer(
+                runtime=app.state.runtime,
+                clock=clock,
+                base_url=f"http://127.0.0.1:{port}",
+                data_dir=data_dir,
+                api_keys=tuple(api_keys),
+            )
+        finally:
+            server.should_exit = True
+            thread.join(_STOP_TIMEOUT_S * 2)
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 #: scikit-image sample photographs (shipped with the package, nothing downloaded) by short name.

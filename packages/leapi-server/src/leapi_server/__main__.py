@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from leapi.constants import API_KEY_HEADER
 from leapi_server import config as defaults
 from leapi_server.config import ServerConfig
 
 log = logging.getLogger("leapi_server")
+
+_CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ServerConfig)}
 
 API_KEYS_ENV = "LEAPI_API_KEYS"
 WEBHOOK_SECRET_ENV = "LEAPI_WEBHOOK_SECRET"
@@ -50,13 +54,29 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _default(field_name: str) -> object:
+    """The default of a ``ServerConfig`` field: the one place each default is written."""
+    return _CONFIG_DEFAULTS[field_name]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """Every flag, in the order ``--help`` lists them."""
     p = argparse.ArgumentParser(
         prog="leapi-server",
         description="A LEAPI-compatible image enhancement server (POST /v1/pipeline, GET /v1/pipeline/{id}, "
         "GET /v1/me/usage/).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    _add_service_flags(p)
+    _add_delivery_flags(p)
+    _add_network_policy_flags(p)
+    _add_limit_flags(p.add_argument_group("limits"))
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _add_service_flags(p: argparse.ArgumentParser) -> None:
+    """Where to listen and store, who may call, how much, with how many workers."""
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=defaults.DEFAULT_PORT, help="port to listen on")
     p.add_argument(
@@ -66,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key",
         action="append",
         default=[],
-        help=f"an accepted X-API-KEY (repeatable); also env {API_KEYS_ENV}, comma separated",
+        help=f"an accepted {API_KEY_HEADER} (repeatable); also env {API_KEYS_ENV}, comma separated",
     )
     p.add_argument(
         "--public-url",
@@ -88,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=_positive_int, default=defaults.default_workers(), help="worker processes"
     )
+
+
+def _add_delivery_flags(p: argparse.ArgumentParser) -> None:
+    """How results reach the client: temp URLs and webhooks."""
     p.add_argument(
         "--temp-url-ttl",
         type=_positive_float,
@@ -101,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds before each webhook retry, comma separated",
     )
     p.add_argument(
-        "--webhook-timeout", type=_positive_float, default=10.0, help="seconds per webhook attempt"
+        "--webhook-timeout",
+        type=_positive_float,
+        default=_default("webhook_timeout_s"),
+        help="seconds per webhook attempt",
     )
     p.add_argument(
         "--webhook-secret",
@@ -109,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"HMAC secret for webhook signatures (also env {WEBHOOK_SECRET_ENV}); unset: generated once and "
         "kept in DATA_DIR/webhook-secret",
     )
+
+
+def _add_network_policy_flags(p: argparse.ArgumentParser) -> None:
+    """Which addresses sources and webhooks may reach (SSRF policy)."""
     p.add_argument(
         "--allow-private-sources",
         action="store_true",
@@ -121,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CIDR",
         help="allow this one private network (repeatable), e.g. an internal CDN",
     )
-    limits = p.add_argument_group("limits")
+
+
+def _add_limit_flags(limits: argparse._ArgumentGroup) -> None:
+    """What one request, download or image may cost the server."""
     limits.add_argument(
         "--max-urls-per-pipeline",
         type=_positive_int,
@@ -152,10 +186,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.DEFAULT_MAX_OUTPUT_PIXELS,
         help="largest output (width x height) an operation may produce",
     )
-    limits.add_argument("--fetch-connect-timeout", type=_positive_float, default=5.0, help="seconds")
-    limits.add_argument("--fetch-read-timeout", type=_positive_float, default=15.0, help="between two reads")
-    limits.add_argument("--fetch-deadline", type=_positive_float, default=60.0, help="whole download")
-    limits.add_argument("--max-redirects", type=_non_negative_int, default=5, help="per source download")
+    limits.add_argument(
+        "--fetch-connect-timeout",
+        type=_positive_float,
+        default=_default("fetch_connect_timeout_s"),
+        help="seconds",
+    )
+    limits.add_argument(
+        "--fetch-read-timeout",
+        type=_positive_float,
+        default=_default("fetch_read_timeout_s"),
+        help="between two reads",
+    )
+    limits.add_argument(
+        "--fetch-deadline", type=_positive_float, default=_default("fetch_deadline_s"), help="whole download"
+    )
+    limits.add_argument(
+        "--max-redirects",
+        type=_non_negative_int,
+        default=_default("max_redirects"),
+        help="per source download",
+    )
     limits.add_argument(
         "--max-image-seconds",
         type=_positive_float,
@@ -164,11 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
         "replaced and the image fails",
     )
     limits.add_argument(
-        "--max-task-attempts", type=_positive_int, default=3, help="interrupted tasks retried"
+        "--max-task-attempts",
+        type=_positive_int,
+        default=_default("max_task_attempts"),
+        help="interrupted tasks retried",
     )
-    limits.add_argument("--gc-interval", type=_positive_float, default=600.0, help="expired temp file sweep")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    return p
+    limits.add_argument(
+        "--gc-interval",
+        type=_positive_float,
+        default=_default("gc_interval_s"),
+        help="expired temp file sweep",
+    )
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> ServerConfig:
@@ -211,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     config = config_from_args(args, os.environ)
     # Imported late: --help and argument errors stay fast and don't need the server extra.
-    from leapi_server.app import serve
+    from leapi_server.server import serve
 
     with contextlib.suppress(KeyboardInterrupt):
         serve(config, log_level=args.log_level)

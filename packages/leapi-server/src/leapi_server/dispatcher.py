@@ -42,6 +42,10 @@ def _noop() -> None:
 class Dispatcher:
     """Feeds the worker pool from the store.
 
+    :param config: the server's configuration (workers, limits, temp URL lifetime).
+    :param store: where tasks are leased from and outcomes recorded.
+    :param temp_store: names the output files.
+    :param boot_id: this server run's id: the owner of the leases it takes.
     :param on_pipeline_finished: called (on the loop) with a pipeline id when its last task is recorded.
     """
 
@@ -129,7 +133,7 @@ class Dispatcher:
             if capacity > 0:
                 try:
                     claimed = await asyncio.to_thread(
-                        self.store.claim_tasks, limit=capacity, boot_id=self.boot_id, now=time.time()
+                        self.store.tasks.claim, limit=capacity, boot_id=self.boot_id
                     )
                 except Exception:
                     log.exception("claiming tasks failed; retrying")
@@ -197,12 +201,11 @@ class Dispatcher:
                             task.attempts,
                         )
                     finished = await asyncio.to_thread(
-                        self.store.release_task,
+                        self.store.tasks.release,
                         pipeline_id=task.pipeline_id,
                         index=task.index,
                         boot_id=self.boot_id,
                         max_attempts=self.config.max_task_attempts,
-                        now=time.time(),
                         count_attempt=not innocent,
                     )
             else:
@@ -222,17 +225,15 @@ class Dispatcher:
 
     async def _complete(self, outcome: TaskOutcome) -> bool:
         """Record a task's outcome (done or failed); true when that finished its pipeline."""
-        now = time.time()
         return await asyncio.to_thread(
-            self.store.complete_task,
+            self.store.tasks.complete,
             pipeline_id=outcome.pipeline_id,
             index=outcome.index,
             boot_id=self.boot_id,
-            now=now,
             input_meta=None if outcome.input is None else asdict(outcome.input),
             output_meta=None if outcome.output is None else asdict(outcome.output),
             output_key=outcome.output_key,
-            expires_at=None if outcome.error else now + self.config.temp_url_ttl_s,
+            output_ttl_s=self.config.temp_url_ttl_s,
             error=outcome.error,
         )
 
@@ -259,6 +260,7 @@ class Dispatcher:
             if pool is None:
                 continue
             pool_pids = set(getattr(pool, "_processes", {}) or {})  # no public API lists the workers
+            # The real clock, never the store's injected one: the workers stamp their notes with it.
             now = time.time()
             for pid, key, since in notes:
                 if pid not in pool_pids or key not in self._inflight or key in self._overdue:

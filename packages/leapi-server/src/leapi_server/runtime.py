@@ -1,120 +1,70 @@
-"""Everything a running ``leapi-server`` holds: store, temp store, dispatcher, webhook sender, limiter,
-and the submit/read operations the routes call. Routes stay thin; this is where the rules live.
+"""Everything a running ``leapi-server`` holds (store, temp store, dispatcher, webhook sender, keys, rate
+limiter) and the operations the routes call. This is where the rules live; the answers are domain
+outcomes (``leapi_server.outcomes``), which the API layer turns into HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import fcntl
 import hashlib
 import hmac
 import json
 import logging
-import math
+import mimetypes
+import re
 import secrets
-import threading
-import time
-from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 from leapi.models import PipelineRequest
 from leapi.webhooks import generate_secret
+from leapi_server.access import KeyRing, RateLimiter
+from leapi_server.clock import SYSTEM_CLOCK, Clock, month_period
 from leapi_server.config import ServerConfig
+from leapi_server.datadir import load_or_create_secret
 from leapi_server.dispatcher import Dispatcher
 from leapi_server.netguard import AddressPolicy, check_http_url
-from leapi_server.store import Accepted, IdempotencyConflict, QuotaExceeded, Store
-from leapi_server.tempstore import TempStore, load_or_create_secret
-from leapi_server.views import iso, month_period, render_accepted, render_pipeline
+from leapi_server.outcomes import (
+    Accepted,
+    IdempotencyConflict,
+    NotFound,
+    QuotaExceeded,
+    RateLimited,
+    Rejected,
+    RejectionKind,
+    TempFile,
+)
+from leapi_server.store import PipelineRow, Store, TaskRow
+from leapi_server.tempstore import TempStore, TempUrlError
+from leapi_server.views import iso, render_accepted, render_deliveries, render_pipeline
 from leapi_server.webhook_sender import WebhookSender
 
 log = logging.getLogger("leapi_server")
 
-
-class DataDirInUseError(RuntimeError):
-    pass
-
-
-def lock_data_dir(config: ServerConfig) -> IO[str]:
-    """One server per data dir: its RUNNING task leases are then known to be stale at start."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(config.data_dir / ".lock", "a+")  # noqa: SIM115 - held for the process lifetime
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise DataDirInUseError(f"{config.data_dir} is used by another running leapi-server") from None
-    return handle
-
-
-class KeyRing:
-    """The accepted API keys. Lookups compare against every key in constant time; the store only ever
-    sees an owner id derived from the key (its SHA-256), never the key."""
-
-    def __init__(self, keys: tuple[str, ...]) -> None:
-        self._keys = [(k.encode(), hashlib.sha256(k.encode()).hexdigest()) for k in keys]
-
-    def owner_of(self, presented: str | None) -> str | None:
-        if not presented:
-            return None
-        candidate = presented.encode()
-        owner = None
-        for key, key_owner in self._keys:  # no early exit: the time taken does not depend on which key
-            if hmac.compare_digest(candidate, key):
-                owner = key_owner
-        return owner
-
-
-class RateLimiter:
-    """Sliding one-minute window per owner over POST /v1/pipeline requests (in memory)."""
-
-    def __init__(self, per_minute: int, window_s: float = 60.0) -> None:
-        self.per_minute = per_minute
-        self.window_s = window_s
-        self._hits: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
-        self._lock = threading.Lock()
-
-    def hit(self, owner: str, now: float | None = None) -> int | None:
-        """Count a request; ``None`` if allowed, else the seconds until one more would be."""
-        if not self.per_minute:
-            return None
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            hits = self._hits[owner]
-            while hits and hits[0] <= now - self.window_s:
-                hits.popleft()
-            if len(hits) >= self.per_minute:
-                return max(1, math.ceil(hits[0] + self.window_s - now))
-            hits.append(now)
-            return None
-
-
-@dataclass(frozen=True)
-class SubmitOutcome:
-    """What the submit route answers: an HTTP status, a JSON body and extra headers."""
-
-    status_code: int
-    body: dict[str, Any]
-    headers: dict[str, str]
-
-
-def rejected(reason: str) -> dict[str, str]:
-    return {"status": "REJECTED", "reason": reason}
+_PIPELINE_ID_RE = re.compile(r"^[0-9]{1,18}$")
 
 
 class Runtime:
-    def __init__(self, config: ServerConfig) -> None:
+    """The server's state and operations. Blocking operations are called from threads.
+
+    :param config: the server's configuration.
+    :param clock: the one source of "now" for stamps, expiry, quotas, rate limits and webhook retries.
+    """
+
+    def __init__(self, *, config: ServerConfig, clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
+        self.clock = clock
         self.boot_id = secrets.token_hex(8)
-        self.keys = KeyRing(config.api_keys)
-        self.limiter = RateLimiter(config.rate_limit_per_minute)
+        self.keys = KeyRing(keys=config.api_keys)
+        self.limiter = RateLimiter(per_minute=config.rate_limit_per_minute, clock=clock)
         self.address_policy = AddressPolicy(
             allow_private=config.allow_private_sources, allowed_networks=config.allowed_source_networks
         )
-        self.store = Store(config.db_path)
+        self.store = Store(path=config.db_path, clock=clock)
         self.temp_store = TempStore(
-            config.temp_dir, load_or_create_secret(config.data_dir / "url-signing-key")
+            root=config.temp_dir,
+            secret=load_or_create_secret(config.data_dir / "url-signing-key"),
+            clock=clock,
         )
         self.webhook_secret = config.webhook_secret or load_or_create_secret(
             config.data_dir / "webhook-secret", generate=generate_secret
@@ -127,17 +77,24 @@ class Runtime:
             on_pipeline_finished=self._pipeline_finished,
         )
         self.webhooks = WebhookSender(
-            config=config, store=self.store, secret=self.webhook_secret, render_body=self.webhook_body
+            config=config,
+            store=self.store,
+            secret=self.webhook_secret,
+            render_body=self.webhook_body,
+            clock=clock,
         )
         self._background: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._collect_now = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         requeued = await asyncio.to_thread(
-            self.store.recover, max_attempts=self.config.max_task_attempts, now=time.time()
+            self.store.tasks.recover, max_attempts=self.config.max_task_attempts
         )
-        orphans = await asyncio.to_thread(self.temp_store.remove_orphans, self.store.live_output_keys())
+        orphans = await asyncio.to_thread(self.temp_store.remove_orphans, self.store.tasks.live_output_keys())
         if requeued or orphans:
             log.info("recovered %d interrupted task(s), removed %d orphaned temp file(s)", requeued, orphans)
         self.dispatcher.start()
@@ -156,82 +113,79 @@ class Runtime:
         await self.dispatcher.stop()
         await self.webhooks.stop()
 
+    def wake(self) -> None:
+        """Re-check everything time-driven now (queued tasks, due webhooks, expired files) instead of at
+        the next poll, e.g. after the clock was moved. Safe to call from any thread."""
+        if self._loop is None:
+            return
+        for wake in (self.dispatcher.wake, self.webhooks.wake, self._collect_now.set):
+            self._loop.call_soon_threadsafe(wake)
+
     def _pipeline_finished(self, pipeline_id: int) -> None:
         self.webhooks.wake()
 
     async def _collect_garbage_forever(self) -> None:
         while True:
+            self._collect_now.clear()  # before the pass: a wake() during it asks for another one
             try:
                 await asyncio.to_thread(self.collect_garbage)
             except Exception:
                 log.exception("temp store garbage collection failed")
-            await asyncio.sleep(self.config.gc_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._collect_now.wait(), timeout=self.config.gc_interval_s)
 
     def collect_garbage(self) -> int:
-        """Delete output files whose temp URL expired; forget old idempotency keys."""
-        now = time.time()
-        expired = self.store.expired_outputs(now=now)
+        """Delete output files whose temp URL expired; forget old idempotency keys. Blocking."""
+        expired = self.store.tasks.expired_outputs()
         for _pipeline_id, _index, key in expired:
             self.temp_store.remove(key)
         if expired:
-            self.store.mark_collected([(p, i) for p, i, _ in expired])
+            self.store.tasks.mark_collected([(p, i) for p, i, _ in expired])
             log.info("removed %d expired temp file(s)", len(expired))
-        self.store.forget_idempotency_keys(older_than=now - self.config.idempotency_ttl_s)
+        self.store.pipelines.forget_idempotency_keys(ttl_s=self.config.idempotency_ttl_s)
         return len(expired)
 
     # -- operations the routes call -------------------------------------------------------------------
 
-    def submit(self, *, owner: str, request: PipelineRequest, idempotency_key: str | None) -> SubmitOutcome:
-        """Accept (and charge) or refuse a validated request. Blocking: call from a thread."""
-        urls = request.urls
+    def rate_limit(self, owner: str) -> RateLimited | None:
+        """Count one submit of ``owner``; a refusal when it is over the limit."""
+        return self.limiter.hit(owner)
+
+    def submit(
+        self, *, owner: str, request: PipelineRequest, idempotency_key: str | None
+    ) -> Accepted | Rejected | QuotaExceeded | IdempotencyConflict:
+        """Accept (and charge) or refuse a validated request. Blocking: call from a thread.
+
+        :param owner: the account (from the API key).
+        :param request: the request, valid against the wire contract.
+        :param idempotency_key: the client's Idempotency-Key header, already checked for its syntax.
+        """
         problem = self._request_problem(request)
         if problem:
-            return SubmitOutcome(400, rejected(problem), {})
-        now = time.time()
-        period, _start, period_end = month_period(now)
+            return Rejected(reason=problem)
+        urls = request.urls
         wire = request.model_dump(mode="json", by_alias=True)
         # Emit each operation in its documented form (unset optional fields left out, as sent).
         wire["operations"] = [op.to_wire() for op in request.operations]
         wire["source"] = {"http": {"url": urls}}
         # The same request in other JSON spelling (key order, url as string or list) is the same request.
         body_hash = hashlib.sha256(json.dumps(wire, sort_keys=True).encode()).hexdigest()
-        result = self.store.accept_pipeline(
+        result = self.store.pipelines.accept(
             owner=owner,
             request=wire,
             urls=urls,
             notify_url=request.notify_url,
-            period=period,
             quota=self.config.monthly_quota,
-            now=now,
             idempotency_key=idempotency_key,
             body_hash=body_hash,
             idempotency_ttl_s=self.config.idempotency_ttl_s,
         )
-        if isinstance(result, QuotaExceeded):
-            remaining = max(result.quota - result.used, 0)
-            return SubmitOutcome(
-                402,
-                rejected(
-                    f"Monthly quota exceeded: this request needs {result.requested} credit(s), "
-                    f"{remaining} of {result.quota} remain until {_utc(period_end)}."
-                ),
-                {},
-            )
-        if isinstance(result, IdempotencyConflict):
-            return SubmitOutcome(
-                422,
-                rejected(
-                    f"Idempotency-Key {idempotency_key!r} was already used for pipeline {result.pipeline_id} "
-                    "with a different request body; use a new key for a new request."
-                ),
-                {},
-            )
-        assert isinstance(result, Accepted)
-        loaded = self.store.get_pipeline(result.pipeline_id)
+        if isinstance(result, QuotaExceeded | IdempotencyConflict):
+            return result
+        loaded = self.store.pipelines.get(result.pipeline_id)
         assert loaded is not None
         row, tasks = loaded
-        headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
-        return SubmitOutcome(200, render_accepted(row, [t.url for t in tasks]), headers)
+        return Accepted(body=render_accepted(row, [t.url for t in tasks]), replayed=result.replayed)
 
     def _request_problem(self, request: PipelineRequest) -> str:
         """Checks beyond the wire model: server limits and the SSRF policy on literal addresses."""
@@ -260,27 +214,48 @@ class Runtime:
                 )
         return ""
 
-    def pipeline(self, *, owner: str, pipeline_id: int, base_url: str) -> dict[str, Any] | None:
-        """The pipeline object, or None when it does not exist or belongs to another key. Blocking."""
-        loaded = self.store.get_pipeline(pipeline_id)
+    def _owned_pipeline(self, owner: str, pipeline_id: str) -> tuple[PipelineRow, list[TaskRow]] | NotFound:
+        not_found = NotFound(reason=f"pipeline {pipeline_id} not found")
+        if not _PIPELINE_ID_RE.match(pipeline_id):  # not str.isdigit: that accepts "4²", which int() refuses
+            return not_found
+        loaded = self.store.pipelines.get(int(pipeline_id))
         if loaded is None or not hmac.compare_digest(loaded[0].owner, owner):
-            return None
+            return not_found
+        return loaded
+
+    def pipeline(self, *, owner: str, pipeline_id: str, base_url: str) -> dict[str, Any] | NotFound:
+        """The documented pipeline object; NotFound for an unknown id or another key's pipeline. Blocking.
+
+        :param pipeline_id: as written in the request path.
+        :param base_url: where the client reached this server (base of ``tmp_url`` without --public-url).
+        """
+        loaded = self._owned_pipeline(owner, pipeline_id)
+        if isinstance(loaded, NotFound):
+            return loaded
         row, tasks = loaded
         return render_pipeline(
             row, tasks, temp_store=self.temp_store, base_url=self.config.public_url or base_url
         )
 
+    def webhook_deliveries(self, *, owner: str, pipeline_id: str) -> list[dict[str, Any]] | NotFound:
+        """Extension: the pipeline's webhook deliveries with every attempt. Blocking."""
+        loaded = self._owned_pipeline(owner, pipeline_id)
+        if isinstance(loaded, NotFound):
+            return loaded
+        return render_deliveries(self.store.webhooks.for_pipeline(loaded[0].id))
+
     def webhook_body(self, pipeline_id: int) -> dict[str, Any]:
-        loaded = self.store.get_pipeline(pipeline_id)
+        """What a finished pipeline's webhook POSTs: ``{"id", "status", "pipeline"}``. Blocking."""
+        loaded = self.store.pipelines.get(pipeline_id)
         assert loaded is not None
         row, tasks = loaded
         pipeline = render_pipeline(row, tasks, temp_store=self.temp_store, base_url=self.config.base_url)
-        return {"id": row.id, "status": row.status, "pipeline": pipeline}
+        return {"id": row.id, "status": row.status.value, "pipeline": pipeline}
 
     def usage(self, *, owner: str) -> dict[str, Any]:
-        now = time.time()
-        period, start, end = month_period(now)
-        used = self.store.used_credits(owner, period)
+        """Credits used this calendar month (UTC), the quota and the rate limit. Blocking."""
+        period, start, end = month_period(self.clock())
+        used = self.store.pipelines.used_credits(owner, period)
         quota = self.config.monthly_quota or None
         return {
             "used": used,
@@ -291,30 +266,19 @@ class Runtime:
             "rate_limit_per_minute": self.config.rate_limit_per_minute or None,
         }
 
-    def webhook_deliveries(self, *, owner: str, pipeline_id: int) -> list[dict[str, Any]] | None:
-        loaded = self.store.get_pipeline(pipeline_id)
-        if loaded is None or not hmac.compare_digest(loaded[0].owner, owner):
-            return None
-        return [
-            {
-                "id": d.id,
-                "url": d.url,
-                "state": d.state,
-                "next_attempt_at": iso(d.next_attempt_at),
-                "attempts": [
-                    {
-                        "attempt": a.attempt,
-                        "started_at": iso(a.started_at),
-                        "duration_s": round(a.duration_s, 4),
-                        "status_code": a.status_code,
-                        "error": a.error,
-                    }
-                    for a in d.attempts
-                ],
-            }
-            for d in self.store.deliveries_for(pipeline_id)
-        ]
-
-
-def _utc(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    def temp_file(
+        self, *, key: str, expires: str | None, signature: str | None
+    ) -> TempFile | Rejected | NotFound:
+        """The output file behind a signed temp URL; Rejected when the URL is tampered with, expired or
+        malformed, NotFound when its file is gone."""
+        try:
+            path = self.temp_store.resolve(key, expires, signature)
+        except TempUrlError as exc:
+            return Rejected(reason=str(exc), kind=RejectionKind.TEMP_URL_REFUSED)
+        if not path.is_file():
+            return NotFound(reason="the temporary file no longer exists")
+        return TempFile(
+            path=path,
+            media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream",
+            max_age_s=max(0, int(expires or 0) - int(self.clock())),
+        )

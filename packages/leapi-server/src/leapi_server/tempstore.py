@@ -11,16 +11,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import os
 import re
-import secrets
 import string
-import time
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-TMP_ROUTE_PREFIX = "/v1/tmp/"
+from leapi.constants import TMP_PATH_PREFIX
+from leapi_server.clock import SYSTEM_CLOCK, Clock, utc_text
+
 #: One path component of a key: no separators, no leading dot (so no ``.``/``..``/hidden files).
 _COMPONENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$")
 _BASE62 = string.digits + string.ascii_letters
@@ -28,19 +26,6 @@ _BASE62 = string.digits + string.ascii_letters
 
 class TempUrlError(Exception):
     """A temp URL that must be refused (403); the message says why."""
-
-
-def load_or_create_secret(path: Path, *, generate: Callable[[], str] = lambda: secrets.token_hex(32)) -> str:
-    """Read a secret kept in the data dir, creating it (mode 0600) on first start."""
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    value = generate()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value + "\n")
-    return value
 
 
 def safe_basename(url_path: str, *, fallback: str = "image") -> str:
@@ -53,12 +38,18 @@ def safe_basename(url_path: str, *, fallback: str = "image") -> str:
 
 
 class TempStore:
-    """Signs, verifies and resolves temp URLs; removes expired files."""
+    """Signs, verifies and resolves temp URLs; removes expired files.
 
-    def __init__(self, root: Path, secret: str) -> None:
+    :param root: the folder holding the files (``<data-dir>/tmp``).
+    :param secret: the HMAC key of names and signatures.
+    :param clock: decides whether a URL has expired.
+    """
+
+    def __init__(self, *, root: Path, secret: str, clock: Clock = SYSTEM_CLOCK) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._key = secret.encode()
+        self._clock = clock
 
     # -- naming ---------------------------------------------------------------------------------------
 
@@ -80,11 +71,9 @@ class TempStore:
 
     def signed_url(self, base_url: str, key: str, expires: int) -> str:
         query = urlencode({"expires": expires, "signature": self._signature(key, expires)})
-        return f"{base_url.rstrip('/')}{TMP_ROUTE_PREFIX}{quote(key)}?{query}"
+        return f"{base_url.rstrip('/')}{TMP_PATH_PREFIX}{quote(key)}?{query}"
 
-    def resolve(
-        self, key: str, expires: str | None, signature: str | None, *, now: float | None = None
-    ) -> Path:
+    def resolve(self, key: str, expires: str | None, signature: str | None) -> Path:
         """The file behind a signed URL, or :class:`TempUrlError` (tampered, expired, traversal)."""
         parts = key.split("/")
         if not parts or any(not _COMPONENT.match(part) for part in parts):
@@ -94,11 +83,9 @@ class TempStore:
         expected = self._signature(key, int(expires))
         if not hmac.compare_digest(expected.encode(), signature.encode()):
             raise TempUrlError("temporary URL signature does not match")
-        current = time.time() if now is None else now
-        if int(expires) < current:
+        if int(expires) < self._clock():
             raise TempUrlError(
-                f"temporary URL expired at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(int(expires)))}; "
-                "submit the image again to get a new one"
+                f"temporary URL expired at {utc_text(int(expires))}; submit the image again to get a new one"
             )
         path = (self.root / key).resolve()
         if not path.is_relative_to(self.root.resolve()):

@@ -6,12 +6,12 @@ they are UTC.
 
 from __future__ import annotations
 
-import calendar
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from leapi_server.store import DONE, FAILED, PipelineRow, TaskRow
+from leapi.models import PipelineStatus, SubmitStatus
+from leapi_server.store import DeliveryRecord, PipelineRow, TaskRow, TaskState
 from leapi_server.tempstore import TempStore
 
 #: ``output_object.s3_bucket``. The docs' default is ``leapi-tmp-us-east-1``; this server keeps temp files
@@ -23,15 +23,6 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
-
-
-def month_period(now: float) -> tuple[str, float, float]:
-    """(``YYYY-MM``, start, end) of the UTC calendar month holding ``now``: the quota period."""
-    moment = datetime.fromtimestamp(now, UTC)
-    start = datetime(moment.year, moment.month, 1, tzinfo=UTC)
-    days = calendar.monthrange(moment.year, moment.month)[1]
-    end = start.timestamp() + days * 86400
-    return f"{moment.year:04d}-{moment.month:02d}", start.timestamp(), end
 
 
 def _megapixels(width: int, height: int) -> float:
@@ -111,9 +102,9 @@ def render_pipeline(
     results = []
     errors = []
     for task in tasks:
-        if task.state not in (DONE, FAILED):
+        if task.state not in (TaskState.DONE, TaskState.FAILED):
             continue
-        succeeded = task.state == DONE
+        succeeded = task.state is TaskState.DONE
         results.append(
             {
                 "created_at": iso(task.finished_at),
@@ -134,7 +125,7 @@ def render_pipeline(
         "error": row.error,
         "errors": errors,
         "source": {"http": {"url": [t.url for t in tasks]}},
-        "status": row.status,
+        "status": row.status.value,
         "results": results,
         "notify_url": row.notify_url,
         "operations": row.request["operations"],
@@ -147,14 +138,14 @@ def render_pipeline(
 def render_accepted(row: PipelineRow, urls: list[str]) -> dict[str, Any]:
     """The ACCEPTED answer: the pipeline as it was when accepted (also for an idempotent replay)."""
     return {
-        "status": "ACCEPTED",
+        "status": SubmitStatus.ACCEPTED.value,
         "pipeline": {
             "id": row.id,
             "sink": row.request.get("sink", {"temp_store": True}),
             "error": None,
             "errors": [],
             "source": {"http": {"url": urls}},
-            "status": "PROCESSING",
+            "status": PipelineStatus.PROCESSING.value,
             "results": [],
             "notify_url": row.notify_url,
             "operations": row.request["operations"],
@@ -163,3 +154,26 @@ def render_accepted(row: PipelineRow, urls: list[str]) -> dict[str, Any]:
             "submitted_at": iso(row.submitted_at),
         },
     }
+
+
+def render_deliveries(deliveries: list[DeliveryRecord]) -> list[dict[str, Any]]:
+    """The ``deliveries`` of ``GET /v1/pipeline/{id}/webhooks`` (extension), each with every attempt."""
+    return [
+        {
+            "id": d.id,
+            "url": d.url,
+            "state": d.state.value,
+            "next_attempt_at": iso(d.next_attempt_at),
+            "attempts": [
+                {
+                    "attempt": a.attempt,
+                    "started_at": iso(a.started_at),
+                    "duration_s": round(a.duration_s, 4),
+                    "status_code": a.status_code,
+                    "error": a.error,
+                }
+                for a in d.attempts
+            ],
+        }
+        for d in deliveries
+    ]

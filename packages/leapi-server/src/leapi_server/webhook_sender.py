@@ -15,10 +15,13 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import httpcore
 
 from leapi.webhooks import signed_headers
+from leapi_server.clock import SYSTEM_CLOCK, Clock
 from leapi_server.config import ServerConfig
 from leapi_server.netguard import AddressPolicy, BlockedAddressError, GuardedAsyncBackend
 from leapi_server.store import Delivery, Store
@@ -30,10 +33,24 @@ _IDLE_POLL_S = 5.0
 USER_AGENT = "leapi-server-webhooks"
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Response:
+    """How one attempt went: ``error`` None means acknowledged."""
+
+    status_code: int | None = None
+    error: str | None = None
+    #: The target can never accept it (refused address, unsupported URL): no retry.
+    permanent: bool = False
+
+
 class WebhookSender:
     """Background loop sending due deliveries.
 
+    :param config: retry delays, timeout and the SSRF policy of webhook targets.
+    :param store: the deliveries and their attempts.
+    :param secret: the HMAC secret of the signatures.
     :param render_body: pipeline id -> JSON-able webhook body (called once per delivery).
+    :param clock: when attempts happen and retries are due.
     """
 
     def __init__(
@@ -42,12 +59,14 @@ class WebhookSender:
         config: ServerConfig,
         store: Store,
         secret: str,
-        render_body: Callable[[int], dict],
+        render_body: Callable[[int], dict[str, Any]],
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
         self.store = store
         self.secret = secret
         self.render_body = render_body
+        self._clock = clock
         self._pool = httpcore.AsyncConnectionPool(
             network_backend=GuardedAsyncBackend(
                 AddressPolicy(
@@ -76,21 +95,20 @@ class WebhookSender:
             self._wake.clear()
             timeout = _IDLE_POLL_S
             try:
-                now = time.time()
                 room = _MAX_CONCURRENT - len(self._inflight)
                 # Taken before the query: a delivery in flight now may record its attempt and leave
                 # _inflight while we wait, and the row we read for it is then stale (a second attempt
                 # would go out at once instead of after its delay).
                 busy_at_query = set(self._inflight)
-                due = await asyncio.to_thread(self.store.due_deliveries, now=now, limit=_MAX_CONCURRENT * 2)
+                due = await asyncio.to_thread(self.store.webhooks.due, limit=_MAX_CONCURRENT * 2)
                 for delivery in due:
                     if delivery.id in busy_at_query or delivery.id in self._inflight or room <= 0:
                         continue
                     room -= 1
                     self._inflight[delivery.id] = asyncio.create_task(self._attempt(delivery))
-                next_at = await asyncio.to_thread(self.store.next_delivery_at)
+                next_at = await asyncio.to_thread(self.store.webhooks.next_attempt_at)
                 if next_at is not None:
-                    timeout = min(max(next_at - time.time(), 0.2), _IDLE_POLL_S)
+                    timeout = min(max(next_at - self._clock(), 0.2), _IDLE_POLL_S)
             except Exception:
                 log.exception("webhook loop error")
             with contextlib.suppress(TimeoutError):
@@ -102,75 +120,29 @@ class WebhookSender:
             if body is None:
                 rendered = await asyncio.to_thread(self.render_body, delivery.pipeline_id)
                 body = json.dumps(rendered, separators=(",", ":")).encode()
-                body = await asyncio.to_thread(self.store.freeze_delivery_body, delivery.id, body)
-            started = time.time()
-            status_code: int | None = None
-            error: str | None = None
-            permanent = False
-            headers = {
-                "Content-Type": "application/json",
-                "User-Agent": USER_AGENT,
-                **signed_headers(self.secret, delivery.id, body),
-            }
-            t = self.config.webhook_timeout_s
-            try:
-                # Streamed and not read: only the status matters, and a receiver can't make us buffer.
-                async with self._pool.stream(
-                    "POST",
-                    delivery.url,
-                    headers=list(headers.items()),
-                    content=body,
-                    extensions={"timeout": {"connect": t, "read": t, "write": t, "pool": t}},
-                ) as response:
-                    status_code = response.status
-                if status_code >= 400:
-                    error = f"receiver answered HTTP {status_code}"
-            except BlockedAddressError as exc:
-                error, permanent = f"refused: {exc}", True
-            except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
-                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            except httpcore.UnsupportedProtocol as exc:
-                error, permanent = f"unsupported URL: {exc}", True
-            duration = time.time() - started
+                body = await asyncio.to_thread(self.store.webhooks.freeze_body, delivery.id, body)
+            started_at = self._clock()
+            # The duration is measured, not read off the (possibly injected) clock.
+            started = time.monotonic()
+            response = await self._post(delivery, body)
+            duration = time.monotonic() - started
             attempt_no = delivery.attempts + 1
             delays = self.config.webhook_retry_delays_s
             retry_at = None
-            if error is not None and not permanent and attempt_no <= len(delays):
-                retry_at = started + duration + delays[attempt_no - 1]
+            if response.error is not None and not response.permanent and attempt_no <= len(delays):
+                # The docs count each delay from the attempt that was not acknowledged, i.e. from its end.
+                retry_at = self._clock() + delays[attempt_no - 1]
             await asyncio.to_thread(
-                self.store.record_attempt,
+                self.store.webhooks.record_attempt,
                 delivery_id=delivery.id,
-                started_at=started,
+                started_at=started_at,
                 duration_s=duration,
-                status_code=status_code,
-                error=error,
-                delivered=error is None,
+                status_code=response.status_code,
+                error=response.error,
+                delivered=response.error is None,
                 retry_at=retry_at,
             )
-            if error is None:
-                log.info(
-                    "webhook %s for pipeline %s delivered (attempt %s)",
-                    delivery.id,
-                    delivery.pipeline_id,
-                    attempt_no,
-                )
-            elif retry_at is None:
-                log.warning(
-                    "webhook %s for pipeline %s abandoned after attempt %s: %s",
-                    delivery.id,
-                    delivery.pipeline_id,
-                    attempt_no,
-                    error,
-                )
-            else:
-                log.info(
-                    "webhook %s for pipeline %s attempt %s failed (%s); retry in %.0f s",
-                    delivery.id,
-                    delivery.pipeline_id,
-                    attempt_no,
-                    error,
-                    retry_at - time.time(),
-                )
+            self._log_attempt(delivery, attempt_no, response, retry_at)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -179,3 +151,60 @@ class WebhookSender:
         finally:
             self._inflight.pop(delivery.id, None)
             self._wake.set()
+
+    async def _post(self, delivery: Delivery, body: bytes) -> _Response:
+        """One signed POST of ``body`` to the delivery's URL."""
+        # signed_headers stamps the real time: the receiver checks it against its own clock.
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            **signed_headers(self.secret, delivery.id, body),
+        }
+        t = self.config.webhook_timeout_s
+        try:
+            # Streamed and not read: only the status matters, and a receiver can't make us buffer.
+            async with self._pool.stream(
+                "POST",
+                delivery.url,
+                headers=list(headers.items()),
+                content=body,
+                extensions={"timeout": {"connect": t, "read": t, "write": t, "pool": t}},
+            ) as response:
+                status_code = response.status
+        except BlockedAddressError as exc:
+            return _Response(error=f"refused: {exc}", permanent=True)
+        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
+            return _Response(error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        except httpcore.UnsupportedProtocol as exc:
+            return _Response(error=f"unsupported URL: {exc}", permanent=True)
+        if status_code >= 400:
+            return _Response(status_code=status_code, error=f"receiver answered HTTP {status_code}")
+        return _Response(status_code=status_code)
+
+    def _log_attempt(
+        self, delivery: Delivery, attempt_no: int, response: _Response, retry_at: float | None
+    ) -> None:
+        if response.error is None:
+            log.info(
+                "webhook %s for pipeline %s delivered (attempt %s)",
+                delivery.id,
+                delivery.pipeline_id,
+                attempt_no,
+            )
+        elif retry_at is None:
+            log.warning(
+                "webhook %s for pipeline %s abandoned after attempt %s: %s",
+                delivery.id,
+                delivery.pipeline_id,
+                attempt_no,
+                response.error,
+            )
+        else:
+            log.info(
+                "webhook %s for pipeline %s attempt %s failed (%s); retry in %.0f s",
+                delivery.id,
+                delivery.pipeline_id,
+                attempt_no,
+                response.error,
+                retry_at - self._clock(),
+            )

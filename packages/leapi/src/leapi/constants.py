@@ -21,6 +21,8 @@ RATE_LIMIT_REASON = "Too Many Requests. Rate limit exceeded."
 #: only when a response carries ``IDEMPOTENCY_SUPPORT_HEADER: supported``.
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 IDEMPOTENCY_SUPPORT_HEADER = "X-Leapi-Idempotency"
+#: The value of ``IDEMPOTENCY_SUPPORT_HEADER`` that advertises the extension.
+IDEMPOTENCY_SUPPORTED = "supported"
 #: Extension: ``true`` on an ACCEPTED answer that replays an earlier request with the same Idempotency-Key.
 IDEMPOTENT_REPLAY_HEADER = "Idempotent-Replayed"
 #: Extension: liveness, no key needed.

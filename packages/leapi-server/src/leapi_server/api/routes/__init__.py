@@ -1,0 +1,1 @@
+"""One router per resource: pipelines (with their webhook deliveries), usage, temp files, health."""

@@ -1,0 +1,254 @@
+"""The work queue: one ``tasks`` row per source URL, leased to the running server while a worker has it.
+
+Finishing a task may finish its pipeline; that status change and the pipeline's webhook delivery row are
+written in the same transaction, so a crash can lose neither.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from leapi.models import PipelineStatus
+from leapi_server.clock import Clock
+from leapi_server.store.database import Database
+from leapi_server.store.rows import ClaimedTask
+from leapi_server.store.schema import DeliveryState, TaskState
+
+_PENDING, _RUNNING, _DONE, _FAILED = (s.value for s in TaskState)
+
+
+class TaskQueue:
+    """Claims, completions and re-queues of tasks, and the expiry of their output files.
+
+    :param database: the shared SQLite database.
+    :param clock: stamps claims and completions.
+    """
+
+    def __init__(self, *, database: Database, clock: Clock) -> None:
+        self._db = database
+        self._clock = clock
+
+    def recover(self, *, max_attempts: int) -> int:
+        """At start: every RUNNING task belongs to a dead boot (the data dir is locked to one server), so
+        its lease is stale: put it back to PENDING, or fail it if it was interrupted too often.
+
+        :param max_attempts: a task interrupted this often fails instead of running again.
+        :returns: the number of tasks re-queued.
+        """
+        with self._db.write() as conn:
+            now = self._clock()
+            stale = conn.execute(
+                "SELECT pipeline_id, idx, attempts FROM tasks WHERE state=?", (_RUNNING,)
+            ).fetchall()
+            requeued = 0
+            touched = set()
+            for task in stale:
+                if task["attempts"] >= max_attempts:
+                    _fail_interrupted(conn, task["pipeline_id"], task["idx"], task["attempts"], now)
+                    touched.add(task["pipeline_id"])
+                else:
+                    conn.execute(
+                        "UPDATE tasks SET state=?, claimed_by=NULL WHERE pipeline_id=? AND idx=?",
+                        (_PENDING, task["pipeline_id"], task["idx"]),
+                    )
+                    requeued += 1
+            # Also pipelines whose last task ended right before a crash (belt and braces).
+            processing = conn.execute(
+                "SELECT id FROM pipelines WHERE status=?", (PipelineStatus.PROCESSING.value,)
+            ).fetchall()
+            touched.update(row["id"] for row in processing)
+            for pipeline_id in touched:
+                _finish_pipeline_if_done(conn, pipeline_id, now)
+            return requeued
+
+    def claim(self, *, limit: int, boot_id: str) -> list[ClaimedTask]:
+        """Lease up to ``limit`` pending tasks (oldest pipeline first) to this boot."""
+        if limit <= 0:
+            return []
+        with self._db.write() as conn:
+            now = self._clock()
+            rows = conn.execute(
+                "SELECT t.pipeline_id, t.idx, t.url, t.attempts, p.request FROM tasks t "
+                "JOIN pipelines p ON p.id = t.pipeline_id WHERE t.state=? ORDER BY t.pipeline_id, t.idx LIMIT ?",
+                (_PENDING, limit),
+            ).fetchall()
+            claimed = []
+            for row in rows:
+                conn.execute(
+                    "UPDATE tasks SET state=?, claimed_by=?, claimed_at=?, attempts=attempts+1 "
+                    "WHERE pipeline_id=? AND idx=?",
+                    (_RUNNING, boot_id, now, row["pipeline_id"], row["idx"]),
+                )
+                # MAX: a clock that steps back must not start a pipeline before it was submitted.
+                conn.execute(
+                    "UPDATE pipelines SET started_at=MAX(?, submitted_at) WHERE id=? AND started_at IS NULL",
+                    (now, row["pipeline_id"]),
+                )
+                claimed.append(
+                    ClaimedTask(
+                        pipeline_id=row["pipeline_id"],
+                        index=row["idx"],
+                        url=row["url"],
+                        operations=tuple(json.loads(row["request"])["operations"]),
+                        attempts=row["attempts"] + 1,
+                    )
+                )
+            return claimed
+
+    def complete(
+        self,
+        *,
+        pipeline_id: int,
+        index: int,
+        boot_id: str,
+        input_meta: dict[str, Any] | None,
+        output_meta: dict[str, Any] | None,
+        output_key: str | None,
+        output_ttl_s: float,
+        error: str | None,
+    ) -> bool:
+        """Record a task's outcome (only if this boot still holds its lease); finish the pipeline when it
+        was the last one.
+
+        :param output_ttl_s: seconds the output (its temp URL) lives from now; unused when ``error``.
+        :param error: set: the image failed, with this user-facing reason.
+        :returns: True when the pipeline finished with this call.
+        """
+        with self._db.write() as conn:
+            now = self._clock()
+            updated = conn.execute(
+                "UPDATE tasks SET state=?, finished_at=?, input=?, output=?, output_key=?, expires_at=?, error=? "
+                "WHERE pipeline_id=? AND idx=? AND state=? AND claimed_by=?",
+                (
+                    _FAILED if error else _DONE,
+                    now,
+                    None if input_meta is None else json.dumps(input_meta),
+                    None if output_meta is None else json.dumps(output_meta),
+                    output_key,
+                    None if error else now + output_ttl_s,
+                    error,
+                    pipeline_id,
+                    index,
+                    _RUNNING,
+                    boot_id,
+                ),
+            ).rowcount
+            if not updated:
+                return False
+            return _finish_pipeline_if_done(conn, pipeline_id, now)
+
+    def release(
+        self, *, pipeline_id: int, index: int, boot_id: str, max_attempts: int, count_attempt: bool = True
+    ) -> bool:
+        """The worker running this task died: re-queue it, or fail it after ``max_attempts``.
+
+        :param count_attempt: False when the task is known to be innocent (its pool was stopped because of
+            another image): it goes back to the queue without using up one of its attempts.
+        :returns: True when the pipeline finished with this call.
+        """
+        with self._db.write() as conn:
+            row = conn.execute(
+                "SELECT attempts FROM tasks WHERE pipeline_id=? AND idx=? AND state=? AND claimed_by=?",
+                (pipeline_id, index, _RUNNING, boot_id),
+            ).fetchone()
+            if row is None:
+                return False
+            if count_attempt and row["attempts"] >= max_attempts:
+                now = self._clock()
+                _fail_interrupted(conn, pipeline_id, index, row["attempts"], now)
+                return _finish_pipeline_if_done(conn, pipeline_id, now)
+            conn.execute(
+                "UPDATE tasks SET state=?, claimed_by=NULL, attempts=attempts-? WHERE pipeline_id=? AND idx=?",
+                (_PENDING, 0 if count_attempt else 1, pipeline_id, index),
+            )
+            return False
+
+    def count_by_state(self) -> dict[TaskState, int]:
+        rows = self._db.connection().execute("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state")
+        return {TaskState(r["state"]): int(r["n"]) for r in rows.fetchall()}
+
+    # -- output files -----------------------------------------------------------------------------------
+
+    def expired_outputs(self, *, limit: int = 1000) -> list[tuple[int, int, str]]:
+        """(pipeline id, index, output key) of outputs whose temp URL has expired and whose file is not
+        yet collected."""
+        rows = (
+            self._db.connection()
+            .execute(
+                "SELECT pipeline_id, idx, output_key FROM tasks WHERE collected=0 AND output_key IS NOT NULL "
+                "AND expires_at<? LIMIT ?",
+                (self._clock(), limit),
+            )
+            .fetchall()
+        )
+        return [(r["pipeline_id"], r["idx"], r["output_key"]) for r in rows]
+
+    def mark_collected(self, items: list[tuple[int, int]]) -> None:
+        """The files of these (pipeline id, index) tasks were deleted."""
+        with self._db.write() as conn:
+            conn.executemany("UPDATE tasks SET collected=1 WHERE pipeline_id=? AND idx=?", items)
+
+    def live_output_keys(self) -> set[str]:
+        """Keys of every output file a task still references."""
+        rows = (
+            self._db.connection()
+            .execute("SELECT output_key FROM tasks WHERE collected=0 AND output_key IS NOT NULL")
+            .fetchall()
+        )
+        return {r["output_key"] for r in rows}
+
+
+def _fail_interrupted(
+    conn: sqlite3.Connection, pipeline_id: int, index: int, attempts: int, now: float
+) -> None:
+    conn.execute(
+        "UPDATE tasks SET state=?, finished_at=?, error=? WHERE pipeline_id=? AND idx=?",
+        (
+            _FAILED,
+            now,
+            (
+                f"processing this image was interrupted {attempts} times (worker crash or server restart); "
+                "giving up on it"
+            ),
+            pipeline_id,
+            index,
+        ),
+    )
+
+
+def _finish_pipeline_if_done(conn: sqlite3.Connection, pipeline_id: int, now: float) -> bool:
+    """DONE if any image succeeded, ERROR if none did, once every task is terminal; True if it finished."""
+    pipeline = conn.execute("SELECT status, notify_url FROM pipelines WHERE id=?", (pipeline_id,)).fetchone()
+    if pipeline is None or pipeline["status"] != PipelineStatus.PROCESSING.value:
+        return False
+    counts = conn.execute(
+        "SELECT SUM(state=?) AS done, SUM(state=?) AS failed, COUNT(*) AS total FROM tasks WHERE pipeline_id=?",
+        (_DONE, _FAILED, pipeline_id),
+    ).fetchone()
+    done, failed, total = int(counts["done"] or 0), int(counts["failed"] or 0), int(counts["total"])
+    if done + failed < total:
+        return False
+    status = PipelineStatus.DONE if done else PipelineStatus.ERROR
+    error = None if done else f"all {total} image(s) failed; see errors"
+    conn.execute(
+        "UPDATE pipelines SET status=?, finished_at=?, error=?, started_at=COALESCE(started_at, ?) WHERE id=?",
+        (status.value, now, error, now, pipeline_id),
+    )
+    if pipeline["notify_url"]:
+        # Created in the same transaction as the status change: a crash cannot lose the webhook.
+        # The id is stable across retries (Standard Webhooks ``webhook-id``).
+        conn.execute(
+            "INSERT OR IGNORE INTO webhook_deliveries(id, pipeline_id, url, state, next_attempt_at, created_at) "
+            "VALUES (?,?,?,?,?,?)",
+            (
+                f"msg_{pipeline_id}_{int(now * 1000)}",
+                pipeline_id,
+                pipeline["notify_url"],
+                DeliveryState.PENDING.value,
+                now,
+                now,
+            ),
+        )
+    return True

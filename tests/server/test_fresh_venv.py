@@ -1,0 +1,132 @@
+"""The acceptance line of the server distribution: in a fresh venv holding only the ``leapi`` and
+``leapi-server`` wheels (and their dependencies; no Airflow, no workspace), ``leapi-server`` starts and
+enhances an image end to end.
+
+The wheels are built from this checkout; the dependencies are installed at the versions of ``uv.lock``
+from uv's cache (``--offline``: what ``make venv`` downloaded), then the wheels themselves, so that a
+dependency the wheels need but do not declare cannot hide behind the dev venv.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.support.server import quick_start_body, running_server, wait_for_pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+WHEELS = ("leapi", "leapi-server")
+
+
+def _uv() -> str:
+    local = REPO / ".work" / "uv" / "bin" / "uv"
+    if local.is_file():
+        return str(local)
+    found = shutil.which("uv")
+    if found is None:
+        pytest.skip("uv is not installed (make venv puts it in .work/uv)")
+    return found
+
+
+def _run(command: list[str], timings: dict[str, float], step: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")}
+    env["UV_PYTHON_DOWNLOADS"] = "never"
+    started = time.monotonic()
+    result = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    timings[step] = round(time.monotonic() - started, 2)
+    assert result.returncode == 0, f"{step} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A venv with the two wheels built from this checkout and their locked dependencies only."""
+    uv = _uv()
+    work = tmp_path_factory.mktemp("fresh-venv")
+    dist, venv, lock = work / "dist", work / "venv", work / "pylock.toml"
+    timings: dict[str, float] = {}
+    for package in WHEELS:
+        _run(
+            [uv, "build", "--package", package, "--wheel", "--out-dir", str(dist), "--offline"],
+            timings,
+            f"build {package}",
+        )
+    _run(
+        [uv, "export", "--frozen", "--package", "leapi-server", "--no-dev", "--no-emit-workspace",
+         "--format", "pylock.toml", "--output-file", str(lock)],
+        timings,
+        "export locked dependencies",
+    )  # fmt: skip
+    _run([uv, "venv", "--python", "python3", str(venv)], timings, "create venv")
+    python = str(venv / "bin" / "python")
+    _run(
+        [uv, "pip", "install", "--offline", "--python", python, "-r", str(lock)],
+        timings,
+        "install dependencies",
+    )
+    wheels = sorted(str(w) for w in dist.glob("*.whl"))
+    assert len(wheels) == 2, wheels
+    _run([uv, "pip", "install", "--offline", "--python", python, *wheels], timings, "install wheels")
+    _run([uv, "pip", "check", "--python", python], timings, "check")
+    print(f"fresh venv in {sum(timings.values()):.1f} s: {timings}")
+    yield venv
+
+
+def _run_python(venv: Path, code: str) -> subprocess.CompletedProcess[str]:
+    # From the venv's folder: python -c puts the working directory first on sys.path, and this
+    # checkout's folder would lend it leapi_provider.
+    return subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code],
+        cwd=venv,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_fresh_venv_holds_the_server_and_no_airflow(fresh_venv: Path) -> None:
+    found = _run_python(
+        fresh_venv,
+        "import importlib.util, leapi, leapi_server, leapi_server.engine\n"
+        "print(leapi_server.__file__)\n"
+        "print(*[m for m in ('airflow', 'leapi_provider') if importlib.util.find_spec(m)])\n",
+    )
+    assert found.returncode == 0, found.stderr
+    location, present = found.stdout.splitlines()
+    assert Path(location).resolve().is_relative_to(fresh_venv.resolve())  # the wheel, not this checkout
+    assert present == ""
+    no_airflow = _run_python(fresh_venv, "import airflow")
+    assert no_airflow.returncode != 0 and "No module named 'airflow'" in no_airflow.stderr
+
+
+@pytest.mark.slow
+def test_fresh_venv_server_runs_the_quick_start(fresh_venv: Path, source_photos: dict[str, str]) -> None:
+    with (
+        running_server(
+            command=[str(fresh_venv / "bin" / "leapi-server")], extra_args=("--workers", "1")
+        ) as server,
+        server.client() as client,
+    ):
+        accepted = client.post("/v1/pipeline", json=quick_start_body(source_photos["burger.jpg"]))
+        assert accepted.status_code == 200 and accepted.json()["status"] == "ACCEPTED"
+        pipeline = wait_for_pipeline(client, accepted.json()["pipeline"]["id"], timeout=120)
+        assert pipeline["status"] == "DONE", pipeline["errors"]
+        (result,) = pipeline["results"]
+        assert result["input_object"]["size"] == [900, 600]
+        download = httpx.get(result["output_object"]["tmp_url"], timeout=30)
+        assert download.status_code == 200
+        image = Image.open(io.BytesIO(download.content))
+        assert (image.format, image.size) == ("JPEG", (1800, 1200))
