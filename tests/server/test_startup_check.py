@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,22 @@ def test_server_without_an_engine_module_refuses_to_start(tmp_path: Path, module
     assert not (data_dir / "leapi.sqlite3").exists()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_a_port_in_use_is_refused_before_the_server_says_it_is_ready(tmp_path: Path) -> None:
+    """Another server (say ``airflow standalone`` on 8080) holds the port: exit 4, never "ready"."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "leapi_server", "--api-key", "k-12345", "--data-dir", str(tmp_path),
+             "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )  # fmt: skip
+    assert result.returncode == 4, result.stderr
+    assert f"leapi-server cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
+    assert "ready on" not in result.stderr

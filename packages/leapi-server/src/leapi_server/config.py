@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_PORT = 8080
+#: Not 8080: Airflow's api-server (and `airflow standalone`) listens there, and this server runs beside it.
+DEFAULT_PORT = 8787
 DEFAULT_TEMP_URL_TTL_S = 24 * 60 * 60
 DEFAULT_WEBHOOK_RETRY_DELAYS_S = (180.0, 360.0, 600.0)
 DEFAULT_RATE_LIMIT_PER_MINUTE = 120

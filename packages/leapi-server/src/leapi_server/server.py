@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import re
+import socket
 import sys
 from typing import Any
 
@@ -20,6 +21,7 @@ log = logging.getLogger("leapi_server")
 #: Exit statuses of a server that refused to start.
 EXIT_DATA_DIR_IN_USE = 2
 EXIT_ENGINE_UNAVAILABLE = 3
+EXIT_PORT_IN_USE = 4
 
 _SECRET_QUERY = re.compile(r"(signature=)[^&\s\"]+", re.IGNORECASE)
 
@@ -60,6 +62,21 @@ def log_config(level: str) -> dict[str, Any]:
     }
 
 
+def _listening_socket(config: ServerConfig) -> socket.socket:
+    """The server's socket, bound before anything starts: uvicorn binds only after the application's
+    startup, which logs "ready", so a port in use would fail after saying the server was ready."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((config.host, config.port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def serve(config: ServerConfig, *, log_level: str = "info") -> None:
     """Run the server until SIGINT/SIGTERM; exit non-zero, saying why, when it cannot start."""
     logging.config.dictConfig(log_config(log_level))
@@ -75,6 +92,14 @@ def serve(config: ServerConfig, *, log_level: str = "info") -> None:
         log.error("%s", exc)
         sys.exit(EXIT_DATA_DIR_IN_USE)
     try:
+        listening = _listening_socket(config)
+    except OSError as exc:
+        lock.close()
+        log.error(
+            "leapi-server cannot listen on %s:%d: %s (pick another --port)", config.host, config.port, exc
+        )
+        sys.exit(EXIT_PORT_IN_USE)
+    try:
         server = uvicorn.Server(
             uvicorn.Config(
                 create_app(config),
@@ -87,6 +112,7 @@ def serve(config: ServerConfig, *, log_level: str = "info") -> None:
                 server_header=False,
             )
         )
-        server.run()
+        server.run(sockets=[listening])
     finally:
+        listening.close()
         lock.close()
