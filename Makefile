@@ -24,8 +24,10 @@ $(VENV)/.synced: uv.lock pyproject.toml packages/leapi/pyproject.toml packages/l
 
 venv: $(VENV)/.synced
 
-# Lint, format and type checks first: CI fails on any of them before a test runs.
+# Lint, format and type checks first: CI fails on any of them before a test runs. Then the catalog under a
+# real Airflow (make e2e, ~1.5 min), then the suite (its summary stays the last lines of the output).
 test: lint
+	$(MAKE) --no-print-directory e2e
 	$(PY) -m pytest
 
 # The main job: marketplace_feed_etl over a sample catalog on leapi-server + a local S3 (see docs/catalog.md).
@@ -61,3 +63,23 @@ build: | $(UV)
 
 clean:
 	rm -rf $(VENV) $(WORK)
+
+# A real Airflow (api-server, scheduler, dag-processor, triggerer; SQLite in .work/e2e/) running
+# marketplace_feed_etl headless and checking it through the REST API (tests/e2e). EXECUTOR=celery:
+# CeleryExecutor with a Redis broker and two Celery workers.
+EXECUTOR ?= local
+.PHONY: e2e airflow redis
+e2e: venv $(if $(filter celery,$(EXECUTOR)),redis)
+	$(PY) -m tests.e2e --executor $(EXECUTOR)
+
+# The same Airflow with its UI for a person (dags/ and example_dags/ on leapi-server and a local S3,
+# state in .work/airflow/); prints the URL, the login and how to trigger each DAG; Ctrl-C stops it.
+airflow: venv $(if $(filter celery,$(EXECUTOR)),redis)
+	$(PY) scripts/airflow_local.py --executor $(EXECUTOR)
+
+# redis-server from Debian when it is missing (we run as root). Only the binary is used: the stack starts
+# its own instance on a free loopback port, so the package's system service is stopped if it started.
+redis:
+	@command -v redis-server >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server \
+	  && { service redis-server stop >/dev/null 2>&1 || true; }; }

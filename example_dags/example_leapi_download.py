@@ -7,12 +7,19 @@ and a ``destination_conn_id`` to land it elsewhere.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
 from leapi.models import PrintPreset
 from leapi_provider.operators.leapi import LeapiDownloadResultOperator, LeapiSubmitPipelineOperator
+
+#: The sample image (the docs' burger); ``LEAPI_EXAMPLE_SOURCE_URL`` points it elsewhere (``make airflow``
+#: serves one on loopback).
+SOURCE_URL = os.environ.get(
+    "LEAPI_EXAMPLE_SOURCE_URL", "https://letsenhance.io/docs/assets/samples/burger.jpg"
+)
 
 with DAG(
     dag_id="example_leapi_download",
@@ -22,7 +29,7 @@ with DAG(
     tags=["example", "leapi"],
     doc_md=__doc__,
     params={
-        "source_url": Param("https://letsenhance.io/docs/assets/samples/burger.jpg", type="string"),
+        "source_url": Param(SOURCE_URL, type="string"),
         "destination": Param("file:///tmp/leapi-results/", type="string"),
     },
 ) as dag:

@@ -36,9 +36,9 @@ with DAG(
     doc_md=__doc__,
     max_active_runs=1,
     params=catalog_params(
-        manifest="s3://my-catalog/manifests/example.parquet",
+        manifest=os.environ.get("LEAPI_EXAMPLE_MANIFEST", "s3://my-catalog/manifests/example.parquet"),
         results=RESULTS,
-        images="s3://my-catalog/leapi/example/images",
+        images=os.environ.get("LEAPI_EXAMPLE_IMAGES", "s3://my-catalog/leapi/example/images"),
         urls_per_pipeline=10,
     ),
 ) as dag:

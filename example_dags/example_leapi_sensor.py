@@ -6,12 +6,19 @@ triggerer. One sensor can wait for many ids: pass a list (e.g. the ids of a mapp
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
 from leapi_provider.operators.leapi import LeapiSubmitPipelineOperator
 from leapi_provider.sensors.leapi import LeapiPipelineSensor
+
+#: The sample image (the docs' burger); ``LEAPI_EXAMPLE_SOURCE_URL`` points it elsewhere (``make airflow``
+#: serves one on loopback).
+SOURCE_URL = os.environ.get(
+    "LEAPI_EXAMPLE_SOURCE_URL", "https://letsenhance.io/docs/assets/samples/burger.jpg"
+)
 
 with DAG(
     dag_id="example_leapi_sensor",
@@ -20,7 +27,7 @@ with DAG(
     catchup=False,
     tags=["example", "leapi"],
     doc_md=__doc__,
-    params={"source_url": Param("https://letsenhance.io/docs/assets/samples/burger.jpg", type="string")},
+    params={"source_url": Param(SOURCE_URL, type="string")},
 ) as dag:
     submit = LeapiSubmitPipelineOperator(
         task_id="submit",

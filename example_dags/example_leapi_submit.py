@@ -6,12 +6,19 @@ Run against another image: trigger with ``{"source_url": "https://..."}``.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, task
 
 from leapi.models import MarketplacePreset
 from leapi_provider.operators.leapi import LeapiSubmitPipelineOperator
+
+#: The sample image (the docs' burger); ``LEAPI_EXAMPLE_SOURCE_URL`` points it elsewhere (``make airflow``
+#: serves one on loopback).
+SOURCE_URL = os.environ.get(
+    "LEAPI_EXAMPLE_SOURCE_URL", "https://letsenhance.io/docs/assets/samples/burger.jpg"
+)
 
 with DAG(
     dag_id="example_leapi_submit",
@@ -21,7 +28,7 @@ with DAG(
     tags=["example", "leapi"],
     doc_md=__doc__,
     params={
-        "source_url": Param("https://letsenhance.io/docs/assets/samples/burger.jpg", type="string"),
+        "source_url": Param(SOURCE_URL, type="string"),
     },
 ) as dag:
     enhance = LeapiSubmitPipelineOperator(

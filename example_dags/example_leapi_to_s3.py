@@ -7,6 +7,7 @@ its events list the written URIs.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Asset, Param
@@ -14,6 +15,12 @@ from airflow.sdk import DAG, Asset, Param
 from leapi.models import MarketplacePreset
 from leapi_provider.operators.leapi import LeapiSubmitPipelineOperator
 from leapi_provider.transfers.leapi_to_s3 import LeapiResultToS3Operator
+
+#: The sample image (the docs' burger); ``LEAPI_EXAMPLE_SOURCE_URL`` points it elsewhere (``make airflow``
+#: serves one on loopback).
+SOURCE_URL = os.environ.get(
+    "LEAPI_EXAMPLE_SOURCE_URL", "https://letsenhance.io/docs/assets/samples/burger.jpg"
+)
 
 # Named, not addressed by an s3:// URI: the bucket is a param, so the events carry where objects went (and
 # an s3:// URI would import boto3 at every parse, through the Amazon provider's URI check).
@@ -27,10 +34,8 @@ with DAG(
     tags=["example", "leapi"],
     doc_md=__doc__,
     params={
-        "source_urls": Param(
-            ["https://letsenhance.io/docs/assets/samples/burger.jpg"], type="array", items={"type": "string"}
-        ),
-        "bucket": Param("leapi-results", type="string"),
+        "source_urls": Param([SOURCE_URL], type="array", items={"type": "string"}),
+        "bucket": Param(os.environ.get("LEAPI_EXAMPLE_BUCKET", "leapi-results"), type="string"),
     },
     render_template_as_native_obj=True,
 ) as dag:

@@ -1,0 +1,353 @@
+"""``make e2e``: ``marketplace_feed_etl`` under a real Airflow, headless, with nothing from the internet.
+
+``python -m tests.e2e [--executor local|celery]`` starts, all on 127.0.0.1:
+
+* a source-image server whose every GET waits ``--source-delay`` seconds (HEAD does not: change detection
+  stays fast), so that the LEAPI pipelines outlast the batches' in-worker wait (``defer_after: 1`` in the
+  conf) and the waits are deferred to the triggerer;
+* ``leapi-server`` (2 workers, no rate limit, private sources allowed) and moto's S3 server;
+* :class:`tests.e2e.stack.AirflowStack` on ``dags/`` (LocalExecutor, or CeleryExecutor with Redis and two
+  workers), the connections given as ``AIRFLOW_CONN_*`` variables, pool ``leapi`` of 4 slots.
+
+Then, through Airflow's REST API: (1) trigger ``marketplace_feed_etl`` and wait for success; (2) prove from
+the event log that at least one task was deferred to the triggerer and resumed; (3) check the result
+table (``done`` per photograph, one ``error`` for the dead link, one ``rejected_row``), the contact sheet
+and the credits spent (one per photograph); (4) trigger again: every photograph ``skipped_unchanged``,
+0 credits; (5) clear the first run and wait for it again: 0 credits; (6) stop everything by PID and check
+that no process it started is left. Exits 0 with a summary of timings, non-zero with the reason and the
+relevant log tails. State in ``.work/e2e/<executor>/`` (kept for a post-mortem, replaced by the next run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import http.server
+import os
+import shutil
+import signal
+import sys
+import time
+import types
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tests.e2e import API_KEY, BUCKET, REGION, catalog_conf, connection_env, put_manifest, sample_catalog
+from tests.e2e.stack import AirflowStack, AirflowStackError, processes_with_env
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_ID = "marketplace_feed_etl"
+RUN_MARKER = "LEAPI_E2E_RUN"
+RUN_TIMEOUT_S = 240.0
+
+
+class E2EFailure(AssertionError):
+    """A check failed; the message says which and what was found."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise E2EFailure(message)
+
+
+class Timings:
+    """Wall time per step, printed as the step ends and in the summary."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.steps: list[tuple[str, float]] = []
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        print(f"[{time.monotonic() - self.started:6.1f} s] {name} ...", flush=True)
+        begun = time.monotonic()
+        yield
+        self.steps.append((name, time.monotonic() - begun))
+
+    def summary(self) -> str:
+        lines = [f"  {name:<44} {seconds:6.1f} s" for name, seconds in self.steps]
+        return "\n".join([*lines, f"  {'total':<44} {time.monotonic() - self.started:6.1f} s"])
+
+
+class _SlowSourceHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; every GET first waits ``delay_s`` (a slow origin)."""
+
+    delay_s = 0.0
+
+    def do_GET(self) -> None:
+        time.sleep(self.delay_s)
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def slow_sources(folder: Path, delay_s: float) -> contextlib.AbstractContextManager[str]:
+    from tests.support.server import serve_http
+
+    handler = type("SlowSourceHandler", (_SlowSourceHandler,), {"delay_s": delay_s})
+    return serve_http(functools.partial(handler, directory=str(folder)))
+
+
+class Credits:
+    """The LEAPI account's ``used`` counter (``GET /v1/me/usage/``): one credit per submitted image."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.last = self.used()
+
+    def used(self) -> int:
+        with self.server.client() as client:
+            return client.get("/v1/me/usage/").json()["used"]
+
+    def spent(self) -> int:
+        """Credits used since the previous call (or since creation)."""
+        now = self.used()
+        spent, self.last = now - self.last, now
+        return spent
+
+
+class ResultTable:
+    """The run's result rows and files in the moto bucket, read with s3fs (no Airflow in this process)."""
+
+    def __init__(self, *, endpoint_url: str, s3: Any) -> None:
+        self.endpoint_url = endpoint_url
+        self.s3 = s3
+
+    def rows(self, run_id: str) -> list[dict[str, Any]]:
+        import pyarrow.compute as pc
+        import s3fs
+
+        from leapi_provider import manifests
+
+        fs = s3fs.S3FileSystem(
+            key="testing",
+            secret="testing",
+            endpoint_url=self.endpoint_url,
+            client_kwargs={"region_name": REGION},
+            skip_instance_cache=True,  # a fresh listing: the previous run's files are cached otherwise
+        )
+        table = manifests.read_result_tables(types.SimpleNamespace(fs=fs, path=f"{BUCKET}/results"))
+        return table.filter(pc.equal(table["dag_run_id"], run_id)).to_pylist()
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def statuses(rows: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(row["status"] for row in rows)
+
+
+def expect_statuses(rows: list[dict[str, Any]], expected: dict[str, int], what: str) -> None:
+    found = statuses(rows)
+    errors = [f"{r['image_id']}: {r['status']} {r['error']}" for r in rows if r["status"] == "error"]
+    check(
+        found == Counter(expected), f"{what}: statuses {dict(found)}, expected {expected}; errors: {errors}"
+    )
+
+
+class Scenario:
+    """The six steps of the module docstring on started servers."""
+
+    def __init__(self, *, stack: AirflowStack, credits: Credits, results: ResultTable, images: int) -> None:
+        self.stack = stack
+        self.credits = credits
+        self.results = results
+        self.images = images
+        self.conf = catalog_conf(min_images_per_batch=4, defer_after=1)
+
+    def run_dag(self, *, clear: str | None = None) -> str:
+        if clear:
+            self.stack.clear_run(DAG_ID, clear)
+            run_id = clear
+        else:
+            run_id = self.stack.trigger(DAG_ID, self.conf)
+        state = self.stack.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT_S, fail_on_retry=True)
+        if state != "success":
+            raise E2EFailure(f"run {run_id} ended {state}:\n{self.stack.run_report(DAG_ID, run_id)}")
+        return run_id
+
+    def first_run(self) -> str:
+        run_id = self.run_dag()
+        print(f"  run {run_id}: success")
+        return run_id
+
+    def check_deferrals(self, run_id: str) -> list[dict[str, Any]]:
+        deferred = self.stack.deferred_task_instances(DAG_ID, run_id)
+        check(bool(deferred), f"no task instance of {run_id} was deferred (event log has no 'deferred' row)")
+        for entry in deferred:
+            print(f"  {entry['task_id']}[{entry['map_index']}] try {entry['try_number']}: deferred "
+                  f"{entry['deferrals']}x to the triggerer for {entry['deferred_s']:.1f} s, "
+                  f"{'resumed' if entry['resumed'] else 'NOT resumed'}")  # fmt: skip
+        stuck = [e for e in deferred if not e["resumed"]]
+        check(not stuck, f"deferred but never resumed by a worker: {stuck}")
+        return deferred
+
+    def check_first_results(self, run_id: str) -> None:
+        rows = self.results.rows(run_id)
+        expect_statuses(rows, {"done": self.images, "error": 1, "rejected_row": 1}, "first run")
+        dead = [row for row in rows if row["status"] == "error"]
+        check(dead[0]["image_id"] == "sku-dead-link", f"the error row is not the dead link: {dead}")
+        sheets = [key for key in self.results.keys("results/") if key.endswith(".png")]
+        check(bool(sheets), "no contact sheet PNG under results/")
+        head = self.results.s3.get_object(Bucket=BUCKET, Key=sheets[0])["Body"].read(8)
+        check(head == b"\x89PNG\r\n\x1a\n", f"{sheets[0]} is not a PNG")
+        spent = self.credits.spent()
+        check(spent == self.images, f"first run spent {spent} credits, expected {self.images}")
+        print(f"  {dict(statuses(rows))}; contact sheet s3://{BUCKET}/{sheets[0]}; {spent} credits")
+
+    def second_run(self) -> str:
+        run_id = self.run_dag()
+        rows = self.results.rows(run_id)
+        expected = {"skipped_unchanged": self.images, "error": 1, "rejected_row": 1}
+        expect_statuses(rows, expected, "second run")
+        spent = self.credits.spent()
+        check(spent == 0, f"second run spent {spent} credits, expected 0")
+        print(f"  run {run_id}: success; {dict(statuses(rows))}; 0 credits")
+        return run_id
+
+    def cleared_run(self, run_id: str) -> None:
+        self.run_dag(clear=run_id)
+        rows = self.results.rows(run_id)
+        found = statuses(rows)
+        good = found["done"] + found["skipped_unchanged"]
+        check(good == self.images, f"cleared run: {dict(found)}, expected {self.images} done or skipped")
+        spent = self.credits.spent()
+        check(spent == 0, f"the cleared run spent {spent} credits, expected 0")
+        print(f"  run {run_id} cleared and re-run: success; {dict(found)}; 0 credits")
+
+
+def start_servers(stack_: contextlib.ExitStack, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Sources, leapi-server and moto, stopped by ``stack_``; the manifest uploaded."""
+    from tests.fixtures.s3 import MotoS3Server
+    from tests.support.server import running_server
+
+    base_url = stack_.enter_context(slow_sources(work / "sources", args.source_delay))
+    server = stack_.enter_context(
+        running_server(
+            data_dir=work / "leapi-server",
+            api_keys=(API_KEY,),
+            extra_args=("--workers", "2", "--rate-limit-per-minute", "0"),
+            allow_private_sources=True,
+        )
+    )
+    moto = MotoS3Server(work / "moto.log")
+    moto.start()
+    stack_.callback(moto.stop)
+    s3 = moto.client()
+    table = sample_catalog(work / "sources", base_url, args.images)
+    put_manifest(s3, table)
+    print(f"  sources {base_url} ({args.source_delay:g} s per GET) | leapi-server {server.base_url} | "
+          f"moto S3 {moto.endpoint_url} | manifest: {table.num_rows} rows")  # fmt: skip
+    return {"server": server, "moto": moto, "s3": s3}
+
+
+def run(args: argparse.Namespace, timings: Timings) -> None:
+    work = REPO / ".work" / "e2e" / args.executor
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    executor = {"local": "LocalExecutor", "celery": "CeleryExecutor"}[args.executor]
+    with contextlib.ExitStack() as servers:
+        with timings.step("start sources, leapi-server, moto S3"):
+            started = start_servers(servers, work, args)
+        env = connection_env(
+            leapi_url=started["server"].base_url, api_key=API_KEY, s3_endpoint=started["moto"].endpoint_url
+        )
+        stack = AirflowStack(home=work / "airflow", dags_folders=[REPO / "dags"], executor=executor, env=env)
+        # Also when start() fails half-way; leftovers are reported by main(), not raised over the error.
+        servers.callback(functools.partial(stack.stop, raise_on_leftovers=False))
+        try:
+            with timings.step(f"start Airflow ({executor})"):
+                stack.start()
+                stack.set_pool("leapi", 4)
+                stack.wait_for_dag(DAG_ID)
+                stack.unpause(DAG_ID)
+            print(f"  api-server {stack.api_url}; logs in {stack.logs_dir.relative_to(REPO)}")
+            scenario_steps(stack, started, args, timings)
+        except (E2EFailure, AirflowStackError, TimeoutError) as exc:
+            if not isinstance(exc, AirflowStackError):  # whose messages carry the relevant tails already
+                exc.add_note(stack.log_tails(["scheduler", "triggerer", *_worker_logs(stack)]))
+            exc.add_note(f"----- leapi-server -----\n{started['server'].logs()[-2000:]}")
+            raise
+        with timings.step("stop everything"):
+            leftovers = stack.stop()
+    check(not leftovers, f"Airflow processes left: {leftovers}")
+
+
+def _worker_logs(stack: AirflowStack) -> list[str]:
+    return [f"worker-{index}" for index in range(1, stack.celery_workers + 1)]
+
+
+def scenario_steps(
+    stack: AirflowStack, started: dict[str, Any], args: argparse.Namespace, timings: Timings
+) -> None:
+    results = ResultTable(endpoint_url=started["moto"].endpoint_url, s3=started["s3"])
+    scenario = Scenario(stack=stack, credits=Credits(started["server"]), results=results, images=args.images)
+    with timings.step("1. first run (REST trigger)"):
+        first = scenario.first_run()
+    with timings.step("2. deferrals from the event log"):
+        scenario.check_deferrals(first)
+    with timings.step("3. result table, contact sheet, credits"):
+        scenario.check_first_results(first)
+    with timings.step("4. second run: unchanged, 0 credits"):
+        scenario.second_run()
+    with timings.step("5. clear the first run: 0 credits"):
+        scenario.cleared_run(first)
+    rss, pss = stack.process_rss_bytes(), stack.process_rss_bytes(proportional=True)
+    print(
+        "  memory now (RSS / PSS, children included): "
+        + ", ".join(f"{name} {rss[name] / 2**20:.0f}/{pss.get(name, 0) / 2**20:.0f} MiB" for name in rss)
+    )
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.e2e", description=__doc__.splitlines()[0])
+    parser.add_argument("--executor", choices=("local", "celery"), default="local")
+    parser.add_argument("--images", type=int, default=16, help="sample photographs in the manifest")
+    parser.add_argument("--source-delay", type=float, default=0.75, help="seconds each source GET waits")
+    args = parser.parse_args(argv)
+    # Every process started from here on inherits the marker: the final check finds any that survived.
+    marker = uuid.uuid4().hex
+    os.environ[RUN_MARKER] = marker
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind (and stop everything) like Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started as a background job
+    timings = Timings()
+    try:
+        run(args, timings)
+        left = _leftovers(marker)
+        check(not left, f"processes left after the e2e run: {left}")
+    except (E2EFailure, AirflowStackError, TimeoutError) as exc:
+        notes = "\n".join(getattr(exc, "__notes__", []))
+        print(f"\nE2E FAILED: {exc}\n{notes}", file=sys.stderr)
+        print(f"\nprocesses left: {_leftovers(marker) or 'none'}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\nE2E INTERRUPTED; processes left: {_leftovers(marker) or 'none'}", file=sys.stderr)
+        return 130
+    print(f"\nE2E PASSED ({args.executor}, {args.images} photographs); no process left. Timings:")
+    print(timings.summary())
+    return 0
+
+
+def _leftovers(marker: str) -> list[str]:
+    return _describe_all(lambda: processes_with_env(RUN_MARKER, marker))
+
+
+def _describe_all(find: Callable[[], list[Any]]) -> list[str]:
+    deadline = time.monotonic() + 5  # exiting processes get a moment to be reaped
+    while (found := find()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    described = []
+    for process in found:
+        with contextlib.suppress(Exception):  # it may be gone by now
+            described.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
+    return described
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
