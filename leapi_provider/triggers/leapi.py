@@ -154,6 +154,12 @@ class LeapiPipelineTrigger(BaseTrigger):
                     errors[pipeline_id] = pipeline.errors or pipeline.error or "ERROR (no details)"
 
         gaps = poll_schedule(self.poll_interval, self.initial_poll_interval)
+        # The deferring task has just polled these pipelines, so the first poll waits one gap. Firing at once
+        # could also resume the task before the scheduler has processed the exit of its deferring run:
+        # Airflow 3.3 then fails the resumed try with "state mismatch" (seen under load on 2 cores).
+        first_gap = min(next(gaps), self.end_time - time.time())
+        if first_gap > 0:
+            await _sleep(first_gap)
         try:
             while True:
                 pending = [

@@ -143,8 +143,8 @@ async def test_poll_interval_starts_short_and_backs_off(fake_conn, instant_sleep
     )
     event = await first_event(trigger)
     assert event["status"] == "success"
-    assert len(instant_sleep) == 40
-    assert instant_sleep[0] == 0.5, "the first poll comes soon after the submit"
+    assert len(instant_sleep) == 41, "one gap before each of the 41 polls"
+    assert instant_sleep[0] == 0.5, "the first poll comes one short gap after the deferral"
     waited = 0.0
     for gap in instant_sleep:
         # Never more than a tenth of the time waited so far: the wait overshoots the pipeline by ~10%.
