@@ -3,11 +3,8 @@ idempotent resubmits (one lost answer is played by respx in front of the real se
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +26,12 @@ from leapi.errors import (
 )
 from leapi.idempotency import ADVERTISED
 from leapi.models import PipelineRequest, PipelineStatus
-from tests.support.server import RunningServer, running_server, serve_http, write_sample_photo
+from tests.support.server import (
+    GatedPhotos,
+    RunningServer,
+    running_server,
+    serve_gated_photos,
+)
 
 OPERATION = {"op": "preset/marketplace", "width": 200, "image_format": "JPEG", "quality": 80}
 #: Fast polls: the server finishes a 200 px image in well under a second.
@@ -98,46 +100,21 @@ def test_wait_for_many_keeps_their_order_and_reports_failures(leapi_server, sour
     assert info.value.pipeline_ids == [bad] and list(info.value.errors) == [bad]
 
 
-class GatedPhoto:
-    """One photograph served only once :meth:`open` is called: its pipeline stays PROCESSING until then."""
-
-    def __init__(self, folder: Path) -> None:
-        write_sample_photo(folder / "gated.jpg", "chelsea", size=(300, 200))
-        self.folder = folder
-        self.gate = threading.Event()
-
-    def handler(self) -> functools.partial[http.server.SimpleHTTPRequestHandler]:
-        gate = self.gate
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def do_GET(self) -> None:
-                gate.wait(timeout=60)
-                super().do_GET()
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        return functools.partial(Handler, directory=str(self.folder))
-
-
 @pytest.fixture
-def gated_photo(tmp_path: Path) -> Iterator[tuple[str, threading.Event]]:
-    photo = GatedPhoto(tmp_path)
-    with serve_http(photo.handler()) as base_url:
-        try:
-            yield f"{base_url}/gated.jpg", photo.gate
-        finally:
-            photo.gate.set()  # a blocked fetch must return before the server can shut down
+def gated_photo(tmp_path: Path) -> Iterator[GatedPhotos]:
+    """One photograph served only once opened: its pipeline stays PROCESSING until then."""
+    with serve_gated_photos(tmp_path, ["chelsea"]) as photo:
+        yield photo
 
 
 def test_a_wait_that_runs_out_names_what_is_pending_and_a_later_wait_collects_it(leapi_server, gated_photo):
-    url, gate = gated_photo
+    url = gated_photo.url("chelsea")
     with client_for(leapi_server) as leapi_client:
         pipeline_id = leapi_client.submit(request_for(url)).id
         with pytest.raises(LeapiWaitTimeoutError, match="still PROCESSING") as info:
             leapi_client.wait([pipeline_id], timeout=0.5, poll_interval=0.1, initial_poll_interval=0.1)
         assert info.value.pending_ids == [pipeline_id]
-        gate.set()
+        gated_photo.open()
         assert leapi_client.wait(pipeline_id, **FAST).status is PipelineStatus.DONE
 
 

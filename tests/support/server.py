@@ -467,3 +467,40 @@ def serve_http(handler: Callable[..., http.server.BaseHTTPRequestHandler], *, po
 def serve_directory(path: str | os.PathLike[str], *, port: int = 0) -> contextlib.AbstractContextManager[str]:
     """Serve ``path`` read-only over HTTP on 127.0.0.1 (``serve_http``); yields the base URL."""
     return serve_http(functools.partial(_QuietHandler, directory=str(path)), port=port)
+
+
+class GatedPhotos:
+    """Sample photographs served from ``serve_gated_photos`` only once :meth:`open` is called.
+
+    Until then every fetch blocks, so their pipelines stay PROCESSING for as long as a test needs, however
+    fast the machine is.
+    """
+
+    def __init__(self, base_url: str, gate: threading.Event) -> None:
+        self.base_url = base_url
+        self._gate = gate
+
+    def url(self, name: str) -> str:
+        return f"{self.base_url}/{name}.jpg"
+
+    def open(self) -> None:
+        self._gate.set()
+
+
+@contextlib.contextmanager
+def serve_gated_photos(directory: Path, photos: Sequence[str]) -> Iterator[GatedPhotos]:
+    """Write ``photos`` (scikit-image names, 300x200) to ``directory`` and serve them behind a gate."""
+    for name in photos:
+        write_sample_photo(directory / f"{name}.jpg", name, size=(300, 200))
+    gate = threading.Event()
+
+    class GatedHandler(_QuietHandler):
+        def do_GET(self) -> None:
+            gate.wait(timeout=60)
+            super().do_GET()
+
+    with serve_http(functools.partial(GatedHandler, directory=str(directory))) as base_url:
+        try:
+            yield GatedPhotos(base_url, gate)
+        finally:
+            gate.set()  # blocked fetches must return before the server can shut down

@@ -9,11 +9,8 @@ that ``execute_complete`` accepts.
 from __future__ import annotations
 
 import asyncio
-import functools
-import http.server
 import importlib
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,54 +22,22 @@ from leapi.models import MarketplacePreset
 from leapi_provider.operators.leapi import STATE_PIPELINE_ID_KEY, LeapiSubmitPipelineOperator
 from leapi_provider.triggers.leapi import LeapiPipelineTrigger, validate_pipeline_event
 from tests.integration.operators.test_leapi import make_context
-from tests.support.server import RunningServer, running_server, serve_http, write_sample_photo
+from tests.support.server import (
+    GatedPhotos,
+    RunningServer,
+    running_server,
+    serve_gated_photos,
+)
 
 OPERATION = {"op": "preset/marketplace", "width": 600, "height": 400, "restoration_level": 6}
 PHOTOS = ("coffee", "chelsea", "rocket")
 
 
-class GatedSources:
-    """Source photographs served only once :meth:`open` is called.
-
-    Until then every fetch blocks, so the pipelines are PROCESSING for as long as the test needs: the
-    triggerer "crashes" land mid-wait however fast the machine is.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        for name in PHOTOS:
-            write_sample_photo(directory / f"{name}.jpg", name, size=(300, 200))
-        self.directory = directory
-        self.base_url = ""
-        self._gate = threading.Event()
-
-    def handler(self) -> functools.partial[http.server.SimpleHTTPRequestHandler]:
-        gate = self._gate
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def do_GET(self) -> None:
-                gate.wait(timeout=60)
-                super().do_GET()
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        return functools.partial(Handler, directory=str(self.directory))
-
-    def url(self, name: str) -> str:
-        return f"{self.base_url}/{name}.jpg"
-
-    def open(self) -> None:
-        self._gate.set()
-
-
 @pytest.fixture
-def gated_sources(tmp_path: Path) -> Iterator[GatedSources]:
-    sources = GatedSources(tmp_path)
-    with serve_http(sources.handler()) as sources.base_url:
-        try:
-            yield sources
-        finally:
-            sources.open()  # blocked fetches must return before the server can shut down
+def gated_sources(tmp_path: Path) -> Iterator[GatedPhotos]:
+    """The photographs behind a gate: the triggerer "crashes" land mid-wait however fast the machine is."""
+    with serve_gated_photos(tmp_path, PHOTOS) as sources:
+        yield sources
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +90,7 @@ async def first_event(trigger: LeapiPipelineTrigger) -> dict[str, Any]:
 
 
 async def test_a_rebuilt_trigger_resumes_the_same_wait(
-    one_worker_server: RunningServer, conn_id: str, gated_sources: GatedSources
+    one_worker_server: RunningServer, conn_id: str, gated_sources: GatedPhotos
 ) -> None:
     with one_worker_server.client() as client:
         ids = [
@@ -156,7 +121,7 @@ async def test_a_rebuilt_trigger_resumes_the_same_wait(
 
 
 async def test_a_deferred_operator_survives_two_triggerer_crashes(
-    one_worker_server: RunningServer, conn_id: str, gated_sources: GatedSources
+    one_worker_server: RunningServer, conn_id: str, gated_sources: GatedPhotos
 ) -> None:
     """Operator defers; the triggerer dies twice (each new one rebuilds the trigger from the same stored
     kwargs); the third completes and ``execute_complete`` returns the summary of the one pipeline."""
