@@ -6,18 +6,6 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from leapi.polling import DEFAULT_INITIAL_POLL_INTERVAL_S, POLL_GAP_FRACTION, poll_schedule
-
-# The poll schedule is the client's (one rule for every wait); re-exported for the operators, sensor,
-# trigger and catalog.
-__all__ = [
-    "DEFAULT_INITIAL_POLL_INTERVAL_S",
-    "POLL_GAP_FRACTION",
-    "coerce_pipeline_ids",
-    "contains_template",
-    "poll_schedule",
-]
-
 
 def coerce_pipeline_ids(value: Any) -> list[int]:
     """Pipeline ids from what a template may render: ``7``, ``"7"``, ``"[7, 8]"``, ``"7,8"``, ``[7, "8"]``.

@@ -31,10 +31,11 @@ import httpx
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from leapi.models import PipelineStatus
+from leapi.polling import DEFAULT_INITIAL_POLL_INTERVAL_S, poll_schedule
 from leapi.redaction import redact_text
 from leapi_provider.exceptions import LeapiAuthError, LeapiError, LeapiNotFoundError
 from leapi_provider.hooks.leapi import LeapiHook
-from leapi_provider.utils import DEFAULT_INITIAL_POLL_INTERVAL_S, coerce_pipeline_ids, poll_schedule
+from leapi_provider.utils import coerce_pipeline_ids
 
 EVENT_SUCCESS = "success"
 EVENT_ERROR = "error"
