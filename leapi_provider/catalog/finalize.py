@@ -33,9 +33,15 @@ def finalize_run(settings: CatalogSettings, run: CatalogRun, *, export_feed: boo
     (naming the batches), so the run shows as failed and a re-run resumes it.
     """
     # A failed finalize is not retried: re-running the failed batches (clear the run) is what helps.
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     folder = RunFolder(settings, run)
+    if settings.dry_run:
+        # (skipped, not succeeded: a dry run writes no result table, so it emits no asset event either)
+        raise AirflowSkipException(
+            f"dry run: nothing was submitted and no result table was written; the plan and its preview "
+            f"table are in {uri_of(folder.root)}"
+        )
     if not folder.plan.exists():
         raise AirflowFailException(
             f"the plan of run {run.dag_run_id} is missing ({uri_of(folder.plan)}): the plan task failed"

@@ -2,6 +2,8 @@
 
 A ``HEAD`` of each source URL; its ``ETag`` is the fingerprint, else ``Last-Modified`` with
 ``Content-Length``, else (or with ``change_detection="content"``) the sha256 of the bytes from a ``GET``.
+``s3://`` sources are fingerprinted from their object metadata instead (ETag and size, see
+:func:`leapi_provider.catalog.sources.s3_fingerprints`).
 """
 
 from __future__ import annotations
@@ -52,12 +54,24 @@ async def _fingerprint(client: httpx.AsyncClient, url: str, mode: str) -> Source
 
 
 def source_fingerprints(
-    urls: Sequence[str], *, mode: str = "headers", concurrency: int = 32, timeout: float = 30.0
+    urls: Sequence[str],
+    *,
+    mode: str = "headers",
+    concurrency: int = 32,
+    timeout: float = 30.0,
+    aws_conn_id: str | None = None,
 ) -> dict[str, SourceFingerprint]:
-    """Fingerprint each distinct URL (``HEAD``, falling back to hashing a ``GET``), ``concurrency`` at a time."""
+    """Fingerprint each distinct URL (``HEAD``, falling back to hashing a ``GET``), ``concurrency`` at a time.
+
+    :param aws_conn_id: the connection that reads ``s3://`` sources' object metadata.
+    """
+    from leapi_provider.catalog.sources import is_presigned_source, s3_fingerprints
     from leapi_provider.hooks.leapi import shared_tls_context
 
     distinct = list(dict.fromkeys(urls))
+    in_buckets = [url for url in distinct if is_presigned_source(url)]
+    found = s3_fingerprints(in_buckets, aws_conn_id=aws_conn_id, mode=mode) if in_buckets else {}
+    distinct = [url for url in distinct if url not in found]
 
     async def run() -> list[SourceFingerprint]:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -72,4 +86,6 @@ def source_fingerprints(
 
             return await asyncio.gather(*(one(u) for u in distinct))
 
-    return dict(zip(distinct, asyncio.run(run()), strict=True))
+    if distinct:
+        found.update(zip(distinct, asyncio.run(run()), strict=True))
+    return found

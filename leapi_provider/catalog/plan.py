@@ -1,7 +1,7 @@
 """The plan step: validate the manifest, drop unchanged images, check credits, cut the rest into batches.
 
 :func:`plan_run` runs those steps in order (:func:`validate_step`, :func:`incremental_step`,
-:func:`quota_step`, :func:`write_plan`) and writes everything it decides to the run's folder; XCom carries
+:func:`credit_step`, :func:`write_plan`) and writes everything it decides to the run's folder; XCom carries
 only the batch files' URIs. Batch sizing is :func:`batch_count`.
 """
 
@@ -11,7 +11,7 @@ import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,9 +28,6 @@ from leapi_provider.catalog.storage import (
     uri_of,
 )
 from leapi_provider.manifests import ResultStatus
-
-if TYPE_CHECKING:
-    from leapi_provider.hooks.leapi import LeapiHook
 
 log = logging.getLogger(__name__)
 
@@ -99,29 +96,63 @@ def _plain(table: pa.Table) -> pa.Table:
     )
 
 
-def check_quota(
-    hook: LeapiHook, needed: int, *, reserve: int, on_shortfall: str
-) -> tuple[int, dict[str, Any]]:
-    """How many of ``needed`` credits may be spent now, from ``/v1/me/usage/``, before anything is spent.
+#: What to do about an unreadable usage answer (the message of a plan that fails for it).
+_UNREADABLE_USAGE_HINT = (
+    'the quota guard cannot check this run, so nothing was submitted. Set the param quota_guard="off" to '
+    "run without it (max_credits still caps what the run may spend)"
+)
+
+
+def read_remaining_credits(settings: CatalogSettings) -> tuple[int | None, dict[str, Any]]:
+    """The account's remaining credits from ``/v1/me/usage/`` (parsed by :class:`leapi.models.Usage`, its
+    one parser), and the usage facts to record; ``(None, ...)`` when ``quota_guard="off"`` or when the
+    answer says explicitly that the account has no quota (:attr:`leapi.models.Usage.unlimited`).
+
+    :raises AirflowFailException: the usage answer is unreadable or has no remaining figure, and the guard
+        is on: no spending goes unguarded silently.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from leapi_provider.exceptions import LeapiResponseError
+    from leapi_provider.hooks.leapi import LeapiHook
+
+    if settings.quota_guard == "off":
+        log.warning("quota_guard is off: the account's credits are not checked before this run spends them")
+        return None, {"credits_remaining": None, "quota_guard": "off"}
+    with LeapiHook(settings.leapi_conn_id) as hook:
+        try:
+            usage = hook.get_usage()
+        except LeapiResponseError as exc:
+            raise AirflowFailException(
+                f"LEAPI's usage answer is unreadable ({exc}); {_UNREADABLE_USAGE_HINT}"
+            ) from exc
+    remaining = usage.credits_remaining
+    if remaining is None and usage.unlimited:
+        log.info(
+            "LEAPI reports no monthly quota for this account (used: %s): no credit limit to check", usage.used
+        )
+        return None, {"credits_remaining": None, "quota": None, "used": usage.used}
+    if remaining is None:
+        fields = sorted(usage.model_dump(exclude_none=True)) + sorted(usage.model_extra or {})
+        raise AirflowFailException(
+            f"LEAPI's usage answer (GET /v1/me/usage/) has no remaining-credits figure the client can read "
+            f"(fields: {', '.join(fields) or 'none'}); {_UNREADABLE_USAGE_HINT}"
+        )
+    return remaining, {"credits_remaining": remaining, "quota": usage.quota, "used": usage.used}
+
+
+def credits_allowed(needed: int, remaining: int | None, *, reserve: int, on_shortfall: str) -> int:
+    """How many of ``needed`` credits may be spent now (``remaining`` ``None``: the guard is off).
 
     :raises AirflowFailException: not enough credits and ``on_shortfall == "fail"``.
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    usage = hook.get_usage()
-    remaining = usage.credits_remaining
-    facts = {
-        "credits_needed": needed,
-        "credits_remaining": remaining,
-        "quota": usage.quota,
-        "used": usage.used,
-    }
     if remaining is None:
-        log.warning("LEAPI usage reports no remaining credits figure; the quota guard cannot check this run")
-        return needed, facts
+        return needed
     available = max(remaining - reserve, 0)
     if needed <= available:
-        return needed, facts
+        return needed
     if on_shortfall == "fail":
         raise AirflowFailException(
             f"This run needs {needed} credits but the LEAPI account has {remaining} left"
@@ -132,7 +163,7 @@ def check_quota(
     log.warning(
         "Only %d of the %d credits this run needs are available: the rest is deferred", available, needed
     )
-    return available, facts
+    return available
 
 
 def batch_count(images: int, *, parallel_batches: int, min_images_per_batch: int, max_batches: int) -> int:
@@ -192,13 +223,38 @@ def plan_run(settings: CatalogSettings, run: CatalogRun, *, max_map_length: int)
     :raises ManifestError: unreadable manifest or no valid row.
     """
     folder = RunFolder(settings, run)
-    if folder.plan.exists():
+    if folder.plan.exists() and not settings.dry_run:
         return _resume_plan(settings, folder)
     state = validate_step(settings, run, folder)
     if settings.incremental:
         incremental_step(settings, state)
-    quota_step(settings, state)
-    return write_plan(settings, state, folder, max_batches=min(settings.max_batches, max_map_length))
+    credit_step(settings, state)
+    planned = write_plan(settings, state, folder, max_batches=min(settings.max_batches, max_map_length))
+    if settings.dry_run:
+        return _dry_run_preview(state, folder, planned)
+    return planned
+
+
+def _dry_run_preview(state: PlanState, folder: RunFolder, planned: dict[str, Any]) -> dict[str, Any]:
+    """Write the dry run's preview table; its plan maps no batch (nothing is submitted)."""
+    preview = pa.concat_tables(
+        [
+            manifests.conform_results(t)
+            for t in [*state.carried, status_rows(state.valid, ResultStatus.PLANNED, run=state.run)]
+        ]
+    ).sort_by("manifest_row")
+    manifests.write_parquet_atomic(preview, folder.preview)
+    log.info(
+        "Dry run: %d image(s) would be submitted in %d pipeline(s) and %d batch(es), costing %d credit(s); "
+        "nothing was submitted. Plan: %s; preview table: %s",
+        state.valid.num_rows,
+        planned["counts"]["pipelines"],
+        planned["counts"]["batches"],
+        state.valid.num_rows,
+        uri_of(folder.plan),
+        uri_of(folder.preview),
+    )
+    return planned | {"batches": [], "preview": uri_of(folder.preview)}
 
 
 def validate_step(settings: CatalogSettings, run: CatalogRun, folder: RunFolder) -> PlanState:
@@ -235,7 +291,7 @@ def validate_step(settings: CatalogSettings, run: CatalogRun, folder: RunFolder)
 def incremental_step(settings: CatalogSettings, state: PlanState) -> None:
     """Fingerprint the sources; carry gone sources as ``error`` and unchanged ones as ``skipped_unchanged``."""
     urls = state.valid["source_url"].to_pylist()
-    found = source_fingerprints(urls, mode=settings.change_detection)
+    found = source_fingerprints(urls, mode=settings.change_detection, aws_conn_id=settings.aws_conn_id)
     per_row = [found[url] for url in urls]
     state.valid = state.valid.set_column(
         state.valid.schema.get_field_index("source_fingerprint"),
@@ -304,26 +360,38 @@ def _carry_unchanged(settings: CatalogSettings, state: PlanState) -> None:
     state.valid = joined.filter(pc.invert(unchanged))
 
 
-def quota_step(settings: CatalogSettings, state: PlanState) -> None:
-    """Check the account's credits before spending any; what does not fit is carried as ``deferred_quota``."""
-    from leapi_provider.hooks.leapi import LeapiHook
+def credit_step(settings: CatalogSettings, state: PlanState) -> None:
+    """Apply the run's credit cap, then check the account's credits, before spending any.
 
+    In manifest order: images beyond ``max_credits`` are carried as ``deferred_cap``, then those beyond the
+    account's remaining credits as ``deferred_quota`` (or the plan fails, see ``on_quota_shortfall``).
+    """
     state.valid = state.valid.sort_by("manifest_row")
-    with LeapiHook(settings.leapi_conn_id) as hook:
-        allowed, usage = check_quota(
-            hook,
+    cap = settings.max_credits
+    capped = state.valid.slice(cap) if cap is not None else state.valid.slice(state.valid.num_rows)
+    if capped.num_rows:
+        log.warning(
+            "max_credits=%d: %d of the %d image(s) to enhance are not submitted this run (deferred_cap)",
+            cap,
+            capped.num_rows,
             state.valid.num_rows,
-            reserve=settings.quota_reserve,
-            on_shortfall=settings.on_quota_shortfall,
         )
-    deferred = state.valid.slice(allowed)
-    state.carry(
-        deferred,
-        ResultStatus.DEFERRED_QUOTA,
-        error=f"not submitted: {usage['credits_remaining']} credits were left",
+        state.carry(
+            capped, ResultStatus.DEFERRED_CAP, error=f"not submitted: the run's max_credits={cap} was reached"
+        )
+        state.valid = state.valid.slice(0, cap)
+    state.counts["deferred_cap"] = capped.num_rows
+    remaining, usage = read_remaining_credits(settings)
+    allowed = credits_allowed(
+        state.valid.num_rows,
+        remaining,
+        reserve=settings.quota_reserve,
+        on_shortfall=settings.on_quota_shortfall,
     )
+    deferred = state.valid.slice(allowed)
+    state.carry(deferred, ResultStatus.DEFERRED_QUOTA, error=f"not submitted: {remaining} credits were left")
     state.counts["deferred_quota"] = deferred.num_rows
-    state.counts.update(usage)
+    state.counts.update(usage, credits_needed=allowed)
     state.valid = state.valid.slice(0, allowed)
 
 
@@ -380,8 +448,6 @@ def _resume_plan(settings: CatalogSettings, folder: RunFolder) -> dict[str, Any]
     """The plan of an earlier attempt of this run, kept as it was so that its batches (and the submissions
     recorded for them) stay valid; only images not yet accepted need credits now.
     """
-    from leapi_provider.hooks.leapi import LeapiHook
-
     plan = manifests.read_json(folder.plan)
     pending = 0
     for uri in plan["batches"]:
@@ -395,10 +461,10 @@ def _resume_plan(settings: CatalogSettings, folder: RunFolder) -> dict[str, Any]
         pending,
     )
     if pending:
-        with LeapiHook(settings.leapi_conn_id) as hook:
-            allowed, _ = check_quota(
-                hook, pending, reserve=settings.quota_reserve, on_shortfall=settings.on_quota_shortfall
-            )
+        remaining, _ = read_remaining_credits(settings)
+        allowed = credits_allowed(
+            pending, remaining, reserve=settings.quota_reserve, on_shortfall=settings.on_quota_shortfall
+        )
         if allowed < pending:
             log.warning("%d image(s) may be refused by the API for lack of credits", pending - allowed)
     return {"run_dir": uri_of(folder.root), "batches": plan["batches"], "counts": plan["counts"]}

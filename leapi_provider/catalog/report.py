@@ -67,14 +67,14 @@ def contact_sheet(settings: CatalogSettings, done: pa.Table) -> bytes | None:
     for preset in sorted({r["preset"] for r in picks}):
         chosen += [r for r in picks if r["preset"] == preset][: max(1, count // 3)]
     chosen = chosen[:count]
+    from leapi_provider.catalog.sources import read_source_bytes
     from leapi_provider.hooks.leapi import shared_tls_context
 
     pairs = []
     with httpx.Client(timeout=30, follow_redirects=True, verify=shared_tls_context()) as client:
         for row in chosen:
             try:
-                before = client.get(row["source_url"])
-                before.raise_for_status()
+                before = read_source_bytes(row["source_url"], aws_conn_id=settings.aws_conn_id, http=client)
                 after = storage_path(row["output_uri"], settings.aws_conn_id).read_bytes()
             except (httpx.HTTPError, OSError) as exc:
                 log.warning("contact sheet: skipping %s (%s)", row["image_id"], exc)
@@ -83,7 +83,7 @@ def contact_sheet(settings: CatalogSettings, done: pa.Table) -> bytes | None:
                 f"{row['image_id']} {row['preset']}: {row['input_width']}x{row['input_height']}"
                 f" -> {row['output_width']}x{row['output_height']}"
             )
-            pairs.append((label, before.content, after))
+            pairs.append((label, before, after))
     return contact_sheet_png(pairs) if pairs else None
 
 

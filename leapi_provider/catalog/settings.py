@@ -37,6 +37,14 @@ FEED_KEY_TEMPLATE = "feed/{preset}/{image_id}/{sha256:.16}.{ext}"
 
 CHANGE_DETECTION_MODES = ("headers", "content")
 QUOTA_SHORTFALL_MODES = ("fail", "process_what_fits")
+#: ``quota_guard``: "on" fails a plan whose usage answer has no readable credits figure; "off" (explicit
+#: only) plans without reading ``/v1/me/usage/`` at all (servers whose usage body the client cannot read).
+QUOTA_GUARD_MODES = ("on", "off")
+#: How long a presigned ``s3://`` source URL stays valid: LEAPI fetches a source when its pipeline is
+#: processed, which may be hours after the submit on a busy queue (the batch wait allows 6 h as well).
+DEFAULT_PRESIGN_EXPIRES_IN_S = 6 * 60 * 60
+#: SigV4 presigned URLs live 7 days at most.
+MAX_PRESIGN_EXPIRES_IN_S = 7 * 24 * 60 * 60
 
 # --------------------------------------------------------------------------------------------------
 # Settings
@@ -67,6 +75,10 @@ class CatalogSettings:
     transfer_concurrency: int = 8
     contact_sheet_images: int = 6
     feed_url_template: str | None = None
+    presign_expires_in: int = DEFAULT_PRESIGN_EXPIRES_IN_S
+    max_credits: int | None = None
+    dry_run: bool = False
+    quota_guard: str = "on"
 
     def __post_init__(self) -> None:
         check_key_template(self.key_template)
@@ -74,6 +86,12 @@ class CatalogSettings:
             raise ValueError(f"change_detection must be one of {CHANGE_DETECTION_MODES}")
         if self.on_quota_shortfall not in QUOTA_SHORTFALL_MODES:
             raise ValueError(f"on_quota_shortfall must be one of {QUOTA_SHORTFALL_MODES}")
+        if self.quota_guard not in QUOTA_GUARD_MODES:
+            raise ValueError(f"quota_guard must be one of {QUOTA_GUARD_MODES}, got {self.quota_guard!r}")
+        if not 1 <= self.presign_expires_in <= MAX_PRESIGN_EXPIRES_IN_S:
+            raise ValueError(f"presign_expires_in must be 1 to {MAX_PRESIGN_EXPIRES_IN_S} seconds")
+        if self.max_credits is not None and self.max_credits < 0:
+            raise ValueError("max_credits must be 0 or more (null: no cap)")
         # (validates the options against the wire contract: pydantic only, no pyarrow)
         from leapi_provider.manifests import normalize_preset_defaults
 
@@ -115,6 +133,10 @@ def catalog_params(**defaults: Any) -> dict[str, Any]:
         "transfer_concurrency": (8, {"type": "integer", "minimum": 1, "maximum": 64}),
         "contact_sheet_images": (6, {"type": "integer", "minimum": 0, "maximum": 24}),
         "feed_url_template": ("", {"type": "string", "description": "Public URL of an image in the feed export, e.g. https://cdn.example.com/{key} (fields: key, bucket, uri). Empty: the object URI."}),
+        "presign_expires_in": (DEFAULT_PRESIGN_EXPIRES_IN_S, {"type": "integer", "minimum": 60, "maximum": MAX_PRESIGN_EXPIRES_IN_S, "description": "Seconds the presigned URLs of s3:// sources stay valid (LEAPI may fetch a source hours after the submit)."}),
+        "max_credits": (None, {"type": ["null", "integer"], "minimum": 0, "description": "Credits this run may spend at most (one per image); images beyond it end deferred_cap. Null: no cap."}),
+        "dry_run": (False, {"type": "boolean", "description": "Validate, fingerprint, plan and estimate credits; write the plan and a preview table; submit nothing."}),
+        "quota_guard": ("on", {"type": "string", "enum": list(QUOTA_GUARD_MODES), "description": "on: a usage answer without a readable credits figure fails the plan. off: plan without reading the usage (max_credits still caps)."}),
     }  # fmt: skip
     unknown = set(defaults) - set(base)
     if unknown:

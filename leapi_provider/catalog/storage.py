@@ -57,11 +57,16 @@ class CatalogRun:
 
 
 class RunFolder:
-    """The files of one DAG run's work, under ``<results>/_runs/<run key>/`` (hidden from table readers)."""
+    """The files of one DAG run's work, under ``<results>/_runs/<run key>/`` (hidden from table readers).
+
+    A dry run keeps its own under ``<results>/_dry_runs/<run key>/``: a real run of the same logical date
+    must plan afresh, not resume the dry run's plan.
+    """
 
     def __init__(self, settings: CatalogSettings, run: CatalogRun):
         self.settings = settings
-        self.root = storage_path(settings.results, settings.aws_conn_id) / "_runs" / run.key
+        kind = "_dry_runs" if settings.dry_run else "_runs"
+        self.root = storage_path(settings.results, settings.aws_conn_id) / kind / run.key
 
     def path(self, uri: str) -> ObjectStoragePath:
         return storage_path(uri, self.settings.aws_conn_id)
@@ -74,6 +79,11 @@ class RunFolder:
     def carried(self) -> ObjectStoragePath:
         """Result rows decided by the plan itself: rejected, skipped, deferred."""
         return self.root / "carried.parquet"
+
+    @property
+    def preview(self) -> ObjectStoragePath:
+        """A dry run's preview: one result-shaped row per manifest row (``planned`` for what would be sent)."""
+        return self.root / "preview.parquet"
 
     @property
     def attributes(self) -> ObjectStoragePath:

@@ -4,6 +4,9 @@ Each pipeline id is recorded in the run's folder right after the API accepts it.
 run (a cleared task or run, a retry) finds those records and submits nothing that was already accepted;
 every submit also carries a deterministic ``Idempotency-Key`` so that a server supporting it
 (``leapi-server``) dedupes the window between "accepted" and "recorded".
+
+``s3://`` sources are presigned here, right before each submit (:mod:`leapi_provider.catalog.sources`):
+a resubmission presigns again, and the records keep the ``s3://`` URI, never the presigned URL.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def submit_batch(settings: CatalogSettings, batch_uri: str, run: CatalogRun) -> 
     :returns: ``{"submitted_uri", "pipeline_ids"}``.
     """
     from leapi.models import PipelineRequest
+    from leapi_provider.catalog.sources import PresignedUrls, restore_source_uris
     from leapi_provider.hooks.leapi import LeapiHook, derive_idempotency_key
 
     folder = RunFolder(settings, run)
@@ -89,23 +93,28 @@ def submit_batch(settings: CatalogSettings, batch_uri: str, run: CatalogRun) -> 
     groups: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(row["pipeline_index"], []).append(row)
+    presigned = PresignedUrls(aws_conn_id=settings.aws_conn_id, expires_in=settings.presign_expires_in)
     with LeapiHook(settings.leapi_conn_id) as hook:
         for pipeline_index, members in groups.items():
             todo = [r for r in members if r["manifest_row"] not in records]
             if not todo:
                 continue
             operation = json.loads(todo[0]["operation_json"])
-            request = PipelineRequest.build([r["source_url"] for r in todo], [operation])
-            key = derive_idempotency_key(request, run.dag_id, run.key, index, pipeline_index)
+            sources = [r["source_url"] for r in todo]
+            request = PipelineRequest.build(presigned.urls_for(sources), [operation])
+            # The key names what is asked (the s3:// URIs), not this attempt's signatures.
+            stable_request = PipelineRequest.build(sources, [operation])
+            key = derive_idempotency_key(stable_request, run.dag_id, run.key, index, pipeline_index)
             now = datetime.now(UTC)
             base = {"submitted_at": now, "newly_submitted": True}
             try:
                 pipeline_id = hook.submit_pipeline(request, idempotency_key=key)
             except LeapiRejectedError as exc:
-                log.error("Batch %d pipeline %d REJECTED: %s", index, pipeline_index, exc.reason)
+                reason = restore_source_uris(str(exc.reason), presigned.uri_of)
+                log.error("Batch %d pipeline %d REJECTED: %s", index, pipeline_index, reason)
                 for r in todo:
                     records[r["manifest_row"]] = _submitted_record(
-                        r, None, None, base | {"newly_submitted": False}, f"REJECTED: {exc.reason}"
+                        r, None, None, base | {"newly_submitted": False}, f"REJECTED: {reason}"
                     )
                 save()
                 continue
@@ -115,6 +124,13 @@ def submit_batch(settings: CatalogSettings, batch_uri: str, run: CatalogRun) -> 
             for position, r in enumerate(todo):
                 records[r["manifest_row"]] = _submitted_record(r, pipeline_id, position, base, None)
             save()
+    if presigned.uri_of:
+        log.info(
+            "Batch %d: %d s3:// source(s) presigned for %d s (the records keep the s3:// URIs)",
+            index,
+            len(presigned.uri_of),
+            settings.presign_expires_in,
+        )
     if previous is None and not records:
         save()
     pipeline_ids = sorted({r["pipeline_id"] for r in records.values() if r["pipeline_id"] is not None})

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from leapi_provider import manifests
 from leapi_provider.catalog.settings import CatalogSettings, safe_key_part
+from leapi_provider.catalog.sources import restore_source_uris
 from leapi_provider.catalog.storage import CatalogRun, RunFolder, batch_index_of, storage_path, uri_of
 from leapi_provider.exceptions import LeapiError
 from leapi_provider.manifests import ResultStatus
@@ -105,10 +106,13 @@ def transfer_batch(settings: CatalogSettings, submitted_uri: str, run: CatalogRu
         else:
             by_pipeline.setdefault(record["pipeline_id"], []).append(record)
 
+    # The URL LEAPI was given -> the source_url recorded (differs for presigned s3:// sources).
+    recorded_url_of: dict[str, str] = {}
     with LeapiHook(settings.leapi_conn_id) as hook:
         jobs: list[_CopyJob] = []
         for pipeline_id, members in by_pipeline.items():
             pipeline = hook.get_pipeline(pipeline_id)
+            recorded_url_of.update(_sent_urls(pipeline, members))
             failed_rows, ready = _pipeline_jobs(pipeline, members, run)
             out_rows += failed_rows
             jobs += ready
@@ -129,9 +133,21 @@ def transfer_batch(settings: CatalogSettings, submitted_uri: str, run: CatalogRu
     )
     for row in out_rows:
         row.setdefault("input_bytes", sizes.get(row["manifest_row"]))
+        if row.get("error"):  # (LEAPI's reasons may quote the URL it was given: a credential for s3://)
+            row["error"] = restore_source_uris(row["error"], recorded_url_of)
     target = folder.results(batch_index_of(submitted_uri))
     manifests.write_parquet_atomic(manifests.conform_results(out_rows), target)
     return uri_of(target)
+
+
+def _sent_urls(pipeline: Pipeline, members: list[dict[str, Any]]) -> dict[str, str]:
+    """``{URL the pipeline was given: source_url recorded}`` for the images of one pipeline."""
+    sent = pipeline.source_urls
+    return {
+        sent[r["result_index"]]: r["source_url"]
+        for r in members
+        if r["result_index"] is not None and r["result_index"] < len(sent)
+    }
 
 
 def _row_for(record: Mapping[str, Any], run: CatalogRun, **values: Any) -> dict[str, Any]:
@@ -153,12 +169,17 @@ def _pipeline_jobs(
         "finished_at": _utc(pipeline.finished_at),
     }
     errors: list[dict[str, Any]] = []
+    sent = pipeline.source_urls
+
+    def sent_url(record: Mapping[str, Any]) -> str:
+        """The URL this image was given to LEAPI as (a presigned one for s3://), which its errors quote."""
+        position = record["result_index"]
+        return sent[position] if position is not None and position < len(sent) else record["source_url"]
+
     if pipeline.status is not PipelineStatus.DONE:
         for record in members:
             if pipeline.status is PipelineStatus.ERROR:
-                error = (
-                    f"pipeline {pipeline_id} ERROR: {_pipeline_error_text(pipeline, record['source_url'])}"
-                )
+                error = f"pipeline {pipeline_id} ERROR: {_pipeline_error_text(pipeline, sent_url(record))}"
             else:
                 error = f"pipeline {pipeline_id} still PROCESSING when the wait ended; re-run to collect it"
             errors.append(_row_for(record, run, status=ResultStatus.ERROR.value, error=error, **timing))
@@ -175,7 +196,7 @@ def _pipeline_jobs(
             continue
         reason = failed.get(position, "no result for this image")
         if reason.startswith("no output_object"):
-            reason = _pipeline_error_text(pipeline, record["source_url"])
+            reason = _pipeline_error_text(pipeline, sent_url(record))
         errors.append(
             _row_for(record, run, status=ResultStatus.ERROR.value, error=reason, **timing, **inputs)
         )

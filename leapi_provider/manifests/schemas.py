@@ -104,6 +104,10 @@ class ResultStatus(str, enum.Enum):
     REJECTED_ROW = "rejected_row"
     SKIPPED_UNCHANGED = "skipped_unchanged"
     DEFERRED_QUOTA = "deferred_quota"
+    #: Not submitted: beyond the run's ``max_credits``.
+    DEFERRED_CAP = "deferred_cap"
+    #: Dry runs' preview table only (never in a result table): would be submitted.
+    PLANNED = "planned"
 
 
 TIMESTAMP_UTC = pa.timestamp("us", tz="UTC")

@@ -180,7 +180,8 @@ _MISSING_CODES = {
 }
 
 
-_URL_PATTERN = r"^https?://[^/\s?#]+([/?#]\S*)?$"
+#: http(s) URLs, and ``s3://bucket/key`` objects (presigned for LEAPI at submit: catalog/sources.py).
+_URL_PATTERN = r"^(https?://[^/\s?#]+([/?#]\S*)?|s3://[^/\s?#]+/.+)$"
 
 
 _NUMERIC_OK = (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal)
@@ -321,7 +322,9 @@ def _row_fields(table: pa.Table) -> _RowFields:
             RejectCode.INVALID_SOURCE_URL,
             url_invalid,
             lambda rows: pc.binary_join_element_wise(
-                "source_url is not an http(s) URL: ", pc.utf8_slice_codeunits(url.take(rows), 0, 200), ""
+                "source_url is not an http(s) or s3:// URL: ",
+                pc.utf8_slice_codeunits(url.take(rows), 0, 200),
+                "",
             ),
         ),
         _Check(

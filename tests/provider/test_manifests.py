@@ -173,6 +173,32 @@ def test_a_missing_required_column_is_a_clear_error(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- validation
 
 
+def test_s3_sources_are_accepted_and_other_bucket_schemes_rejected() -> None:
+    """``s3://bucket/key`` is presigned at submit; a scheme no provider presigns is refused up front."""
+    validation = validate_manifest(
+        _manifest(
+            [
+                _row("in-bucket", url="s3://private-catalog/photos/a b.jpg"),
+                _row("upper-scheme", url="S3://private-catalog/b.jpg"),
+                _row("bucket-only", url="s3://private-catalog"),
+                _row("bucket-slash", url="s3://private-catalog/"),
+                _row("gcs", url="gs://private-catalog/c.jpg"),
+            ]
+        )
+    )
+
+    assert validation.valid["image_id"].to_pylist() == ["in-bucket", "upper-scheme"]
+    assert validation.valid["source_url"].to_pylist()[0] == "s3://private-catalog/photos/a b.jpg"
+    assert {row: code for row, (code, _) in _rejects_by_row(validation).items()} == {
+        2: "invalid_source_url",
+        3: "invalid_source_url",
+        4: "invalid_source_url",
+    }
+    assert _rejects_by_row(validation)[4][1] == (
+        "source_url is not an http(s) or s3:// URL: gs://private-catalog/c.jpg"
+    )
+
+
 def test_each_kind_of_bad_row_is_rejected_with_its_reason() -> None:
     table = _manifest(
         [
@@ -199,8 +225,8 @@ def test_each_kind_of_bad_row_is_rejected_with_its_reason() -> None:
     assert validation.valid["image_id"].to_pylist() == ["ok-1", "ok-2"]
     assert rejects == {
         1: ("missing_source_url", "missing source_url"),
-        2: ("invalid_source_url", "source_url is not an http(s) URL: ftp://example.com/a.jpg"),
-        3: ("invalid_source_url", "source_url is not an http(s) URL: http://exa mple.com/a.jpg"),
+        2: ("invalid_source_url", "source_url is not an http(s) or s3:// URL: ftp://example.com/a.jpg"),
+        3: ("invalid_source_url", "source_url is not an http(s) or s3:// URL: http://exa mple.com/a.jpg"),
         4: ("unknown_preset", "unknown preset 'instagram' (expected one of marketplace, print, realestate)"),
         5: ("missing_preset", "missing preset"),
         6: ("invalid_option", "width: Input should be less than or equal to 40000 (got 50000)"),
@@ -235,7 +261,7 @@ def test_a_row_failing_several_checks_lists_every_reason_and_the_first_code() ->
     code, reason = _rejects_by_row(validation)[0]
     assert code == "invalid_source_url"
     assert reason == (
-        "source_url is not an http(s) URL: mailto:a@b; "
+        "source_url is not an http(s) or s3:// URL: mailto:a@b; "
         "unknown preset 'nope' (expected one of marketplace, print, realestate)"
     )
 
@@ -311,7 +337,7 @@ def test_duplicate_ids_keep_the_first_valid_occurrence() -> None:
     )
     assert validation.valid["manifest_row"].to_pylist() == [1, 2]
     assert _rejects_by_row(validation) == {
-        0: ("invalid_source_url", "source_url is not an http(s) URL: not-a-url"),
+        0: ("invalid_source_url", "source_url is not an http(s) or s3:// URL: not-a-url"),
         3: ("duplicate_image_id", "duplicate image_id (kept manifest row 1)"),
         4: ("duplicate_image_id", "duplicate image_id (kept manifest row 2)"),
     }
@@ -557,7 +583,7 @@ def test_rejects_become_result_rows() -> None:
     rows = manifests.rejects_as_results(validation.rejects, dag_run_id="r", run_date="2024-05-01")
     assert rows["status"].to_pylist() == ["rejected_row", "rejected_row"]
     assert rows["preset"].to_pylist() == ["print", None]
-    assert rows["error"].to_pylist()[0] == "source_url is not an http(s) URL: nope"
+    assert rows["error"].to_pylist()[0] == "source_url is not an http(s) or s3:// URL: nope"
 
 
 def test_results_on_s3(s3_bucket: str, aws_conn: str) -> None:

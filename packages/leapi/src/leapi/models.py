@@ -382,6 +382,12 @@ class Usage(_ResponseModel):
             return max(self.quota - self.used, 0)
         return None
 
+    @property
+    def unlimited(self) -> bool:
+        """The answer says, explicitly, that there is no monthly quota: ``"quota": null`` beside a ``used``
+        figure (``leapi-server`` without ``--monthly-quota``). A body that merely lacks the fields is not."""
+        return self.quota is None and "quota" in self.model_fields_set and self.used is not None
+
 
 class WebhookEvent(_ResponseModel):
     """Body of the webhook POST to ``notify_url`` (docs: "a POST and pipeline id").
