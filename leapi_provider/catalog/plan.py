@@ -113,7 +113,7 @@ def read_remaining_credits(settings: CatalogSettings) -> tuple[int | None, dict[
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from leapi_provider.exceptions import LeapiResponseError
+    from leapi_provider.exceptions import LeapiHTTPError, LeapiResponseError
     from leapi_provider.hooks.leapi import LeapiHook
 
     if settings.quota_guard == "off":
@@ -122,9 +122,10 @@ def read_remaining_credits(settings: CatalogSettings) -> tuple[int | None, dict[
     with LeapiHook(settings.leapi_conn_id) as hook:
         try:
             usage = hook.get_usage()
-        except LeapiResponseError as exc:
+        except (LeapiResponseError, LeapiHTTPError) as exc:
+            # (a body that is not JSON is retried by the client first, as a proxy's page would be)
             raise AirflowFailException(
-                f"LEAPI's usage answer is unreadable ({exc}); {_UNREADABLE_USAGE_HINT}"
+                f"LEAPI's usage answer could not be read ({exc}); {_UNREADABLE_USAGE_HINT}"
             ) from exc
     remaining = usage.credits_remaining
     if remaining is None and usage.unlimited:
@@ -133,7 +134,7 @@ def read_remaining_credits(settings: CatalogSettings) -> tuple[int | None, dict[
         )
         return None, {"credits_remaining": None, "quota": None, "used": usage.used}
     if remaining is None:
-        fields = sorted(usage.model_dump(exclude_none=True)) + sorted(usage.model_extra or {})
+        fields = sorted(usage.model_fields_set)
         raise AirflowFailException(
             f"LEAPI's usage answer (GET /v1/me/usage/) has no remaining-credits figure the client can read "
             f"(fields: {', '.join(fields) or 'none'}); {_UNREADABLE_USAGE_HINT}"

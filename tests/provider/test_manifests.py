@@ -547,6 +547,8 @@ def test_result_rows_must_have_a_known_status() -> None:
         "rejected_row",
         "skipped_unchanged",
         "deferred_quota",
+        "deferred_cap",
+        "planned",
     }
 
 
