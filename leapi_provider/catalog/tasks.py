@@ -13,6 +13,8 @@ from leapi_provider.operators.catalog import (
     DEFAULT_BATCH_POLL_INTERVAL_S,
     DEFAULT_BATCH_TIMEOUT_S,
     LeapiCatalogBatchOperator,
+    LeapiCatalogFinalizeOperator,
+    LeapiCatalogPlanOperator,
 )
 
 #: XCom keys of the plan's counts and run folder (its return value is the list of batch URIs, mapped over).
@@ -75,18 +77,17 @@ def add_catalog_tasks(
     :param poll_interval: the longest gap between polls of a batch's pipelines, in seconds.
     :param deferrable: wait in the triggerer (after the run's ``defer_after`` seconds in the worker).
     """
-    from airflow.sdk import task
-
-    plan = task(task_id="plan")(plan_task_callable)()
+    # (classic operators, not @task callables: each declares its OpenLineage datasets)
+    plan = LeapiCatalogPlanOperator(task_id="plan")
     batches = LeapiCatalogBatchOperator.partial(
         task_id="batch",
         pool=LEAPI_POOL,
         deferrable=deferrable,
         poll_interval=poll_interval,
         timeout=wait_timeout,
-    ).expand(batch_uri=plan)
-    finalize = task(task_id="finalize", trigger_rule="all_done", outlets=list(outlets))(
-        finalize_task_callable
-    )(export_feed=export_feed)
+    ).expand(batch_uri=plan.output)
+    finalize = LeapiCatalogFinalizeOperator(
+        task_id="finalize", trigger_rule="all_done", outlets=list(outlets), export_feed=export_feed
+    )
     batches >> finalize
     return {"plan": plan, "batch": batches, "finalize": finalize}

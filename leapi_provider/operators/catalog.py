@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, conf
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
     from leapi_provider.catalog.settings import CatalogSettings
@@ -66,12 +67,14 @@ class LeapiCatalogBatchOperator(BaseOperator):
         self.defer_after = defer_after
         self.poll_interval = poll_interval
         self.timeout = timeout
+        self._settings: CatalogSettings | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
         from leapi_provider.catalog.storage import run_context
         from leapi_provider.catalog.submit import submit_batch
 
         settings, run = run_context(context)
+        self._settings = settings
         submitted_at = time.time()
         pipeline_ids = submit_batch(settings, self.batch_uri, run)["pipeline_ids"]
         context["ti"].xcom_push(key=XCOM_PIPELINE_IDS_KEY, value=pipeline_ids)
@@ -100,6 +103,7 @@ class LeapiCatalogBatchOperator(BaseOperator):
             raise LeapiError(f"Waiting for the batch's LEAPI pipelines failed: {event['message']}")
         self.log.info("Resumed from the triggerer: %s", event["message"])
         settings, run = run_context(context)
+        self._settings = settings
         return self._transfer(settings, run, pipelines=len(event["pipeline_ids"]), deferred=True)
 
     def _wait_in_worker(
@@ -159,3 +163,80 @@ class LeapiCatalogBatchOperator(BaseOperator):
             "deferred": deferred,
             "results_uri": transfer_batch(settings, submitted, run),
         }
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """The batch's sources (the folders that hold them) in; the ``images`` location out."""
+        from leapi_provider import manifests
+        from leapi_provider.catalog.storage import storage_path
+        from leapi_provider.lineage import dataset_of, folder_datasets, operator_lineage
+
+        if self._settings is None:
+            return operator_lineage()
+        batch = manifests.read_parquet(storage_path(self.batch_uri, self._settings.aws_conn_id))
+        sources = dict.fromkeys(batch["source_url"].to_pylist())
+        return operator_lineage(inputs=folder_datasets(sources), outputs=[dataset_of(self._settings.images)])
+
+
+class LeapiCatalogPlanOperator(BaseOperator):
+    """The catalog's ``plan`` task (:func:`leapi_provider.catalog.tasks.plan_task_callable`): validate the
+    manifest, drop unchanged images, check credits, write the batches; returns the batch URIs (mapped over).
+
+    A classic operator rather than an ``@task`` so that it can declare its lineage (the manifest in).
+    """
+
+    ui_color = "#c7e9f1"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._settings: CatalogSettings | None = None
+
+    def execute(self, context: Context) -> list[str]:
+        from leapi_provider.catalog.storage import run_context
+        from leapi_provider.catalog.tasks import plan_task_callable
+
+        self._settings = run_context(context)[0]
+        return plan_task_callable()
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        from leapi_provider.lineage import dataset_of, operator_lineage
+
+        if self._settings is None:
+            return operator_lineage()
+        return operator_lineage(inputs=[dataset_of(self._settings.manifest)])
+
+
+class LeapiCatalogFinalizeOperator(BaseOperator):
+    """The catalog's ``finalize`` task (:func:`leapi_provider.catalog.tasks.finalize_task_callable`): the
+    result table (one row per manifest row), its reports and the feed export; runs whatever the batches did.
+
+    Lineage: the manifest and the ``images`` in; the result table (and the feed export) out.
+
+    :param export_feed: write the feed export (the ``export`` param).
+    """
+
+    ui_color = "#c7e9f1"
+
+    def __init__(self, *, export_feed: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.export_feed = export_feed
+        self._settings: CatalogSettings | None = None
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from leapi_provider.catalog.storage import run_context
+        from leapi_provider.catalog.tasks import finalize_task_callable
+
+        self._settings = run_context(context)[0]
+        return finalize_task_callable(export_feed=self.export_feed)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        from leapi_provider.lineage import dataset_of, operator_lineage
+
+        settings = self._settings
+        if settings is None or settings.dry_run:
+            return operator_lineage()
+        outputs = [dataset_of(settings.results)]
+        if self.export_feed and settings.export:
+            outputs.append(dataset_of(settings.export))
+        return operator_lineage(
+            inputs=[dataset_of(settings.manifest), dataset_of(settings.images)], outputs=outputs
+        )

@@ -39,6 +39,7 @@ from leapi_provider.triggers.leapi import (
 from leapi_provider.utils import coerce_pipeline_ids, contains_template
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
     from airflow.sdk.types import TaskInstanceKey
 
@@ -166,6 +167,8 @@ class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
         self.timeout = timeout
         self.leapi_conn_id = leapi_conn_id
         self._final_pipeline: Pipeline | None = None
+        #: The pipeline this task submitted or reconnected to (its lineage output).
+        self._pipeline_id: int | None = None
         self._validate_static_arguments()
 
     def _validate_static_arguments(self) -> None:
@@ -259,6 +262,7 @@ class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
 
     def get_job_result(self, external_id: Any, context: Context) -> dict[str, Any]:
         pipeline_id = int(external_id)
+        self._pipeline_id = pipeline_id
         pipeline = self._final_pipeline
         if pipeline is None or pipeline.id != pipeline_id:
             pipeline = self.hook.get_pipeline(pipeline_id)
@@ -299,7 +303,17 @@ class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
         self._final_pipeline = None
         return self.get_job_result(pipeline_id, context)
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """The sources (the folders that hold them) in; the LEAPI pipeline's results out."""
+        from leapi_provider.lineage import folder_datasets, operator_lineage, pipeline_dataset
+
+        outputs = []
+        if self._pipeline_id is not None:
+            outputs.append(pipeline_dataset(self.hook.pipeline_url(self._pipeline_id), self._pipeline_id))
+        return operator_lineage(inputs=folder_datasets(_as_url_list(self.source_urls)), outputs=outputs)
+
     def _record_pipeline(self, context: Context, pipeline_id: int) -> None:
+        self._pipeline_id = pipeline_id
         ti = context["ti"]
         ti.xcom_push(key=XCOM_PIPELINE_ID_KEY, value=pipeline_id)
         ti.xcom_push(key=XCOM_PIPELINE_URL_KEY, value=self.hook.pipeline_url(pipeline_id))
@@ -344,6 +358,7 @@ class LeapiDownloadResultOperator(BaseOperator):
         self.overwrite = overwrite
         self.allow_partial = allow_partial
         self.leapi_conn_id = leapi_conn_id
+        self._pipeline_url: str | None = None
 
     def _destination(self) -> ObjectStoragePath:
         if isinstance(self.destination, ObjectStoragePath):
@@ -355,6 +370,7 @@ class LeapiDownloadResultOperator(BaseOperator):
         folder = self._destination()
         records: list[dict[str, Any]] = []
         with LeapiHook(self.leapi_conn_id) as hook:
+            self._pipeline_url = hook.pipeline_url(pipeline_id)
             files, failed = result_files(hook.get_pipeline(pipeline_id))
             if folder.protocol in ("file", "local", ""):
                 folder.mkdir(parents=True, exist_ok=True)
@@ -373,6 +389,14 @@ class LeapiDownloadResultOperator(BaseOperator):
         context["ti"].xcom_push(key=XCOM_FILES_KEY, value=records)
         raise_for_failed_results(pipeline_id, failed, allow_partial=self.allow_partial, log=self.log)
         return [record["uri"] for record in records]
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """The LEAPI pipeline's results in; the destination folder out."""
+        from leapi_provider.lineage import dataset_of, operator_lineage, pipeline_dataset
+
+        (pipeline_id,) = coerce_pipeline_ids(self.pipeline_id)[:1]
+        inputs = [pipeline_dataset(self._pipeline_url, pipeline_id)] if self._pipeline_url else []
+        return operator_lineage(inputs=inputs, outputs=[dataset_of(str(self._destination()))])
 
 
 def _existing_file_facts(target: ObjectStoragePath) -> dict[str, Any]:

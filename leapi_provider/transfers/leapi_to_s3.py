@@ -23,6 +23,7 @@ from leapi_provider.results import (
 from leapi_provider.utils import coerce_pipeline_ids, contains_template
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
 #: Fields a ``s3_key_template`` may use (``str.format`` syntax, after Jinja rendering).
@@ -98,6 +99,8 @@ class LeapiResultToS3Operator(BaseOperator):
         self.multipart_chunksize = multipart_chunksize
         self.allow_partial = allow_partial
         self.leapi_conn_id = leapi_conn_id
+        self._pipeline_url: str | None = None
+        self._written_uris: list[str] = []
         if not contains_template(s3_key_template):
             self._check_key_template(s3_key_template)
 
@@ -142,6 +145,7 @@ class LeapiResultToS3Operator(BaseOperator):
         client = s3_hook.get_conn()
         records: list[dict[str, Any]] = []
         with LeapiHook(self.leapi_conn_id) as hook:
+            self._pipeline_url = hook.pipeline_url(pipeline_id)
             files, failed = result_files(hook.get_pipeline(pipeline_id))
             for result in files:
                 key = self.object_key(result)
@@ -200,10 +204,20 @@ class LeapiResultToS3Operator(BaseOperator):
                 self.log.info("Uploaded %s (%d bytes, %s)", uri, verified.byte_count, verified.mime)
                 records.append(file_record(uri, verified, result))
         uris = [record["uri"] for record in records]
+        self._written_uris = uris
         context["ti"].xcom_push(key=XCOM_FILES_KEY, value=records)
         self._emit_outlet_events(context, pipeline_id, uris)
         raise_for_failed_results(pipeline_id, failed, allow_partial=self.allow_partial, log=self.log)
         return uris
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """The LEAPI pipeline's results in; the folder of the objects written (one dataset) out."""
+        from leapi_provider.lineage import dataset_of, folder_datasets, operator_lineage, pipeline_dataset
+
+        (pipeline_id,) = coerce_pipeline_ids(self.pipeline_id)[:1]
+        inputs = [pipeline_dataset(self._pipeline_url, pipeline_id)] if self._pipeline_url else []
+        outputs = folder_datasets(self._written_uris) or [dataset_of(f"s3://{self.s3_bucket}/")]
+        return operator_lineage(inputs=inputs, outputs=outputs)
 
     def _emit_outlet_events(self, context: Context, pipeline_id: int, uris: list[str]) -> None:
         for outlet in self.outlets or []:
