@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from leapi_provider import manifests
+from leapi_provider.catalog.html_report import write_html_report
 from leapi_provider.catalog.plan import status_rows
 from leapi_provider.catalog.report import contact_sheet, write_feed_export
 from leapi_provider.catalog.settings import CatalogSettings
@@ -84,6 +85,9 @@ def finalize_run(settings: CatalogSettings, run: CatalogRun, *, export_feed: boo
     if sheet is not None:
         target = results_root / f"run_date={run.run_date}" / f"_contact_sheet-{run.key}.png"
         sheet_uri = manifests.write_bytes_atomic(sheet, target)
+    elif done.num_rows == 0:
+        # (say so: a reader must not take an earlier run's sheet for this one's)
+        log.info("This run enhanced no image, so no new contact sheet was written")
     exported = write_feed_export(settings, table, folder, run) if export_feed and settings.export else []
     pairs = Counter(zip(table["status"].to_pylist(), table["preset"].to_pylist(), strict=True))
     summary = {
@@ -95,10 +99,12 @@ def finalize_run(settings: CatalogSettings, run: CatalogRun, *, export_feed: boo
         ],
         "credits_used": _credits_used(folder, plan["batches"]),
     }
+    report = write_html_report(settings, run, table, summary, contact_sheet_uri=sheet_uri)
     result = {
         "result_files": written.files,
         "commit_marker": written.commit_marker,
         "contact_sheet": sheet_uri,
+        "report": report,
         "exports": exported,
         "summary": summary,
     }

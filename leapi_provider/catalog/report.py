@@ -1,4 +1,5 @@
-"""What a person or a marketplace sees of a run: the before/after contact sheet and the feed export."""
+"""What a person or a marketplace sees of a run: the before/after contact sheet (with 1:1 zoomed crops)
+and the feed export. The HTML report is :mod:`leapi_provider.catalog.html_report`."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pyarrow as pa
@@ -19,60 +21,120 @@ from leapi_provider.catalog.settings import CatalogSettings
 from leapi_provider.catalog.storage import CatalogRun, RunFolder, storage_path, uri_of
 from leapi_provider.manifests import ResultStatus
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 log = logging.getLogger(__name__)
 
 
-def contact_sheet_png(pairs: Sequence[tuple[str, bytes, bytes]], *, cell: int = 240) -> bytes:
-    """A PNG of before/after pairs side by side, each pair shown at the same size so detail compares.
+#: Side of the square 1:1 crops of the contact sheet's zoom section, in pixels of the enhanced image.
+ZOOM_CROP_PX = 192
 
-    :param pairs: ``(label, source bytes, enhanced bytes)``.
+
+@dataclass(frozen=True)
+class SheetImage:
+    """One ``done`` image on the contact sheet: its label, source and result bytes, and zoom label."""
+
+    label: str
+    before: bytes
+    after: bytes
+    #: Set for the image of a preset that also gets a zoomed 1:1 crop (one per preset).
+    zoom_label: str | None = None
+
+
+def zoom_crops(
+    before: Image.Image, after: Image.Image, *, size: int = ZOOM_CROP_PX
+) -> tuple[Image.Image, Image.Image]:
+    """The same region of both images at the enhanced image's scale (1:1 on the result): the source's is
+    upscaled with bicubic, as a plain resize would do it, so the two show what the enhancement added.
+
+    The region is the ``size`` square of the result with the most detail (highest standard deviation of
+    its grey levels), so the crop shows texture, not a flat background.
+    """
+    import numpy as np
+    from PIL import Image
+
+    side = min(size, after.width, after.height)
+    grey = np.asarray(after.convert("L"), dtype=np.float32)
+    best, best_std = (0, 0), -1.0
+    step = max(side // 2, 1)
+    for top in range(0, after.height - side + 1, step):
+        for left in range(0, after.width - side + 1, step):
+            std = float(grey[top : top + side, left : left + side].std())
+            if std > best_std:
+                best, best_std = (left, top), std
+    left, top = best
+    after_crop = after.crop((left, top, left + side, top + side))
+    scale_x, scale_y = before.width / after.width, before.height / after.height
+    region = (left * scale_x, top * scale_y, (left + side) * scale_x, (top + side) * scale_y)
+    before_crop = before.resize((side, side), Image.Resampling.BICUBIC, box=region)
+    return before_crop, after_crop
+
+
+def contact_sheet_png(images: Sequence[SheetImage], *, cell: int = 240) -> bytes:
+    """A PNG of before/after pairs side by side, each pair shown at the same size so detail compares,
+    then a zoom section: for the images with a ``zoom_label``, 1:1 crops of the result beside the same
+    region of the source upscaled with bicubic (:func:`zoom_crops`).
     """
     from PIL import Image, ImageDraw, ImageOps
 
-    shown = []
-    for label, before_bytes, after_bytes in pairs:
-        with Image.open(io.BytesIO(after_bytes)) as after, Image.open(io.BytesIO(before_bytes)) as before:
-            # Same display box for both: the source is scaled up to the enhanced image's shape.
-            after_rgb = ImageOps.contain(after.convert("RGB"), (cell, cell), Image.Resampling.LANCZOS)
-            before_rgb = before.convert("RGB").resize(after_rgb.size, Image.Resampling.BICUBIC)
-        shown.append((label, before_rgb, after_rgb))
+    shown, zooms = [], []
+    for item in images:
+        with Image.open(io.BytesIO(item.after)) as after, Image.open(io.BytesIO(item.before)) as before:
+            after_full, before_full = after.convert("RGB"), before.convert("RGB")
+        # Same display box for both: the source is scaled up to the enhanced image's shape.
+        after_rgb = ImageOps.contain(after_full, (cell, cell), Image.Resampling.LANCZOS)
+        before_rgb = before_full.resize(after_rgb.size, Image.Resampling.BICUBIC)
+        shown.append((f"before | after   {item.label}", before_rgb, after_rgb))
+        if item.zoom_label:
+            zooms.append((item.zoom_label, *zoom_crops(before_full, after_full)))
     label_height, pad = 16, 8
     columns = 2 if len(shown) > 3 else 1
+    width_each = 2 * max(cell, ZOOM_CROP_PX if zooms else 0) + pad
     rows = [shown[i : i + columns] for i in range(0, len(shown), columns)]
+    rows += [zooms[i : i + columns] for i in range(0, len(zooms), columns)]
     row_heights = [max(after.height for _, _, after in row) + label_height + pad for row in rows]
-    pair_width = 2 * cell + pad
-    sheet = Image.new("RGB", (columns * (pair_width + pad) + pad, sum(row_heights) + pad), "white")
+    sheet = Image.new("RGB", (columns * (width_each + pad) + pad, sum(row_heights) + pad), "white")
     draw = ImageDraw.Draw(sheet)
     y0 = pad
     for row, height in zip(rows, row_heights, strict=True):
         for column, (label, before_rgb, after_rgb) in enumerate(row):
-            x0 = pad + column * (pair_width + pad)
+            x0 = pad + column * (width_each + pad)
             sheet.paste(before_rgb, (x0, y0))
-            sheet.paste(after_rgb, (x0 + cell + pad, y0))
-            draw.text((x0, y0 + after_rgb.height + 2), f"before | after   {label}"[:90], fill="black")
+            sheet.paste(after_rgb, (x0 + before_rgb.width + pad, y0))
+            draw.text((x0, y0 + after_rgb.height + 2), label[:100], fill="black")
         y0 += height
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 
-def contact_sheet(settings: CatalogSettings, done: pa.Table) -> bytes | None:
-    count = settings.contact_sheet_images
+def _zoom_label(row: Mapping[str, Any]) -> str:
+    level = json.loads(row["operation_json"] or "{}").get("restoration_level", "default")
+    return (
+        f"1:1 zoom, {row['preset']} (restoration level {level}): bicubic {row['input_width']}x"
+        f"{row['input_height']} | LEAPI {row['output_width']}x{row['output_height']}"
+    )
+
+
+def sheet_images(settings: CatalogSettings, done: pa.Table, *, count: int) -> list[SheetImage]:
+    """Up to ``count`` ``done`` images, a few of each preset, with their bytes; the first of each preset
+    gets a zoom. Unreadable ones are skipped (logged)."""
     done = done.filter(pc.is_valid(done["output_uri"]))
     if count <= 0 or done.num_rows == 0:
-        return None
+        return []
     # A few images of each preset, in a stable order.
     picks = done.sort_by([("preset", "ascending"), ("image_id", "ascending")]).to_pylist()
     chosen: list[dict[str, Any]] = []
     for preset in sorted({r["preset"] for r in picks}):
         chosen += [r for r in picks if r["preset"] == preset][: max(1, count // 3)]
-    chosen = chosen[:count]
     from leapi_provider.catalog.sources import read_source_bytes
     from leapi_provider.hooks.leapi import shared_tls_context
 
-    pairs = []
+    images: list[SheetImage] = []
+    zoomed: set[str] = set()
     with httpx.Client(timeout=30, follow_redirects=True, verify=shared_tls_context()) as client:
-        for row in chosen:
+        for row in chosen[:count]:
             try:
                 before = read_source_bytes(row["source_url"], aws_conn_id=settings.aws_conn_id, http=client)
                 after = storage_path(row["output_uri"], settings.aws_conn_id).read_bytes()
@@ -83,8 +145,15 @@ def contact_sheet(settings: CatalogSettings, done: pa.Table) -> bytes | None:
                 f"{row['image_id']} {row['preset']}: {row['input_width']}x{row['input_height']}"
                 f" -> {row['output_width']}x{row['output_height']}"
             )
-            pairs.append((label, before, after))
-    return contact_sheet_png(pairs) if pairs else None
+            zoom = None if row["preset"] in zoomed else _zoom_label(row)
+            zoomed.add(row["preset"])
+            images.append(SheetImage(label, before, after, zoom))
+    return images
+
+
+def contact_sheet(settings: CatalogSettings, done: pa.Table) -> bytes | None:
+    images = sheet_images(settings, done, count=settings.contact_sheet_images)
+    return contact_sheet_png(images) if images else None
 
 
 def write_feed_export(

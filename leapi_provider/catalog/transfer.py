@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from leapi_provider.results import ResultFile
 
 log = logging.getLogger(__name__)
+
+#: A long transfer logs its progress (``n/N images, x MB``) every 100 images and at least this often.
+_PROGRESS_EVERY_S = 30.0
 
 #: Columns a result row takes from its submission record.
 _RECORD_COLUMNS = (
@@ -117,14 +121,17 @@ def transfer_batch(settings: CatalogSettings, submitted_uri: str, run: CatalogRu
             out_rows += failed_rows
             jobs += ready
         total_bytes = 0
+        last_log = time.monotonic()
         with ThreadPoolExecutor(max_workers=max(1, settings.transfer_concurrency)) as pool:
             for done, row in enumerate(
                 pool.map(lambda job: _copy(hook, job, settings, images_root, run), jobs), start=1
             ):
                 out_rows.append(row)
                 total_bytes += row.get("output_bytes") or 0
-                if done % 100 == 0 or done == len(jobs):
+                now = time.monotonic()
+                if done % 100 == 0 or done == len(jobs) or now - last_log >= _PROGRESS_EVERY_S:
                     log.info("Transferred %d/%d images, %.1f MB", done, len(jobs), total_bytes / 1e6)
+                    last_log = now
 
     # input_bytes is known from the fingerprint's Content-Length (incremental runs) only.
     batch_rows = manifests.read_parquet(folder.batch(batch_index_of(submitted_uri)))

@@ -7,13 +7,15 @@ import http.server
 import io
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from leapi_provider.catalog.fingerprints import source_fingerprints
 from leapi_provider.catalog.plan import batch_count
-from leapi_provider.catalog.report import contact_sheet_png
+from leapi_provider.catalog.report import SheetImage, contact_sheet_png, zoom_crops
 from leapi_provider.catalog.settings import CatalogSettings, check_key_template, safe_key_part
 from leapi_provider.catalog.storage import CatalogRun
 from leapi_provider.catalog.transfer import object_key
@@ -143,7 +145,7 @@ def _jpeg(size: tuple[int, int], color: str) -> bytes:
 
 
 def test_contact_sheet_shows_pairs_at_the_same_size() -> None:
-    pairs = [(f"img-{i}", _jpeg((60, 40), "red"), _jpeg((120, 80), "blue")) for i in range(5)]
+    pairs = [SheetImage(f"img-{i}", _jpeg((60, 40), "red"), _jpeg((120, 80), "blue")) for i in range(5)]
     with Image.open(io.BytesIO(contact_sheet_png(pairs, cell=100))) as sheet:
         assert sheet.format == "PNG"
         assert sheet.width == 2 * (2 * 100 + 8 + 8) + 8  # two pairs a row
@@ -152,6 +154,52 @@ def test_contact_sheet_shows_pairs_at_the_same_size() -> None:
         assert rgb.getpixel((8 + 50, 8 + 30))[0] > 200  # red source
         assert rgb.getpixel((8 + 100 + 8 + 50, 8 + 30))[2] > 200  # blue result
         assert rgb.getpixel((8 + 50, 8 + 70))[:3] != (255, 0, 0)  # below the image: no image (height 67)
+
+
+def _textured(size: tuple[int, int], square: tuple[int, int, int, int]) -> Image.Image:
+    """White, with a black and white checkerboard (4 px) inside ``square``: the only detail."""
+    image = Image.new("RGB", size, "white")
+    left, top, right, bottom = square
+    for x in range(left, right):
+        for y in range(top, bottom):
+            if (x // 4 + y // 4) % 2:
+                image.putpixel((x, y), (0, 0, 0))
+    return image
+
+
+def test_zoom_crops_show_the_same_detailed_region_at_one_to_one() -> None:
+    after = _textured((400, 300), (260, 150, 400, 300))  # detail in the bottom right only
+    before = after.resize((200, 150), Image.Resampling.LANCZOS)
+
+    before_crop, after_crop = zoom_crops(before, after, size=96)
+
+    assert before_crop.size == after_crop.size == (96, 96)
+    pixels = np.asarray(after_crop.convert("L")).ravel().tolist()
+    assert min(pixels) < 30 and max(pixels) > 225, "the crop is on the checkerboard, not the background"
+    # 1:1: the result's pixels themselves (a checkerboard of 4 px squares, not resampled).
+    assert sorted(set(pixels)) == [0, 255]
+    # The source's crop is the same region, upscaled: the same mean grey, blurred (bicubic).
+    mean = sum(pixels) / len(pixels)
+    before_pixels = np.asarray(before_crop.convert("L")).ravel().tolist()
+    assert abs(sum(before_pixels) / len(before_pixels) - mean) < 20
+    assert len(set(before_pixels)) > 2
+
+
+def test_contact_sheet_adds_a_labelled_zoom_per_marked_image() -> None:
+    after = _textured((400, 300), (0, 0, 400, 300))
+    buffers = []
+    for picture in (after.resize((200, 150)), after):
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        buffers.append(buffer.getvalue())
+    plain = SheetImage("a", buffers[0], buffers[1])
+    zoomed = SheetImage("a", buffers[0], buffers[1], zoom_label="1:1 zoom, marketplace (restoration level 4)")
+
+    with Image.open(io.BytesIO(contact_sheet_png([plain], cell=100))) as without_zoom:
+        height_without = without_zoom.height
+    with Image.open(io.BytesIO(contact_sheet_png([zoomed], cell=100))) as with_zoom:
+        assert with_zoom.height == height_without + 192 + 16 + 8  # one row of 192 px crops, its label
+        assert with_zoom.width == 2 * 192 + 8 + 8 + 8
 
 
 @pytest.mark.parametrize(
@@ -195,3 +243,41 @@ def test_presigned_urls_are_redacted_and_mapped_back_to_their_uris() -> None:
     assert split_s3_uri("s3://acme/photos/a b.jpg") == ("acme", "photos/a b.jpg")
     with pytest.raises(ValueError, match="not an s3://bucket/key URI"):
         split_s3_uri("s3://acme/")
+
+
+def test_html_report_counts_groups_errors_and_links_thumbnails(tmp_path: Path) -> None:
+    from leapi_provider import manifests
+    from leapi_provider.catalog.html_report import relative_link, report_uri, write_html_report
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (64, 48), "green").save(images / "a.jpg")
+    rows = [
+        {"image_id": "a", "preset": "marketplace", "status": "done", "output_uri": f"file://{images}/a.jpg",
+         "output_width": 64, "output_height": 48},
+        {"image_id": "b", "preset": "print", "status": "error", "error": "pipeline 7 ERROR: <broken> source"},
+        {"image_id": "c", "preset": "print", "status": "error", "error": "pipeline 7 ERROR: <broken> source"},
+        {"image_id": "d", "preset": None, "status": "rejected_row", "error": "unknown preset 'instagram'"},
+    ]  # fmt: skip
+    table = manifests.conform_results(rows)
+    settings = CatalogSettings(manifest="m", results=str(tmp_path / "results"), images=str(images))
+    run = CatalogRun.of("dag", "run-1", datetime(2026, 7, 1, tzinfo=UTC))
+
+    uri = write_html_report(settings, run, table, {"rows": 4, "credits_used": 3}, contact_sheet_uri=None)
+
+    page = (tmp_path / "results" / "run_date=2026-07-01" / f"_report-{run.key}.html").read_text()
+    assert uri.endswith(f"_report-{run.key}.html") and report_uri(settings, run).endswith(
+        uri.rsplit("/", 1)[-1]
+    )
+    assert "<b>4</b> manifest rows · <b>1</b> enhanced ·\n<b>3</b> credits used" in page
+    assert (
+        "<tr><td>error</td><td>0</td><td>0</td><td>2</td><td>2</td></tr>" in page
+    )  # (none), marketplace, print
+    assert (
+        "<td class=reason>pipeline 7 ERROR: &lt;broken&gt; source</td><td>2</td><td class=reason>b, c</td>"
+        in page
+    )
+    assert 'href="../../images/a.jpg"><img src="data:image/jpeg;base64,' in page
+    assert "No new contact sheet: this run enhanced no image." in page
+    assert relative_link("s3://cdn/x/a.jpg", "s3://catalog/results/r.html") == "s3://cdn/x/a.jpg"
+    assert relative_link("s3://b/cdn/a.jpg", "s3://b/results/run_date=1/r.html") == "../../cdn/a.jpg"

@@ -110,6 +110,14 @@ def test_private_bucket_sources_are_presigned_and_never_shown(
     assert "presigned" in logs, "the submit says that it presigned (without the URLs)"
     assert not PRESIGNED.search(logs)
     assert not [text for text in _xcom_texts(first_run) if PRESIGNED.search(text)]
+    day_folder = "results/run_date=2026-07-01/"
+    sheets = [k for k in bucket.keys(day_folder) if k.endswith(".png")]
+    (report_key,) = [k for k in bucket.keys(day_folder) if k.endswith(".html")]
+    assert len(sheets) == 1, "the contact sheet reads the private sources through the connection"
+    report = bucket.get(report_key)["Body"].read().decode()
+    assert f'href="../../images/enhanced/marketplace/{photos[0].image_id}.jpg"' in report
+    assert "source answered S3 404 at change detection; not submitted" in report
+    assert not PRESIGNED.search(report)
     table = bucket.results()
     for column in table.column_names:
         if pa.types.is_string(table.schema.field(column).type):
