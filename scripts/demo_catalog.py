@@ -4,14 +4,16 @@ What it does, with nothing from the internet:
 
 1. Writes 24 real photographs (scikit-image's samples, at several sizes and JPEG qualities) into
    ``.work/demo/sources/`` and serves them over HTTP on 127.0.0.1 (the same port every run, so that the
-   manifest's URLs stay the same), plus a manifest with one bad row and one dead link.
+   manifest's URLs stay the same), plus 6 more into the demo bucket under ``private-sources/`` (moto
+   refuses unsigned reads, and the source server does not serve them: the run presigns them), and a
+   manifest with one bad row and one dead link.
 2. Starts ``leapi-server`` (data in ``.work/demo/leapi-server``) and moto's S3 server on free loopback
    ports; the demo bucket is restored from ``.work/demo/s3/`` (moto keeps nothing between runs).
 3. Runs ``dags/marketplace_feed_etl.py`` with ``dag.test()`` on a SQLite Airflow home in
    ``.work/demo/airflow``.
 4. Prints the summary (rows per status and preset, credits used, wall time) and the paths of the result
-   table, the contact sheet and the feed export (local copies in ``.work/demo/``); saves the bucket; stops
-   every process it started.
+   table, the contact sheet, the HTML report and the feed export (local copies in ``.work/demo/``); checks
+   that no presigned URL reached the result table; saves the bucket; stops every process it started.
 
 Run it twice: the second run finds every photograph unchanged and skips it (``skipped_unchanged``, no
 credit spent). ``--reset`` starts from scratch; ``--touch N`` changes N source photographs first, to see
@@ -36,12 +38,18 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / ".work" / "demo"  # git-ignored
+#: (git-ignored; LEAPI_DEMO_DIR moves it, e.g. for the demo's test)
+DEMO = Path(os.environ.get("LEAPI_DEMO_DIR") or REPO / ".work" / "demo")
 AIRFLOW_HOME = DEMO / "airflow"
 BUCKET = "leapi-demo"
 API_KEY = "demo-key"
 DAG_FILE = REPO / "dags" / "marketplace_feed_etl.py"
 IMAGE_COUNT = 24
+#: Photographs that only exist in the (private) demo bucket, as s3:// sources.
+PRIVATE_COUNT = 6
+PRIVATE_PREFIX = "private-sources/"
+#: What a presigned S3 URL carries (SigV4 and SigV2): it must never reach the demo's output or tables.
+PRESIGNED_MARKERS = ("X-Amz-Signature", "X-Amz-Credential", "AWSAccessKeyId=", "Signature=")
 
 # Airflow reads its configuration when first imported: everything is set before any import of it.
 os.environ.update(
@@ -106,8 +114,21 @@ def save_bucket(client, snapshot: Path) -> int:
     return count
 
 
-def demo_manifest(base_url: str, sources: Path, *, touch: int) -> tuple[object, int]:
-    """The 24 photographs (written once: they stay unchanged between runs) and their manifest."""
+def upload_private_sources(s3, folder: Path) -> list:
+    """The private photographs, in the bucket only (uploaded once: their ETags stay, so reruns skip them)."""
+    from tests.support.catalog import write_sample_images
+
+    images = write_sample_images(folder, PRIVATE_COUNT, long_sides=(400,), prefix="vault", overwrite=False)
+    present = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=PRIVATE_PREFIX).get("Contents", [])}
+    for image in images:
+        if PRIVATE_PREFIX + image.file_name not in present:
+            s3.upload_file(str(folder / image.file_name), BUCKET, PRIVATE_PREFIX + image.file_name)
+    return images
+
+
+def demo_manifest(base_url: str, sources: Path, *, touch: int, private: list) -> tuple[object, int]:
+    """The 24 photographs (written once: they stay unchanged between runs), the private ones, and their
+    manifest."""
     import pyarrow as pa
     from PIL import Image
 
@@ -123,7 +144,10 @@ def demo_manifest(base_url: str, sources: Path, *, touch: int) -> tuple[object, 
         later = time.time() + 2  # a Last-Modified the previous run has not seen (1 s resolution)
         os.utime(path, (later, later))
     table = sample_manifest(images, base_url)
-    rows = table.to_pylist()
+    rows = (
+        table.to_pylist()
+        + sample_manifest(private, f"s3://{BUCKET}/{PRIVATE_PREFIX.rstrip('/')}").to_pylist()
+    )
     rows.append({**rows[0], "image_id": "sku-bad-preset", "preset": "instagram"})
     rows.append({**rows[1], "image_id": "sku-dead-link", "source_url": f"{base_url}/discontinued.jpg"})
     return pa.Table.from_pylist(rows, schema=table.schema), len(images)
@@ -133,18 +157,19 @@ def upload_manifest(s3, base_url: str, *, touch: int) -> None:
     """The demo manifest, as Parquet, to ``s3://BUCKET/manifests/feed.parquet``."""
     import pyarrow.parquet as pq
 
-    table, photos = demo_manifest(base_url, DEMO / "sources", touch=touch)
+    private = upload_private_sources(s3, DEMO / "private-sources")
+    table, photos = demo_manifest(base_url, DEMO / "sources", touch=touch, private=private)
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     s3.put_object(Bucket=BUCKET, Key="manifests/feed.parquet", Body=buffer.getvalue())
-    print(f"manifest: {table.num_rows} rows ({photos} photographs, 1 bad row, 1 dead link) -> "
-          f"s3://{BUCKET}/manifests/feed.parquet")  # fmt: skip
+    print(f"manifest: {table.num_rows} rows ({photos} served photographs, {len(private)} in the private "
+          f"s3://{BUCKET}/{PRIVATE_PREFIX}, 1 bad row, 1 dead link) -> s3://{BUCKET}/manifests/feed.parquet")  # fmt: skip
 
 
 def print_summary(results, *, credits_used: int, usage: dict, wall_s: float) -> None:
     presets = ["marketplace", "realestate", "print", None]
     counts = Counter(zip(results["status"].to_pylist(), results["preset"].to_pylist(), strict=True))
-    statuses = [s for s in ("done", "skipped_unchanged", "error", "rejected_row", "deferred_quota")]
+    statuses = ["done", "skipped_unchanged", "error", "rejected_row", "deferred_quota", "deferred_cap"]
     header = f"{'status':<18}" + "".join(f"{p or '(none)':>13}" for p in presets) + f"{'total':>8}"
     print(header)
     print("-" * len(header))
@@ -185,9 +210,7 @@ def main(argv: list[str]) -> int:
     from tests.fixtures.s3 import MotoS3Server, aws_connection_json
     from tests.support.server import running_server
 
-    print(
-        f"Airflow home {AIRFLOW_HOME.relative_to(REPO)} (SQLite); preparing the metadata DB ...", flush=True
-    )
+    print(f"Airflow home {_shown(AIRFLOW_HOME)} (SQLite); preparing the metadata DB ...", flush=True)
     db.initdb()
     Pool.create_or_update_pool(LEAPI_POOL, slots=4, description="LEAPI submissions", include_deferred=False)
 
@@ -235,42 +258,70 @@ def main(argv: list[str]) -> int:
 
 
 def report_run(s3, dag_run, *, credits_used: int, usage: dict, started: float) -> None:
-    """Print the run's summary and where its table, contact sheet and export are; save the bucket."""
+    """Print the run's summary and where its table, contact sheet, report and export are; save the bucket."""
     import pyarrow.compute as pc
     from airflow.sdk import ObjectStoragePath
 
     from leapi_provider import manifests
+    from tests.fixtures.airflow import xcom_value
 
     results_root = ObjectStoragePath(f"s3://{BUCKET}/results", conn_id="aws_default")
     everything = manifests.read_result_tables(results_root)
     results = everything.filter(pc.equal(everything["dag_run_id"], dag_run.run_id))
     print(f"\nDAG run {dag_run.run_id}: {dag_run.state}\n")
     print_summary(results, credits_used=credits_used, usage=usage, wall_s=time.monotonic() - started)
-    copies = {}
-    for key, local in (
-        (_latest_key(s3, "results/", ".png"), DEMO / "contact-sheet.png"),
-        ("export/latest/feed.csv", DEMO / "feed.csv"),
-    ):
-        if key:
-            s3.download_file(BUCKET, key, str(local))
-            copies[key] = local
+    private = [
+        r for r in results.to_pylist() if r["source_url"].startswith(f"s3://{BUCKET}/{PRIVATE_PREFIX}")
+    ]
+    print(f"private s3:// sources: {len(private)} rows, "
+          + ", ".join(f"{n} {s}" for s, n in sorted(Counter(r["status"] for r in private).items())))  # fmt: skip
+    leaked = [
+        name
+        for name in everything.column_names
+        if pa_is_string(everything.schema.field(name).type)
+        and any(m in v for v in everything[name].to_pylist() if v for m in PRESIGNED_MARKERS)
+    ]
+    print(f"presigned URLs in the result table: {', '.join(leaked) if leaked else 'none'}")
+    try:
+        finalized = xcom_value(dag_run, "finalize") or {}
+    except LookupError:
+        finalized = {}
     run_date = results["run_date"][0].as_py() if results.num_rows else "?"
     print(f"\nresult table:  s3://{BUCKET}/results/ (partitions run_date={run_date}/preset=*/, "
           f"{len({r for r in results['run_key'].to_pylist()})} run)")  # fmt: skip
-    for key, local in copies.items():
-        print(f"{'contact sheet:' if key.endswith('.png') else 'feed export:  '} s3://{BUCKET}/{key}\n"
-              f"               local copy: {local.relative_to(REPO)}")  # fmt: skip
     saved = save_bucket(s3, DEMO / "s3")
-    print(f"\nbucket saved to {(DEMO / 's3').relative_to(REPO)} ({saved} objects); "
+    sheet = finalized.get("contact_sheet")
+    if sheet:
+        shutil.copyfile(_local_copy(sheet), DEMO / "contact-sheet.png")
+        print(f"contact sheet: {sheet}\n               local copy: {_shown(DEMO / 'contact-sheet.png')}")
+    else:
+        print("contact sheet: none new: this run enhanced no image, so no new contact sheet was written")
+    if finalized.get("report"):
+        print(f"HTML report:   {finalized['report']}\n               local copy: "
+              f"{_shown(_local_copy(finalized['report']))} (open it in a browser; its links work there)")  # fmt: skip
+    feed = DEMO / "s3" / "export" / "latest" / "feed.csv"
+    if feed.exists():
+        shutil.copyfile(feed, DEMO / "feed.csv")
+        print(
+            f"feed export:   s3://{BUCKET}/export/latest/feed.csv\n               local copy: {_shown(DEMO / 'feed.csv')}"
+        )
+    print(f"\nbucket saved to {_shown(DEMO / 's3')} ({saved} objects); "
           "run `make demo` again to see the incremental skip")  # fmt: skip
 
 
-def _latest_key(s3, prefix: str, suffix: str) -> str | None:
-    """The newest object under ``prefix`` ending with ``suffix`` (the latest contact sheet)."""
-    found = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
-        found += [o for o in page.get("Contents", []) if o["Key"].endswith(suffix)]
-    return max(found, key=lambda o: o["LastModified"])["Key"] if found else None
+def pa_is_string(data_type) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_string(data_type) or pa.types.is_large_string(data_type))
+
+
+def _local_copy(uri: str) -> Path:
+    """Where the saved bucket holds ``s3://BUCKET/key``."""
+    return DEMO / "s3" / uri.removeprefix(f"s3://{BUCKET}/")
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 if __name__ == "__main__":
