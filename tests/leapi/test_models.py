@@ -426,6 +426,23 @@ def test_usage_accepts_other_spellings() -> None:
     assert (usage.used, usage.quota, usage.credits_remaining) == (3, 10, 7)
 
 
+@pytest.mark.parametrize(
+    ("body", "remaining", "unlimited"),
+    [
+        ({"used": 3, "quota": None, "remaining": None}, None, True),  # leapi-server without a quota
+        ({"used": 3, "quota": 10}, 7, False),
+        ({"used": 3}, None, False),  # no quota field at all: not readable, not unlimited
+        ({"quota": None}, None, False),  # no usage figure beside it
+        ({"plan": "pro"}, None, False),
+    ],
+)
+def test_usage_unlimited_only_when_said_explicitly(
+    body: dict, remaining: int | None, unlimited: bool
+) -> None:
+    usage = Usage.model_validate(body)
+    assert (usage.credits_remaining, usage.unlimited) == (remaining, unlimited)
+
+
 def test_webhook_event_parses_documented_id_and_status() -> None:
     event = WebhookEvent.model_validate({"id": 26082838, "status": "DONE"})
     assert event.id == 26082838 and event.status is PipelineStatus.DONE
