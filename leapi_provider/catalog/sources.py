@@ -3,8 +3,9 @@
 LEAPI fetches every source by URL, so a source in a private bucket is handed to it as a presigned ``GET``
 URL, made by the run's storage connection (``aws_conn_id``) with the Amazon provider's
 ``S3Hook.generate_presigned_url``. A presigned URL is a credential: it exists only in the request sent to
-LEAPI. Logs, XCom and the result table keep the ``s3://`` URI (:class:`PresignedUrls` maps the URLs in
-LEAPI's answers back, :func:`redact_presigned` scrubs any other).
+LEAPI. Logs, XCom and the result table keep the ``s3://`` URI (:func:`restore_source_uris` maps the URLs
+in LEAPI's answers back and redacts the query string of any other URL, with the client's
+:func:`leapi.redaction.redact_text`).
 
 Only ``s3://`` is presigned: it is the scheme whose provider (Amazon) this provider already depends on for
 its ``[amazon]`` extra. ``gs://`` and other ``ObjectStoragePath`` schemes are rejected by manifest
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
@@ -30,12 +30,6 @@ log = logging.getLogger(__name__)
 
 #: Source URL schemes that are presigned at submit (the manifest validation accepts these besides http(s)).
 PRESIGNED_SCHEMES = ("s3",)
-#: Query parameters that make a URL a credential (SigV4 and SigV2 presigned S3 URLs).
-_SIGNATURE_PARAMS = ("X-Amz-Signature", "X-Amz-Credential", "Signature", "AWSAccessKeyId")
-_PRESIGNED_URL = re.compile(
-    r"(https?://[^\s'\"<>?]+)\?[^\s'\"<>]*(?:" + "|".join(_SIGNATURE_PARAMS) + r")=[^\s'\"<>]*"
-)
-_REDACTED_QUERY = "?<presigned query redacted>"
 #: Object-metadata requests (``HeadObject``) in flight at once when fingerprinting ``s3://`` sources.
 _HEAD_CONCURRENCY = 32
 
@@ -53,11 +47,6 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     if scheme.lower() != "s3" or not bucket or not key:
         raise ValueError(f"not an s3://bucket/key URI: {uri}")
     return bucket, key
-
-
-def redact_presigned(text: str) -> str:
-    """``text`` with the query of every presigned URL in it replaced (the URL's path stays readable)."""
-    return _PRESIGNED_URL.sub(lambda match: match.group(1) + _REDACTED_QUERY, text)
 
 
 class PresignedUrls:
@@ -102,11 +91,14 @@ class PresignedUrls:
 
 
 def restore_source_uris(text: str, uri_of: Mapping[str, str]) -> str:
-    """``text`` with each presigned URL of ``uri_of`` replaced by its ``s3://`` URI, and any other redacted."""
+    """``text`` with each presigned URL of ``uri_of`` replaced by its ``s3://`` URI, and the query string
+    of any other URL redacted (a presigned URL this run did not make, or one cut short)."""
+    from leapi.redaction import redact_text
+
     for url, uri in uri_of.items():
         if url in text:
             text = text.replace(url, uri)
-    return redact_presigned(text)
+    return redact_text(text)
 
 
 def s3_fingerprints(

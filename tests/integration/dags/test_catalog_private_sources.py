@@ -27,6 +27,7 @@ from tests.support.catalog import sample_manifest, write_sample_images
 
 pytestmark = pytest.mark.slow
 DAG = ("dags/catalog_reenhancement.py", "catalog_reenhancement")
+FANOUT = ("example_dags/example_leapi_manifest_fanout.py", "example_leapi_manifest_fanout")
 #: What a presigned S3 URL carries (SigV4 and SigV2 forms): none of it may leave the submit.
 PRESIGNED = re.compile(r"X-Amz-Signature|X-Amz-Credential|AWSAccessKeyId=|[?&]Signature=")
 
@@ -140,3 +141,42 @@ def test_private_bucket_sources_are_presigned_and_never_shown(
     }
     assert pipeline_count(leapi_server) - used == 5
     assert not PRESIGNED.search(caplog.text + "".join(capfd.readouterr()))
+
+
+def test_leapi_errors_about_a_private_source_name_its_uri_not_the_presigned_url(
+    catalog_env, catalog_bucket, leapi_server, tmp_path: Path, caplog, capfd
+) -> None:
+    """Not incremental, so a missing object is submitted with a presigned URL: LEAPI's errors about it
+    (leapi-server also lists ``<url>: source answered HTTP 404`` in the pipeline's ``errors``) reach the
+    row, the trigger's event and the logs without the presigned URL."""
+    bucket = catalog_bucket
+    (photo,) = write_sample_images(tmp_path, 1, prefix="vault")
+    bucket.client.upload_file(str(tmp_path / photo.file_name), bucket.name, f"sources/{photo.file_name}")
+    rows = sample_manifest([photo], f"s3://{bucket.name}/sources").to_pylist()
+    rows.append(
+        {**rows[0], "image_id": "vault-missing", "source_url": f"s3://{bucket.name}/sources/gone.jpg"}
+    )
+    conf = {
+        "manifest": bucket.put_manifest(
+            pa.Table.from_pylist(rows, schema=sample_manifest([photo], "").schema)
+        ),
+        "results": bucket.uri("results"),
+        "images": bucket.uri("images"),
+        "contact_sheet_images": 0,
+        "defer_after": 0,  # (the wait goes through the trigger, whose event quotes the errors)
+    }
+
+    dag_run = run_dag(*FANOUT, conf)
+
+    assert dag_run.state == "success", task_states(dag_run)
+    results = {r["image_id"]: r for r in bucket.results().to_pylist()}
+    assert results[photo.image_id]["status"] == "done"
+    missing = results["vault-missing"]
+    assert missing["status"] == "error" and "404" in missing["error"]
+    assert missing["source_url"] == f"s3://{bucket.name}/sources/gone.jpg"
+    assert not PRESIGNED.search(missing["error"])
+    captured = capfd.readouterr()
+    logs = caplog.text + captured.out + captured.err
+    assert "Resumed from the triggerer" in logs
+    assert not PRESIGNED.search(logs)
+    assert not [text for text in _xcom_texts(dag_run) if PRESIGNED.search(text)]
