@@ -142,7 +142,8 @@ def test_quota_and_rate_limit_refusals(source_photos, slept):
         running_server(
             extra_args=("--workers", "1", "--rate-limit-per-minute", "3", "--monthly-quota", "2")
         ) as server,
-        client_for(server, max_retries=1) as leapi_client,
+        # (refusals are retried for a time budget, not a count: a 30 s budget outlasts one Retry-After)
+        client_for(server, rate_limit_budget=30) as leapi_client,
     ):
         for name in ("cat.jpg", "rocket.jpg"):
             leapi_client.submit(request_for(source_photos[name]))
