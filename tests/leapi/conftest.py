@@ -9,6 +9,7 @@ import pytest
 import leapi
 from leapi.idempotency import ADVERTISED
 from leapi.ratelimit import SHARED_LIMITERS
+from tests.support.server import RunningServer
 
 
 class SleepRecorder:
@@ -48,3 +49,10 @@ def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     monkeypatch.setattr(leapi.Client, "_sleep", recorder.sleep)
     monkeypatch.setattr(leapi.AsyncClient, "_sleep", recorder.asleep)
     return recorder.delays
+
+
+@pytest.fixture(scope="session")
+def leapi_server(leapi_server_both: RunningServer) -> RunningServer:
+    """Every test here runs against the default server and against ``--compat docs`` (only what the
+    LEAPI docs promise): see ``tests/fixtures/server.py``."""
+    return leapi_server_both
