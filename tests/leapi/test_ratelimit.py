@@ -65,13 +65,12 @@ def test_refusals_of_one_burst_decrease_once_and_a_quiet_minute_adds_one() -> No
     clock.now += 61
     rates.accepted(rates.book())
     assert rates.limit == 9, "additive increase after a minute without refusals"
-    # Refused again at the learned rate: at most half (multiplicative decrease).
     clock.now += 1
     rates.refused(rates.book())
     assert rates.limit == 1, "only one submit was accepted in the last minute: at most that"
 
 
-def test_decrease_halves_a_learned_limit() -> None:
+def test_probing_past_the_limit_falls_back_to_what_was_accepted() -> None:
     clock = Clock()
     rates = limiter(clock)
     for _ in range(10):
@@ -81,6 +80,20 @@ def test_decrease_halves_a_learned_limit() -> None:
     for _ in range(10):
         clock.now += 6.1
         rates.accepted(rates.book())
+    assert rates.limit == 11, "a quiet minute probes one more"
+    rates.refused(rates.book())
+    assert rates.limit == 10, "the probe was refused: back to the ten a minute that were accepted"
+
+
+def test_refused_at_the_learned_limit_halves_it() -> None:
+    clock = Clock()
+    rates = limiter(clock)
+    for _ in range(10):
+        rates.accepted(rates.book())
+    rates.refused(rates.book())
+    clock.now += 30
+    # Still ten accepted in the window and refused again: the account's limit shrank (or another
+    # process took a share), so halve (multiplicative decrease).
     rates.refused(rates.book())
     assert rates.limit == 5
 

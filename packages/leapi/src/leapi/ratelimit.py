@@ -12,8 +12,9 @@ learn it together, or they keep taking each other's slots.
 * a refusal with a hint (``Retry-After``) is waited out by the request itself, and the learned limit is
   dropped: the server says when;
 * a refusal without a hint sets the limit to the submits this process got accepted in the last minute
-  (multiplicative decrease: at most half the previous limit once one was learned). Refusals of submits
-  sent before that decision do not decrease it again (they could not have known);
+  (what it measurably gets). When that is already the limit, the account's limit shrank or other
+  processes took a share: the limit halves (multiplicative decrease). Refusals of submits sent before
+  that decision do not decrease it again (they could not have known);
 * each minute without a refusal raises the limit by one (additive increase);
 * submits are booked in a sliding one-minute window: once ``limit`` submits (refused ones included, since
   a server may count them) went out in the last minute, the next waits until the oldest of them is a
@@ -122,8 +123,10 @@ class AdaptiveRateLimiter:
                 return  # sent before the last decrease: it says nothing new
             accepted_last_minute = len(self._accepted)
             learned = max(1, accepted_last_minute)
-            if self.limit is not None:
-                learned = max(1, min(learned, self.limit // 2))
+            if self.limit is not None and accepted_last_minute >= self.limit:
+                learned = max(1, self.limit // 2)
+            elif self.limit is not None:
+                learned = max(1, min(learned, self.limit - 1))
             self.limit = learned
             self._decided_at_sequence = self._sequence
             self._changed_at = now
