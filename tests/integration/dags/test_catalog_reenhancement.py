@@ -12,10 +12,17 @@ import pytest
 from tests.fixtures.airflow import REPO, load_dag
 from tests.fixtures.catalog import pipeline_count, run_dag
 from tests.support.catalog import sample_manifest
-from tests.support.server import sample_photo
+from tests.support.server import RunningServer, sample_photo
 
 pytestmark = pytest.mark.slow
 DAG = ("dags/catalog_reenhancement.py", "catalog_reenhancement")
+
+
+@pytest.fixture(scope="session")
+def leapi_server(leapi_server_both: RunningServer) -> RunningServer:
+    """The daily runs here hold against both ``--compat`` modes: nothing in them may depend on an
+    extension (no Idempotency-Key, no results[].error, an unreadable usage body in docs-only mode)."""
+    return leapi_server_both
 
 
 def test_daily_schedule_and_asset() -> None:
