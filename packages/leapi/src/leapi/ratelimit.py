@@ -18,10 +18,12 @@ learn it together, or they keep taking each other's slots.
 * each minute without a refusal raises the limit by one (additive increase);
 * submits are booked in a sliding one-minute window: once ``limit`` submits (refused ones included, since
   a server may count them) went out in the last minute, the next waits until the oldest of them is a
-  minute old, plus a small margin and jitter: never much more than a minute, never a burst.
+  minute old, plus a small margin and jitter (and its turn behind submits already waiting: first come,
+  first served). No slot is more than about a minute after the one ``limit`` places ahead of it: no
+  burst of quick retries, no idle minutes.
 
 What it cannot see: submits of the same account from other processes (other Airflow workers, other
-machines). Their refusals still reach each process, which then halves its own share; per-account pacing
+machines). Their refusals still reach each process, which then lowers its own rate; per-account pacing
 across workers needs an Airflow pool sized to the account's limit (see the provider docs).
 
 :data:`SHARED_LIMITERS` holds one limiter per (base URL, API key) for the whole process.
@@ -99,7 +101,10 @@ class AdaptiveRateLimiter:
             if self.limit is not None and len(self._sent) >= self.limit:
                 oldest_in_the_way = self._sent[-self.limit]
                 slot = oldest_in_the_way + self.window_s + self.margin_s + random.uniform(0, self.jitter_s)
-                slot = max(slot, self._sent[-1], now)
+            if self.limit is not None and self._sent:
+                # First come, first served: no submit is booked ahead of one already waiting (this also
+                # keeps the bookings in order, which the window arithmetic relies on).
+                slot = max(slot, self._sent[-1])
             self._sent.append(slot)
             self._sequence += 1
             return Booking(sequence=self._sequence, wait=slot - now)
