@@ -5,8 +5,8 @@ no Idempotency-Key, no ``results[].error``, a usage body the client cannot read.
 pipeline are 20 submits, so the limit bites once: the run must still finish with no failed task, every
 image charged exactly once, and each batch logging how long it waited on the limit.
 
-(Once the catalog's ``quota_guard`` param exists, this run needs ``quota_guard="off"``: the docs-only usage
-body is unreadable on purpose.)
+(The docs-only usage body is unreadable on purpose: ``docs_only_params`` turns the catalog's quota guard
+off where the catalog has one.)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 from leapi.ratelimit import SHARED_LIMITERS
 from leapi_provider.manifests import MANIFEST_SCHEMA
 from tests.fixtures.airflow import task_states
-from tests.fixtures.catalog import run_dag
+from tests.fixtures.catalog import docs_only_params, run_dag
 from tests.support.catalog import SampleImage, sample_manifest
 from tests.support.server import RunningServer, running_server
 
@@ -71,6 +71,7 @@ def test_a_100_image_catalog_under_a_hard_limit_without_hints(
         "urls_per_pipeline": URLS_PER_PIPELINE,
         "min_images_per_batch": 25,
         "contact_sheet_images": 0,
+        **docs_only_params(strict_server),
     }
     used = strict_server.used_credits()
     started = time.monotonic()
