@@ -43,6 +43,12 @@ LEAPI_CONN_FIELDS: dict[str, Any] = {
         "description": "Retries of one request on transient errors, with exponential backoff and jitter.",
         "schema": {"type": ["integer", "null"], "minimum": 0, "default": 6},
     },
+    "rate_limit_budget": {
+        "label": "Rate-limit budget (seconds)",
+        "description": "How long one request keeps retrying while the API refuses it for its rate limit "
+        "(a free refusal) before the task fails and may be retried. Separate from Max retries.",
+        "schema": {"type": ["number", "null"], "minimum": 0, "default": 600},
+    },
     "idempotency": {
         "label": "Idempotent submits",
         "description": "When a submit fails after its body was sent: 'auto' retries it only if the server "

@@ -3,10 +3,14 @@
 Each pipeline id is recorded in the run's folder right after the API accepts it. A re-run of the same DAG
 run (a cleared task or run, a retry) finds those records and submits nothing that was already accepted;
 every submit also carries a deterministic ``Idempotency-Key`` so that a server supporting it
-(``leapi-server``) dedupes the window between "accepted" and "recorded".
+(``leapi-server``) dedupes the window between "accepted" and "recorded" (against a server without that
+extension, a worker dying in that instant costs the image a second credit).
 
 ``s3://`` sources are presigned here, right before each submit (:mod:`leapi_provider.catalog.sources`):
 a resubmission presigns again, and the records keep the ``s3://`` URI, never the presigned URL.
+
+Submits refused for the API's rate limit are waited out by the hook (a time budget, and a limiter every
+batch in the worker shares); the time each batch waited is logged and returned.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def submit_batch(settings: CatalogSettings, batch_uri: str, run: CatalogRun) -> 
     REJECTED (for another reason than its rate limit, which the hook waits out) marks its images with the
     reason and costs nothing; the batch goes on.
 
-    :returns: ``{"submitted_uri", "pipeline_ids"}``.
+    :returns: ``{"submitted_uri", "pipeline_ids", "rate_limit_wait_s"}``.
     """
     from leapi.models import PipelineRequest
     from leapi_provider.catalog.sources import PresignedUrls, restore_source_uris
@@ -94,11 +98,14 @@ def submit_batch(settings: CatalogSettings, batch_uri: str, run: CatalogRun) -> 
     for row in rows:
         groups.setdefault(row["pipeline_index"], []).append(row)
     presigned = PresignedUrls(aws_conn_id=settings.aws_conn_id, expires_in=settings.presign_expires_in)
+    submits = 0
+    rate_limit_wait_s = 0.0
     with LeapiHook(settings.leapi_conn_id) as hook:
         for pipeline_index, members in groups.items():
             todo = [r for r in members if r["manifest_row"] not in records]
             if not todo:
                 continue
+            submits += 1
             operation = json.loads(todo[0]["operation_json"])
             sources = [r["source_url"] for r in todo]
             request = PipelineRequest.build(presigned.urls_for(sources), [operation])
@@ -124,6 +131,14 @@ def submit_batch(settings: CatalogSettings, batch_uri: str, run: CatalogRun) -> 
             for position, r in enumerate(todo):
                 records[r["manifest_row"]] = _submitted_record(r, pipeline_id, position, base, None)
             save()
+        if submits:
+            rate_limit_wait_s = hook.get_conn().rate_limit_waited_s
+            log.info(
+                "Batch %d: %d submit(s); waited %.1fs on the LEAPI rate limit",
+                index,
+                submits,
+                rate_limit_wait_s,
+            )
     if presigned.uri_of:
         log.info(
             "Batch %d: %d s3:// source(s) presigned for %d s (the records keep the s3:// URIs)",
@@ -134,7 +149,11 @@ def submit_batch(settings: CatalogSettings, batch_uri: str, run: CatalogRun) -> 
     if previous is None and not records:
         save()
     pipeline_ids = sorted({r["pipeline_id"] for r in records.values() if r["pipeline_id"] is not None})
-    return {"submitted_uri": uri_of(record_path), "pipeline_ids": pipeline_ids}
+    return {
+        "submitted_uri": uri_of(record_path),
+        "pipeline_ids": pipeline_ids,
+        "rate_limit_wait_s": round(rate_limit_wait_s, 1),
+    }
 
 
 def _submitted_record(

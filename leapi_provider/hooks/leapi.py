@@ -4,7 +4,8 @@ Everything about talking to the API (retries, rate limits, idempotent submits, v
 in the ``leapi`` client (``packages/leapi``, see its README). This hook adds what only Airflow needs:
 
 * the connection (type ``leapi``: host = base URL, password = API key, extras ``timeout``,
-  ``max_retries``, ``rate_limit_per_minute``, ``idempotency``), read asynchronously in triggers;
+  ``max_retries``, ``rate_limit_budget``, ``rate_limit_per_minute``, ``idempotency``), read asynchronously
+  in triggers;
 * the API key registered with Airflow's secrets masker, the connection form, "Test connection";
 * client errors re-raised as :mod:`leapi_provider.exceptions` twins, so that errors no retry can fix
   fail the task at once (``AirflowFailException``).
@@ -32,6 +33,7 @@ from leapi.transport import (
     DEFAULT_BACKOFF_BASE_S,
     DEFAULT_BACKOFF_MAX_S,
     DEFAULT_MAX_RETRIES,
+    DEFAULT_RATE_LIMIT_BUDGET_S,
     DEFAULT_TIMEOUT_S,
     normalize_base_url,
     shared_tls_context,
@@ -95,6 +97,7 @@ class LeapiConnectionSettings:
     rate_limit_per_minute: int | None
     max_retries: int
     idempotency: IdempotencyMode
+    rate_limit_budget: float = DEFAULT_RATE_LIMIT_BUDGET_S
 
 
 class LeapiHook(BaseHook):
@@ -102,7 +105,11 @@ class LeapiHook(BaseHook):
 
     Connection (type ``leapi``): **host** the base URL (default ``https://api.letsenhance.io``),
     **password** the API key, **extra** ``{"timeout": 30, "rate_limit_per_minute": 60, "max_retries": 6,
-    "idempotency": "auto"}`` (all optional).
+    "rate_limit_budget": 600, "idempotency": "auto"}`` (all optional).
+
+    Submits of one account (base URL and key) are paced by a limiter shared by every hook of the process
+    (:mod:`leapi.ratelimit`): once the API refused one for its rate limit, parallel tasks in one worker
+    take turns instead of competing. Tasks in other workers are not seen by it.
 
     The hook keeps one client of each kind; use it as a (async) context manager, or call :meth:`close` /
     :meth:`aclose`, to release them. In async code (triggers) the connection is fetched asynchronously.
@@ -111,6 +118,8 @@ class LeapiHook(BaseHook):
     :param leapi_conn_id: the Airflow connection id.
     :param timeout: per-request timeout in seconds (overrides the ``timeout`` extra).
     :param max_retries: retries per request after the first attempt (overrides ``max_retries``).
+    :param rate_limit_budget: seconds one request may spend refused by the API's rate limit before the
+        task fails (overrides the ``rate_limit_budget`` extra; default 600).
     :param rate_limit_per_minute: client-side limit on API requests (overrides the extra); 0 disables.
     :param idempotency: ``auto`` / ``always`` / ``never`` (overrides the extra), see :class:`IdempotencyMode`.
     :param backoff_base: first backoff in seconds; it doubles each retry (with jitter) up to ``backoff_max``.
@@ -128,6 +137,7 @@ class LeapiHook(BaseHook):
         *,
         timeout: float | None = None,
         max_retries: int | None = None,
+        rate_limit_budget: float | None = None,
         rate_limit_per_minute: int | None = None,
         idempotency: IdempotencyMode | str | None = None,
         backoff_base: float = DEFAULT_BACKOFF_BASE_S,
@@ -138,6 +148,7 @@ class LeapiHook(BaseHook):
         self.leapi_conn_id = leapi_conn_id
         self._timeout_override = timeout
         self._max_retries_override = max_retries
+        self._rate_limit_budget_override = rate_limit_budget
         self._rate_limit_override = rate_limit_per_minute
         self._idempotency_override = IdempotencyMode(idempotency.lower()) if idempotency is not None else None
         self.backoff_base = backoff_base
@@ -168,6 +179,9 @@ class LeapiHook(BaseHook):
         max_retries = self._max_retries_override
         if max_retries is None:
             max_retries = _extra(extras, "max_retries")
+        budget = self._rate_limit_budget_override
+        if budget is None:
+            budget = _extra(extras, "rate_limit_budget")
         rate = self._rate_limit_override
         if rate is None:
             rate = _extra(extras, "rate_limit_per_minute")
@@ -181,6 +195,7 @@ class LeapiHook(BaseHook):
             rate_limit_per_minute=int(rate) if rate else None,
             max_retries=DEFAULT_MAX_RETRIES if max_retries is None else int(max_retries),
             idempotency=idempotency,
+            rate_limit_budget=DEFAULT_RATE_LIMIT_BUDGET_S if budget is None else float(budget),
         )
 
     def _adopt_settings(self, settings: LeapiConnectionSettings) -> LeapiConnectionSettings:
@@ -222,6 +237,7 @@ class LeapiHook(BaseHook):
             "base_url": settings.base_url,
             "timeout": settings.timeout,
             "max_retries": settings.max_retries,
+            "rate_limit_budget": settings.rate_limit_budget,
             "rate_limit_per_minute": settings.rate_limit_per_minute,
             "idempotency": settings.idempotency,
             "backoff_base": self.backoff_base,

@@ -111,8 +111,9 @@ class LeapiPipelineTrigger(BaseTrigger):
         )
 
     def _hook(self) -> LeapiHook:
-        # One quick in-request retry; lasting trouble is counted across rounds (max_consecutive_errors).
-        return LeapiHook(self.leapi_conn_id, max_retries=1)
+        # One quick in-request retry; lasting trouble is counted across rounds (max_consecutive_errors). A
+        # rate-limited poll waits at most one poll interval: the next round asks again anyway.
+        return LeapiHook(self.leapi_conn_id, max_retries=1, rate_limit_budget=self.poll_interval)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         statuses: dict[int, PipelineStatus | None] = dict.fromkeys(self.pipeline_ids)

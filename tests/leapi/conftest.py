@@ -8,6 +8,8 @@ import pytest
 
 import leapi
 from leapi.idempotency import ADVERTISED
+from leapi.ratelimit import SHARED_LIMITERS
+from tests.support.server import RunningServer
 
 
 class SleepRecorder:
@@ -32,6 +34,14 @@ def forget_advertised() -> Iterator[None]:
     ADVERTISED.clear()
 
 
+@pytest.fixture(autouse=True)
+def forget_learned_rates() -> Iterator[None]:
+    """The rates learned per account are process-wide too: each test starts without them."""
+    SHARED_LIMITERS.clear()
+    yield
+    SHARED_LIMITERS.clear()
+
+
 @pytest.fixture
 def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Every backoff, rate-limit wait and poll gap of every client, recorded instead of waited for."""
@@ -39,3 +49,10 @@ def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     monkeypatch.setattr(leapi.Client, "_sleep", recorder.sleep)
     monkeypatch.setattr(leapi.AsyncClient, "_sleep", recorder.asleep)
     return recorder.delays
+
+
+@pytest.fixture(scope="session")
+def leapi_server(leapi_server_both: RunningServer) -> RunningServer:
+    """Every test here runs against the default server and against ``--compat docs`` (only what the
+    LEAPI docs promise): see ``tests/fixtures/server.py``."""
+    return leapi_server_both

@@ -102,8 +102,9 @@ def test_a_rate_limit_storm_ends_in_a_retryable_rate_limit_error(slept):
     route = respx.post(f"{BASE}/v1/pipeline").respond(
         200, json=REJECTED_RATE_LIMIT, headers={"RateLimit-Reset": "3"}
     )
-    with pytest.raises(LeapiRateLimitError, match="rate limited on all 4 attempts") as info:
-        client().submit(REQUEST)
+    # Retried for the time budget, whatever max_retries says: three 3-3.35 s waits spend 9 s.
+    with pytest.raises(LeapiRateLimitError, match="rate limited on all 4 attempts within the 9s") as info:
+        client(rate_limit_budget=9, max_retries=1).submit(REQUEST)
     assert route.call_count == 4
     assert info.value.rate_limited and info.value.reason == RATE_LIMIT_REASON
     assert info.value.retry_after == 3 and info.value.status_code == 200

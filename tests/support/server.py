@@ -63,8 +63,11 @@ class RunningServer:
         allow_private_sources: bool,
         host: str = "127.0.0.1",
         command: Sequence[str] | None = None,
+        compat: str = "default",
     ) -> None:
         self.data_dir = Path(data_dir)
+        #: The server's ``--compat`` mode: ``default`` or ``docs`` (only what the LEAPI docs promise).
+        self.compat = compat
         self._server_command = list(command) if command else [sys.executable, "-m", "leapi_server"]
         self.api_keys: tuple[str, ...] = tuple(api_keys)
         self.api_key: str = self.api_keys[0] if self.api_keys else ""
@@ -90,6 +93,17 @@ class RunningServer:
         kwargs.setdefault("timeout", 30.0)
         return httpx.Client(base_url=self.base_url, headers=self.headers(api_key), **kwargs)  # type: ignore[arg-type]
 
+    @property
+    def docs_only(self) -> bool:
+        """Whether the server runs with ``--compat docs``."""
+        return self.compat == "docs"
+
+    def used_credits(self, api_key: str | None = None) -> int:
+        """Credits used this month by ``api_key`` (default: the first key), from ``GET /v1/me/usage/`` in
+        either mode's body shape."""
+        with self.client(api_key) as client:
+            return used_credits_of(client.get("/v1/me/usage/").json())
+
     def logs(self) -> str:
         """Everything the server wrote to stdout/stderr so far (across restarts; kept in the data dir, so
         read it before a temporary data dir is removed at exit)."""
@@ -114,6 +128,8 @@ class RunningServer:
             cmd += ["--api-key", key]
         if self._allow_private_sources:
             cmd.append("--allow-private-sources")
+        if self.compat != "default":
+            cmd += ["--compat", self.compat]
         return cmd + self._extra_args
 
     def start(self, *, port: int | None = None) -> None:
@@ -203,6 +219,7 @@ def running_server(
     env: Mapping[str, str] | None = None,
     allow_private_sources: bool = True,
     command: Sequence[str] | None = None,
+    compat: str = "default",
 ) -> Iterator[RunningServer]:
     """Start ``leapi-server`` on 127.0.0.1 (free port) and stop it on exit, whatever happens.
 
@@ -213,6 +230,7 @@ def running_server(
     :param allow_private_sources: pass ``--allow-private-sources`` (needed to fetch from 127.0.0.1).
     :param command: the server command before its flags, e.g. ``[venv/bin/leapi-server]``; default
         ``python -m leapi_server`` of this interpreter.
+    :param compat: ``--compat``: ``default`` or ``docs`` (only what the LEAPI docs promise).
     """
     owned = data_dir is None
     path = Path(tempfile.mkdtemp(prefix="leapi-server-")) if owned else Path(data_dir)  # type: ignore[arg-type]
@@ -223,6 +241,7 @@ def running_server(
         env=env,
         allow_private_sources=allow_private_sources,
         command=command,
+        compat=compat,
     )
     try:
         server.start()
@@ -231,6 +250,13 @@ def running_server(
         server.stop()
         if owned:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def used_credits_of(usage: Mapping[str, Any]) -> int:
+    """``used`` of a default usage body, or its twin in the ``--compat docs`` body."""
+    if "used" in usage:
+        return int(usage["used"])
+    return int(usage["account"]["images_processed_this_month"])
 
 
 class FakeClock:

@@ -2,4 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.fixtures.catalog import catalog_bucket, catalog_env, catalog_site  # noqa: F401 - fixtures
+from tests.support.server import RunningServer
+
+
+@pytest.fixture(scope="session")
+def leapi_server(leapi_server_default: RunningServer) -> RunningServer:
+    """DAG runs here use the default server (``tests/integration/conftest.py`` runs the rest in both modes;
+    catalog runs in docs-only mode have their own tests)."""
+    return leapi_server_default

@@ -183,10 +183,10 @@ def test_the_hook_raises_twins_with_the_client_s_traceback(conn_id):
 
 
 @respx.mock
-def test_a_rate_limit_that_outlasts_the_retries_lets_airflow_retry_the_task(conn_id):
+def test_a_rate_limit_that_outlasts_the_budget_lets_airflow_retry_the_task(conn_id):
     respx.post(f"{BASE}/v1/pipeline").respond(429, json={"status": "REJECTED", "reason": RATE_LIMIT_REASON})
     with pytest.raises(exceptions.LeapiRateLimitError) as info:
-        LeapiHook(conn_id).submit_pipeline(REQUEST)
+        LeapiHook(conn_id, rate_limit_budget=0).submit_pipeline(REQUEST)
     assert not isinstance(info.value, AirflowFailException) and info.value.rate_limited
 
 

@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_network_policy_flags(p)
     _add_limit_flags(p.add_argument_group("limits"))
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--compat",
+        default=defaults.COMPAT_DEFAULT,
+        choices=defaults.COMPAT_MODES,
+        help="'docs' serves only what the LEAPI docs promise: no Idempotency-Key, no Retry-After, every "
+        "REJECTED as HTTP 200, no results[].error, a usage body of another shape (test a client against "
+        "the documented contract alone)",
+    )
     return p
 
 
@@ -261,6 +269,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | os._Env
         max_task_attempts=args.max_task_attempts,
         max_image_seconds=args.max_image_seconds,
         gc_interval_s=args.gc_interval,
+        compat=args.compat,
     )
 
 

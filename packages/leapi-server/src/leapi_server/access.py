@@ -40,10 +40,20 @@ class RateLimiter:
     :param per_minute: requests allowed per window; 0 disables the limit.
     :param clock: the window's time.
     :param window_s: the window's length.
+    :param count_refused: count refused requests in the window too (``--compat docs``: the docs say the
+        limit is on "requests received", so a client that retries quickly keeps itself limited).
     """
 
-    def __init__(self, *, per_minute: int, clock: Clock = SYSTEM_CLOCK, window_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        per_minute: int,
+        clock: Clock = SYSTEM_CLOCK,
+        window_s: float = 60.0,
+        count_refused: bool = False,
+    ) -> None:
         self.per_minute = per_minute
+        self.count_refused = count_refused
         self.window_s = window_s
         self._clock = clock
         self._hits: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
@@ -63,6 +73,10 @@ class RateLimiter:
             while hits and hits[0] <= now - self.window_s:
                 hits.popleft()
             if len(hits) >= self.per_minute:
-                return RateLimited(retry_after_s=max(1, math.ceil(hits[0] + self.window_s - now)))
+                if self.count_refused:
+                    hits.append(now)
+                # (with refused hits counted, the one that frees a slot is the per_minute-th newest)
+                oldest_blocking = hits[-self.per_minute]
+                return RateLimited(retry_after_s=max(1, math.ceil(oldest_blocking + self.window_s - now)))
             hits.append(now)
             return None

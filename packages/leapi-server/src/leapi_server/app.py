@@ -6,6 +6,7 @@ the runtime, map its outcome to HTTP (``api.errors``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,7 +32,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await runtime.start()
     log.info(
         "leapi-server ready on %s (data dir %s, %d worker process(es), %d API key(s), rate limit %s/min, "
-        "monthly quota %s, private sources %s)",
+        "monthly quota %s, private sources %s, compat %s)",
         config.listen_url,
         config.data_dir,
         config.workers,
@@ -39,6 +40,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         config.rate_limit_per_minute or "unlimited",
         config.monthly_quota or "unlimited",
         "ALLOWED" if config.allow_private_sources else "refused",
+        config.compat,
     )
     try:
         yield
@@ -46,12 +48,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.stop()
 
 
-def create_app(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
+def create_app(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK, compat: str | None = None) -> FastAPI:
     """The application serving ``config``; its runtime starts and stops with the ASGI lifespan.
 
     :param config: the server's configuration.
     :param clock: "now" for everything time-driven (tests move it instead of sleeping).
+    :param compat: overrides ``config.compat`` (``default`` or ``docs``, see ``--compat``).
     """
+    if compat is not None:
+        config = dataclasses.replace(config, compat=compat)
     app = FastAPI(
         title="leapi-server",
         version=__version__,
@@ -60,7 +65,8 @@ def create_app(config: ServerConfig, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
         redoc_url=None,
     )
     app.state.runtime = Runtime(config=config, clock=clock)
-    app.add_middleware(IdempotencySupportHeader)
+    if not config.docs_only:  # the docs promise no Idempotency-Key, so docs mode does not advertise it
+        app.add_middleware(IdempotencySupportHeader)
     install_error_handlers(app)
     app.include_router(api_router)
     install_openapi(app, config)

@@ -26,6 +26,12 @@ DEFAULT_IDEMPOTENCY_TTL_S = 24 * 60 * 60
 #: Wall-clock seconds the engine may spend on one image (after its download). Generous: the largest
 #: allowed output (150 MP) at restoration level 10 takes a few minutes on one core.
 DEFAULT_MAX_IMAGE_SECONDS = 600.0
+#: ``--compat``: ``default`` serves this server's extensions; ``docs`` serves only what the LEAPI docs
+#: promise (no Idempotency-Key, no Retry-After, every REJECTED as HTTP 200, no ``results[].error``, a
+#: usage body the client does not know), to test a client against the documented contract alone.
+COMPAT_DEFAULT = "default"
+COMPAT_DOCS = "docs"
+COMPAT_MODES = (COMPAT_DEFAULT, COMPAT_DOCS)
 
 
 def default_workers() -> int:
@@ -73,6 +79,17 @@ class ServerConfig:
     max_task_attempts: int = 3
     gc_interval_s: float = 600.0
     idempotency_ttl_s: float = DEFAULT_IDEMPOTENCY_TTL_S
+    #: One of ``COMPAT_MODES`` (``--compat``).
+    compat: str = COMPAT_DEFAULT
+
+    def __post_init__(self) -> None:
+        if self.compat not in COMPAT_MODES:
+            raise ValueError(f"compat must be one of {COMPAT_MODES}, got {self.compat!r}")
+
+    @property
+    def docs_only(self) -> bool:
+        """Whether only what the LEAPI docs promise is served (``--compat docs``)."""
+        return self.compat == COMPAT_DOCS
 
     @property
     def db_path(self) -> Path:

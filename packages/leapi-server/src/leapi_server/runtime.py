@@ -36,7 +36,13 @@ from leapi_server.outcomes import (
 )
 from leapi_server.store import PipelineRow, Store, TaskRow
 from leapi_server.tempstore import TempStore, TempUrlError
-from leapi_server.views import iso, render_accepted, render_deliveries, render_pipeline
+from leapi_server.views import (
+    docs_only_usage,
+    iso,
+    render_accepted,
+    render_deliveries,
+    render_pipeline,
+)
 from leapi_server.webhook_sender import WebhookSender
 
 log = logging.getLogger("leapi_server")
@@ -56,7 +62,9 @@ class Runtime:
         self.clock = clock
         self.boot_id = secrets.token_hex(8)
         self.keys = KeyRing(keys=config.api_keys)
-        self.limiter = RateLimiter(per_minute=config.rate_limit_per_minute, clock=clock)
+        self.limiter = RateLimiter(
+            per_minute=config.rate_limit_per_minute, clock=clock, count_refused=config.docs_only
+        )
         self.address_policy = AddressPolicy(
             allow_private=config.allow_private_sources, allowed_networks=config.allowed_source_networks
         )
@@ -234,7 +242,11 @@ class Runtime:
             return loaded
         row, tasks = loaded
         return render_pipeline(
-            row, tasks, temp_store=self.temp_store, base_url=self.config.public_url or base_url
+            row,
+            tasks,
+            temp_store=self.temp_store,
+            base_url=self.config.public_url or base_url,
+            result_errors=not self.config.docs_only,
         )
 
     def webhook_deliveries(self, *, owner: str, pipeline_id: str) -> list[dict[str, Any]] | NotFound:
@@ -249,7 +261,13 @@ class Runtime:
         loaded = self.store.pipelines.get(pipeline_id)
         assert loaded is not None
         row, tasks = loaded
-        pipeline = render_pipeline(row, tasks, temp_store=self.temp_store, base_url=self.config.base_url)
+        pipeline = render_pipeline(
+            row,
+            tasks,
+            temp_store=self.temp_store,
+            base_url=self.config.base_url,
+            result_errors=not self.config.docs_only,
+        )
         return {"id": row.id, "status": row.status.value, "pipeline": pipeline}
 
     def usage(self, *, owner: str) -> dict[str, Any]:
@@ -257,6 +275,8 @@ class Runtime:
         period, start, end = month_period(self.clock())
         used = self.store.pipelines.used_credits(owner, period)
         quota = self.config.monthly_quota or None
+        if self.config.docs_only:
+            return docs_only_usage(used=used, quota=quota, start=start, end=end, config=self.config)
         return {
             "used": used,
             "quota": quota,

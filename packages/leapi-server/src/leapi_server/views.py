@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from leapi.models import PipelineStatus, SubmitStatus
+from leapi_server.config import ServerConfig
 from leapi_server.store import DeliveryRecord, PipelineRow, TaskRow, TaskState
 from leapi_server.tempstore import TempStore
 
@@ -90,13 +91,19 @@ def output_object(
 
 
 def render_pipeline(
-    row: PipelineRow, tasks: list[TaskRow], *, temp_store: TempStore, base_url: str
+    row: PipelineRow,
+    tasks: list[TaskRow],
+    *,
+    temp_store: TempStore,
+    base_url: str,
+    result_errors: bool = True,
 ) -> dict[str, Any]:
     """The ``pipeline`` object of ``GET /v1/pipeline/{id}``.
 
     ``results`` lists the images finished so far in source order; once the pipeline is DONE or ERROR
     it has exactly one entry per source URL. A failed image has ``output_object: null`` and ``error``
-    (extension); ``errors`` has one ``"<url>: <reason>"`` line per failed image.
+    (extension, left out when ``result_errors`` is false); ``errors`` has one ``"<url>: <reason>"`` line
+    per failed image.
     """
     with_tmp_url = bool(row.request.get("sink", {}).get("temp_store", True))
     results = []
@@ -105,18 +112,18 @@ def render_pipeline(
         if task.state not in (TaskState.DONE, TaskState.FAILED):
             continue
         succeeded = task.state is TaskState.DONE
-        results.append(
-            {
-                "created_at": iso(task.finished_at),
-                "input_object": input_object(task),
-                "output_object": output_object(
-                    task, temp_store=temp_store, base_url=base_url, with_tmp_url=with_tmp_url
-                )
-                if succeeded
-                else None,
-                "error": None if succeeded else task.error,
-            }
-        )
+        result: dict[str, Any] = {
+            "created_at": iso(task.finished_at),
+            "input_object": input_object(task),
+            "output_object": output_object(
+                task, temp_store=temp_store, base_url=base_url, with_tmp_url=with_tmp_url
+            )
+            if succeeded
+            else None,
+        }
+        if result_errors:
+            result["error"] = None if succeeded else task.error
+        results.append(result)
         if not succeeded:
             errors.append(f"{task.url}: {task.error}")
     return {
@@ -177,3 +184,21 @@ def render_deliveries(deliveries: list[DeliveryRecord]) -> list[dict[str, Any]]:
         }
         for d in deliveries
     ]
+
+
+def docs_only_usage(
+    *, used: int, quota: int | None, start: float, end: float, config: ServerConfig
+) -> dict[str, Any]:
+    """The usage body of ``--compat docs``: the same figures in a shape the client does not know.
+
+    The docs name ``GET /v1/me/usage/`` but show no body, so a client must not depend on one: this shape
+    shares no field name with the default body (or with the spellings ``leapi.models.Usage`` accepts).
+    """
+    return {
+        "account": {
+            "images_processed_this_month": used,
+            "monthly_image_allowance": quota,
+            "billing_period": {"from": iso(start), "until": iso(end)},
+        },
+        "limits": {"requests_per_minute": config.rate_limit_per_minute or None},
+    }

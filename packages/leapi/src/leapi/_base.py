@@ -21,11 +21,14 @@ from leapi.constants import (
 from leapi.errors import LeapiResponseError
 from leapi.idempotency import IdempotencyMode, random_idempotency_key
 from leapi.models import Pipeline, PipelineEnvelope, PipelineRequest, SubmitResponse, Usage
+from leapi.ratelimit import SHARED_LIMITERS, Booking
 from leapi.redaction import install_log_redaction
 from leapi.transport import (
+    Outcome,
     RequestAttempts,
     RetryPolicy,
     SlidingWindowRateLimiter,
+    Verdict,
     normalize_base_url,
     shared_tls_context,
 )
@@ -52,6 +55,7 @@ class ClientBase:
         base_url: str | None,
         timeout: float,
         max_retries: int,
+        rate_limit_budget: float,
         rate_limit_per_minute: int | None,
         idempotency: IdempotencyMode | str,
         backoff_base: float,
@@ -67,12 +71,19 @@ class ClientBase:
         self.timeout = float(timeout)
         self.idempotency = IdempotencyMode(idempotency.lower())
         self.retry_policy = RetryPolicy(
-            max_retries=int(max_retries), backoff_base=backoff_base, backoff_max=backoff_max
+            max_retries=int(max_retries),
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            rate_limit_budget=float(rate_limit_budget),
         )
         self.rate_limit_per_minute = int(rate_limit_per_minute) if rate_limit_per_minute else None
         self._limiter = (
             SlidingWindowRateLimiter(self.rate_limit_per_minute) if self.rate_limit_per_minute else None
         )
+        #: The account's submit pacing, learned from refusals and shared by every client of this process.
+        self.account_limiter = SHARED_LIMITERS.for_account(self.base_url, key)
+        #: Seconds this client waited on the rate limit (booked slots and refused retries), for logs.
+        self.rate_limit_waited_s = 0.0
         self._verify: ssl.SSLContext | bool = shared_tls_context() if verify is True else verify
         self.user_agent = user_agent or DEFAULT_USER_AGENT
         install_log_redaction()
@@ -114,6 +125,31 @@ class ClientBase:
 
     def _rate_limit_wait(self) -> float:
         return self._limiter.reserve() if self._limiter is not None else 0.0
+
+    def _book_submit(self, attempts: RequestAttempts) -> Booking | None:
+        """A submit's slot in the account's shared limiter (``None`` for reads); its wait is counted."""
+        if not attempts.submit:
+            return None
+        booking = self.account_limiter.book()
+        if booking.wait > 0:
+            attempts.note_rate_limit_wait(booking.wait)
+            self.rate_limit_waited_s += booking.wait
+            log.info(
+                "LEAPI: waiting %.1fs for a submit slot of the account's learned rate limit", booking.wait
+            )
+        return booking
+
+    def _settle(self, booking: Booking | None, outcome: Outcome, delay: float | None = None) -> None:
+        """Tell the shared limiter how a booked submit went, and count a rate-limit retry's wait."""
+        if booking is not None:
+            if outcome.rate_limited and outcome.retry_after is None:
+                self.account_limiter.refused(booking)
+            elif outcome.rate_limited:
+                self.account_limiter.hinted()
+            elif outcome.verdict is Verdict.OK:
+                self.account_limiter.accepted(booking)
+        if delay is not None and outcome.rate_limited:
+            self.rate_limit_waited_s += delay
 
     def _submit_parts(
         self, request: PipelineRequest | Mapping[str, Any], idempotency_key: str | None

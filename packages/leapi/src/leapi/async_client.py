@@ -39,6 +39,7 @@ from leapi.transport import (
     DEFAULT_BACKOFF_BASE_S,
     DEFAULT_BACKOFF_MAX_S,
     DEFAULT_MAX_RETRIES,
+    DEFAULT_RATE_LIMIT_BUDGET_S,
     DEFAULT_TIMEOUT_S,
     TRANSIENT_ERRORS,
     Outcome,
@@ -64,6 +65,7 @@ class AsyncClient(ClientBase):
         base_url: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        rate_limit_budget: float = DEFAULT_RATE_LIMIT_BUDGET_S,
         rate_limit_per_minute: int | None = None,
         idempotency: IdempotencyMode | str = IdempotencyMode.AUTO,
         backoff_base: float = DEFAULT_BACKOFF_BASE_S,
@@ -76,6 +78,7 @@ class AsyncClient(ClientBase):
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
+            rate_limit_budget=rate_limit_budget,
             rate_limit_per_minute=rate_limit_per_minute,
             idempotency=idempotency,
             backoff_base=backoff_base,
@@ -224,7 +227,9 @@ class AsyncClient(ClientBase):
     ) -> httpx.Response:
         attempts = self._attempts(method, path, submit=submit, headers=headers or {})
         while True:
-            if (wait := self._rate_limit_wait()) > 0:
+            booking = self._book_submit(attempts)
+            wait = max(self._rate_limit_wait(), booking.wait if booking is not None else 0.0)
+            if wait > 0:
                 await self._sleep(wait)
             try:
                 response = await self._http.request(method, path, json=json, headers=attempts.headers)
@@ -232,11 +237,14 @@ class AsyncClient(ClientBase):
                 outcome = attempts.after_transport_error(exc)
             else:
                 outcome = attempts.after_response(response)
+                self._settle(booking, outcome)
                 if outcome.verdict is Verdict.OK:
                     return response
             if attempts.should_probe(outcome):
                 await self._probe_idempotency_support()
-            await self._sleep(attempts.next_delay(outcome))
+            delay = attempts.next_delay(outcome)
+            self._settle(None, outcome, delay)
+            await self._sleep(delay)
 
     async def _probe_idempotency_support(self) -> None:
         try:

@@ -39,6 +39,7 @@ from leapi.transport import (
     DEFAULT_BACKOFF_BASE_S,
     DEFAULT_BACKOFF_MAX_S,
     DEFAULT_MAX_RETRIES,
+    DEFAULT_RATE_LIMIT_BUDGET_S,
     DEFAULT_TIMEOUT_S,
     TRANSIENT_ERRORS,
     Outcome,
@@ -59,7 +60,12 @@ class Client(ClientBase):
     :param base_url: the API base URL (default: ``LEAPI_BASE_URL``, else ``https://api.letsenhance.io``); a
         pasted ``/v1/pipeline/`` suffix is ignored.
     :param timeout: seconds per HTTP request (connecting: at most 10).
-    :param max_retries: retries of one request after its first attempt.
+    :param max_retries: retries of one request after a failure other than the rate limit (network errors,
+        5xx), after its first attempt.
+    :param rate_limit_budget: seconds one request may spend refused by the API's rate limit (free
+        refusals, retried until then; default 600) before :class:`~leapi.errors.LeapiRateLimitError`.
+        Submits of one account are paced by a limiter every client of the process shares
+        (:mod:`leapi.ratelimit`), which learns the rate from refusals that carry no ``Retry-After``.
     :param rate_limit_per_minute: at most this many API requests start in any 60 s window (per client);
         ``None`` or 0: no client-side limit (the server's still applies, and is waited out).
     :param idempotency: ``auto`` / ``always`` / ``never``: when an ambiguous submit failure may be retried
@@ -78,6 +84,7 @@ class Client(ClientBase):
         base_url: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        rate_limit_budget: float = DEFAULT_RATE_LIMIT_BUDGET_S,
         rate_limit_per_minute: int | None = None,
         idempotency: IdempotencyMode | str = IdempotencyMode.AUTO,
         backoff_base: float = DEFAULT_BACKOFF_BASE_S,
@@ -90,6 +97,7 @@ class Client(ClientBase):
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
+            rate_limit_budget=rate_limit_budget,
             rate_limit_per_minute=rate_limit_per_minute,
             idempotency=idempotency,
             backoff_base=backoff_base,
@@ -265,7 +273,9 @@ class Client(ClientBase):
     ) -> httpx.Response:
         attempts = self._attempts(method, path, submit=submit, headers=headers or {})
         while True:
-            if (wait := self._rate_limit_wait()) > 0:
+            booking = self._book_submit(attempts)
+            wait = max(self._rate_limit_wait(), booking.wait if booking is not None else 0.0)
+            if wait > 0:
                 self._sleep(wait)
             try:
                 response = self._http.request(method, path, json=json, headers=attempts.headers)
@@ -273,11 +283,14 @@ class Client(ClientBase):
                 outcome = attempts.after_transport_error(exc)
             else:
                 outcome = attempts.after_response(response)
+                self._settle(booking, outcome)
                 if outcome.verdict is Verdict.OK:
                     return response
             if attempts.should_probe(outcome):
                 self._probe_idempotency_support()
-            self._sleep(attempts.next_delay(outcome))
+            delay = attempts.next_delay(outcome)
+            self._settle(None, outcome, delay)
+            self._sleep(delay)
 
     def _probe_idempotency_support(self) -> None:
         """After an ambiguous submit failure, learn whether the server dedupes (one cheap GET)."""

@@ -68,12 +68,14 @@ class LeapiRejectedError(LeapiError):
 
 
 class LeapiRateLimitError(LeapiRejectedError):
-    """The API's rate limit (HTTP 429 or REJECTED "Too Many Requests") outlasted the retries.
+    """The API's rate limit (HTTP 429 or REJECTED "Too Many Requests") outlasted the client's rate-limit
+    time budget (``rate_limit_budget``).
 
     Unlike other rejections it is worth retrying later; nothing was submitted or charged.
 
     :param retry_after: the seconds the server last asked to wait, when it said.
     :param attempts: how many attempts were refused.
+    :param budget: the seconds the client spent on them at most.
     """
 
     rate_limited = True
@@ -85,12 +87,15 @@ class LeapiRateLimitError(LeapiRejectedError):
         status_code: int | None = None,
         retry_after: float | None = None,
         attempts: int | None = None,
+        budget: float | None = None,
     ):
         super().__init__(reason, status_code=status_code)
         self.retry_after = retry_after
         self.attempts = attempts
+        self.budget = budget
         if attempts is not None:
-            self.args = (f"{self.args[0]} (rate limited on all {attempts} attempts)",)
+            spent = f" within the {budget:g}s rate-limit budget" if budget is not None else ""
+            self.args = (f"{self.args[0]} (rate limited on all {attempts} attempts{spent})",)
 
 
 class LeapiSubmitUncertainError(LeapiError):

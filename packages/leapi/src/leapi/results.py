@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from leapi.errors import LeapiError, LeapiResultExpiredError
@@ -109,10 +110,14 @@ def _preset_of(pipeline: Pipeline) -> str:
     return "preset"
 
 
-def _failure_reason(result: PipelineResult) -> str:
-    if not result.succeeded:
-        return result.error or "no output_object in the result"
-    return "no tmp_url in output_object"
+def _failure_reason(result: PipelineResult, errors: list[Any], source_url: str | None) -> str:
+    if result.succeeded:
+        return "no tmp_url in output_object"
+    if result.error:  # (a leapi-server extension)
+        return result.error
+    # The documented place: the pipeline's ``errors``, in whatever form; quote the entries naming the source.
+    mentions = [str(entry) for entry in errors if source_url and source_url in str(entry)]
+    return "no output_object in the result" + (f" ({'; '.join(mentions)})" if mentions else "")
 
 
 def _estimated_expiry(pipeline: Pipeline) -> datetime | None:
@@ -145,12 +150,12 @@ def result_files(pipeline: Pipeline) -> tuple[list[ResultFile], dict[int, str]]:
     failed: dict[int, str] = {}
     for index, result in enumerate(pipeline.results):
         output = result.output_object
-        if not result.succeeded or output is None or not output.tmp_url:
-            failed[index] = _failure_reason(result)
-            continue
         source_url = (result.input_object.url if result.input_object else None) or (
             sources[index] if index < len(sources) else None
         )
+        if not result.succeeded or output is None or not output.tmp_url:
+            failed[index] = _failure_reason(result, pipeline.errors, source_url)
+            continue
         ext = output.ext or (output.format or "").lower().replace("jpeg", "jpg") or "bin"
         exact = temp_url_expiry(output.tmp_url)
         name = result_file_name(

@@ -3,8 +3,13 @@ error of one request and says what to do next; :class:`~leapi.Client` and :class
 sending and the sleeping. The same decisions therefore hold for sync and async code.
 
 * Reads (``GET`` of a pipeline, of the usage) are retried on connection errors, timeouts, dropped
-  connections, 5xx, 408, 429 and REJECTED "Too Many Requests", with exponential backoff and jitter,
-  honouring ``Retry-After`` / ``RateLimit-Reset``.
+  connections, 5xx and 408, with exponential backoff and jitter, honouring ``Retry-After`` /
+  ``RateLimit-Reset``, up to ``max_retries`` times.
+* A rate-limit refusal (HTTP 429, or the REJECTED "Too Many Requests" body whatever the status) costs
+  nothing, so it is retried for a time budget (``rate_limit_budget``, default 10 minutes), not a count:
+  honouring ``Retry-After`` / ``RateLimit-Reset`` when the server sends one; without one, a submit waits
+  for the slot the account's shared limiter books (:mod:`leapi.ratelimit`), a read as if for a minute
+  window (jittered, at most about 60 s).
 * A submit (``POST /v1/pipeline``) is retried freely only when the API provably did not take it: the
   connection was never established (connect error, connect or pool timeout), or the answer was the
   documented REJECTED body (the docs: a rejected request costs no credit), whatever its HTTP status.
@@ -46,12 +51,18 @@ from leapi.errors import (
 )
 from leapi.idempotency import ADVERTISED, IdempotencyMode, supports_idempotency
 from leapi.models import SubmitResponse, SubmitStatus
+from leapi.ratelimit import RATE_WINDOW_S
 from leapi.redaction import redact_text, redact_url
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_RETRIES = 6
 DEFAULT_BACKOFF_BASE_S = 1.0
 DEFAULT_BACKOFF_MAX_S = 60.0
+#: Seconds a request may spend being refused by the rate limit (its refusals cost nothing) before
+#: :class:`~leapi.errors.LeapiRateLimitError`; separate from ``max_retries``, which counts other failures.
+DEFAULT_RATE_LIMIT_BUDGET_S = 600.0
+#: A submit refused without a hint pauses this long (jittered) before the shared limiter books its slot.
+UNHINTED_PAUSE_S = (1.0, 3.0)
 #: A server asking to wait longer than this is waited for this long (then asked again).
 MAX_RETRY_AFTER_S = 300.0
 
@@ -126,16 +137,20 @@ class RetryPolicy:
         random half of each step is jitter (so that many clients do not return in lockstep).
     :param backoff_max: the longest backoff in seconds.
     :param max_retry_after: the longest wait a server's ``Retry-After`` may impose at once.
+    :param rate_limit_budget: seconds one request may spend refused by the rate limit.
     """
 
     max_retries: int = DEFAULT_MAX_RETRIES
     backoff_base: float = DEFAULT_BACKOFF_BASE_S
     backoff_max: float = DEFAULT_BACKOFF_MAX_S
     max_retry_after: float = MAX_RETRY_AFTER_S
+    rate_limit_budget: float = DEFAULT_RATE_LIMIT_BUDGET_S
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        if self.rate_limit_budget < 0:
+            raise ValueError("rate_limit_budget must be >= 0")
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait before retry ``attempt + 1`` (``attempt`` counts from 0)."""
@@ -144,6 +159,13 @@ class RetryPolicy:
             return wait + random.uniform(0, min(1.0, 0.1 * wait + 0.05))
         ceiling = min(self.backoff_max, self.backoff_base * (2**attempt))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    @staticmethod
+    def unhinted_rate_limit_delay(refusals: int) -> float:
+        """A read refused by the rate limit without a hint: waits as if for a minute window (15, 30, then
+        60 s ceilings, the upper half of each at random)."""
+        ceiling = min(RATE_WINDOW_S, 15.0 * 2 ** max(refusals - 1, 0))
+        return random.uniform(ceiling / 2, ceiling)
 
 
 class SlidingWindowRateLimiter:
@@ -317,7 +339,12 @@ class RequestAttempts:
         self.policy = policy
         self.base_url = base_url
         self.idempotency = idempotency
+        #: Retries spent on failures other than the rate limit (``policy.max_retries`` of them at most).
         self.attempt = 0
+        #: Answers refused by the rate limit, and when the first came (``policy.rate_limit_budget``).
+        self.rate_limited = 0
+        self._rate_limited_since: float | None = None
+        self._rate_limit_waited = 0.0
 
     def after_response(self, response: httpx.Response) -> Outcome:
         """Judge an answer; raises the answer's error when it is final."""
@@ -344,27 +371,59 @@ class RequestAttempts:
         """Whether to ask the server (one cheap GET) if it dedupes submits before deciding."""
         return outcome.verdict is Verdict.AMBIGUOUS and self._supported() is None
 
+    def note_rate_limit_wait(self, seconds: float) -> None:
+        """Count a wait for the account's rate limit (a booked slot) against the rate-limit budget."""
+        self._rate_limit_waited += seconds
+
     def next_delay(self, outcome: Outcome) -> float:
         """Seconds to wait before the next attempt; raises when the request must not be retried."""
         if outcome.verdict is Verdict.AMBIGUOUS and not self._supported():
             raise self._uncertain_error(outcome.reason)
+        if outcome.rate_limited:
+            return self._rate_limited_delay(outcome)
         if self.attempt >= self.policy.max_retries:
             raise self._exhausted_error(outcome)
         delay = self.policy.delay(self.attempt, outcome.retry_after)
-        if outcome.rate_limited:
-            what = "rate limited (HTTP 429)" if outcome.status_code == 429 else "rate limited (REJECTED)"
-        else:
-            what = outcome.reason
         log.warning(
             "LEAPI %s %s: %s; backoff %.2fs before retry %d/%d",
             self.method,
             self.path,
-            what,
+            outcome.reason,
             delay,
             self.attempt + 1,
             self.policy.max_retries,
         )
         self.attempt += 1
+        return delay
+
+    def _rate_limited_delay(self, outcome: Outcome) -> float:
+        """A free refusal: retried until the time budget is spent (wall time or waits, whichever is more:
+        a test that records sleeps instead of sleeping still runs out of budget)."""
+        now = time.monotonic()
+        if self._rate_limited_since is None:
+            self._rate_limited_since = now
+        self.rate_limited += 1
+        spent = max(now - self._rate_limited_since, self._rate_limit_waited)
+        if spent >= self.policy.rate_limit_budget:
+            raise self._exhausted_error(outcome)
+        if outcome.retry_after is not None:
+            delay = self.policy.delay(0, outcome.retry_after)
+        elif self.submit:
+            # The account's shared limiter books the retry's slot (up to a minute away): pause briefly only.
+            delay = random.uniform(*UNHINTED_PAUSE_S)
+        else:
+            delay = self.policy.unhinted_rate_limit_delay(self.rate_limited)
+        self._rate_limit_waited += delay
+        what = "rate limited (HTTP 429)" if outcome.status_code == 429 else "rate limited (REJECTED)"
+        log.warning(
+            "LEAPI %s %s: %s; backoff %.2fs before retry (%.0fs of the %.0fs rate-limit budget spent)",
+            self.method,
+            self.path,
+            what,
+            delay,
+            spent,
+            self.policy.rate_limit_budget,
+        )
         return delay
 
     def _supported(self) -> bool | None:
@@ -379,7 +438,8 @@ class RequestAttempts:
                 outcome.reason,
                 status_code=outcome.status_code,
                 retry_after=outcome.retry_after,
-                attempts=attempts,
+                attempts=self.rate_limited,
+                budget=self.policy.rate_limit_budget,
             )
         return LeapiHTTPError(
             f"LEAPI {self.method} {self.path} failed after {attempts} attempts: {outcome.reason}",

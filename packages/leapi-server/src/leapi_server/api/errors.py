@@ -5,6 +5,11 @@ clients have one error shape).
 Status codes: 400 invalid request, 401 missing/wrong key, 402 monthly quota exhausted, 403 refused temp
 URL, 404 unknown pipeline or file, 413 body too large, 422 Idempotency-Key reused with another body,
 429 rate limit (with ``Retry-After``).
+
+With ``--compat docs`` a REJECTED is answered as the docs show it: HTTP 200 and the body, no
+``Retry-After``. Kept: 401 (a bad key), 403 (a refused temp URL: the real service's presigned S3 URLs
+answer 403 themselves) and 404 (an unknown pipeline or path), which are routing answers rather than the
+refusals the docs describe.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from leapi_server.outcomes import (
 log = logging.getLogger("leapi_server")
 
 RETRY_AFTER_HEADER = "Retry-After"
+#: Status codes ``--compat docs`` keeps; every other REJECTED is answered with HTTP 200.
+DOCS_ONLY_KEPT_STATUSES = frozenset({401, 403, 404})
 
 _REJECTED_STATUS = {
     RejectionKind.INVALID_REQUEST: 400,
@@ -70,24 +77,40 @@ def status_code_of(refusal: Refusal) -> int:
     raise AssertionError(f"unmapped refusal {refusal!r}")  # pragma: no cover - Refusal is a closed union
 
 
-def _headers_of(refusal: Refusal) -> dict[str, str] | None:
-    if isinstance(refusal, RateLimited):
+def _headers_of(refusal: Refusal, *, docs_only: bool) -> dict[str, str] | None:
+    if isinstance(refusal, RateLimited) and not docs_only:
         return {RETRY_AFTER_HEADER: str(refusal.retry_after_s)}
     if isinstance(refusal, Rejected) and refusal.kind is RejectionKind.UNAUTHENTICATED:
         return {"WWW-Authenticate": API_KEY_HEADER}
     return None
 
 
-def rejection(status_code: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The documented REJECTED body with ``status_code``."""
+def rejection(
+    status_code: int, reason: str, headers: dict[str, str] | None = None, *, docs_only: bool = False
+) -> JSONResponse:
+    """The documented REJECTED body with ``status_code`` (200 under ``--compat docs``, see above)."""
+    if docs_only and status_code < 500 and status_code not in DOCS_ONLY_KEPT_STATUSES:
+        status_code = 200
     return JSONResponse(
         Rejection(reason=reason).model_dump(mode="json"), status_code=status_code, headers=headers
     )
 
 
-def refusal_response(refusal: Refusal) -> JSONResponse:
-    """The HTTP answer to a refusal."""
-    return rejection(status_code_of(refusal), refusal.reason, _headers_of(refusal))
+def refusal_response(refusal: Refusal, *, docs_only: bool = False) -> JSONResponse:
+    """The HTTP answer to a refusal.
+
+    :param docs_only: answer as ``--compat docs`` does (HTTP 200, no ``Retry-After``).
+    """
+    return rejection(
+        status_code_of(refusal),
+        refusal.reason,
+        _headers_of(refusal, docs_only=docs_only),
+        docs_only=docs_only,
+    )
+
+
+def _docs_only(request: Request) -> bool:
+    return bool(request.app.state.runtime.config.docs_only)
 
 
 def rejection_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -109,12 +132,14 @@ def install_error_handlers(app: FastAPI) -> None:
     """Answer refusals, framework errors (404 path, 405 method, validation) and crashes as REJECTED."""
 
     @app.exception_handler(Refused)
-    async def _refused(_request: Request, exc: Refused) -> JSONResponse:
-        return refusal_response(exc.refusal)
+    async def _refused(request: Request, exc: Refused) -> JSONResponse:
+        return refusal_response(exc.refusal, docs_only=_docs_only(request))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return rejection(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return rejection(
+            exc.status_code, str(exc.detail), getattr(exc, "headers", None), docs_only=_docs_only(request)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -122,6 +147,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return rejection(500, "internal server error; the request may be retried")
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        return rejection(400, f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+        reason = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+        return rejection(400, reason, docs_only=_docs_only(request))

@@ -17,4 +17,5 @@ EXTENSIONS = ("idempotency-key", "signed-webhooks", "result-error", "webhook-del
 
 @router.get(HEALTH_PATH, summary="Extension: liveness (no API key)")
 async def healthz(runtime: RuntimeDep) -> dict[str, Any]:
-    return {"status": "ok", "busy_tasks": runtime.dispatcher.busy, "extensions": list(EXTENSIONS)}
+    extensions = [] if runtime.config.docs_only else list(EXTENSIONS)
+    return {"status": "ok", "busy_tasks": runtime.dispatcher.busy, "extensions": extensions}

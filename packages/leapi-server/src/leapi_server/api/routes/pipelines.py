@@ -42,19 +42,21 @@ _SUBMIT_OPENAPI: dict[str, Any] = {
 
 
 async def submit_pipeline(request: Request, runtime: RuntimeDep, owner: OwnerDep) -> JSONResponse:
+    docs_only = runtime.config.docs_only
     limited = runtime.rate_limit(owner)  # before reading the body: invalid requests count too
     if limited is not None:
-        return refusal_response(limited)
+        return refusal_response(limited, docs_only=docs_only)
     body = await _read_limited(request, runtime.config.max_request_bytes)
     pipeline_request = _parse_pipeline_request(body)
-    idempotency_key = request.headers.get(IDEMPOTENCY_KEY_HEADER)
+    # (--compat docs: the header is an extension the docs do not promise, so it is ignored)
+    idempotency_key = None if docs_only else request.headers.get(IDEMPOTENCY_KEY_HEADER)
     if idempotency_key is not None and not _IDEMPOTENCY_KEY_RE.match(idempotency_key):
         raise Refused(Rejected(reason=f"{IDEMPOTENCY_KEY_HEADER}: must be 1 to 255 visible ASCII characters"))
     outcome = await asyncio.to_thread(
         runtime.submit, owner=owner, request=pipeline_request, idempotency_key=idempotency_key
     )
     if not isinstance(outcome, Accepted):
-        return refusal_response(outcome)
+        return refusal_response(outcome, docs_only=docs_only)
     runtime.dispatcher.wake()
     headers = {IDEMPOTENT_REPLAY_HEADER: "true"} if outcome.replayed else {}
     return JSONResponse(outcome.body, headers=headers)

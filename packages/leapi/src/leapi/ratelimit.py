@@ -1,0 +1,183 @@
+"""The account's submit rate, learned from the API's refusals and shared by every client of a process.
+
+The LEAPI docs say only that "a rate limiter limits the number of requests received by the API within any
+given minute" and that a refused request is answered ``REJECTED`` "Too Many Requests. Rate limit
+exceeded.": no limit figure, no ``Retry-After``. So a client has to learn the limit, and every client of one
+account in one process (the hooks of parallel tasks in one Airflow worker, a triggerer's triggers) has to
+learn it together, or they keep taking each other's slots.
+
+:class:`AdaptiveRateLimiter` does that for submits (the answers that carry the REJECTED body), AIMD style:
+
+* until a refusal it lets every submit through;
+* a refusal with a hint (``Retry-After``) is waited out by the request itself, and the learned limit is
+  dropped: the server says when;
+* a refusal without a hint sets the limit to the submits this process got accepted in the last minute
+  (what it measurably gets). When that is already the limit, the account's limit shrank or other
+  processes took a share: the limit halves (multiplicative decrease). Refusals of submits sent before
+  that decision do not decrease it again (they could not have known);
+* each minute without a refusal raises the limit by one (additive increase);
+* submits are booked in a sliding one-minute window: once ``limit`` submits (refused ones included, since
+  a server may count them) went out in the last minute, the next waits until the oldest of them is a
+  minute old, plus a small margin and jitter (and its turn behind submits already waiting: first come,
+  first served). No slot is more than about a minute after the one ``limit`` places ahead of it: no
+  burst of quick retries, no idle minutes.
+
+What it cannot see: submits of the same account from other processes (other Airflow workers, other
+machines). Their refusals still reach each process, which then lowers its own rate; per-account pacing
+across workers needs an Airflow pool sized to the account's limit (see the provider docs).
+
+:data:`SHARED_LIMITERS` holds one limiter per (base URL, API key) for the whole process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("leapi")
+
+#: The docs' window: "within any given minute".
+RATE_WINDOW_S = 60.0
+#: Added to every wait for a slot: the server's clock and the request's travel time are not ours.
+SLOT_MARGIN_S = 0.5
+#: Up to this much more, at random, so that processes sharing an account do not return in lockstep.
+SLOT_JITTER_S = 3.0
+
+
+@dataclass(frozen=True)
+class Booking:
+    """A submit's place in the limiter: pass it back with the answer.
+
+    :param sequence: the order in which submits were booked.
+    :param wait: seconds the submit must wait before it is sent.
+    """
+
+    sequence: int
+    wait: float
+
+
+class AdaptiveRateLimiter:
+    """Paces one account's submits by the rate its refusals taught (thread-safe; see the module docs).
+
+    :param clock: monotonic seconds (tests pass their own).
+    :param window_s: the rate window.
+    :param margin_s: added to every wait for a slot.
+    :param jitter_s: up to this much more, at random.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        window_s: float = RATE_WINDOW_S,
+        margin_s: float = SLOT_MARGIN_S,
+        jitter_s: float = SLOT_JITTER_S,
+    ) -> None:
+        self._clock = clock
+        self.window_s = window_s
+        self.margin_s = margin_s
+        self.jitter_s = jitter_s
+        #: Submits allowed per window; ``None`` until the API refused one.
+        self.limit: int | None = None
+        self._sent: deque[float] = deque()  # start times (booked slots) of submits, refused ones too
+        self._accepted: deque[float] = deque()
+        self._sequence = 0
+        self._decided_at_sequence = 0  # submits booked up to here were sent before the last decrease
+        self._changed_at = 0.0
+        self._lock = threading.Lock()
+
+    def book(self) -> Booking:
+        """Book the next submit's slot."""
+        with self._lock:
+            now = self._clock()
+            self._forget(now)
+            slot = now
+            if self.limit is not None and len(self._sent) >= self.limit:
+                oldest_in_the_way = self._sent[-self.limit]
+                slot = oldest_in_the_way + self.window_s + self.margin_s + random.uniform(0, self.jitter_s)
+            if self.limit is not None and self._sent:
+                # First come, first served: no submit is booked ahead of one already waiting (this also
+                # keeps the bookings in order, which the window arithmetic relies on).
+                slot = max(slot, self._sent[-1])
+            self._sent.append(slot)
+            self._sequence += 1
+            return Booking(sequence=self._sequence, wait=slot - now)
+
+    def accepted(self, booking: Booking) -> None:
+        """The booked submit was accepted; after a minute without refusals the limit grows by one."""
+        with self._lock:
+            now = self._clock()
+            self._accepted.append(now)
+            if self.limit is not None and now - self._changed_at >= self.window_s:
+                self.limit += 1
+                self._changed_at = now
+                log.info("LEAPI rate limit: no refusal for a minute; pacing submits at %d/min", self.limit)
+
+    def refused(self, booking: Booking) -> None:
+        """The booked submit was refused for the rate limit, with no hint how long to wait."""
+        with self._lock:
+            now = self._clock()
+            self._forget(now)
+            if booking.sequence <= self._decided_at_sequence:
+                return  # sent before the last decrease: it says nothing new
+            accepted_last_minute = len(self._accepted)
+            learned = max(1, accepted_last_minute)
+            if self.limit is not None and accepted_last_minute >= self.limit:
+                learned = max(1, self.limit // 2)
+            elif self.limit is not None:
+                learned = max(1, min(learned, self.limit - 1))
+            self.limit = learned
+            self._decided_at_sequence = self._sequence
+            self._changed_at = now
+            log.warning(
+                "LEAPI rate limit: refused after %d accepted submit(s) in the last minute; pacing submits "
+                "of this account in this process at %d/min",
+                accepted_last_minute,
+                learned,
+            )
+
+    def hinted(self) -> None:
+        """The API refused a submit and said when to retry (``Retry-After``): its hints replace what was
+        learned, so the limiter steps aside until a refusal comes without one."""
+        with self._lock:
+            if self.limit is not None:
+                log.info("LEAPI rate limit: the API sends Retry-After; no longer pacing by the learned rate")
+            self.limit = None
+
+    def _forget(self, now: float) -> None:
+        horizon = now - self.window_s
+        for times in (self._sent, self._accepted):
+            while times and times[0] <= horizon:
+                times.popleft()
+
+
+class SharedLimiters:
+    """One :class:`AdaptiveRateLimiter` per (base URL, API key) for the whole process (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._limiters: dict[tuple[str, str], AdaptiveRateLimiter] = {}
+        self._lock = threading.Lock()
+
+    def for_account(self, base_url: str, api_key: str) -> AdaptiveRateLimiter:
+        # (keyed by a digest: the registry never holds the API key itself)
+        account = (base_url, hashlib.sha256(api_key.encode()).hexdigest())
+        with self._lock:
+            limiter = self._limiters.get(account)
+            if limiter is None:
+                limiter = self._limiters[account] = AdaptiveRateLimiter()
+            return limiter
+
+    def clear(self) -> None:
+        """Forget every learned rate (tests; or after an account's limit was raised)."""
+        with self._lock:
+            self._limiters.clear()
+
+
+#: The limiters of this process.
+SHARED_LIMITERS = SharedLimiters()

@@ -1,0 +1,104 @@
+"""A 100-image catalog run against a LEAPI that does only what its docs promise, under a hard rate limit.
+
+``leapi-server --compat docs`` with 10 submits per minute: no ``Retry-After``, every REJECTED as HTTP 200,
+no Idempotency-Key, no ``results[].error``, a usage body the client cannot read. 100 images at 5 URLs per
+pipeline are 20 submits, so the limit bites once: the run must still finish with no failed task, every
+image charged exactly once, and each batch logging how long it waited on the limit.
+
+(The docs-only usage body is unreadable on purpose: ``docs_only_params`` turns the catalog's quota guard
+off where the catalog has one.)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pytest
+
+from leapi.ratelimit import SHARED_LIMITERS
+from leapi_provider.manifests import MANIFEST_SCHEMA
+from tests.fixtures.airflow import task_states
+from tests.fixtures.catalog import docs_only_params, run_dag
+from tests.support.catalog import SampleImage, sample_manifest
+from tests.support.server import RunningServer, running_server
+
+pytestmark = pytest.mark.slow
+FANOUT = ("example_dags/example_leapi_manifest_fanout.py", "example_leapi_manifest_fanout")
+IMAGES = 100
+URLS_PER_PIPELINE = 5
+LIMIT_PER_MINUTE = 10
+
+
+def one_operation_manifest(images: list[SampleImage], base_url: str) -> pa.Table:
+    """Every row asks for the same operation: pipelines group images by operation, so 100 images at 5
+    URLs per pipeline are exactly 20 submits."""
+    rows = sample_manifest(images, base_url, presets=("marketplace",)).to_pylist()
+    return pa.Table.from_pylist([row | {"width": 192, "height": 192} for row in rows], schema=MANIFEST_SCHEMA)
+
+
+@pytest.fixture
+def strict_server() -> Iterator[RunningServer]:
+    with running_server(
+        compat="docs",
+        extra_args=(
+            "--workers",
+            "2",
+            "--rate-limit-per-minute",
+            str(LIMIT_PER_MINUTE),
+            "--monthly-quota",
+            "0",
+        ),
+    ) as server:
+        SHARED_LIMITERS.clear()
+        yield server
+        SHARED_LIMITERS.clear()
+
+
+def test_a_100_image_catalog_under_a_hard_limit_without_hints(
+    catalog_env, catalog_site, catalog_bucket, strict_server, leapi_conn_factory, caplog
+) -> None:
+    conn_id = leapi_conn_factory("leapi_docs_only", strict_server.base_url, strict_server.api_key)
+    images = catalog_site.add_images(IMAGES, prefix="strict", long_sides=(96, 80, 64))
+    conf = {
+        "manifest": catalog_bucket.put_manifest(one_operation_manifest(images, catalog_site.base_url)),
+        "results": catalog_bucket.uri("results"),
+        "images": catalog_bucket.uri("images"),
+        "leapi_conn_id": conn_id,
+        "urls_per_pipeline": URLS_PER_PIPELINE,
+        "min_images_per_batch": 25,
+        "contact_sheet_images": 0,
+        **docs_only_params(strict_server),
+    }
+    used = strict_server.used_credits()
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        dag_run = run_dag(*FANOUT, conf)
+    elapsed = time.monotonic() - started
+
+    states = task_states(dag_run)
+    assert dag_run.state == "success", states
+    assert {state for state, _ in states.values()} == {"success"}, f"no failed (or retried) task: {states}"
+    assert {tries for _, tries in states.values()} == {1}, f"no task needed a retry: {states}"
+    results = catalog_bucket.results().to_pylist()
+    assert len(results) == IMAGES and {r["status"] for r in results} == {"done"}
+    assert strict_server.used_credits() - used == IMAGES, "every image charged exactly once"
+    pipelines = {r["pipeline_id"] for r in results}
+    assert len(pipelines) == IMAGES // URLS_PER_PIPELINE
+    posts = strict_server.logs().count('"POST /v1/pipeline HTTP/1.1" 200')
+    refused = posts - len(pipelines)
+    per_batch = re.compile(r"Batch (\d+): \d+ submit\(s\); waited ([\d.]+)s on the LEAPI rate limit")
+    waits: dict[str, float] = {}
+    for record in caplog.records:
+        if match := per_batch.search(record.getMessage()):
+            waits[match.group(1)] = float(match.group(2))
+    assert sorted(waits) == ["0", "1", "2", "3"], f"one line per batch task: {waits}"
+    assert 1 <= refused <= 3, f"{refused} refused submits: the limit was hit, and not hammered"
+    assert sum(waits.values()) >= 50, f"the run waited for the limit's window: {waits}"
+    print(
+        f"\n100 images, {IMAGES // URLS_PER_PIPELINE} submits at {LIMIT_PER_MINUTE}/min: {elapsed:.0f}s, "
+        f"{refused} refused, waits per batch {waits}"
+    )

@@ -1,0 +1,170 @@
+"""The account's shared, adaptive submit limiter (:mod:`leapi.ratelimit`) and the rate-limit time budget.
+
+The limiter runs on a fake clock here; the transport tests record sleeps instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import respx
+
+import leapi
+from leapi.constants import RATE_LIMIT_REASON
+from leapi.ratelimit import SHARED_LIMITERS, AdaptiveRateLimiter
+from leapi.transport import RetryPolicy
+
+BASE = "https://api.test"
+REQUEST = {
+    "source": {"http": {"url": "https://img.test/a.jpg"}},
+    "operations": [{"op": "preset/marketplace", "width": 100}],
+    "sink": {"temp_store": True},
+}
+REFUSED = {"status": "REJECTED", "reason": RATE_LIMIT_REASON}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limiter(clock: Clock) -> AdaptiveRateLimiter:
+    return AdaptiveRateLimiter(clock=clock, margin_s=0.5, jitter_s=0.0)
+
+
+def test_unlimited_until_a_refusal_then_paced_by_what_was_accepted_in_the_minute() -> None:
+    clock = Clock()
+    rates = limiter(clock)
+    for _ in range(8):
+        booking = rates.book()
+        assert booking.wait == 0
+        rates.accepted(booking)
+        clock.now += 1
+    refused = rates.book()
+    assert refused.wait == 0, "nothing learned yet"
+    rates.refused(refused)
+    assert rates.limit == 8
+    # The ninth submit (the retry) waits until the second of the last eight sends is a minute old.
+    retry = rates.book()
+    assert retry.wait == pytest.approx(1001.0 + 60 + 0.5 - clock.now)
+    assert retry.wait <= 60.5, "never more than about a minute"
+
+
+def test_refusals_of_one_burst_decrease_once_and_a_quiet_minute_adds_one() -> None:
+    clock = Clock()
+    rates = limiter(clock)
+    burst = [rates.book() for _ in range(12)]  # parallel submits, all sent before any answer
+    for booking in burst[:8]:
+        rates.accepted(booking)
+    for booking in burst[8:]:
+        rates.refused(booking)
+    assert rates.limit == 8, "the burst's other refusals were sent before the decision"
+    clock.now += 61
+    rates.accepted(rates.book())
+    assert rates.limit == 9, "additive increase after a minute without refusals"
+    clock.now += 1
+    rates.refused(rates.book())
+    assert rates.limit == 1, "only one submit was accepted in the last minute: at most that"
+
+
+def test_probing_past_the_limit_falls_back_to_what_was_accepted() -> None:
+    clock = Clock()
+    rates = limiter(clock)
+    for _ in range(10):
+        rates.accepted(rates.book())
+    rates.refused(rates.book())
+    assert rates.limit == 10
+    for _ in range(10):
+        clock.now += 6.1
+        rates.accepted(rates.book())
+    assert rates.limit == 11, "a quiet minute probes one more"
+    rates.refused(rates.book())
+    assert rates.limit == 10, "the probe was refused: back to the ten a minute that were accepted"
+
+
+def test_refused_at_the_learned_limit_halves_it() -> None:
+    clock = Clock()
+    rates = limiter(clock)
+    for _ in range(10):
+        rates.accepted(rates.book())
+    rates.refused(rates.book())
+    clock.now += 30
+    # Still ten accepted in the window and refused again: the account's limit shrank (or another
+    # process took a share), so halve (multiplicative decrease).
+    rates.refused(rates.book())
+    assert rates.limit == 5
+
+
+def test_one_limiter_per_account_shared_by_sync_and_async_clients() -> None:
+    sync = leapi.Client(api_key="k1", base_url=BASE)
+    other_key = leapi.Client(api_key="k2", base_url=BASE)
+    asynchronous = leapi.AsyncClient(api_key="k1", base_url=BASE + "/v1/pipeline/")
+    assert sync.account_limiter is asynchronous.account_limiter
+    assert sync.account_limiter is not other_key.account_limiter
+    assert SHARED_LIMITERS.for_account(BASE, "k1") is sync.account_limiter
+    sync.close()
+    other_key.close()
+
+
+def test_an_unhinted_read_refusal_waits_as_for_a_minute_window() -> None:
+    ceilings = [15, 30, 60, 60, 60]
+    for refusals, ceiling in enumerate(ceilings, start=1):
+        delays = [RetryPolicy.unhinted_rate_limit_delay(refusals) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+
+
+@respx.mock
+def test_refusals_without_hints_are_retried_past_max_retries_and_waits_are_counted(slept) -> None:
+    route = respx.post(f"{BASE}/v1/pipeline")
+    accepted = {"status": "ACCEPTED", "pipeline": {"id": 7, "status": "PROCESSING"}}
+    route.side_effect = [httpx.Response(200, json=REFUSED)] * 3 + [httpx.Response(200, json=accepted)]
+    with leapi.Client(api_key="k", base_url=BASE, max_retries=0) as client:
+        assert client.submit(REQUEST).id == 7
+        assert route.call_count == 4, "max_retries=0 does not limit free rate-limit refusals"
+        # First refusal: learned limit 1 (nothing accepted yet), so each retry waits for a minute slot.
+        assert client.account_limiter.limit == 1
+        assert sum(1 for d in slept if d >= 59) == 3
+        assert client.rate_limit_waited_s == pytest.approx(sum(slept))
+
+
+@respx.mock
+def test_rate_limit_refusals_do_not_spend_the_transport_retries(slept) -> None:
+    route = respx.get(f"{BASE}/v1/me/usage/")
+    hinted = httpx.Response(429, json=REFUSED, headers={"Retry-After": "2"})
+    route.side_effect = [
+        hinted,
+        httpx.Response(503),
+        hinted,
+        httpx.Response(503),
+        httpx.Response(200, json={}),
+    ]
+    with leapi.Client(api_key="k", base_url=BASE, max_retries=2, backoff_base=0.01) as client:
+        client.get_usage()
+    assert route.call_count == 5
+    assert [round(d) for d in slept if d >= 1] == [2, 2], "Retry-After honoured on each refusal"
+
+
+@respx.mock
+def test_a_quota_rejection_as_http_200_is_never_retried(slept) -> None:
+    route = respx.post(f"{BASE}/v1/pipeline").respond(
+        200, json={"status": "REJECTED", "reason": "Monthly quota exceeded"}
+    )
+    with (
+        leapi.Client(api_key="k", base_url=BASE) as client,
+        pytest.raises(leapi.LeapiRejectedError, match="quota") as info,
+    ):
+        client.submit(REQUEST)
+    assert not info.value.rate_limited and route.call_count == 1 and slept == []
+
+
+def test_a_hint_replaces_what_was_learned() -> None:
+    clock = Clock()
+    rates = limiter(clock)
+    rates.accepted(rates.book())
+    rates.refused(rates.book())
+    assert rates.limit == 1 and rates.book().wait > 59
+    rates.hinted()
+    assert rates.limit is None and rates.book().wait == 0

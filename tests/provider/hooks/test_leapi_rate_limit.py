@@ -1,0 +1,63 @@
+"""The hook against a LEAPI that gives no rate-limit hints: ``leapi-server --compat docs`` with a low limit.
+
+The measurement of issue 15: twelve submits in a row against a limit of 8 per minute, no ``Retry-After``,
+every REJECTED answered with HTTP 200. Before the time budget and the shared limiter, the 12th failed
+after 7 attempts and 62 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from leapi.ratelimit import SHARED_LIMITERS
+from leapi_provider.hooks.leapi import LeapiHook
+from tests.support.server import RunningServer, quick_start_body, running_server
+
+pytestmark = pytest.mark.slow
+LIMIT_PER_MINUTE = 8
+SUBMITS = 12
+
+
+@pytest.fixture
+def strict_server() -> Iterator[RunningServer]:
+    with running_server(
+        compat="docs",
+        extra_args=(
+            "--workers",
+            "1",
+            "--rate-limit-per-minute",
+            str(LIMIT_PER_MINUTE),
+            "--monthly-quota",
+            "0",
+        ),
+    ) as server:
+        SHARED_LIMITERS.clear()
+        yield server
+        SHARED_LIMITERS.clear()
+
+
+def test_twelve_submits_against_eight_per_minute_without_hints_are_all_accepted(
+    strict_server: RunningServer, leapi_conn_factory, source_photos: dict[str, str], caplog
+) -> None:
+    conn_id = leapi_conn_factory("leapi_strict", strict_server.base_url, strict_server.api_key)
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="leapi"), LeapiHook(conn_id) as hook:
+        ids = [hook.submit_pipeline(quick_start_body(source_photos["cat.jpg"])) for _ in range(SUBMITS)]
+        waited = hook.get_conn().rate_limit_waited_s
+    elapsed = time.monotonic() - started
+
+    assert len(set(ids)) == SUBMITS, "every submit was accepted, each its own pipeline"
+    assert strict_server.used_credits() == SUBMITS, "exactly one credit per accepted submit"
+    # A minute window: the 9th waits for the first ones to leave it, then the rest fit.
+    assert 55 <= waited <= 75 and elapsed < 120, (waited, elapsed)
+    posts = strict_server.logs().count('"POST /v1/pipeline HTTP/1.1" 200')
+    refused = posts - SUBMITS
+    assert 1 <= refused <= 2, f"{refused} refused attempts: the client must not hammer the limit"
+    learned = [r.getMessage() for r in caplog.records if "pacing submits" in r.getMessage()]
+    assert learned and re.search(rf"refused after {LIMIT_PER_MINUTE} accepted", learned[0]), learned
+    print(f"\n12 submits at 8/min: {elapsed:.1f}s, {waited:.1f}s waited, {refused} refused attempt(s)")
