@@ -1,12 +1,16 @@
-"""Fixtures of the server tests: broken and hostile source files, and HTTP receivers."""
+"""Fixtures of the server tests: the backend each test runs on (SQLite + file, PostgreSQL + S3), the shared
+server on it, broken and hostile source files."""
 
 from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.server import SQLITE_BACKEND, RunningServer, ServerBackend, running_server, use_backend
 
 
 def png_bomb(width: int, height: int) -> bytes:
@@ -47,3 +51,49 @@ def hostile_sources(source_dir: Path, source_server: str, source_photos: dict[st
     urls = {name: f"{source_server}/{name}" for name in files}
     urls["missing.jpg"] = f"{source_server}/missing.jpg"
     return urls
+
+
+#: Every server test runs on each backend unless its module says ``pytestmark = SQLITE_ONLY``.
+BACKENDS = ("sqlite", "postgres")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): runs on the SQLite + file backend only (the reason says why)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "server_backend" in metafunc.fixturenames:
+        only = metafunc.definition.get_closest_marker("sqlite_only")
+        metafunc.parametrize(
+            "server_backend", ["sqlite"] if only else BACKENDS, indirect=True, scope="session"
+        )
+
+
+@pytest.fixture(scope="session")
+def server_backend(request: pytest.FixtureRequest) -> ServerBackend:
+    """The backend of this run of the test: SQLite + file, or PostgreSQL + S3 (moto)."""
+    if request.param == "sqlite":
+        return SQLITE_BACKEND
+    return request.getfixturevalue("postgres_backend")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _servers_use_backend(server_backend: ServerBackend) -> Iterator[ServerBackend]:
+    """Every server a test starts (``running_server``, ``in_process_server``) runs on ``server_backend``."""
+    with use_backend(server_backend):
+        yield server_backend
+
+
+@pytest.fixture(scope="session")
+def leapi_server(
+    _servers_use_backend: ServerBackend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """The shared server of the server suite (as ``tests/fixtures/server.py``), on the run's backend."""
+    with running_server(
+        data_dir=tmp_path_factory.mktemp(f"leapi-server-{_servers_use_backend.name}"),
+        api_keys=("test-key", "other-key"),
+        extra_args=("--workers", "2", "--rate-limit-per-minute", "0", "--monthly-quota", "0"),
+    ) as server:
+        yield server
