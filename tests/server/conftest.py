@@ -61,6 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sqlite_only(reason): runs on the SQLite + file backend only (the reason says why)"
     )
+    config.addinivalue_line("markers", "postgres_only(reason): runs on the PostgreSQL + S3 backend only")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -29,6 +29,10 @@ from tests.support.server import (
     wait_for_pipeline,
 )
 
+pytestmark = pytest.mark.sqlite_only(
+    "moves an in-process FakeClock and checks the file store's files on disk; S3 expiry is covered by test_replicas.py"
+)
+
 
 def body(url: str, **extra: object) -> dict:
     return {

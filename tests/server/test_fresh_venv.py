@@ -4,6 +4,10 @@ enhances an image end to end.
 
 The wheels are built from this checkout; the dependencies are installed at the versions of ``uv.lock``
 from uv's cache (``--offline``: what ``make venv`` downloaded), then the wheels themselves, so that a
+
+pytestmark = pytest.mark.sqlite_only(
+    "installs the wheels into a fresh venv (slow); what it checks does not depend on the store"
+)
 dependency the wheels need but do not declare cannot hide behind the dev venv.
 """
 

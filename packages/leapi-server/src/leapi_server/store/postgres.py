@@ -32,6 +32,7 @@ from leapi_server.store.schema import MIGRATIONS, POSTGRES_SCHEMA
 _SCHEMA_LOCK_KEY = 0x1EA91_5C4E
 #: Seconds to wait for a pooled connection before the call fails (and the API answers 5xx).
 _POOL_TIMEOUT_S = 30.0
+_CONNECT_TIMEOUT_S = 10
 
 
 @functools.lru_cache(maxsize=512)
@@ -79,20 +80,16 @@ class PostgresDatabase:
             name="leapi-store",
         )
         try:
+            # One direct connection first: a database that is down or refuses us fails here at once with
+            # libpq's own words, where the pool would keep retrying until its timeout.
+            with psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT_S) as conn:
+                _create_schema(conn)
             self._pool.open(wait=True, timeout=_POOL_TIMEOUT_S)
-            self._create_schema()
         except (psycopg.Error, TimeoutError) as exc:
             self._pool.close()
             raise DatabaseUnavailableError(
-                f"cannot use the database at {_redacted(url)}: {exc or type(exc).__name__}"
+                f"cannot use the database at {_redacted(url)}: {str(exc).strip() or type(exc).__name__}"
             ) from exc
-
-    def _create_schema(self) -> None:
-        with self._pool.connection() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-            conn.execute(POSTGRES_SCHEMA)
-            for table, column, _sqlite_type, pg_type in MIGRATIONS:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {pg_type}")
 
     @contextmanager
     def write(self) -> Iterator[_Connection]:
@@ -116,6 +113,14 @@ class PostgresDatabase:
 
     def close(self) -> None:
         self._pool.close()
+
+
+def _create_schema(conn: psycopg.Connection[Any]) -> None:
+    """Create or migrate the tables in one transaction, one replica at a time."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
+    conn.execute(POSTGRES_SCHEMA)
+    for table, column, _sqlite_type, pg_type in MIGRATIONS:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {pg_type}")
 
 
 def _redacted(url: str) -> str:

@@ -1,0 +1,254 @@
+"""Replicas: several ``leapi-server`` processes sharing one PostgreSQL database and one S3 bucket (moto).
+
+A replica SIGKILLed with its workers mid-flight loses its leases when they expire (``--lease-seconds``,
+short here) and the others finish its images; a PostgreSQL restart and an S3 outage delay work but lose
+and double-charge nothing. Every check reads what a client sees (the API, the presigned URLs) and what is
+really stored (the database's ledger, the bucket's objects).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import psycopg
+import pytest
+
+from tests.fixtures.s3 import MotoS3Server
+from tests.support.postgres import PostgresCluster
+from tests.support.server import (
+    QUICK_START_OPERATION,
+    BackendSetup,
+    RunningServer,
+    ServerBackend,
+    running_server,
+    wait_for_pipeline,
+)
+
+pytestmark = [pytest.mark.postgres_only("replicas need the shared PostgreSQL + S3 backend"), pytest.mark.slow]
+
+#: Short leases: a killed replica's tasks are taken back within seconds, not the default 30.
+LEASE_S = 3.0
+WEBHOOK_SECRET = "whsec_" + "c2NhbGUtb3V0LXRlc3Qtc2VjcmV0"
+#: One small image per pipeline: the tests are about who does the work, not about the engine.
+OPERATION = {**QUICK_START_OPERATION, "width": 600, "height": 400, "restoration_level": 1}
+
+
+@contextlib.contextmanager
+def replicas(count: int, setup: BackendSetup, *, workers: int = 1) -> Iterator[list[RunningServer]]:
+    """``count`` servers on one database and bucket, each with its own data dir (local scratch)."""
+    shared = ServerBackend(name="shared", setup=lambda _data_dir: setup)
+    args = ("--workers", str(workers), "--lease-seconds", str(LEASE_S), "--rate-limit-per-minute", "0")
+    args += ("--webhook-secret", WEBHOOK_SECRET)
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(running_server(backend=shared, extra_args=args)) for _ in range(count)]
+
+
+@pytest.fixture
+def shared_setup(postgres_backend: ServerBackend) -> BackendSetup:
+    """A fresh database and bucket for this test's replicas."""
+    return postgres_backend.setup(Path(tempfile.mkdtemp(prefix="leapi-replicas-")))
+
+
+def submit(server: RunningServer, urls: list[str]) -> list[int]:
+    ids = []
+    with server.client() as client:
+        for url in urls:
+            body = {"source": {"http": {"url": url}}, "operations": [OPERATION], "sink": {"temp_store": True}}
+            response = client.post("/v1/pipeline", json=body)
+            assert response.status_code == 200, response.text
+            ids.append(response.json()["pipeline"]["id"])
+    return ids
+
+
+def leases(database_url: str) -> dict[str, int]:
+    """RUNNING tasks per boot holding them."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT claimed_by, COUNT(*) FROM tasks WHERE state='RUNNING' GROUP BY claimed_by"
+        )
+        return {str(boot): int(n) for boot, n in rows.fetchall()}
+
+
+def ledger(database_url: str) -> list[tuple[int, int]]:
+    with psycopg.connect(database_url) as conn:
+        return [
+            (int(p), int(c)) for p, c in conn.execute("SELECT pipeline_id, credits FROM ledger").fetchall()
+        ]
+
+
+def bucket_keys(moto: MotoS3Server, temp_store: str) -> set[str]:
+    bucket = temp_store.removeprefix("s3://").split("/", 1)[0]
+    listing = moto.client().list_objects_v2(Bucket=bucket)
+    return {item["Key"] for item in listing.get("Contents", [])}
+
+
+def check_presigned_download(output: dict[str, Any], moto: MotoS3Server) -> None:
+    """``tmp_url`` is a presigned GET on the bucket that names it, and it downloads the image."""
+    url = output["tmp_url"]
+    parts = urlsplit(url)
+    assert f"{parts.scheme}://{parts.netloc}" == moto.endpoint_url
+    query = parse_qs(parts.query)
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"] and "X-Amz-Signature" in query
+    assert parts.path == f"/{output['s3_bucket']}/{output['s3_key_prefix']}{output['s3_key']}"
+    download = httpx.get(url, timeout=30)  # no API key, no AWS credentials: the URL is the credential
+    assert download.status_code == 200, download.text[:300]
+    assert download.headers["content-type"] == "image/jpeg" and download.content[:2] == b"\xff\xd8"
+
+
+@pytest.mark.parametrize(("count", "pipelines"), [(2, 40), (3, 50)], ids=["2-replicas-40", "3-replicas-50"])
+def test_sigkill_one_replica_mid_flight(
+    shared_setup: BackendSetup,
+    moto_s3: MotoS3Server,
+    source_photos: dict[str, str],
+    count: int,
+    pipelines: int,
+) -> None:
+    photos = [source_photos["burger.jpg"], source_photos["cat.jpg"], source_photos["rocket.jpg"]]
+    database_url = shared_setup.database_url
+    assert database_url is not None and shared_setup.temp_store is not None
+    with replicas(count, shared_setup) as servers:
+        victim, survivors = servers[0], servers[1:]
+        ids: list[int] = []
+        for i in range(pipelines):  # every replica accepts its share
+            ids += submit(servers[i % count], [photos[i % len(photos)]])
+
+        # Kill the victim once it holds leases, i.e. with images of its own in flight.
+        deadline = time.monotonic() + 60
+        held: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            held = leases(database_url)
+            if len(held) == count:
+                break
+            time.sleep(0.05)
+        assert len(held) == count, f"not every replica was busy: {held}"
+        victim.kill()
+        assert victim.process is not None and victim.process.returncode == -9
+
+        survivor = survivors[0]
+        with survivor.client() as client:
+            finished = [wait_for_pipeline(client, pipeline_id, timeout=240) for pipeline_id in ids]
+            usage = client.get("/v1/me/usage/").json()
+        # Any live replica answers for any pipeline, including those the dead one accepted.
+        with survivors[-1].client() as other:
+            assert other.get(f"/v1/pipeline/{ids[0]}").json()["pipeline"]["status"] == "DONE"
+
+    assert [p["status"] for p in finished] == ["DONE"] * pipelines
+    assert usage["used"] == pipelines
+    assert sorted(ledger(database_url)) == sorted((pipeline_id, 1) for pipeline_id in ids)
+    outputs = [p["results"][0]["output_object"] for p in finished]
+    for output in outputs:
+        check_presigned_download(output, moto_s3)
+    # No stray object: the bucket holds exactly the outputs the pipelines point at.
+    assert bucket_keys(moto_s3, shared_setup.temp_store) == {
+        o["s3_key_prefix"] + o["s3_key"] for o in outputs
+    }
+    # The victim's images were re-run by the others: some image needed a second attempt.
+    with psycopg.connect(database_url) as conn:
+        rerun = conn.execute("SELECT COUNT(*) FROM tasks WHERE attempts > 1").fetchone()
+    assert rerun is not None and rerun[0] >= 1
+
+
+def test_postgres_restart_mid_run(
+    shared_setup: BackendSetup, postgres_cluster: PostgresCluster, source_photos: dict[str, str]
+) -> None:
+    database_url = shared_setup.database_url
+    assert database_url is not None
+    with replicas(2, shared_setup) as servers:
+        ids = [
+            *submit(servers[0], [source_photos["burger.jpg"]] * 8),
+            *submit(servers[1], [source_photos["cat.jpg"]] * 8),
+        ]
+        postgres_cluster.restart()  # every connection of both replicas is dropped mid-run
+        ids += submit(servers[1], [source_photos["rocket.jpg"]] * 4)  # and they accept work again
+        with servers[0].client() as client:
+            finished = [wait_for_pipeline(client, pipeline_id, timeout=180) for pipeline_id in ids]
+            usage = client.get("/v1/me/usage/").json()
+    assert [p["status"] for p in finished] == ["DONE"] * len(ids)
+    assert usage["used"] == len(ids)
+    assert sorted(ledger(database_url)) == sorted((pipeline_id, 1) for pipeline_id in ids)
+
+
+def test_s3_down_for_a_while(
+    postgres_cluster: PostgresCluster, tmp_path_factory: pytest.TempPathFactory, source_photos: dict[str, str]
+) -> None:
+    """S3 (its own moto server, stopped for a few seconds) refuses the uploads: images are retried, and
+    end DONE once it is back, or FAILED saying that storing failed; nothing is charged twice."""
+    from tests.fixtures.postgres import s3_environment
+
+    moto = MotoS3Server(tmp_path_factory.mktemp("moto-outage") / "moto.log")
+    moto.start()
+    try:
+        moto.client().create_bucket(Bucket="outage")
+        setup = BackendSetup(
+            database_url=postgres_cluster.create_database("leapi_s3_outage"),
+            temp_store="s3://outage/results",
+            env=s3_environment(moto),
+        )
+        with replicas(1, setup, workers=2) as (server,):
+            moto.stop()
+            ids = submit(server, [source_photos["burger.jpg"], source_photos["cat.jpg"]] * 3)
+            time.sleep(4.0)
+            moto.start(port=moto.port)  # back, empty (moto keeps nothing): the bucket is made again
+            moto.client().create_bucket(Bucket="outage")
+            with server.client() as client:
+                finished = [wait_for_pipeline(client, pipeline_id, timeout=180) for pipeline_id in ids]
+                usage = client.get("/v1/me/usage/").json()
+            logs = server.logs()
+    finally:
+        moto.stop()
+    assert usage["used"] == len(ids)
+    assert sorted(ledger(setup.database_url or "")) == sorted((pipeline_id, 1) for pipeline_id in ids)
+    assert "re-queued" in logs or "could not be stored" in logs, "the outage was never noticed"
+    for pipeline in finished:
+        result = pipeline["results"][0]
+        if pipeline["status"] == "DONE":
+            assert result["output_object"]["tmp_url"].startswith(moto.endpoint_url)
+        else:
+            assert "could not be stored" in result["error"], result
+
+
+def test_unreachable_database_or_bucket_refuses_to_start(
+    tmp_path: Path, moto_s3: MotoS3Server, postgres_cluster: PostgresCluster
+) -> None:
+    from tests.fixtures.postgres import s3_environment
+    from tests.support.server import free_port
+
+    def start(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [
+            sys.executable,
+            "-m",
+            "leapi_server",
+            "--api-key",
+            "k",
+            "--data-dir",
+            str(tmp_path / "d"),
+            *args,
+        ]
+        env = {**os.environ, **s3_environment(moto_s3)}
+        return subprocess.run(command, check=False, capture_output=True, text=True, timeout=120, env=env)
+
+    down = start(
+        "--port", str(free_port()), "--database-url", f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+    )
+    assert down.returncode == 5, down.stderr[-2000:]
+    assert "cannot use the database at postgresql://postgres@127.0.0.1" in down.stderr
+
+    url = postgres_cluster.create_database("leapi_refuse")
+    missing = start(
+        "--port", str(free_port()), "--database-url", url, "--temp-store", "s3://no-such-bucket/x"
+    )
+    assert missing.returncode == 6, missing.stderr[-2000:]
+    assert "cannot use the temp store s3://no-such-bucket/x" in missing.stderr
+
+    bad = start("--temp-store", "ftp://x")
+    assert bad.returncode == 2 and "use file:// or s3://bucket/prefix" in bad.stderr
