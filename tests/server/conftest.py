@@ -66,10 +66,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "server_backend" in metafunc.fixturenames:
-        only = metafunc.definition.get_closest_marker("sqlite_only")
-        metafunc.parametrize(
-            "server_backend", ["sqlite"] if only else BACKENDS, indirect=True, scope="session"
-        )
+        backends: tuple[str, ...] = BACKENDS
+        if metafunc.definition.get_closest_marker("sqlite_only"):
+            backends = ("sqlite",)
+        elif metafunc.definition.get_closest_marker("postgres_only"):
+            backends = ("postgres",)
+        metafunc.parametrize("server_backend", backends, indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")
