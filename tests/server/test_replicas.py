@@ -8,11 +8,14 @@ really stored (the database's ledger, the bucket's objects).
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import http.server
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +34,7 @@ from tests.support.server import (
     RunningServer,
     ServerBackend,
     running_server,
+    serve_http,
     wait_for_pipeline,
 )
 
@@ -44,11 +48,13 @@ OPERATION = {**QUICK_START_OPERATION, "width": 600, "height": 400, "restoration_
 
 
 @contextlib.contextmanager
-def replicas(count: int, setup: BackendSetup, *, workers: int = 1) -> Iterator[list[RunningServer]]:
+def replicas(
+    count: int, setup: BackendSetup, *, workers: int = 1, extra_args: tuple[str, ...] = ()
+) -> Iterator[list[RunningServer]]:
     """``count`` servers on one database and bucket, each with its own data dir (local scratch)."""
     shared = ServerBackend(name="shared", setup=lambda _data_dir: setup)
     args = ("--workers", str(workers), "--lease-seconds", str(LEASE_S), "--rate-limit-per-minute", "0")
-    args += ("--webhook-secret", WEBHOOK_SECRET)
+    args += ("--webhook-secret", WEBHOOK_SECRET, *extra_args)
     with contextlib.ExitStack() as stack:
         yield [stack.enter_context(running_server(backend=shared, extra_args=args)) for _ in range(count)]
 
@@ -156,6 +162,64 @@ def test_sigkill_one_replica_mid_flight(
     with psycopg.connect(database_url) as conn:
         rerun = conn.execute("SELECT COUNT(*) FROM tasks WHERE attempts > 1").fetchone()
     assert rerun is not None and rerun[0] >= 1
+
+
+def test_each_webhook_attempt_is_sent_by_one_replica_with_one_id(
+    shared_setup: BackendSetup, source_photos: dict[str, str]
+) -> None:
+    """Three replicas poll the same deliveries; the receiver refuses each delivery's first attempt. Every
+    delivery then arrives exactly twice (the refused try and its one retry), both times with one id."""
+    calls: collections.Counter[str] = collections.Counter()
+    bodies: dict[str, set[bytes]] = collections.defaultdict(set)
+    lock = threading.Lock()
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with lock:
+                webhook_id = self.headers["webhook-id"]
+                calls[webhook_id] += 1
+                bodies[webhook_id].add(body)
+                first = calls[webhook_id] == 1
+            self.send_response(500 if first else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    pipelines = 9
+    with (
+        serve_http(Receiver) as receiver_url,
+        replicas(
+            3, shared_setup, extra_args=("--webhook-retry-delays", "0.5,0.5", "--webhook-timeout", "5")
+        ) as servers,
+    ):
+        ids = []
+        for i in range(pipelines):
+            body = {
+                "source": {"http": {"url": source_photos["cat.jpg"]}},
+                "notify_url": f"{receiver_url}/hook",
+                "operations": [OPERATION],
+                "sink": {"temp_store": True},
+            }
+            with servers[i % 3].client() as client:
+                ids.append(client.post("/v1/pipeline", json=body).json()["pipeline"]["id"])
+        with servers[0].client() as client:
+            for pipeline_id in ids:
+                wait_for_pipeline(client, pipeline_id, timeout=120)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                records = [client.get(f"/v1/pipeline/{p}/webhooks").json()["deliveries"] for p in ids]
+                if all(r and r[0]["state"] == "DELIVERED" for r in records):
+                    break
+                time.sleep(0.2)
+        time.sleep(2.0)  # a duplicate attempt, if any replica were to send one, would arrive by now
+    assert len(calls) == pipelines, calls
+    assert set(calls.values()) == {2}, calls
+    assert all(len(b) == 1 for b in bodies.values()), "a retry sent another body"
+    for record in records:
+        assert [a["status_code"] for a in record[0]["attempts"]] == [500, 200], record
 
 
 def test_postgres_restart_mid_run(
