@@ -62,12 +62,18 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "sqlite_only(reason): runs on the SQLite + file backend only (the reason says why)"
     )
     config.addinivalue_line("markers", "postgres_only(reason): runs on the PostgreSQL + S3 backend only")
+    config.addinivalue_line(
+        "markers",
+        "own_backends: starts no server on the run's backend (it opens the backends itself): runs once",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "server_backend" in metafunc.fixturenames:
         backends: tuple[str, ...] = BACKENDS
-        if metafunc.definition.get_closest_marker("sqlite_only"):
+        if metafunc.definition.get_closest_marker("sqlite_only") or metafunc.definition.get_closest_marker(
+            "own_backends"
+        ):
             backends = ("sqlite",)
         elif metafunc.definition.get_closest_marker("postgres_only"):
             backends = ("postgres",)

@@ -127,9 +127,18 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*self._inflight.values(), return_exceptions=True)
         if self._pool is not None:
-            # Leased tasks stay RUNNING in the store; the next start re-queues them.
             _terminate_pool(self._pool)
             self._pool = None
+        if not self.store.database.exclusive:
+            # Replicas: hand our leases back now, so that a rolling restart does not leave images waiting
+            # for the leases to expire (alone on SQLite, the next start re-queues them anyway).
+            try:
+                returned = await asyncio.to_thread(self.store.tasks.release_all, boot_id=self.boot_id)
+            except Exception:
+                log.exception("returning leases at shutdown failed; they expire instead")
+            else:
+                if returned:
+                    log.info("returned %d leased task(s) to the queue", returned)
 
     # -- loop -----------------------------------------------------------------------------------------
 

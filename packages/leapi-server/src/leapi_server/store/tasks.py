@@ -179,6 +179,16 @@ class TaskQueue:
                 return False
             return _finish_pipeline_if_done(self._db, conn, pipeline_id, now)
 
+    def release_all(self, *, boot_id: str) -> int:
+        """At a graceful stop: put every task this boot holds back to PENDING, without using an attempt
+        (they were stopped, not crashed). Returns how many."""
+        with self._db.write() as conn:
+            return conn.execute(
+                "UPDATE tasks SET state=?, claimed_by=NULL, lease_until=NULL, attempts=attempts-1 "
+                "WHERE state=? AND claimed_by=?",
+                (_PENDING, _RUNNING, boot_id),
+            ).rowcount
+
     def release(
         self, *, pipeline_id: int, index: int, boot_id: str, max_attempts: int, count_attempt: bool = True
     ) -> bool:
