@@ -86,6 +86,8 @@ class Measured:
 
     label: str
     workers: int
+    #: The machine's 1-minute load average at the end of the load (other users of the cores show here).
+    load_average: float
     baseline: Tally
     tally: Tally
     busy: list[int]
@@ -275,6 +277,7 @@ def measure(label: str, servers: list[RunningServer], workers: int, source_url: 
     server_cpu0 = sum(_cpu_seconds(pid) for pid in pids)
     tally, busy = asyncio.run(run_clients(base_urls, source_url, CLIENTS, LOAD_SECONDS))
     load_wall = time.monotonic() - load_started
+    load_average = os.getloadavg()[0]
     server_cpu = (sum(_cpu_seconds(pid) for pid in pids) - server_cpu0) / load_wall
     client_cpu = (_own_cpu() - client_cpu0) / load_wall
     # Drained through the last replica: any replica answers for any pipeline.
@@ -287,6 +290,7 @@ def measure(label: str, servers: list[RunningServer], workers: int, source_url: 
     return Measured(
         label=label,
         workers=workers,
+        load_average=load_average,
         baseline=baseline,
         tally=tally,
         busy=busy,
@@ -366,7 +370,7 @@ def report(results: list[Measured]) -> str:
         return f"| {name} | " + " | ".join(str(cell(r)) for r in results) + " |"
 
     lines = [
-        "## Server under load: 500 concurrent clients, three deployments (`server_load`)",
+        f"## Server under load: {CLIENTS} concurrent clients, three deployments (`server_load`)",
         "",
         (
             f"Each deployment in turn, in one run: {CLIENTS} asyncio httpx clients for {LOAD_SECONDS:g} s, each "
@@ -381,6 +385,7 @@ def report(results: list[Measured]) -> str:
         header,
         rule,
         line("worker processes", lambda r: f"{r.workers} per replica"),
+        line("machine load average (1 min) at the end of the load", lambda r: f"{r.load_average:.1f}"),
         line(
             "idle POST p50 / p99",
             lambda r: f"{ms(r.baseline.post_latency, 50)} / {ms(r.baseline.post_latency, 99)}",
