@@ -4,10 +4,6 @@ enhances an image end to end.
 
 The wheels are built from this checkout; the dependencies are installed at the versions of ``uv.lock``
 from uv's cache (``--offline``: what ``make venv`` downloaded), then the wheels themselves, so that a
-
-pytestmark = pytest.mark.sqlite_only(
-    "installs the wheels into a fresh venv (slow); what it checks does not depend on the store"
-)
 dependency the wheels need but do not declare cannot hide behind the dev venv.
 """
 
@@ -26,6 +22,11 @@ import pytest
 from PIL import Image
 
 from tests.support.server import quick_start_body, running_server, wait_for_pipeline
+
+pytestmark = pytest.mark.sqlite_only(
+    "installs the base wheels (no postgres/s3 extras) into a fresh venv; what it checks does not depend "
+    "on the store"
+)
 
 REPO = Path(__file__).resolve().parents[2]
 WHEELS = ("leapi", "leapi-server")

@@ -300,4 +300,4 @@ def _temp_store(config: ServerConfig, clock: Clock) -> TempStore:
     # Imported here: boto3 is the optional ``s3`` extra.
     from leapi_server.tempstore_s3 import S3TempStore
 
-    return S3TempStore(spec=config.temp_store, scratch=config.temp_dir)
+    return S3TempStore(spec=config.temp_store, scratch=config.temp_dir, clock=clock)

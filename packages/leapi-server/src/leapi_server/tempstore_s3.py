@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import datetime
 import mimetypes
-import time
 from pathlib import Path
 from typing import Any
 
+from leapi_server.clock import SYSTEM_CLOCK, Clock
 from leapi_server.tempstore import S3_SCHEME, TempStoreUnavailableError, TempUrlError, key_token
 
 #: An object no task references is a stray only once it is this old: younger ones may belong to a task
@@ -44,9 +44,11 @@ class S3TempStore:
     :param spec: ``s3://bucket/prefix``.
     :param scratch: local folder the workers write outputs into before the upload.
     :param client: a botocore S3 client; default one from the AWS environment.
+    :param clock: the server's clock: a URL is presigned for what is left of its output's lifetime.
     """
 
-    def __init__(self, *, spec: str, scratch: Path, client: Any = None) -> None:
+    def __init__(self, *, spec: str, scratch: Path, client: Any = None, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock
         self.bucket, self.prefix = parse_s3_spec(spec)
         self.root = Path(scratch)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -87,7 +89,7 @@ class S3TempStore:
         path.unlink(missing_ok=True)
 
     def url(self, base_url: str, key: str, expires: int) -> str:
-        lifetime = min(max(int(expires - time.time()), 1), MAX_PRESIGN_S)
+        lifetime = min(max(int(expires - self._clock()), 1), MAX_PRESIGN_S)
         return str(
             self._client.generate_presigned_url(
                 "get_object",

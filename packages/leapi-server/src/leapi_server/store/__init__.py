@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from leapi_server.clock import SYSTEM_CLOCK, Clock
-from leapi_server.store.database import Database, SqliteDatabase
+from leapi_server.store.database import Database, DatabaseUnavailableError, SqliteDatabase
 from leapi_server.store.pipelines import PipelineTable
 from leapi_server.store.rows import (
     ClaimedTask,
@@ -71,8 +71,12 @@ def open_database(url: str, *, pool_size: int = 10) -> Database:
     check_database_url(url)
     if url.startswith(SQLITE_SCHEME):
         return SqliteDatabase(path=Path(url[len(SQLITE_SCHEME) :]))
-    # Imported here: psycopg is the optional ``postgres`` extra.
-    from leapi_server.store.postgres import PostgresDatabase
+    try:  # imported here: psycopg is the optional ``postgres`` extra
+        from leapi_server.store.postgres import PostgresDatabase
+    except ImportError as exc:
+        raise DatabaseUnavailableError(
+            f"--database-url postgresql:// needs psycopg ({exc}): install leapi-server[postgres]"
+        ) from exc
 
     return PostgresDatabase(url=url, pool_size=pool_size)
 
