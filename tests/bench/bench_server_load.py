@@ -237,7 +237,12 @@ async def drain(base_url: str, accepted: dict[int, str]) -> tuple[collections.Co
 
         async def status(pipeline_id: int, key: str) -> str:
             async with semaphore:
-                response = await http.get(f"/v1/pipeline/{pipeline_id}", headers={"X-API-KEY": key})
+                try:
+                    response = await http.get(f"/v1/pipeline/{pipeline_id}", headers={"X-API-KEY": key})
+                except httpx.TransportError:
+                    # A kept-alive connection the server closed as idle (uvicorn: after 5 s) while this
+                    # request was sent on it: asked again next round. A server that is gone shows as lost.
+                    return "PROCESSING"
                 return response.json()["pipeline"]["status"] if response.status_code == 200 else "MISSING"
 
         while pending and time.monotonic() - started < DRAIN_TIMEOUT_S:
