@@ -222,6 +222,37 @@ def test_each_webhook_attempt_is_sent_by_one_replica_with_one_id(
         assert [a["status_code"] for a in record[0]["attempts"]] == [500, 200], record
 
 
+def test_quota_and_idempotency_hold_across_replicas(
+    shared_setup: BackendSetup, source_photos: dict[str, str]
+) -> None:
+    """Submits racing on two replicas: one Idempotency-Key makes one pipeline, and a monthly quota of 5
+    accepts exactly 5 images, however the requests are spread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {
+        "source": {"http": {"url": source_photos["cat.jpg"]}},
+        "operations": [OPERATION],
+        "sink": {"temp_store": True},
+    }
+    with replicas(2, shared_setup, extra_args=("--monthly-quota", "5")) as servers:
+
+        def post(i: int, key: str | None) -> httpx.Response:
+            headers = {"Idempotency-Key": key} if key else {}
+            with servers[i % 2].client() as client:
+                return client.post("/v1/pipeline", json=body, headers=headers)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            same_key = list(pool.map(lambda i: post(i, "order-1"), range(8)))
+            racing = list(pool.map(lambda i: post(i, None), range(8)))
+        with servers[1].client() as client:
+            usage = client.get("/v1/me/usage/").json()
+    assert [r.status_code for r in same_key] == [200] * 8
+    assert len({r.json()["pipeline"]["id"] for r in same_key}) == 1
+    # 1 credit for the idempotent pipeline, then 4 more fit in the quota of 5; the rest are 402.
+    assert sorted(r.status_code for r in racing) == [200] * 4 + [402] * 4
+    assert usage["used"] == 5
+
+
 def test_postgres_restart_mid_run(
     shared_setup: BackendSetup, postgres_cluster: PostgresCluster, source_photos: dict[str, str]
 ) -> None:
