@@ -1,5 +1,6 @@
 """The store on both backends, below the API: schema migration of an older database, concurrent schema
-creation by replicas starting at once, and leases (claim, heartbeat, expiry, graceful release)."""
+creation by replicas starting at once, leases (claim, heartbeat, expiry, graceful release), and the S3
+temp store's sweep of stray objects."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from leapi_server.store import Store, TaskState, open_database
 from leapi_server.store.schema import MIGRATIONS, POSTGRES_SCHEMA, SQLITE_SCHEMA
+from tests.fixtures.s3 import MotoS3Server
 from tests.support.postgres import PostgresCluster
 
 pytestmark = pytest.mark.own_backends
@@ -121,3 +123,21 @@ def test_leases_expire_unless_renewed_and_are_returned_at_stop(database_url: str
         assert [(t.state, t.attempts) for t in states[1]] == [(TaskState.PENDING, 0), (TaskState.PENDING, 1)]
     finally:
         store.close()
+
+
+def test_s3_sweep_removes_only_old_unreferenced_objects(
+    moto_s3: MotoS3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from leapi_server import tempstore_s3
+
+    s3 = moto_s3.client()
+    s3.create_bucket(Bucket="sweep")
+    store = tempstore_s3.S3TempStore(spec="s3://sweep/out", scratch=tmp_path / "scratch", client=s3)
+    for key in ("out/p/1/live_a.jpg", "out/p/2/stray_b.jpg", "elsewhere/p/3/not_ours.jpg"):
+        s3.put_object(Bucket="sweep", Key=key, Body=b"x")
+
+    assert store.remove_strays({"p/1/live_a.jpg"}) == 0  # the stray is younger than the grace period
+    monkeypatch.setattr(tempstore_s3, "ORPHAN_GRACE_S", -60.0)
+    assert store.remove_strays({"p/1/live_a.jpg"}) == 1
+    left = {item["Key"] for item in s3.list_objects_v2(Bucket="sweep")["Contents"]}
+    assert left == {"out/p/1/live_a.jpg", "elsewhere/p/3/not_ours.jpg"}

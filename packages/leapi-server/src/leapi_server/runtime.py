@@ -148,6 +148,9 @@ class Runtime:
             self.store.tasks.mark_collected([(p, i) for p, i, _ in expired])
             log.info("removed %d expired temp file(s)", len(expired))
         self.store.pipelines.forget_idempotency_keys(ttl_s=self.config.idempotency_ttl_s)
+        strays = self.temp_store.remove_strays(self.store.tasks.live_output_keys())
+        if strays:
+            log.info("removed %d stray output(s) no task references", strays)
         return len(expired)
 
     # -- operations the routes call -------------------------------------------------------------------

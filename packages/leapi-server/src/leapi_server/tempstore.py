@@ -114,6 +114,10 @@ class TempStore(Protocol):
         """At start: delete outputs no task references; returns how many."""
         ...
 
+    def remove_strays(self, live_keys: set[str]) -> int:
+        """While running (every sweep): delete old outputs no task references; returns how many."""
+        ...
+
 
 def safe_basename(url_path: str, *, fallback: str = "image") -> str:
     """The source file name without extension, reduced to characters safe in a key (``burger`` for
@@ -192,6 +196,10 @@ class FileTempStore:
         path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             path.parent.rmdir()  # the pipeline's folder, once empty
+
+    def remove_strays(self, live_keys: set[str]) -> int:
+        """Nothing to do while running: one server owns the folder, and its start removed the orphans."""
+        return 0
 
     def remove_orphans(self, live_keys: set[str]) -> int:
         """Delete files no task references (partial writes, outputs of tasks that were re-run).

@@ -113,11 +113,17 @@ class S3TempStore:
         self._client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
 
     def remove_orphans(self, live_keys: set[str]) -> int:
-        """Empty the local scratch (at start nothing in it is being written), and delete objects under
-        the prefix that no task references and that are older than :data:`ORPHAN_GRACE_S`."""
+        """At start: empty the local scratch (nothing in it is being written yet), then
+        :meth:`remove_strays`."""
         for path in self.root.rglob("*"):
             if path.is_file():
                 path.unlink(missing_ok=True)
+        return self.remove_strays(live_keys)
+
+    def remove_strays(self, live_keys: set[str]) -> int:
+        """Delete objects under the prefix that no task references and that are older than
+        :data:`ORPHAN_GRACE_S` (an image re-run after its replica died, then failed). Safe while any
+        replica works: a younger object may be an upload whose task is being recorded right now."""
         cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=ORPHAN_GRACE_S)
         removed = 0
         paginator = self._client.get_paginator("list_objects_v2")
