@@ -88,11 +88,38 @@ def server_backend(request: pytest.FixtureRequest) -> ServerBackend:
     return request.getfixturevalue("postgres_backend")
 
 
+#: The backend objects of this session by name, filled as ``server_backend`` creates them.
+_RESOLVED: dict[str, ServerBackend] = {}
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _servers_use_backend(server_backend: ServerBackend) -> Iterator[ServerBackend]:
-    """Every server a test starts (``running_server``, ``in_process_server``) runs on ``server_backend``."""
-    with use_backend(server_backend):
-        yield server_backend
+def _servers_use_backend(server_backend: ServerBackend) -> ServerBackend:
+    """Every server test runs once per backend (autouse: the parametrization reaches every test), and the
+    servers it starts use it (see :func:`pytest_runtest_setup`)."""
+    _RESOLVED[server_backend.name] = server_backend
+    return server_backend
+
+
+def _item_backend(item: pytest.Item) -> ServerBackend:
+    """A stand-in for the item's backend, resolved when a server starts (after ``server_backend`` was
+    set up): servers started by its fixtures or its body without an explicit backend use it."""
+    callspec = getattr(item, "callspec", None)
+    name = callspec.params.get("server_backend", "sqlite") if callspec else "sqlite"
+    return ServerBackend(name=name, setup=lambda data_dir: _RESOLVED[name].setup(data_dir))
+
+
+# Per phase of each server test, not for the session: tests elsewhere (tests/leapi, tests/integration, in
+# any order) keep the SQLite default.
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with use_backend(_item_backend(item)):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with use_backend(_item_backend(item)):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -104,5 +131,6 @@ def leapi_server(
         data_dir=tmp_path_factory.mktemp(f"leapi-server-{_servers_use_backend.name}"),
         api_keys=("test-key", "other-key"),
         extra_args=("--workers", "2", "--rate-limit-per-minute", "0", "--monthly-quota", "0"),
+        backend=_servers_use_backend,
     ) as server:
         yield server
