@@ -14,7 +14,6 @@ import http.server
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -60,9 +59,9 @@ def replicas(
 
 
 @pytest.fixture
-def shared_setup(postgres_backend: ServerBackend) -> BackendSetup:
-    """A fresh database and bucket for this test's replicas."""
-    return postgres_backend.setup(Path(tempfile.mkdtemp(prefix="leapi-replicas-")))
+def shared_setup(postgres_backend: ServerBackend, tmp_path: Path) -> BackendSetup:
+    """A fresh database and bucket for this test's replicas (named after a path of this test's own)."""
+    return postgres_backend.setup(tmp_path / "replicas")
 
 
 def submit(server: RunningServer, urls: list[str]) -> list[int]:
