@@ -26,7 +26,7 @@ venv: $(VENV)/.synced
 
 # Lint, format and type checks first: CI fails on any of them before a test runs. Then the catalog under a
 # real Airflow (make e2e, ~1.5 min), then the suite (its summary stays the last lines of the output).
-test: lint
+test: lint postgres
 	$(MAKE) --no-print-directory e2e
 	$(PY) -m pytest
 
@@ -68,7 +68,7 @@ clean:
 # marketplace_feed_etl headless and checking it through the REST API (tests/e2e). EXECUTOR=celery:
 # CeleryExecutor with a Redis broker and two Celery workers.
 EXECUTOR ?= local
-.PHONY: e2e airflow redis
+.PHONY: e2e airflow redis postgres
 e2e: venv $(if $(filter celery,$(EXECUTOR)),redis)
 	$(PY) -m tests.e2e --executor $(EXECUTOR)
 
@@ -83,3 +83,11 @@ redis:
 	@command -v redis-server >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server \
 	  && { service redis-server stop >/dev/null 2>&1 || true; }; }
+
+# PostgreSQL from Debian when it is missing (we run as root). Only the binaries are used: the server tests
+# start their own cluster (as the postgres user: initdb refuses root) on a free loopback port, so the
+# package's system cluster is stopped if it started (tests/support/postgres.py).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql \
+	  && { service postgresql stop >/dev/null 2>&1 || true; }; }

@@ -16,4 +16,5 @@ pytest_plugins = [
     "tests.fixtures.server",
     "tests.fixtures.airflow",
     "tests.fixtures.s3",
+    "tests.fixtures.postgres",
 ]

@@ -111,7 +111,7 @@ def s3_fingerprints(
     certain failure. Other errors leave the fingerprint empty (the image is re-enhanced).
     """
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-    from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+    from botocore.exceptions import BotoCoreError, ClientError
 
     client = S3Hook(aws_conn_id=aws_conn_id).get_conn()
 

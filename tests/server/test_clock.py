@@ -20,6 +20,7 @@ from leapi_server.config import (
     DEFAULT_TEMP_URL_TTL_S,
     DEFAULT_WEBHOOK_RETRY_DELAYS_S,
 )
+from tests.fixtures.s3 import MotoS3Server
 from tests.support.server import (
     QUICK_START_OPERATION,
     FakeClock,
@@ -71,6 +72,9 @@ def wait_for_all(client: httpx.Client, answers: list[httpx.Response]) -> None:
             wait_for_pipeline(client, answer.json()["pipeline"]["id"])
 
 
+@pytest.mark.sqlite_only(
+    "the file store's own signed URL and file; with S3: test_expired_output_leaves_the_bucket"
+)
 def test_temp_url_expires_after_24_hours_and_its_file_is_collected(
     server: InProcessServer, source_photos: dict[str, str]
 ) -> None:
@@ -93,6 +97,30 @@ def test_temp_url_expires_after_24_hours_and_its_file_is_collected(
     assert response.status_code == 403
     assert response.json()["status"] == "REJECTED" and "expired" in response.json()["reason"]
     wait_until(lambda: not stored.exists(), timeout=10)
+
+
+@pytest.mark.postgres_only("the S3 temp store's sweep")
+def test_expired_output_leaves_the_bucket(
+    server: InProcessServer, source_photos: dict[str, str], moto_s3: MotoS3Server
+) -> None:
+    """With S3, the presigned URL expires by S3's own clock; the server's sweep deletes the object once the
+    output's 24 hours are over by the server's clock."""
+    with server.client() as client:
+        response = client.post("/v1/pipeline", json=body(source_photos["burger.jpg"]))
+        pipeline = wait_for_pipeline(client, response.json()["pipeline"]["id"])
+    output = pipeline["results"][0]["output_object"]
+    bucket, key = output["s3_bucket"], output["s3_key_prefix"] + output["s3_key"]
+    s3 = moto_s3.client()
+
+    def stored() -> bool:
+        return s3.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0) == 1
+
+    assert stored() and "X-Amz-Expires=86400" in output["tmp_url"]
+    server.advance(DEFAULT_TEMP_URL_TTL_S - 1)
+    time.sleep(1.0)  # a sweep ran (wake) and kept it
+    assert stored()
+    server.advance(2)
+    wait_until(lambda: not stored(), timeout=10)
 
 
 def test_idempotency_key_is_remembered_for_24_hours(

@@ -15,6 +15,10 @@ import pytest
 
 from tests.support.server import QUICK_START_OPERATION, running_server, wait_for_pipeline
 
+pytestmark = pytest.mark.sqlite_only(
+    "reads the SQLite file and the local temp folder to check what a crash left (the PostgreSQL + S3 crash tests are tests/server/test_replicas.py)"
+)
+
 PIPELINES = 8
 URLS_PER_PIPELINE = 2
 

@@ -36,6 +36,10 @@ from tests.support.server import (
     wait_for_pipeline,
 )
 
+pytestmark = pytest.mark.sqlite_only(
+    "checks the SQLite file and the local temp folder after worker and server crashes (the PostgreSQL + S3 crash tests are tests/server/test_replicas.py)"
+)
+
 #: Seed of the kill schedule; set LEAPI_FAULT_SEED to replay another schedule.
 SEED = int(os.environ.get("LEAPI_FAULT_SEED", "6"))
 PIPELINES = 50

@@ -23,6 +23,11 @@ from PIL import Image
 
 from tests.support.server import quick_start_body, running_server, wait_for_pipeline
 
+pytestmark = pytest.mark.sqlite_only(
+    "installs the base wheels (no postgres/s3 extras) into a fresh venv; what it checks does not depend "
+    "on the store"
+)
+
 REPO = Path(__file__).resolve().parents[2]
 WHEELS = ("leapi", "leapi-server")
 

@@ -12,6 +12,10 @@ import pytest
 
 from tests.support.server import RunningServer, running_server
 
+pytestmark = pytest.mark.sqlite_only(
+    "fuzzes the HTTP contract (validation before any store call); the store is not what it tests"
+)
+
 CHECKS = (
     "not_a_server_error",
     "status_code_conformance",

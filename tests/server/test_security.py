@@ -215,6 +215,9 @@ def _tamper(url: str, **changes: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{path}?" + "&".join(f"{k}={v}" for k, v in query.items())
 
 
+@pytest.mark.sqlite_only(
+    "this server's own signed /v1/tmp URLs (file store); with S3, tmp_url is S3's presigned URL"
+)
 def test_tampered_temp_urls_are_403(strict_server: RunningServer, finished_output: dict) -> None:
     url = finished_output["tmp_url"]
     assert httpx.get(url).status_code == 200
@@ -232,6 +235,9 @@ def test_tampered_temp_urls_are_403(strict_server: RunningServer, finished_outpu
         assert response.json()["status"] == "REJECTED"
 
 
+@pytest.mark.sqlite_only(
+    "this server's own signed /v1/tmp URLs (file store); with S3, tmp_url is S3's presigned URL"
+)
 def test_path_traversal_is_refused_even_when_signed(strict_server: RunningServer) -> None:
     key_file = strict_server.data_dir / "url-signing-key"
     secret = key_file.read_text().strip().encode()
@@ -248,6 +254,9 @@ def test_path_traversal_is_refused_even_when_signed(strict_server: RunningServer
 # -- keys ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only(
+    "this server's own signed /v1/tmp URLs (file store); with S3, tmp_url is S3's presigned URL"
+)
 def test_api_keys_and_signatures_never_reach_the_logs(
     strict_server: RunningServer, finished_output: dict
 ) -> None:

@@ -16,6 +16,10 @@ from leapi_server.engine.restoration_spec import MODEL_PATH
 from leapi_server.engine_check import EngineUnavailableError, check_engine
 from tests.support.server import free_port
 
+pytestmark = pytest.mark.sqlite_only(
+    "checks the data-dir lock and the engine check, which come before the store is opened"
+)
+
 #: Put on PYTHONPATH, this makes the named top-level modules fail to import, as if not installed.
 _BLOCKING_SITECUSTOMIZE = """
 import sys

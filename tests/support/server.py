@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -39,6 +40,53 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendSetup:
+    """What one server on one data dir is told about its state: ``--database-url``, ``--temp-store`` and
+    the environment they need (``AWS_*``). ``None``: the server's default (SQLite, file)."""
+
+    database_url: str | None = None
+    temp_store: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def args(self) -> list[str]:
+        args = ["--database-url", self.database_url] if self.database_url else []
+        return args + (["--temp-store", self.temp_store] if self.temp_store else [])
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerBackend:
+    """Where test servers keep their state: ``sqlite`` (SQLite + file, the default) or ``postgres``
+    (PostgreSQL + S3, see ``tests/fixtures/postgres.py``).
+
+    :param name: the test id part.
+    :param setup: data dir -> its :class:`BackendSetup`. The same data dir gets the same database and
+        bucket (a server restarted on its data dir finds its state); another one gets fresh ones.
+    """
+
+    name: str
+    setup: Callable[[Path], BackendSetup] = lambda _data_dir: BackendSetup()
+
+
+SQLITE_BACKEND = ServerBackend(name="sqlite")
+_default_backend: list[ServerBackend] = [SQLITE_BACKEND]
+
+
+@contextlib.contextmanager
+def use_backend(backend: ServerBackend) -> Iterator[ServerBackend]:
+    """Servers started meanwhile without an explicit ``backend`` use ``backend`` (the server suite runs
+    once per backend through this)."""
+    _default_backend.append(backend)
+    try:
+        yield backend
+    finally:
+        _default_backend.remove(backend)
+
+
+def default_backend() -> ServerBackend:
+    return _default_backend[-1]
 
 
 class ServerStartError(RuntimeError):
@@ -220,6 +268,7 @@ def running_server(
     allow_private_sources: bool = True,
     command: Sequence[str] | None = None,
     compat: str = "default",
+    backend: ServerBackend | None = None,
 ) -> Iterator[RunningServer]:
     """Start ``leapi-server`` on 127.0.0.1 (free port) and stop it on exit, whatever happens.
 
@@ -231,14 +280,17 @@ def running_server(
     :param command: the server command before its flags, e.g. ``[venv/bin/leapi-server]``; default
         ``python -m leapi_server`` of this interpreter.
     :param compat: ``--compat``: ``default`` or ``docs`` (only what the LEAPI docs promise).
+    :param backend: where the server keeps its state; default :func:`default_backend` (SQLite + file
+        unless a test runs under :func:`use_backend`).
     """
     owned = data_dir is None
     path = Path(tempfile.mkdtemp(prefix="leapi-server-")) if owned else Path(data_dir)  # type: ignore[arg-type]
+    setup = (backend or default_backend()).setup(path)
     server = RunningServer(
         data_dir=path,
         api_keys=api_keys,
-        extra_args=extra_args,
-        env=env,
+        extra_args=[*setup.args(), *extra_args],
+        env={**setup.env, **(env or {})},
         allow_private_sources=allow_private_sources,
         command=command,
         compat=compat,
@@ -339,11 +391,14 @@ def in_process_server(
     clock = clock or FakeClock()
     data_dir = Path(tempfile.mkdtemp(prefix="leapi-server-inproc-"))
     port = free_port()
-    settings = {"workers": 1, "allow_private_sources": True, **settings}
+    setup = default_backend().setup(data_dir)
+    stored = {"database_url": setup.database_url} if setup.database_url else {}
+    stored |= {"temp_store": setup.temp_store} if setup.temp_store else {}
+    settings = {"workers": 1, "allow_private_sources": True, **stored, **settings}
     config = ServerConfig(data_dir=data_dir, api_keys=tuple(api_keys), port=port, **settings)
     # The dispatcher sets thread-count variables for its workers; keep them out of this process's
     # environment, where later subprocess servers would inherit them.
-    with mock.patch.dict(os.environ):
+    with mock.patch.dict(os.environ, setup.env):
         app = create_app(config, clock=clock)
         server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, log_level="warning")

@@ -21,6 +21,8 @@ _CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ServerConfig)}
 
 API_KEYS_ENV = "LEAPI_API_KEYS"
 WEBHOOK_SECRET_ENV = "LEAPI_WEBHOOK_SECRET"
+#: Also read from the environment: a password in a command line is visible to every local user (ps).
+DATABASE_URL_ENV = "LEAPI_DATABASE_URL"
 
 
 def _seconds_list(text: str) -> tuple[float, ...]:
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_delivery_flags(p)
     _add_network_policy_flags(p)
     _add_limit_flags(p.add_argument_group("limits"))
+    _add_scale_out_flags(p.add_argument_group("replicas (docs/deploy.md)"))
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
         "--compat",
@@ -236,6 +239,54 @@ def _add_limit_flags(limits: argparse._ArgumentGroup) -> None:
     )
 
 
+def _database_url(text: str) -> str:
+    from leapi_server.store import UnsupportedDatabaseUrlError, check_database_url
+
+    try:
+        return check_database_url(text)
+    except UnsupportedDatabaseUrlError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _temp_store(text: str) -> str:
+    from leapi_server.tempstore import UnsupportedTempStoreError, check_temp_store
+
+    try:
+        return check_temp_store(text)
+    except UnsupportedTempStoreError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_scale_out_flags(group: argparse._ArgumentGroup) -> None:
+    """Where the state lives, so that several replicas can share it."""
+    group.add_argument(
+        "--database-url",
+        type=_database_url,
+        default=None,
+        help="sqlite:///PATH or postgresql://user[:password]@host:port/dbname (shared by replicas); "
+        f"also env {DATABASE_URL_ENV}; default: SQLite in --data-dir",
+    )
+    group.add_argument(
+        "--temp-store",
+        type=_temp_store,
+        default=defaults.DEFAULT_TEMP_STORE,
+        help="file:// (signed URLs to this server) or s3://bucket/prefix (presigned S3 URLs; endpoint and "
+        "credentials from the AWS environment)",
+    )
+    group.add_argument(
+        "--lease-seconds",
+        type=_positive_float,
+        default=defaults.DEFAULT_LEASE_S,
+        help="a replica that stops heartbeating loses its tasks to the others after this",
+    )
+    group.add_argument(
+        "--db-pool-size",
+        type=_positive_int,
+        default=defaults.DEFAULT_DB_POOL_SIZE,
+        help="PostgreSQL connections per replica",
+    )
+
+
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> ServerConfig:
     keys = list(args.api_key)
     keys += [k.strip() for k in environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
@@ -269,8 +320,22 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | os._Env
         max_task_attempts=args.max_task_attempts,
         max_image_seconds=args.max_image_seconds,
         gc_interval_s=args.gc_interval,
+        database_url=args.database_url or _env_database_url(environ),
+        temp_store=args.temp_store,
+        lease_s=args.lease_seconds,
+        db_pool_size=args.db_pool_size,
         compat=args.compat,
     )
+
+
+def _env_database_url(environ: dict[str, str] | os._Environ[str]) -> str | None:
+    value = environ.get(DATABASE_URL_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        return _database_url(value)
+    except argparse.ArgumentTypeError as exc:
+        raise SystemExit(f"leapi-server: {DATABASE_URL_ENV}: {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -26,6 +26,13 @@ DEFAULT_IDEMPOTENCY_TTL_S = 24 * 60 * 60
 #: Wall-clock seconds the engine may spend on one image (after its download). Generous: the largest
 #: allowed output (150 MP) at restoration level 10 takes a few minutes on one core.
 DEFAULT_MAX_IMAGE_SECONDS = 600.0
+#: ``--temp-store`` default: output files in ``<data-dir>/tmp`` behind this server's signed URLs.
+DEFAULT_TEMP_STORE = "file://"
+#: Seconds a task leased by one replica stays its own without a heartbeat (the heartbeat renews it every
+#: third of this): a replica that dies loses its tasks to the others within this time.
+DEFAULT_LEASE_S = 30.0
+#: PostgreSQL connections per replica: the API's threads (40 by default in anyio) rarely hold one at once.
+DEFAULT_DB_POOL_SIZE = 10
 #: ``--compat``: ``default`` serves this server's extensions; ``docs`` serves only what the LEAPI docs
 #: promise (no Idempotency-Key, no Retry-After, every REJECTED as HTTP 200, no ``results[].error``, a
 #: usage body the client does not know), to test a client against the documented contract alone.
@@ -79,6 +86,13 @@ class ServerConfig:
     max_task_attempts: int = 3
     gc_interval_s: float = 600.0
     idempotency_ttl_s: float = DEFAULT_IDEMPOTENCY_TTL_S
+    #: ``sqlite:///PATH`` or ``postgresql://user[:password]@host:port/dbname``; ``None``: SQLite in the
+    #: data dir. Replicas share one PostgreSQL database.
+    database_url: str | None = None
+    #: ``file://`` (signed URLs to this server) or ``s3://bucket/prefix`` (presigned S3 URLs).
+    temp_store: str = DEFAULT_TEMP_STORE
+    lease_s: float = DEFAULT_LEASE_S
+    db_pool_size: int = DEFAULT_DB_POOL_SIZE
     #: One of ``COMPAT_MODES`` (``--compat``).
     compat: str = COMPAT_DEFAULT
 
@@ -94,6 +108,11 @@ class ServerConfig:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "leapi.sqlite3"
+
+    @property
+    def store_url(self) -> str:
+        """The ``--database-url`` in effect (the data dir's SQLite file when none was given)."""
+        return self.database_url or f"sqlite:///{self.db_path}"
 
     @property
     def temp_dir(self) -> Path:

@@ -1,6 +1,10 @@
-"""The dispatcher: leases pending tasks from the store, runs them on the worker-process pool, records
-their outcomes. Lives on the API event loop but only awaits: image work happens in other processes and
-database calls in threads.
+"""The dispatcher: leases pending tasks from the store, runs them on the worker-process pool, publishes
+their outputs to the temp store and records their outcomes. Lives on the API event loop but only awaits:
+image work happens in other processes and database calls in threads.
+
+Its leases are kept alive by :meth:`Dispatcher.keep_leases` (a heartbeat every third of ``--lease-seconds``),
+which also takes back the expired leases of dead replicas. Outcomes are recorded until the database takes
+them: a database restart delays them, it does not lose them.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from leapi_server.config import ServerConfig
 from leapi_server.fetch import FetchPolicy
 from leapi_server.netguard import AddressPolicy
 from leapi_server.store import ClaimedTask, Store
-from leapi_server.tempstore import TempStore, safe_basename
+from leapi_server.tempstore import TempStore, TempStoreUnavailableError, safe_basename
 from leapi_server.worker import TaskJob, TaskOutcome, init_worker, process_task
 
 log = logging.getLogger("leapi_server.dispatcher")
@@ -33,6 +37,10 @@ log = logging.getLogger("leapi_server.dispatcher")
 #: Tasks leased per worker: one running plus one queued keeps every worker busy between round trips.
 QUEUE_DEPTH_PER_WORKER = 2
 _IDLE_POLL_S = 1.0
+#: Pause before re-queuing an image whose output could not be stored (S3 down): a little time to recover.
+_PUBLISH_RETRY_DELAY_S = 2.0
+#: Pause between tries of recording an outcome while the database is unreachable.
+_RECORD_RETRY_DELAY_S = 1.0
 
 
 def _noop() -> None:
@@ -119,9 +127,18 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*self._inflight.values(), return_exceptions=True)
         if self._pool is not None:
-            # Leased tasks stay RUNNING in the store; the next start re-queues them.
             _terminate_pool(self._pool)
             self._pool = None
+        if not self.store.database.exclusive:
+            # Replicas: hand our leases back now, so that a rolling restart does not leave images waiting
+            # for the leases to expire (alone on SQLite, the next start re-queues them anyway).
+            try:
+                returned = await asyncio.to_thread(self.store.tasks.release_all, boot_id=self.boot_id)
+            except Exception:
+                log.exception("returning leases at shutdown failed; they expire instead")
+            else:
+                if returned:
+                    log.info("returned %d leased task(s) to the queue", returned)
 
     # -- loop -----------------------------------------------------------------------------------------
 
@@ -133,7 +150,10 @@ class Dispatcher:
             if capacity > 0:
                 try:
                     claimed = await asyncio.to_thread(
-                        self.store.tasks.claim, limit=capacity, boot_id=self.boot_id
+                        self.store.tasks.claim,
+                        limit=capacity,
+                        boot_id=self.boot_id,
+                        lease_s=self.config.lease_s,
                     )
                 except Exception:
                     log.exception("claiming tasks failed; retrying")
@@ -200,7 +220,7 @@ class Dispatcher:
                             task.index,
                             task.attempts,
                         )
-                    finished = await asyncio.to_thread(
+                    finished = await self._record(
                         self.store.tasks.release,
                         pipeline_id=task.pipeline_id,
                         index=task.index,
@@ -209,9 +229,7 @@ class Dispatcher:
                         count_attempt=not innocent,
                     )
             else:
-                if outcome.error:
-                    log.info("pipeline %s image %s failed: %s", task.pipeline_id, task.index, outcome.error)
-                finished = await self._complete(outcome)
+                finished = await self._publish_and_complete(task, outcome)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -223,9 +241,73 @@ class Dispatcher:
         if finished:
             self.on_pipeline_finished(task.pipeline_id)
 
+    async def _publish_and_complete(self, task: ClaimedTask, outcome: TaskOutcome) -> bool:
+        """Upload a finished image's output, then record it; an output that cannot be stored sends the
+        image back to the queue (one attempt used), and fails it once its attempts are used up."""
+        if outcome.output_key is not None:
+            try:
+                await asyncio.to_thread(self.temp_store.publish, outcome.output_key)
+            except TempStoreUnavailableError as exc:
+                if task.attempts < self.config.max_task_attempts:
+                    log.warning(
+                        "pipeline %s image %s: %s; re-queued (attempt %s)",
+                        task.pipeline_id,
+                        task.index,
+                        exc,
+                        task.attempts,
+                    )
+                    await asyncio.sleep(_PUBLISH_RETRY_DELAY_S)
+                    return await self._record(
+                        self.store.tasks.release,
+                        pipeline_id=task.pipeline_id,
+                        index=task.index,
+                        boot_id=self.boot_id,
+                        max_attempts=self.config.max_task_attempts,
+                    )
+                outcome = TaskOutcome(
+                    pipeline_id=task.pipeline_id,
+                    index=task.index,
+                    error=f"the output could not be stored after {task.attempts} attempts: {exc}",
+                )
+        if outcome.error:
+            log.info("pipeline %s image %s failed: %s", task.pipeline_id, task.index, outcome.error)
+        return await self._complete(outcome)
+
+    async def _record(self, method: Callable[..., bool], **kwargs: object) -> bool:
+        """Call a store method until the database takes it (it may be restarting); the lease stays ours
+        meanwhile, kept alive by the heartbeat once the database is back."""
+        while True:
+            try:
+                return await asyncio.to_thread(method, **kwargs)
+            except Exception:
+                if self._stopping:
+                    raise
+                log.exception("recording a task outcome failed; retrying in %g s", _RECORD_RETRY_DELAY_S)
+                await asyncio.sleep(_RECORD_RETRY_DELAY_S)
+
+    async def keep_leases(self) -> None:
+        """Every third of the lease: extend this boot's leases, and re-queue the expired leases of dead
+        replicas (with SQLite the start took them all back, and no other server can hold one)."""
+        interval = self.config.lease_s / 3
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(
+                    self.store.tasks.heartbeat, boot_id=self.boot_id, lease_s=self.config.lease_s
+                )
+                if not self.store.database.exclusive:
+                    requeued = await asyncio.to_thread(
+                        self.store.tasks.recover, max_attempts=self.config.max_task_attempts
+                    )
+                    if requeued:
+                        log.warning("re-queued %d task(s) whose replica stopped heartbeating", requeued)
+                        self._wake.set()
+            except Exception:
+                log.exception("renewing task leases failed; retrying")
+
     async def _complete(self, outcome: TaskOutcome) -> bool:
         """Record a task's outcome (done or failed); true when that finished its pipeline."""
-        return await asyncio.to_thread(
+        return await self._record(
             self.store.tasks.complete,
             pipeline_id=outcome.pipeline_id,
             index=outcome.index,

@@ -34,8 +34,8 @@ from leapi_server.outcomes import (
     RejectionKind,
     TempFile,
 )
-from leapi_server.store import PipelineRow, Store, TaskRow
-from leapi_server.tempstore import TempStore, TempUrlError
+from leapi_server.store import PipelineRow, Store, TaskRow, open_database
+from leapi_server.tempstore import FILE_SCHEME, FileTempStore, TempStore, TempUrlError
 from leapi_server.views import (
     docs_only_usage,
     iso,
@@ -68,12 +68,10 @@ class Runtime:
         self.address_policy = AddressPolicy(
             allow_private=config.allow_private_sources, allowed_networks=config.allowed_source_networks
         )
-        self.store = Store(path=config.db_path, clock=clock)
-        self.temp_store = TempStore(
-            root=config.temp_dir,
-            secret=load_or_create_secret(config.data_dir / "url-signing-key"),
-            clock=clock,
+        self.store = Store(
+            database=open_database(config.store_url, pool_size=config.db_pool_size), clock=clock
         )
+        self.temp_store = _temp_store(config, clock)
         self.webhook_secret = config.webhook_secret or load_or_create_secret(
             config.data_dir / "webhook-secret", generate=generate_secret
         )
@@ -90,6 +88,7 @@ class Runtime:
             secret=self.webhook_secret,
             render_body=self.webhook_body,
             clock=clock,
+            boot_id=self.boot_id,
         )
         self._background: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -99,8 +98,12 @@ class Runtime:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # Alone on its database (SQLite, data dir locked), every RUNNING lease is a dead boot's; with
+        # replicas, only expired ones are (the dispatcher takes the others back as they expire).
         requeued = await asyncio.to_thread(
-            self.store.tasks.recover, max_attempts=self.config.max_task_attempts
+            self.store.tasks.recover,
+            max_attempts=self.config.max_task_attempts,
+            all_running=self.store.database.exclusive,
         )
         orphans = await asyncio.to_thread(self.temp_store.remove_orphans, self.store.tasks.live_output_keys())
         if requeued or orphans:
@@ -109,6 +112,7 @@ class Runtime:
         self._background = [
             asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
             asyncio.create_task(self.dispatcher.watch_engine_time(), name="engine-time-limit"),
+            asyncio.create_task(self.dispatcher.keep_leases(), name="leases"),
             asyncio.create_task(self.webhooks.run(), name="webhooks"),
             asyncio.create_task(self._collect_garbage_forever(), name="gc"),
         ]
@@ -120,6 +124,7 @@ class Runtime:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.dispatcher.stop()
         await self.webhooks.stop()
+        await asyncio.to_thread(self.store.close)
 
     def wake(self) -> None:
         """Re-check everything time-driven now (queued tasks, due webhooks, expired files) instead of at
@@ -151,6 +156,9 @@ class Runtime:
             self.store.tasks.mark_collected([(p, i) for p, i, _ in expired])
             log.info("removed %d expired temp file(s)", len(expired))
         self.store.pipelines.forget_idempotency_keys(ttl_s=self.config.idempotency_ttl_s)
+        strays = self.temp_store.remove_strays(self.store.tasks.live_output_keys())
+        if strays:
+            log.info("removed %d stray output(s) no task references", strays)
         return len(expired)
 
     # -- operations the routes call -------------------------------------------------------------------
@@ -302,3 +310,17 @@ class Runtime:
             media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream",
             max_age_s=max(0, int(expires or 0) - int(self.clock())),
         )
+
+
+def _temp_store(config: ServerConfig, clock: Clock) -> TempStore:
+    """The ``--temp-store`` of ``config``; workers write into ``<data-dir>/tmp`` either way."""
+    if config.temp_store == FILE_SCHEME:
+        return FileTempStore(
+            root=config.temp_dir,
+            secret=load_or_create_secret(config.data_dir / "url-signing-key"),
+            clock=clock,
+        )
+    # Imported here: boto3 is the optional ``s3`` extra.
+    from leapi_server.tempstore_s3 import S3TempStore
+
+    return S3TempStore(spec=config.temp_store, scratch=config.temp_dir, clock=clock)

@@ -22,6 +22,8 @@ log = logging.getLogger("leapi_server")
 EXIT_DATA_DIR_IN_USE = 2
 EXIT_ENGINE_UNAVAILABLE = 3
 EXIT_PORT_IN_USE = 4
+EXIT_DATABASE_UNAVAILABLE = 5
+EXIT_TEMP_STORE_UNAVAILABLE = 6
 
 _SECRET_QUERY = re.compile(r"(signature=)[^&\s\"]+", re.IGNORECASE)
 
@@ -77,6 +79,25 @@ def _listening_socket(config: ServerConfig) -> socket.socket:
     return sock
 
 
+def _checked_app(config: ServerConfig) -> Any:
+    """The application, once its database and temp store answer; exits saying which one does not."""
+    from leapi_server.store.database import DatabaseUnavailableError
+    from leapi_server.tempstore import TempStoreUnavailableError
+
+    try:
+        app = create_app(config)
+    except DatabaseUnavailableError as exc:
+        log.error("leapi-server cannot start: %s", exc)
+        sys.exit(EXIT_DATABASE_UNAVAILABLE)
+    try:
+        app.state.runtime.temp_store.check()
+    except TempStoreUnavailableError as exc:
+        log.error("leapi-server cannot start: %s", exc)
+        app.state.runtime.store.close()
+        sys.exit(EXIT_TEMP_STORE_UNAVAILABLE)
+    return app
+
+
 def serve(config: ServerConfig, *, log_level: str = "info") -> None:
     """Run the server until SIGINT/SIGTERM; exit non-zero, saying why, when it cannot start."""
     logging.config.dictConfig(log_config(log_level))
@@ -100,9 +121,15 @@ def serve(config: ServerConfig, *, log_level: str = "info") -> None:
         )
         sys.exit(EXIT_PORT_IN_USE)
     try:
+        app = _checked_app(config)
+    except SystemExit:
+        listening.close()
+        lock.close()
+        raise
+    try:
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(config),
+                app,
                 host=config.host,
                 port=config.port,
                 log_config=log_config(log_level),

@@ -15,10 +15,6 @@ from leapi_server.config import ServerConfig
 from leapi_server.store import DeliveryRecord, PipelineRow, TaskRow, TaskState
 from leapi_server.tempstore import TempStore
 
-#: ``output_object.s3_bucket``. The docs' default is ``leapi-tmp-us-east-1``; this server keeps temp files
-#: on its own disk, and says so instead of naming a bucket that does not exist.
-TEMP_BUCKET = "leapi-server-tmp"
-
 
 def iso(ts: float | None) -> str | None:
     if ts is None:
@@ -70,7 +66,8 @@ def output_object(
     width, height = meta["width"], meta["height"]
     tmp_url = None
     if with_tmp_url and key and task.expires_at is not None:
-        tmp_url = temp_store.signed_url(base_url, key, int(task.expires_at))
+        tmp_url = temp_store.url(base_url, key, int(task.expires_at))
+    bucket, s3_key, prefix = temp_store.location(key)
     return {
         "ext": meta.get("ext"),
         "mps": _megapixels(width, height),
@@ -80,13 +77,13 @@ def output_object(
         "width": width,
         "format": meta.get("format"),
         "height": height,
-        "s3_key": key,
+        "s3_key": s3_key,
         "tmp_url": tmp_url,
         "basename": filename.rsplit(".", 1)[0],
         "filename": filename,
         "interpret": meta.get("interpret"),
-        "s3_bucket": TEMP_BUCKET,
-        "s3_key_prefix": "",
+        "s3_bucket": bucket,
+        "s3_key_prefix": prefix,
     }
 
 

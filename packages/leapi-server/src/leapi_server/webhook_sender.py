@@ -51,6 +51,7 @@ class WebhookSender:
     :param secret: the HMAC secret of the signatures.
     :param render_body: pipeline id -> JSON-able webhook body (called once per delivery).
     :param clock: when attempts happen and retries are due.
+    :param boot_id: this server run: the owner of the deliveries it claims (one replica per attempt).
     """
 
     def __init__(
@@ -61,8 +62,10 @@ class WebhookSender:
         secret: str,
         render_body: Callable[[int], dict[str, Any]],
         clock: Clock = SYSTEM_CLOCK,
+        boot_id: str = "",
     ) -> None:
         self.config = config
+        self.boot_id = boot_id
         self.store = store
         self.secret = secret
         self.render_body = render_body
@@ -100,7 +103,13 @@ class WebhookSender:
                 # _inflight while we wait, and the row we read for it is then stale (a second attempt
                 # would go out at once instead of after its delay).
                 busy_at_query = set(self._inflight)
-                due = await asyncio.to_thread(self.store.webhooks.due, limit=_MAX_CONCURRENT * 2)
+                due = await asyncio.to_thread(
+                    self.store.webhooks.due,
+                    limit=room,
+                    boot_id=self.boot_id,
+                    # Longer than one attempt: the claim must outlive the POST it covers.
+                    claim_s=self.config.webhook_timeout_s * 4 + 30,
+                )
                 for delivery in due:
                     if delivery.id in busy_at_query or delivery.id in self._inflight or room <= 0:
                         continue
@@ -141,6 +150,7 @@ class WebhookSender:
                 error=response.error,
                 delivered=response.error is None,
                 retry_at=retry_at,
+                boot_id=self.boot_id,
             )
             self._log_attempt(delivery, attempt_no, response, retry_at)
         except asyncio.CancelledError:

@@ -4,13 +4,12 @@ written together so that a pipeline is charged exactly once."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from leapi.models import PipelineStatus
 from leapi_server.clock import Clock, month_period
 from leapi_server.outcomes import IdempotencyConflict, QuotaExceeded
-from leapi_server.store.database import Database
+from leapi_server.store.database import Connection, Database
 from leapi_server.store.rows import PipelineCreated, PipelineRow, TaskRow, pipeline_row, task_row
 from leapi_server.store.schema import TaskState
 
@@ -18,7 +17,7 @@ from leapi_server.store.schema import TaskState
 class PipelineTable:
     """Pipelines, the ledger and idempotency keys.
 
-    :param database: the shared SQLite database.
+    :param database: the shared database.
     :param clock: stamps ``submitted_at`` and picks the quota period.
     """
 
@@ -50,6 +49,7 @@ class PipelineTable:
         :param idempotency_ttl_s: how long a key is remembered.
         """
         with self._db.write() as conn:
+            self._db.lock_owner(conn, owner)
             now = self._clock()
             if idempotency_key is not None:
                 row = conn.execute(
@@ -65,11 +65,13 @@ class PipelineTable:
                 used = _used(conn, owner, period)
                 if used + len(urls) > quota:
                     return QuotaExceeded(requested=len(urls), used=used, quota=quota, resets_at=period_end)
-            cursor = conn.execute(
-                "INSERT INTO pipelines(owner, status, request, notify_url, submitted_at) VALUES (?,?,?,?,?)",
-                (owner, PipelineStatus.PROCESSING.value, json.dumps(request), notify_url, now),
+            pipeline_id = int(
+                conn.execute(
+                    "INSERT INTO pipelines(owner, status, request, notify_url, submitted_at) VALUES (?,?,?,?,?) "
+                    "RETURNING id",
+                    (owner, PipelineStatus.PROCESSING.value, json.dumps(request), notify_url, now),
+                ).fetchone()["id"]
             )
-            pipeline_id = int(cursor.lastrowid)  # type: ignore[arg-type]
             conn.executemany(
                 "INSERT INTO tasks(pipeline_id, idx, url, state) VALUES (?,?,?,?)",
                 [(pipeline_id, i, url, TaskState.PENDING.value) for i, url in enumerate(urls)],
@@ -80,8 +82,9 @@ class PipelineTable:
             )
             if idempotency_key is not None:
                 conn.execute(
-                    "INSERT OR REPLACE INTO idempotency(owner, key, body_hash, pipeline_id, created_at) "
-                    "VALUES (?,?,?,?,?)",
+                    "INSERT INTO idempotency(owner, key, body_hash, pipeline_id, created_at) VALUES (?,?,?,?,?) "
+                    "ON CONFLICT (owner, key) DO UPDATE SET body_hash=excluded.body_hash, "
+                    "pipeline_id=excluded.pipeline_id, created_at=excluded.created_at",
                     (owner, idempotency_key, body_hash, pipeline_id, now),
                 )
             return PipelineCreated(pipeline_id=pipeline_id)
@@ -99,14 +102,16 @@ class PipelineTable:
 
     def used_credits(self, owner: str, period: str) -> int:
         """Credits charged to ``owner`` in the ``YYYY-MM`` period."""
-        return _used(self._db.connection(), owner, period)
+        with self._db.read() as conn:
+            return _used(conn, owner, period)
 
     def ledger_entries(self, owner: str | None = None) -> list[tuple[int, int]]:
         """(pipeline id, credits) of every charge, for audits and tests."""
         sql = "SELECT pipeline_id, credits FROM ledger"
-        rows = self._db.connection().execute(
-            sql + (" WHERE owner=?" if owner else ""), (owner,) if owner else ()
-        )
+        with self._db.read() as conn:
+            rows = conn.execute(
+                sql + (" WHERE owner=?" if owner else ""), (owner,) if owner else ()
+            ).fetchall()
         return [(int(r["pipeline_id"]), int(r["credits"])) for r in rows]
 
     def forget_idempotency_keys(self, *, ttl_s: float) -> int:
@@ -116,7 +121,7 @@ class PipelineTable:
             return conn.execute("DELETE FROM idempotency WHERE created_at<?", (older_than,)).rowcount
 
 
-def _used(conn: sqlite3.Connection, owner: str, period: str) -> int:
+def _used(conn: Connection, owner: str, period: str) -> int:
     row = conn.execute(
         "SELECT COALESCE(SUM(credits), 0) AS used FROM ledger WHERE owner=? AND period=?", (owner, period)
     ).fetchone()

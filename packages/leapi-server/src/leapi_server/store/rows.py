@@ -1,9 +1,8 @@
-"""What the store's tables hand out: plain frozen records, never SQLite rows."""
+"""What the store's tables hand out: plain frozen records, never database rows."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +87,7 @@ def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-def pipeline_row(row: sqlite3.Row) -> PipelineRow:
+def pipeline_row(row: Any) -> PipelineRow:
     return PipelineRow(
         id=row["id"],
         owner=row["owner"],
@@ -102,7 +101,7 @@ def pipeline_row(row: sqlite3.Row) -> PipelineRow:
     )
 
 
-def task_row(row: sqlite3.Row) -> TaskRow:
+def task_row(row: Any) -> TaskRow:
     return TaskRow(
         pipeline_id=row["pipeline_id"],
         index=row["idx"],
