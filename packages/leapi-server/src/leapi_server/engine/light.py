@@ -54,7 +54,7 @@ class LightTuning:
     #: Casts stronger than this are the subject's colour (a red product), not the light's.
     max_cast: float = 0.7
     #: Linear 99.5th percentile of the brightest channel that a well-exposed photo reaches.
-    target_highlight: float = 0.9
+    target_highlight: float = 1.0
     #: Highlights within this many stops of the target count as well exposed; from there the correction
     #: ramps up (twice as steep) until it is whole at twice this.
     exposure_dead_zone_ev: float = 0.3
