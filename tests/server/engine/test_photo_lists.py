@@ -36,5 +36,5 @@ def test_held_out_set_is_wide_enough():
 
 def test_a_missing_wallpaper_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setattr("train.photos.DEBIAN_BACKGROUNDS", tmp_path)
-    with pytest.raises(PhotoMissing, match="install the Debian package mate-backgrounds .*apt-get install"):
+    with pytest.raises(PhotoMissing, match=r"install the Debian package mate-backgrounds .*apt-get install"):
         photo_file("mate-backgrounds:mate/nature/Storm.jpg")
