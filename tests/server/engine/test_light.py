@@ -128,3 +128,4 @@ def test_tables_are_monotonic():
     tables = correction.tables().astype(int)
     assert np.all(np.diff(tables, axis=0) >= 0)
     assert np.all(tables[255] == 255) and np.all(tables[0] == 0)
+    assert np.all(tables[:255] < 255)  # nothing but white becomes white

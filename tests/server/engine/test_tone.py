@@ -56,9 +56,18 @@ def test_a_night_scene_stays_dark():
 
 
 def test_no_highlight_is_clipped_that_was_not():
-    for image in (_dark_interior(), _flat(), _normal(), _night()):
+    for image in (_dark_interior(), _flat(), _normal(), _night(), _saturated()):
         toned = apply_tone(image, intensity=1.0, tuning=TUNING)
-        assert np.all(_lightness(toned)[_lightness(image) < 250] < 255)
+        # Per channel: a saturated colour brightened at constant chroma leaves the gamut first.
+        assert not np.any((toned == 255) & (image < 255))
+
+
+def _saturated() -> np.ndarray:
+    """Bright saturated colours next to shadows: toning lifts them towards the edge of the gamut."""
+    image = scene(160, 120, seed=9).astype(np.float32)
+    image[:60] = [250, 200, 40]
+    image[60:80] *= 0.3
+    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def test_shadows_are_lifted():

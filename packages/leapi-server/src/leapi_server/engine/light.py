@@ -87,8 +87,11 @@ class LightCorrection:
         return self.exposure_ev == 0.0 and set(self.white_balance_gains) == {1.0}
 
     def tables(self) -> np.ndarray:
-        """A 256x3 uint8 lookup table per channel (sRGB in, sRGB out)."""
-        return _to_uint8(self._curves(_LEVELS))
+        """A 256x3 uint8 lookup table per channel (sRGB in, sRGB out); only 255 maps to 255."""
+        tables = _to_uint8(self._curves(_LEVELS))
+        # The curves keep 1.0 at 1.0 and below it stay below it, but rounding can still land on 255.
+        tables[:255] = np.minimum(tables[:255], 254)
+        return tables
 
     def _curves(self, levels: np.ndarray) -> np.ndarray:
         linear = srgb_to_linear(levels)

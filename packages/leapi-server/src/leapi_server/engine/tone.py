@@ -139,7 +139,44 @@ def apply_tone(rgb: np.ndarray, *, intensity: float, tuning: ToneTuning) -> np.n
     if intensity < 1.0:
         toned = cv2.addWeighted(toned, intensity, lightness, 1.0 - intensity, 0.0)
     lab[..., 0] = toned
-    return cv2.cvtColor(lab, cv2.COLOR_Lab2RGB)
+    return _unclip(rgb, lightness, lab)
+
+
+#: Halvings of a pixel's lightness change tried before it is left as it was (see ``_unclip``).
+_UNCLIP_STEPS = 4
+
+
+def _unclip(rgb: np.ndarray, lightness: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """``lab`` back to sRGB, with no channel clipped at 255 that the input had not clipped.
+
+    Brightening a saturated colour at constant chroma can push a channel out of gamut even when L stays
+    below white. Those few pixels get their lightness change halved until they fit, or keep their input.
+    """
+    out = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB)
+    rows, cols = np.nonzero(((out == 255) & (rgb < 255)).any(axis=2))
+    if rows.size == 0:
+        return out
+    before = rgb[rows, cols]
+    original = lightness[rows, cols].astype(np.int16)
+    pixels = lab[rows, cols][:, None, :].copy()  # Nx1x3 Lab
+    for _ in range(_UNCLIP_STEPS):
+        change = pixels[:, 0, 0].astype(np.int16) - original
+        pixels[:, 0, 0] = (original + change // 2).astype(np.uint8)
+        fixed = cv2.cvtColor(pixels, cv2.COLOR_Lab2RGB)
+        still = ((fixed[:, 0] == 255) & (before < 255)).any(axis=1)
+        out[rows[~still], cols[~still]] = fixed[~still, 0]
+        if not still.any():
+            return out
+        rows, cols, original, pixels, before = (
+            rows[still],
+            cols[still],
+            original[still],
+            pixels[still],
+            before[still],
+        )
+    # Still out of gamut (or pushed there by the 8-bit Lab round trip alone): the input pixel as it was.
+    out[rows, cols] = rgb[rows, cols]
+    return out
 
 
 def _amounts(reading: ToneReading) -> dict[str, float]:
