@@ -69,10 +69,10 @@ class StageFigures:
 
     def verdicts(self, stage: str) -> list[str]:
         change = statistics.median(self.change.values())
-        rise = max(self.dark_luma_rise.values())
+        rise = max(self.dark_luma_rise.values(), default=0.0)
         lines = [
             _verdict(
-                f"{stage}, well-exposed held-out photos, median Delta E76",
+                f"{stage}, well-exposed photos, median Delta E76",
                 change,
                 TARGET_WELL_EXPOSED_DELTA_E,
                 "<=",
@@ -114,7 +114,9 @@ def _verdict(what: str, value: float, target: float, sense: str, shown: Callable
     return f"- {what}: {shown(value)} (target {sense} {shown(target)}): {'met' if met else '**NOT met**'}"
 
 
-def stage_figures(photos: dict[str, np.ndarray], preset: str, stage: str) -> StageFigures:
+def stage_figures(
+    photos: dict[str, np.ndarray], preset: str, stage: str, *, kinds: dict[str, str] = HELD_OUT_KINDS
+) -> StageFigures:
     tuning = PRESETS[preset]
 
     def run(image: np.ndarray) -> np.ndarray:
@@ -127,7 +129,7 @@ def stage_figures(photos: dict[str, np.ndarray], preset: str, stage: str) -> Sta
         image = _colour(photo)
         out = run(image)
         figures.new_clipping[name] = float(np.mean(out == 255) - np.mean(image == 255))
-        if HELD_OUT_KINDS[name] == "dark":
+        if kinds[name] == "dark":
             figures.dark_luma_rise[name] = _mean_luma(out) / _mean_luma(image) - 1.0
             continue
         figures.change[name] = delta_e(image, out)
@@ -160,7 +162,7 @@ def colour_section(photos: dict[str, np.ndarray]) -> tuple[str, list[str]]:
                 f"{max(figures.new_clipping.values()) * 100:.3f} % |"
             )
             if preset == TARGET_PRESET:
-                verdicts += figures.verdicts(f"{stage} at {intensity:g} ({preset})")
+                verdicts += figures.verdicts(f"{stage} at {intensity:g} ({preset}), held-out")
                 per_photo[stage] = figures
     light, tone = per_photo["light"], per_photo["tone"]
     table = [
@@ -184,3 +186,42 @@ def colour_section(photos: dict[str, np.ndarray]) -> tuple[str, list[str]]:
                 f"{light.repaired[name] * 100:.0f} % | {tone.change[name]:.2f} | | |"
             )
     return "\n".join([*summary, "", *table]), verdicts
+
+
+# --------------------------------------------------------------------------------------------------
+# Tuning: the same figures on photos that are not held out (the light and tone settings were chosen so)
+# --------------------------------------------------------------------------------------------------
+
+#: Dark scenes among the tuning photos (the held-out set names its kinds; these are named here).
+TUNING_DARK = {
+    "skimage:hubble_deep_field.jpg",
+    "skimage:retina.jpg",
+    "skimage:moon.png",
+    "lomiri-wallpapers-16.04:seeding_by_Clements_Engelhardt.jpg",
+}
+
+
+def tuning_figures() -> str:
+    """Light and tone figures (marketplace) on the training and validation photos of the project's venv.
+
+    ``.venv/bin/python -m tests.bench.engine_colour``: what the light and tone settings were chosen on.
+    """
+    from leapi_server.engine import restoration_spec
+    from train.photos import load_photo
+
+    names = [
+        name
+        for name in restoration_spec.TRAIN_PHOTOS + restoration_spec.VALIDATION_PHOTOS
+        if name.partition(":")[0] in {"skimage", *restoration_spec.DEBIAN_PHOTO_PACKAGES}
+    ]
+    kinds = {name: "dark" if name in TUNING_DARK else "tuning" for name in names}
+    photos = {name: load_photo(name) for name in names}
+    lines = []
+    for stage in ("light", "tone"):
+        figures = stage_figures(photos, TARGET_PRESET, stage, kinds=kinds)
+        lines += figures.verdicts(f"{stage}, tuning photos")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(tuning_figures())
