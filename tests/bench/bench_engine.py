@@ -420,7 +420,7 @@ GRID_CROPS = {
     "skimage:coffee.png": (330, 130),
     "skimage:rocket.jpg": (256, 110),
     "skimage:astronaut.png": (190, 60),
-    "lomiri-wallpapers-16.04:Bridge_by_Sander_Klootwijk.jpg": (470, 90),
+    "lomiri-wallpapers-16.04:Bridge_by_Sander_Klootwijk.jpg": (430, 210),
     "mate-backgrounds:mate/nature/GreenMeadow.jpg": (320, 240),
 }  # original (x, y), in the photo as loaded (longer side at most train.photos.MAX_SIDE)
 GRID_CROP = 128  # original pixels; the input is half that, JPEG q30
