@@ -45,6 +45,7 @@ SPEED_REPEATS = 7
 TARGET_JPEG_GAIN_X2_DB = 0.7
 TARGET_CLEAN_GAIN_X2_DB = 2.3
 TARGET_MP_PER_S_PER_CORE = 4.0
+TARGET_PEAK_RSS_MB = 600
 
 
 def encode(rgb: np.ndarray, quality: int | None) -> bytes:
@@ -396,13 +397,17 @@ print(json.dumps({"before_mb": before, "peak_mb": peak, "seconds": elapsed,
 """
 
 
-def memory_section() -> str:
+def memory_section() -> tuple[str, list[str]]:
     completed = subprocess.run(
         [sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True, check=True, cwd=REPO
     )
     probe = json.loads(completed.stdout.strip().splitlines()[-1])
     width, height = probe["output"]
-    return (
+    peak = probe["peak_mb"]
+    verdict = f"- peak RSS for a 25 MP output: {peak:.0f} MB (target <= {TARGET_PEAK_RSS_MB} MB): " + (
+        "met" if peak <= TARGET_PEAK_RSS_MB else "**NOT met**"
+    )
+    return [verdict], (
         f"marketplace level 5, 3062x2041 JPEG -> {width}x{height} ({width * height / 1e6:.1f} MP) JPEG, "
         f"default threads, fresh process: peak RSS {probe['peak_mb']:.0f} MB, of which "
         f"{probe['peak_mb'] - probe['before_mb']:.0f} MB for the image itself (the rest is Python, NumPy, "
@@ -462,7 +467,7 @@ def run() -> str:
     quality_table, quality_verdicts = quality_section(rows)
     colour_table, colour_verdicts = colour_section(photos)
     speed_table, speed_verdicts = speed_section(photos)
-    memory = memory_section()
+    memory_verdicts, memory = memory_section()
     sweep = level_sweep(photos)
     grid = build_grid(photos)
     kinds = ", ".join(f"{name} ({kind})" for name, kind in HELD_OUT_KINDS.items())
@@ -474,6 +479,7 @@ def run() -> str:
             "",
             *quality_verdicts,
             *speed_verdicts,
+            *memory_verdicts,
             *colour_verdicts,
             "",
             "### Restoration quality on held-out photos",

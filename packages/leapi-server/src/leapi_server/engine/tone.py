@@ -114,11 +114,15 @@ def _to_uint8(curve: np.ndarray) -> np.ndarray:
 
 
 def apply_tone(rgb: np.ndarray, *, intensity: float, tuning: ToneTuning) -> np.ndarray:
-    """Adjust the tones of an ``HxWx3`` uint8 sRGB image."""
+    """Adjust the tones of an ``HxWx3`` uint8 sRGB image.
+
+    Written for big images: every full-size step works in place where it can (a 25 MP photo's planes are
+    25 MB each, its colour images 75 MB).
+    """
     if intensity <= 0.0:
         return rgb
     lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)
-    lightness = lab[..., 0]
+    lightness = lab[..., 0].copy()  # the input's: lab's own plane is overwritten below
     reading = read(thumbnail(lightness), tuning)
     curve = _shadows_highlights(
         contrast_curve(reading.black, reading.white, reading.flatness), **_amounts(reading)
@@ -126,19 +130,20 @@ def apply_tone(rgb: np.ndarray, *, intensity: float, tuning: ToneTuning) -> np.n
     curved = cv2.LUT(lightness, _to_uint8(curve))
     height, width = lightness.shape
     grid = (max(2, round(width / tuning.clahe_tile_px)), max(2, round(height / tuning.clahe_tile_px)))
-    equalised = cv2.createCLAHE(clipLimit=tuning.clahe_clip, tileGridSize=grid).apply(curved)
+    toned = cv2.createCLAHE(clipLimit=tuning.clahe_clip, tileGridSize=grid).apply(curved)
     local = tuning.local_contrast + (1.0 - tuning.local_contrast) * reading.flatness
-    toned = cv2.addWeighted(equalised, local, curved, 1.0 - local, 0.0)
     # Local contrast in a low-key scene lifts its darkness the way the shadow curve would: held back too.
-    if reading.low_key > 0.0:
-        toned = cv2.addWeighted(toned, 1.0 - reading.low_key, curved, reading.low_key, 0.0)
-    ceiling = lightness + np.floor((255 - lightness.astype(np.float32)) * tuning.max_headroom_used).astype(
-        np.uint8
-    )
-    toned = np.minimum(toned, ceiling)
+    local *= 1.0 - reading.low_key
+    cv2.addWeighted(toned, local, curved, 1.0 - local, 0.0, dst=toned)
+    del curved
+    # The headroom ceiling as a lookup table (a float expression would cost 8 bytes a pixel).
+    levels = np.arange(256, dtype=np.float64)
+    ceiling = np.floor(levels + (255.0 - levels) * tuning.max_headroom_used).astype(np.uint8)
+    np.minimum(toned, cv2.LUT(lightness, ceiling), out=toned)
     if intensity < 1.0:
-        toned = cv2.addWeighted(toned, intensity, lightness, 1.0 - intensity, 0.0)
+        cv2.addWeighted(toned, intensity, lightness, 1.0 - intensity, 0.0, dst=toned)
     lab[..., 0] = toned
+    del toned
     return _unclip(rgb, lightness, lab)
 
 
@@ -147,18 +152,24 @@ _UNCLIP_STEPS = 4
 
 
 def _unclip(rgb: np.ndarray, lightness: np.ndarray, lab: np.ndarray) -> np.ndarray:
-    """``lab`` back to sRGB, with no channel clipped at 255 that the input had not clipped.
+    """``lab`` back to sRGB (in place: ``lab`` is consumed), with no channel clipped at 255 that the
+    input ``rgb`` had not clipped.
 
     Brightening a saturated colour at constant chroma can push a channel out of gamut even when L stays
     below white. Those few pixels get their lightness change halved until they fit, or keep their input.
     """
-    out = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB)
-    rows, cols = np.nonzero(((out == 255) & (rgb < 255)).any(axis=2))
+    out = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB, dst=lab)
+    # Candidates first (one byte a pixel; pure white input pixels cannot be newly clipped), then per channel.
+    rows, cols = np.nonzero((out.max(axis=2) == 255) & (rgb.min(axis=2) < 255))
+    before = rgb[rows, cols]
+    newly = ((out[rows, cols] == 255) & (before < 255)).any(axis=1)
+    rows, cols, before = rows[newly], cols[newly], before[newly]
     if rows.size == 0:
         return out
-    before = rgb[rows, cols]
+    # The toned Lab of these pixels: the input's a* and b* (tone leaves colour alone), the toned L.
+    pixels = cv2.cvtColor(before[:, None, :], cv2.COLOR_RGB2Lab)
+    pixels[:, 0, 0] = cv2.cvtColor(out[rows, cols][:, None, :], cv2.COLOR_RGB2Lab)[:, 0, 0]
     original = lightness[rows, cols].astype(np.int16)
-    pixels = lab[rows, cols][:, None, :].copy()  # Nx1x3 Lab
     for _ in range(_UNCLIP_STEPS):
         change = pixels[:, 0, 0].astype(np.int16) - original
         pixels[:, 0, 0] = (original + change // 2).astype(np.uint8)
@@ -175,7 +186,7 @@ def _unclip(rgb: np.ndarray, lightness: np.ndarray, lab: np.ndarray) -> np.ndarr
             before[still],
         )
     # Still out of gamut (or pushed there by the 8-bit Lab round trip alone): the input pixel as it was.
-    out[rows, cols] = rgb[rows, cols]
+    out[rows, cols] = before
     return out
 
 
