@@ -494,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         "train_minutes": f"{minutes:.1f}",
     }
     export(model, args.out, meta)
+    # Finished and exported: a later run starts afresh instead of "resuming" a completed one.
+    args.checkpoint.unlink(missing_ok=True)
     gains = validation_gains(model, VALIDATION_PHOTOS)
     jpeg = np.mean([gain for quality, gain in gains.items() if quality is not None])
     shown = ", ".join(f"{'clean' if q is None else f'q{q}'} {g:+.2f}" for q, g in gains.items())
