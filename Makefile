@@ -9,7 +9,7 @@ UV := $(WORK)/uv/bin/uv
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: all venv test demo demo-quickstart bench lint build clean train
+.PHONY: all venv test demo demo-quickstart bench lint build clean train wallpapers
 
 all: test
 
@@ -38,10 +38,18 @@ demo: venv
 demo-quickstart: venv
 	$(PY) scripts/demo.py
 
-bench: venv
+bench: venv wallpapers
 	$(PY) -m tests.bench
 
-# Retrains the engine's restoration model (leapi_provider/engine/weights/luma_x2.onnx) in its own
+# The Debian wallpaper packages whose photographs the engine is trained and benchmarked on
+# (restoration_spec.DEBIAN_PHOTO_PACKAGES; ukui-wallpapers is allowed too but ships no photographs).
+# Installed with apt-get when one is missing (we run as root); read from /usr/share/backgrounds.
+WALLPAPERS := mate-backgrounds lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
+wallpapers:
+	@dpkg -s $(WALLPAPERS) >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(WALLPAPERS); }
+
+# Retrains the engine's restoration model (packages/leapi-server/src/leapi_server/engine/weights/luma_x2.onnx) in its own
 # environment: PyTorch is a training-only tool, never a project dependency (docs/engine.md).
 TRAIN_VENV := $(WORK)/train
 $(TRAIN_VENV)/.installed: train/requirements.txt
@@ -49,7 +57,7 @@ $(TRAIN_VENV)/.installed: train/requirements.txt
 	$(TRAIN_VENV)/bin/pip install --quiet --disable-pip-version-check -r train/requirements.txt
 	touch $@
 
-train: $(TRAIN_VENV)/.installed
+train: $(TRAIN_VENV)/.installed wallpapers
 	$(TRAIN_VENV)/bin/python train/train_restoration.py
 
 lint: venv

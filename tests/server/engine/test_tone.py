@@ -3,7 +3,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from leapi_server.engine.tone import ToneTuning, apply_tone, shadows_highlights_curve
+from leapi_server.engine.tone import ToneTuning, apply_tone, read, shadows_highlights_curve
 from tests.server.engine.images import scene
 
 TUNING = ToneTuning()
@@ -15,7 +15,58 @@ def _lightness(rgb: np.ndarray) -> np.ndarray:
 
 def _dark_interior() -> np.ndarray:
     image = scene(160, 120, seed=7).astype(np.float32)
-    image[:, :100] *= 0.25  # most of the frame in shadow, a bright window on the right
+    image[:, :100] *= 0.45  # most of the frame in shadow, a bright window on the right
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _night() -> np.ndarray:
+    """Most of the frame near black, a few lamps."""
+    image = (scene(160, 120, seed=3).astype(np.float32) * 0.15).astype(np.uint8)
+    for x in (20, 70, 120):
+        image[10:16, x : x + 6] = 250
+    return image
+
+
+def _flat() -> np.ndarray:
+    """A hazy, low-contrast photo: tones squeezed into the middle of the range."""
+    return (90 + scene(160, 120, seed=5).astype(np.float32) * 0.3).astype(np.uint8)
+
+
+def _normal() -> np.ndarray:
+    """Normal contrast: the scene spread over the full range."""
+    image = scene(160, 120, seed=5).astype(np.float32)
+    low, high = np.percentile(image, [0.5, 99.5])
+    return np.clip((image - low) / (high - low) * 255, 0, 255).astype(np.uint8)
+
+
+def test_a_flat_photo_gets_contrast_and_a_normal_one_is_barely_touched():
+    flat, normal = _flat(), _normal()
+    assert read(_lightness(flat).astype(np.uint8), TUNING).flatness > 0.9
+    assert read(_lightness(normal).astype(np.uint8), TUNING).flatness < 0.5
+    assert _lightness(apply_tone(flat, intensity=1.0, tuning=TUNING)).std() > 1.5 * _lightness(flat).std()
+    change = np.abs(_lightness(apply_tone(normal, intensity=0.5, tuning=TUNING)) - _lightness(normal)).mean()
+    assert change < 4.0
+
+
+def test_a_night_scene_stays_dark():
+    night = _night()
+    toned = apply_tone(night, intensity=1.0, tuning=TUNING)
+    assert read(_lightness(night).astype(np.uint8), TUNING).low_key == 1.0
+    assert toned.mean() <= night.mean() * 1.15
+
+
+def test_no_highlight_is_clipped_that_was_not():
+    for image in (_dark_interior(), _flat(), _normal(), _night(), _saturated()):
+        toned = apply_tone(image, intensity=1.0, tuning=TUNING)
+        # Per channel: a saturated colour brightened at constant chroma leaves the gamut first.
+        assert not np.any((toned == 255) & (image < 255))
+
+
+def _saturated() -> np.ndarray:
+    """Bright saturated colours next to shadows: toning lifts them towards the edge of the gamut."""
+    image = scene(160, 120, seed=9).astype(np.float32)
+    image[:60] = [250, 200, 40]
+    image[60:80] *= 0.3
     return np.clip(image, 0, 255).astype(np.uint8)
 
 

@@ -1,18 +1,26 @@
-"""Light AI: colour and brightness correction (``lightai_intensity``).
+"""Light AI: colour and brightness correction (``lightai_intensity``) that does no harm.
 
-Three global corrections, estimated on a thumbnail and applied to the full image as one lookup table
-per channel (so the cost at full resolution is one table lookup per pixel):
+It reads the photo (on a thumbnail) and corrects only what is evidently wrong; the correction is applied
+to the full image as one lookup table per channel (one table lookup per pixel):
 
-1. white balance: shades-of-grey (Finlayson & Trezzi 2004; Minkowski norm ``p``) in linear light,
-   with per-channel gains clamped so a scene dominated by one colour is not "corrected" into its
-   complement, applied as curves that keep white at white (a blown-out background stays clean);
-2. exposure: the geometric mean luminance (mean log-luminance, Reinhard's "key") is moved towards a
-   target key by a curve that fixes black and white (no clipping), outside a dead zone around the
-   target so well-exposed photos are left alone;
-3. a percentile stretch of luminance (black and white points), limited so it never clips much.
+1. **Colour cast.** The illuminant is estimated twice, by shades-of-grey (Finlayson & Trezzi 2004) and by
+   grey-edge (van de Weijer et al. 2007), both in linear light, as log-chromaticities (``log R/G``,
+   ``log B/G``). A scene's own colours (a field of grass, an orange cat) also pull these estimates, so
+   only what looks like a real illuminant is corrected: both estimates agree, the cast lies along the
+   warm-cool (daylight-tungsten) axis rather than green-magenta, and it is not so strong that it must be
+   the subject's colour. A dead zone leaves mild warmth or coolness (golden hour, shade) alone. Gains
+   keep white at white.
+2. **Under-exposure.** A well-exposed photograph has highlights near white, an under-exposed one has
+   not: the exposure gain is the one that brings the 99.5th percentile of the brightest channel up to
+   ``target_highlight``, beyond a dead zone. Night and low-key scenes (most of the frame near black) are
+   dark on purpose, so the gain fades out with the share of near-black pixels. The gain has a soft
+   shoulder that keeps 1.0 at 1.0: no highlight is clipped that was not clipped before.
+3. **Lifted blacks** (haze, a washed-out scan): the black point is pulled down only when the darkest
+   tones sit clearly above black.
 
-``intensity`` scales every parameter towards identity (gains and exposure geometrically, points
-linearly): 1.0 is the full correction, 0.0 disables the stage.
+Nothing is ever darkened and no global target is imposed: a photo that is right comes back (nearly)
+unchanged. ``intensity`` scales the correction towards identity (gains and exposure geometrically, the
+black point linearly): 1.0 is the photo's own corrected version, 0.0 disables the stage.
 """
 
 from __future__ import annotations
@@ -28,22 +36,36 @@ from leapi_server.engine.color import linear_to_srgb, srgb_to_linear
 THUMBNAIL_SIDE = 256
 _LEVELS = np.arange(256, dtype=np.float64) / 255.0
 _REC709_LUMINANCE = np.array([0.2126, 0.7152, 0.0722])
+#: The warm-cool axis in (log R/G, log B/G): a warmer light raises red and lowers blue.
+_WARM_COOL_AXIS = np.array([1.0, -1.0]) / math.sqrt(2.0)
 
 
 @dataclass(frozen=True)
 class LightTuning:
-    """Per-preset tuning of the light stage (see ``presets.py``)."""
+    """Per-preset tuning of the light stage (see ``presets.py``). Log-chromaticities are natural logs."""
 
-    max_white_balance_gain: float = 1.3
     minkowski_p: float = 6.0
-    target_key: float = 0.13  # linear; ~0.40 in sRGB
-    dead_zone_ev: float = 0.4
+    #: Casts along the warm-cool axis smaller than this are left alone (mild warmth is often intended).
+    cast_dead_zone: float = 0.05
+    #: The two estimates must agree within this (log-chromaticity distance), else no correction.
+    cast_agreement: float = 0.3
+    #: Green-magenta component (off the warm-cool axis) tolerated in a correctable cast.
+    max_cast_off_axis: float = 0.15
+    #: Casts stronger than this are the subject's colour (a red product), not the light's.
+    max_cast: float = 0.7
+    #: Linear 99.5th percentile of the brightest channel that a well-exposed photo reaches.
+    target_highlight: float = 1.0
+    #: Highlights within this many stops of the target count as well exposed; from there the correction
+    #: ramps up (twice as steep) until it is whole at twice this.
+    exposure_dead_zone_ev: float = 0.3
     max_brighten_ev: float = 1.6
-    max_darken_ev: float = 0.5
-    black_percentile: float = 0.5
-    white_percentile: float = 99.5
-    max_black_point: float = 0.06  # sRGB fraction: at most this much is clipped to black
-    min_white_point: float = 0.85  # sRGB fraction
+    #: Near-black (linear luminance below 0.01, sRGB ~10 %) shares: below ``low_key_from`` the scene is
+    #: brightened fully, above ``low_key_full`` not at all (a night scene).
+    low_key_from: float = 0.25
+    low_key_full: float = 0.5
+    #: Brightening never lifts the log-average luminance (Reinhard's key, linear) above this: a scene
+    #: without highlights that is already bright (a texture, a grey day) is not under-exposed.
+    max_key: float = 0.35
 
 
 @dataclass(frozen=True)
@@ -52,45 +74,57 @@ class LightCorrection:
 
     white_balance_gains: tuple[float, float, float]
     exposure_ev: float
-    black_point: float
-    white_point: float
 
     def scaled(self, intensity: float) -> LightCorrection:
         gains = tuple(float(g**intensity) for g in self.white_balance_gains)
         return LightCorrection(
             white_balance_gains=gains,  # type: ignore[arg-type]
             exposure_ev=self.exposure_ev * intensity,
-            black_point=self.black_point * intensity,
-            white_point=1.0 - (1.0 - self.white_point) * intensity,
         )
 
+    @property
+    def is_identity(self) -> bool:
+        return self.exposure_ev == 0.0 and set(self.white_balance_gains) == {1.0}
+
     def tables(self) -> np.ndarray:
-        """A 256x3 uint8 lookup table per channel (sRGB in, sRGB out)."""
-        return _to_uint8(self._curves(_LEVELS))
+        """A 256x3 uint8 lookup table per channel (sRGB in, sRGB out); only 255 maps to 255."""
+        tables = _to_uint8(self._curves(_LEVELS))
+        # The curves keep 1.0 at 1.0 and below it stay below it, but rounding can still land on 255.
+        tables[:255] = np.minimum(tables[:255], 254)
+        return tables
 
     def _curves(self, levels: np.ndarray) -> np.ndarray:
-        linear = srgb_to_linear(levels)[:, None]
+        linear = srgb_to_linear(levels)
         # White balance as a curve with the gain's slope that keeps 1.0 at 1.0: white stays white
         # (a product's white background must not turn yellow), greys and colours get the gain.
-        linear = np.column_stack([_exposure_curve(linear[:, 0], g) for g in self.white_balance_gains])
-        linear = _exposure_curve(linear, 2.0**self.exposure_ev)
-        encoded = linear_to_srgb(linear)
-        span = max(self.white_point - self.black_point, 1e-3)
-        return np.clip((encoded - self.black_point) / span, 0.0, 1.0)
+        balanced = np.column_stack([_gain_curve(linear, g) for g in self.white_balance_gains])
+        return linear_to_srgb(_exposure_with_shoulder(balanced, 2.0**self.exposure_ev))
 
 
 def _to_uint8(curves: np.ndarray) -> np.ndarray:
     return np.clip(np.round(curves * 255.0), 0, 255).astype(np.uint8)
 
 
-def _exposure_curve(linear: np.ndarray, gain: float) -> np.ndarray:
+def _gain_curve(linear: np.ndarray, gain: float) -> np.ndarray:
     """``g x / (1 + (g - 1) x)``: slope ``g`` in the shadows, 0 and 1 fixed, monotonic for any g > 0."""
     return gain * linear / (1.0 + (gain - 1.0) * linear)
 
 
-def _exposure_gain_for(mean: float, target: float) -> float:
-    """The ``g`` whose curve maps ``mean`` to ``target``."""
-    return target * (1.0 - mean) / (mean * (1.0 - target))
+#: Where the exposure gain's shoulder starts (linear): below it the gain is exactly linear.
+_SHOULDER_KNEE = 0.7
+
+
+def _exposure_with_shoulder(linear: np.ndarray, gain: float) -> np.ndarray:
+    """A linear gain (what a longer exposure does) that rolls off smoothly above the knee so 1 maps to 1."""
+    if gain <= 1.0:
+        return linear
+    knee = _SHOULDER_KNEE
+    scaled = gain * linear
+    span = 1.0 - knee
+    # Exponential roll-off from the knee, normalised so the input's white (scaled = gain) lands on 1.
+    norm = 1.0 - math.exp(-(gain - knee) / span)
+    shoulder = knee + span * (1.0 - np.exp(-(np.maximum(scaled, knee) - knee) / span)) / norm
+    return np.where(scaled <= knee, scaled, shoulder)
 
 
 def thumbnail(rgb: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
@@ -102,48 +136,72 @@ def thumbnail(rgb: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
-def measure(rgb_thumbnail: np.ndarray, tuning: LightTuning) -> LightCorrection:
-    """Estimate the full correction from a (thumbnail) sRGB uint8 image."""
-    pixels = rgb_thumbnail.reshape(-1, 3)
-    linear = srgb_to_linear(pixels / 255.0)
+def _log_chromaticity(illuminant: np.ndarray) -> np.ndarray:
+    illuminant = np.maximum(illuminant, 1e-6)
+    return np.log(np.array([illuminant[0] / illuminant[1], illuminant[2] / illuminant[1]]))
+
+
+def estimate_cast(linear: np.ndarray, tuning: LightTuning) -> tuple[np.ndarray, np.ndarray]:
+    """Shades-of-grey and grey-edge illuminant estimates of an ``HxWx3`` linear image (log-chromaticity)."""
+    pixels = linear.reshape(-1, 3)
+    luminance = pixels @ _REC709_LUMINANCE
+    # Pixels with a channel clipped have lost their colour; near-black ones carry none.
+    usable = (pixels.max(axis=1) < 0.98) & (luminance > 0.005)
+    sample = pixels[usable] if usable.sum() >= 64 else pixels
+    p = tuning.minkowski_p
+    grey = np.power(np.mean(np.power(sample, p), axis=0), 1.0 / p)
+    blurred = cv2.GaussianBlur(linear.astype(np.float32), (0, 0), 1.0)
+    dx = cv2.Sobel(blurred, cv2.CV_32F, 1, 0)
+    dy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1)
+    edges = np.sqrt(dx.astype(np.float64) ** 2 + dy**2).reshape(-1, 3)[usable if usable.sum() >= 64 else ...]
+    edge = np.power(np.mean(np.power(edges, p), axis=0), 1.0 / p)
+    return _log_chromaticity(grey), _log_chromaticity(edge)
+
+
+def correctable_cast(by_grey: np.ndarray, by_edge: np.ndarray, tuning: LightTuning) -> np.ndarray:
+    """The part of the estimated cast to remove (log-chromaticity; zero when it is not evidently the light's)."""
+    if np.linalg.norm(by_grey - by_edge) > tuning.cast_agreement:
+        return np.zeros(2)
+    cast = (by_grey + by_edge) / 2.0
+    along = float(cast @ _WARM_COOL_AXIS)
+    off_axis = cast - along * _WARM_COOL_AXIS
+    if np.linalg.norm(off_axis) > tuning.max_cast_off_axis or np.linalg.norm(cast) > tuning.max_cast:
+        return np.zeros(2)
+    # Soft dead zone on the warm-cool component; the small off-axis tint goes with it, in proportion.
+    kept = max(0.0, abs(along) - tuning.cast_dead_zone) / max(abs(along), 1e-9)
+    return cast * kept
+
+
+def exposure_ev_for(linear: np.ndarray, tuning: LightTuning) -> float:
+    """Stops to brighten an ``HxWx3`` linear (white-balanced) image by: 0 when it is well or low-key exposed."""
+    highlight = float(np.percentile(linear.max(axis=2), 99.5))
     luminance = linear @ _REC709_LUMINANCE
+    key = float(np.exp(np.mean(np.log(luminance + 1e-4))))
+    missing_ev = math.log2(tuning.target_highlight / max(highlight, 1e-4))
+    dead = tuning.exposure_dead_zone_ev
+    ev = float(np.clip(3.0 * (missing_ev - dead), 0.0, missing_ev)) if missing_ev > dead else 0.0
+    ev = min(ev, tuning.max_brighten_ev, max(0.0, math.log2(tuning.max_key / max(key, 1e-4))))
+    near_black = float(np.mean(luminance < 0.01))
+    span = tuning.low_key_full - tuning.low_key_from
+    brighten_share = float(np.clip((tuning.low_key_full - near_black) / span, 0.0, 1.0))
+    return ev * brighten_share
 
-    # 1. White balance. Pixels with one or two channels clipped have lost their colour and near-black
-    # ones carry none; fully clipped pixels are kept: a blown-out white is evidence of a white light.
-    partly_clipped = (pixels.max(axis=1) >= 254) & (pixels.min(axis=1) < 254)
-    usable = ~partly_clipped & (luminance > 0.005)
-    sample = linear[usable] if usable.sum() >= 64 else linear
-    illuminant = np.power(np.mean(np.power(sample, tuning.minkowski_p), axis=0), 1.0 / tuning.minkowski_p)
-    illuminant = np.maximum(illuminant, 1e-4)
-    grey = float(illuminant @ _REC709_LUMINANCE)
-    low, high = 1.0 / tuning.max_white_balance_gain, tuning.max_white_balance_gain
-    gains = np.clip(grey / illuminant, low, high)
-    # Keep luminance: the gains change colour, exposure is the next step's business.
+
+def measure(rgb_thumbnail: np.ndarray, tuning: LightTuning) -> LightCorrection:
+    """Estimate the full correction from a (thumbnail) sRGB uint8 image (``HxWx3`` or greyscale)."""
+    image = rgb_thumbnail if rgb_thumbnail.ndim == 3 else np.repeat(rgb_thumbnail[..., None], 3, axis=2)
+    linear = srgb_to_linear(image / 255.0)
+
+    # 1. Colour cast -> per-channel gains that undo it, luminance kept.
+    cast = correctable_cast(*estimate_cast(linear, tuning), tuning)
+    gains = np.array([math.exp(-cast[0]), 1.0, math.exp(-cast[1])])
     gains = gains / float(gains @ _REC709_LUMINANCE)
-    balanced = np.column_stack([_exposure_curve(linear[:, c], gains[c]) for c in range(3)])
+    balanced = np.stack([_gain_curve(linear[..., c], gains[c]) for c in range(3)], axis=-1)
 
-    # 2. Exposure from the log-average luminance, outside a dead zone around the target key.
-    key = float(np.exp(np.mean(np.log(balanced @ _REC709_LUMINANCE + 1e-4))))
-    error_ev = math.log2(tuning.target_key / max(key, 1e-4))
-    excess = math.copysign(max(0.0, abs(error_ev) - tuning.dead_zone_ev), error_ev)
-    exposure_ev = float(np.clip(excess, -tuning.max_darken_ev, tuning.max_brighten_ev))
-    # Express it as the curve's shadow slope: the key moves by exactly exposure_ev stops.
-    moved_key = min(key * 2.0**exposure_ev, 0.95)
-    gain = _exposure_gain_for(min(key, 0.95), moved_key) if key > 0 else 1.0
-    exposure_ev = math.log2(max(gain, 1e-3))
-    exposed = _exposure_curve(balanced, gain)
-
-    # 3. Percentile stretch on the corrected luminance, in sRGB (where the eye judges black and white).
-    encoded = linear_to_srgb(exposed) @ _REC709_LUMINANCE
-    black = float(np.percentile(encoded, tuning.black_percentile))
-    white = float(np.percentile(encoded, tuning.white_percentile))
-    black = float(np.clip(black, 0.0, tuning.max_black_point))
-    white = float(np.clip(white, tuning.min_white_point, 1.0))
+    # 2. Under-exposure, from the highlights.
     return LightCorrection(
         white_balance_gains=(float(gains[0]), float(gains[1]), float(gains[2])),
-        exposure_ev=exposure_ev,
-        black_point=black,
-        white_point=white,
+        exposure_ev=exposure_ev_for(balanced, tuning),
     )
 
 
@@ -157,6 +215,8 @@ def apply_light(
     if intensity <= 0.0:
         return rgb
     correction = measure(thumbnail(rgb if reference is None else reference), tuning).scaled(intensity)
+    if correction.is_identity:
+        return rgb
     return apply_tables(rgb, correction.tables())
 
 

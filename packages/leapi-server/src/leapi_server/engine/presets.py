@@ -45,9 +45,7 @@ PRESETS: dict[str, Preset] = {
         lightai_intensity=1.0,
         toneai_intensity=0.5,
         quality=85,
-        light=LightTuning(
-            max_white_balance_gain=1.3, max_darken_ev=0.0, white_percentile=99.0, min_white_point=0.82
-        ),
+        light=LightTuning(max_brighten_ev=1.6),
         tone=ToneTuning(shadows=0.3, highlights=0.1, clahe_clip=1.4),
     ),
     # Interiors: open up the shadows, straight (neutral) colours even under warm tungsten light.
@@ -56,7 +54,7 @@ PRESETS: dict[str, Preset] = {
         lightai_intensity=1.0,
         toneai_intensity=0.5,
         quality=85,
-        light=LightTuning(max_white_balance_gain=1.45, target_key=0.15, max_brighten_ev=2.0),
+        light=LightTuning(max_cast=0.9, max_brighten_ev=2.0),
         tone=ToneTuning(shadows=0.9, highlights=0.4, clahe_clip=1.8),
     ),
     # Print: detail first (output sharpening for the paper's softening), faithful tones, tagged sRGB.
@@ -65,7 +63,7 @@ PRESETS: dict[str, Preset] = {
         lightai_intensity=1.0,
         toneai_intensity=0.5,
         quality=90,
-        light=LightTuning(max_white_balance_gain=1.2, max_brighten_ev=1.0, max_black_point=0.03),
+        light=LightTuning(max_brighten_ev=1.0),
         tone=ToneTuning(shadows=0.4, highlights=0.3, clahe_clip=1.3),
         finish_sharpen=0.35,
         embed_srgb_profile=True,
