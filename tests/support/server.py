@@ -585,3 +585,23 @@ def serve_gated_photos(directory: Path, photos: Sequence[str]) -> Iterator[Gated
             yield GatedPhotos(base_url, gate)
         finally:
             gate.set()  # blocked fetches must return before the server can shut down
+
+
+@contextlib.contextmanager
+def docs_only_rate_limited_server(*, per_minute: int, workers: int = 1) -> Iterator[RunningServer]:
+    """A ``--compat docs`` server with a hard rate limit and no quota, the way the real API limits an
+    account with no hints; the process's shared rate limiters start and end empty around it, so what
+    one test's clients learned does not slow the next.
+
+    :param per_minute: ``--rate-limit-per-minute``.
+    :param workers: engine worker processes.
+    """
+    from leapi.ratelimit import SHARED_LIMITERS
+
+    limits = ("--workers", str(workers), "--rate-limit-per-minute", str(per_minute), "--monthly-quota", "0")
+    with running_server(compat="docs", extra_args=limits) as server:
+        SHARED_LIMITERS.clear()
+        try:
+            yield server
+        finally:
+            SHARED_LIMITERS.clear()

@@ -19,12 +19,11 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pytest
 
-from leapi.ratelimit import SHARED_LIMITERS
 from leapi_provider.manifests import MANIFEST_SCHEMA
 from tests.fixtures.airflow import task_states
 from tests.fixtures.catalog import docs_only_params, run_dag
 from tests.support.catalog import SampleImage, sample_manifest
-from tests.support.server import RunningServer, running_server
+from tests.support.server import RunningServer, docs_only_rate_limited_server
 
 pytestmark = pytest.mark.slow
 FANOUT = ("example_dags/example_leapi_manifest_fanout.py", "example_leapi_manifest_fanout")
@@ -42,20 +41,8 @@ def one_operation_manifest(images: list[SampleImage], base_url: str) -> pa.Table
 
 @pytest.fixture
 def strict_server() -> Iterator[RunningServer]:
-    with running_server(
-        compat="docs",
-        extra_args=(
-            "--workers",
-            "2",
-            "--rate-limit-per-minute",
-            str(LIMIT_PER_MINUTE),
-            "--monthly-quota",
-            "0",
-        ),
-    ) as server:
-        SHARED_LIMITERS.clear()
+    with docs_only_rate_limited_server(per_minute=LIMIT_PER_MINUTE, workers=2) as server:
         yield server
-        SHARED_LIMITERS.clear()
 
 
 def test_a_100_image_catalog_under_a_hard_limit_without_hints(

@@ -148,7 +148,11 @@ def test_leapi_errors_about_a_private_source_name_its_uri_not_the_presigned_url(
 ) -> None:
     """Not incremental, so a missing object is submitted with a presigned URL: LEAPI's errors about it
     (leapi-server also lists ``<url>: source answered HTTP 404`` in the pipeline's ``errors``) reach the
-    row, the trigger's event and the logs without the presigned URL."""
+    row, the trigger's event and the logs without the presigned URL.
+
+    ``defer_after=0`` sends the wait to the triggerer whenever the pipeline is still running after the
+    submit; on a quiet machine it may already have failed by then and the worker reads its errors itself:
+    either way no presigned URL may show."""
     bucket = catalog_bucket
     (photo,) = write_sample_images(tmp_path, 1, prefix="vault")
     bucket.client.upload_file(str(tmp_path / photo.file_name), bucket.name, f"sources/{photo.file_name}")
@@ -177,6 +181,5 @@ def test_leapi_errors_about_a_private_source_name_its_uri_not_the_presigned_url(
     assert not PRESIGNED.search(missing["error"])
     captured = capfd.readouterr()
     logs = caplog.text + captured.out + captured.err
-    assert "Resumed from the triggerer" in logs
     assert not PRESIGNED.search(logs)
     assert not [text for text in _xcom_texts(dag_run) if PRESIGNED.search(text)]

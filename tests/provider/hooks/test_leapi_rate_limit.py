@@ -14,9 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from leapi.ratelimit import SHARED_LIMITERS
 from leapi_provider.hooks.leapi import LeapiHook
-from tests.support.server import RunningServer, quick_start_body, running_server
+from tests.support.server import RunningServer, docs_only_rate_limited_server, quick_start_body
 
 pytestmark = pytest.mark.slow
 LIMIT_PER_MINUTE = 8
@@ -25,20 +24,8 @@ SUBMITS = 12
 
 @pytest.fixture
 def strict_server() -> Iterator[RunningServer]:
-    with running_server(
-        compat="docs",
-        extra_args=(
-            "--workers",
-            "1",
-            "--rate-limit-per-minute",
-            str(LIMIT_PER_MINUTE),
-            "--monthly-quota",
-            "0",
-        ),
-    ) as server:
-        SHARED_LIMITERS.clear()
+    with docs_only_rate_limited_server(per_minute=LIMIT_PER_MINUTE, workers=1) as server:
         yield server
-        SHARED_LIMITERS.clear()
 
 
 def test_twelve_submits_against_eight_per_minute_without_hints_are_all_accepted(
