@@ -216,6 +216,9 @@ def test_private_addresses_in_legacy_ipv4_spellings_are_refused_at_submit(
         notify = rejected(client, raw({**body("https://example.com/a.jpg"), "notify_url": url}))
     assert reason.startswith("source.http.url.0: is refused:") and f"({address})" in reason
     assert notify.startswith("notify_url: is refused:")
+    # The refusal names the flag that lifts it (a metadata address is lifted by --allow-source-network only).
+    remedy = "--allow-source-network" if address == "169.254.169.254" else "--allow-private-sources for local use"
+    assert remedy in reason and remedy in notify
 
 
 # -- bad and unusual source images --------------------------------------------------------------------------

@@ -156,6 +156,7 @@ def test_names_resolving_to_private_addresses_are_refused_at_connect(
     assert pipeline["status"] == "ERROR"
     error = pipeline["results"][0]["error"]
     assert "localhost resolves to" in error and "loopback" in error
+    assert "start leapi-server with --allow-private-sources" in error  # what to do about it
 
 
 def test_redirects_are_checked_on_every_hop(

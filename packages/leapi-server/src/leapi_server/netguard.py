@@ -26,6 +26,7 @@ METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a)
     for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "169.254.169.123")
 )
+METADATA_REASON = "a cloud metadata address"
 
 
 class BlockedAddressError(Exception):
@@ -50,7 +51,7 @@ class AddressPolicy:
         if any(address in net for net in self._networks()):
             return None
         if address in METADATA_ADDRESSES:
-            return "a cloud metadata address"
+            return METADATA_REASON
         if address.is_global and not address.is_multicast:
             return None
         if self.allow_private:
@@ -75,9 +76,7 @@ class AddressPolicy:
         reason = self.refusal(address)
         if reason is not None:
             spelled = host if str(address) == host.strip("[]") else f"{host} ({address})"
-            raise BlockedAddressError(
-                f"{spelled} is {reason} (private sources are not allowed on this server)"
-            )
+            raise BlockedAddressError(f"{spelled} is {reason}{_how_to_allow(reason)}")
 
     def check_resolved(self, host: str, addresses: Iterable[str]) -> list[str]:
         """Every resolved address must be allowed (one bad answer refuses the host)."""
@@ -86,13 +85,25 @@ class AddressPolicy:
             address = ipaddress.ip_address(raw.split("%", 1)[0])
             reason = self.refusal(address)
             if reason is not None:
-                raise BlockedAddressError(
-                    f"{host} resolves to {address}, {reason} (private sources are not allowed on this server)"
-                )
+                raise BlockedAddressError(f"{host} resolves to {address}, {reason}{_how_to_allow(reason)}")
             result.append(raw)
         if not result:
             raise BlockedAddressError(f"{host} does not resolve to any address")
         return result
+
+
+def _how_to_allow(reason: str) -> str:
+    """The refusal's remedy, naming the server flag that lifts it (the one who reads it may only see a
+    failed image in a DAG's result table, far from the server's ``--help``)."""
+    if reason == METADATA_REASON:
+        return (
+            " (refused on this server even with --allow-private-sources; "
+            "only --allow-source-network CIDR naming it lets it through)"
+        )
+    return (
+        " (private addresses are not allowed on this server: start leapi-server with "
+        "--allow-private-sources for local use, or --allow-source-network CIDR for one network)"
+    )
 
 
 _NUMERIC_HOST = re.compile(r"^[0-9a-fA-FxX.]+$")
