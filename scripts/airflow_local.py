@@ -18,7 +18,9 @@ any component starts, so that the first scheduled run finds them; the pool ``lea
 Airflow's state (metadata DB, logs, login) stays in ``.work/airflow/`` between sessions (``--reset``
 forgets it); the S3 bucket lives only as long as the session (moto keeps it in memory).
 
-Ctrl-C or SIGTERM stops every process by PID and checks that none is left.
+Ctrl-C or SIGTERM stops every process by PID, then checks by ancestry and session id that none is left
+(:class:`tests.support.processes.ProcessTracker`: Airflow renames its processes, so neither names nor
+environment markers find them all) and kills any that is.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import shutil
 import signal
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +42,14 @@ if str(REPO) not in sys.path:  # run as a script: make the repository's packages
     sys.path.insert(0, str(REPO))
 
 from tests.e2e import put_manifest, sample_catalog
-from tests.e2e.stack import AirflowStack, AirflowStackError, processes_with_env
+from tests.e2e.stack import AirflowStack, AirflowStackError
+from tests.support.processes import ProcessTracker
 
 STATE = REPO / ".work" / "airflow"  # git-ignored
 BUCKET = "leapi-local"
 API_KEY = "local-key"
 IMAGES = 24
 DAG_FOLDERS = (REPO / "dags", REPO / "example_dags")
-SESSION_MARKER = "LEAPI_AIRFLOW_LOCAL"
 
 
 def dag_environment(*, source_url: str) -> dict[str, str]:
@@ -184,7 +185,7 @@ def banner(stack: AirflowStack, started: dict[str, Any], ids: list[str]) -> str:
     return "\n".join(lines)
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, tracker: ProcessTracker) -> int:
     if args.reset:
         shutil.rmtree(STATE, ignore_errors=True)
     (STATE / "sources").mkdir(parents=True, exist_ok=True)
@@ -212,8 +213,10 @@ def serve(args: argparse.Namespace) -> int:
             print(banner(stack, started, ids), flush=True)
             while True:
                 time.sleep(1)
+                tracker.watch()
                 stack.check_alive()
         finally:
+            tracker.watch()  # what runs at the moment of the stop, before anything is stopped
             # A second Ctrl-C while stopping would leave processes behind; the stop is bounded (seconds).
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -239,19 +242,23 @@ def main(argv: list[str]) -> int:
     # SIGTERM unwinds like Ctrl-C; SIGINT is set too, as a shell ignores it in background jobs it starts.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
-    # Every process started from here on inherits the marker: the final check finds any that survived.
-    marker = uuid.uuid4().hex
-    os.environ[SESSION_MARKER] = marker
+    tracker = ProcessTracker()
     try:
-        return serve(args)
+        return serve(args, tracker)
     except KeyboardInterrupt:
         return 0
     except AirflowStackError as exc:
         print(f"\nAirflow failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        left = [f"{p.pid} {' '.join(p.cmdline())[:100]}" for p in processes_with_env(SESSION_MARKER, marker)]
-        print(f"stopped; processes left: {left}" if left else "stopped; no process left.", flush=True)
+        stragglers = [process.pid for process in tracker.leftovers()]
+        left = tracker.kill_leftovers()
+        if left:
+            print(f"stopped; processes left even after SIGKILL: {left}", flush=True)
+        elif stragglers:
+            print(f"stopped; {len(stragglers)} straggler(s) killed (pids {stragglers}); no process left.")
+        else:
+            print("stopped; no process left.", flush=True)
 
 
 if __name__ == "__main__":

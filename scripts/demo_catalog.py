@@ -1,4 +1,4 @@
-"""``make demo``: the catalog job end to end on this machine: ``marketplace_feed_etl`` over 24 photographs.
+"""``make demo``: the catalog job end to end on this machine: ``marketplace_feed_etl`` over 30 photographs.
 
 What it does, with nothing from the internet:
 
@@ -287,8 +287,9 @@ def report_run(s3, dag_run, *, credits_used: int, usage: dict, started: float) -
     except LookupError:
         finalized = {}
     run_date = results["run_date"][0].as_py() if results.num_rows else "?"
-    print(f"\nresult table:  s3://{BUCKET}/results/ (partitions run_date={run_date}/preset=*/, "
-          f"{len({r for r in results['run_key'].to_pylist()})} run)")  # fmt: skip
+    runs = len(set(everything["run_key"].to_pylist()))
+    print(f"\nresult table:  s3://{BUCKET}/results/ (partitions run_date={run_date}/preset=*/; "
+          f"{_plural(runs, 'run')} in the table, this one included)")  # fmt: skip
     saved = save_bucket(s3, DEMO / "s3")
     sheet = finalized.get("contact_sheet")
     if sheet:
@@ -305,14 +306,25 @@ def report_run(s3, dag_run, *, credits_used: int, usage: dict, started: float) -
         print(
             f"feed export:   s3://{BUCKET}/export/latest/feed.csv\n               local copy: {_shown(DEMO / 'feed.csv')}"
         )
-    print(f"\nbucket saved to {_shown(DEMO / 's3')} ({saved} objects); "
-          "run `make demo` again to see the incremental skip")  # fmt: skip
+    print(f"\nbucket saved to {_shown(DEMO / 's3')} ({saved} objects)")
+    enhanced = results.filter(pc.equal(results["status"], "done")).num_rows
+    if enhanced:
+        print("run `make demo` again to see the incremental skip (every photograph unchanged, 0 credits)")
+    else:
+        print(
+            "nothing changed, so nothing was paid for; to see changed sources re-enhanced: "
+            "`.venv/bin/python scripts/demo_catalog.py --touch 2` (`--reset` starts from scratch)"
+        )
 
 
 def pa_is_string(data_type) -> bool:
     import pyarrow as pa
 
     return bool(pa.types.is_string(data_type) or pa.types.is_large_string(data_type))
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _local_copy(uri: str) -> Path:

@@ -164,7 +164,7 @@ def test_invalid_requests_name_the_field(leapi_server: RunningServer, payload: d
 
 
 def test_the_urls_per_pipeline_limit_is_exact(leapi_server: RunningServer, source_server: str) -> None:
-    """The documented limit (README, "Limits"): 100 URLs are accepted and charged 100 credits, 101 or
+    """The documented limit (packages/leapi-server/README.md, "Limits"): 100 URLs are accepted and charged 100 credits, 101 or
     10,000 are REJECTED naming the limit and charge nothing. (404 sources: cheap to process.)"""
     limit = DEFAULT_MAX_URLS_PER_PIPELINE
     urls = [f"{source_server}/gone-{i}.jpg" for i in range(limit + 1)]
@@ -217,7 +217,9 @@ def test_private_addresses_in_legacy_ipv4_spellings_are_refused_at_submit(
     assert reason.startswith("source.http.url.0: is refused:") and f"({address})" in reason
     assert notify.startswith("notify_url: is refused:")
     # The refusal names the flag that lifts it (a metadata address is lifted by --allow-source-network only).
-    remedy = "--allow-source-network" if address == "169.254.169.254" else "--allow-private-sources for local use"
+    remedy = (
+        "--allow-source-network" if address == "169.254.169.254" else "--allow-private-sources for local use"
+    )
     assert remedy in reason and remedy in notify
 
 
@@ -365,7 +367,7 @@ def test_exif_orientation_is_applied(odd_outputs: dict) -> None:
 
 @pytest.mark.parametrize("name", ["animated.webp", "animated.png", "multipage.tiff"])
 def test_animated_and_multipage_inputs_use_the_first_frame(odd_outputs: dict, name: str) -> None:
-    """Documented in the README: the first frame (page) is enhanced; animated GIF is not a supported input."""
+    """Documented in packages/leapi-server/README.md: the first frame (page) is enhanced; animated GIF is not a supported input."""
     result, pixels = odd_outputs[name]["JPEG"]
     assert result["output_object"]["size"] == [120, 80]
     red, green, blue = _mean(pixels)

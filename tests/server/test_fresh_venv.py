@@ -2,19 +2,16 @@
 ``leapi-server`` wheels (and their dependencies; no Airflow, no workspace), ``leapi-server`` starts and
 enhances an image end to end.
 
-The wheels are built from this checkout; the dependencies are installed at the versions of ``uv.lock``
-from uv's cache (``--offline``: what ``make venv`` downloaded), then the wheels themselves, so that a
-dependency the wheels need but do not declare cannot hide behind the dev venv.
+The venv is the session's ``server_venv`` (:mod:`tests.fixtures.wheels`, shared with
+``tests/integration/test_wheels.py``): the wheels built from this checkout, their dependencies at the
+versions of ``uv.lock`` from uv's cache, so that a dependency the wheels need but do not declare cannot
+hide behind the dev venv.
 """
 
 from __future__ import annotations
 
 import io
-import os
-import shutil
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -28,64 +25,11 @@ pytestmark = pytest.mark.sqlite_only(
     "on the store"
 )
 
-REPO = Path(__file__).resolve().parents[2]
-WHEELS = ("leapi", "leapi-server")
-
-
-def _uv() -> str:
-    local = REPO / ".work" / "uv" / "bin" / "uv"
-    if local.is_file():
-        return str(local)
-    found = shutil.which("uv")
-    if found is None:
-        pytest.skip("uv is not installed (make venv puts it in .work/uv)")
-    return found
-
-
-def _run(command: list[str], timings: dict[str, float], step: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")}
-    env["UV_PYTHON_DOWNLOADS"] = "never"
-    started = time.monotonic()
-    result = subprocess.run(
-        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-    timings[step] = round(time.monotonic() - started, 2)
-    assert result.returncode == 0, f"{step} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
-
 
 @pytest.fixture(scope="module")
-def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A venv with the two wheels built from this checkout and their locked dependencies only."""
-    uv = _uv()
-    work = tmp_path_factory.mktemp("fresh-venv")
-    dist, venv, lock = work / "dist", work / "venv", work / "pylock.toml"
-    timings: dict[str, float] = {}
-    for package in WHEELS:
-        _run(
-            [uv, "build", "--package", package, "--wheel", "--out-dir", str(dist), "--offline"],
-            timings,
-            f"build {package}",
-        )
-    _run(
-        [uv, "export", "--frozen", "--package", "leapi-server", "--no-dev", "--no-emit-workspace",
-         "--format", "pylock.toml", "--output-file", str(lock)],
-        timings,
-        "export locked dependencies",
-    )  # fmt: skip
-    _run([uv, "venv", "--python", "python3", str(venv)], timings, "create venv")
-    python = str(venv / "bin" / "python")
-    _run(
-        [uv, "pip", "install", "--offline", "--python", python, "-r", str(lock)],
-        timings,
-        "install dependencies",
-    )
-    wheels = sorted(str(w) for w in dist.glob("*.whl"))
-    assert len(wheels) == 2, wheels
-    _run([uv, "pip", "install", "--offline", "--python", python, *wheels], timings, "install wheels")
-    _run([uv, "pip", "check", "--python", python], timings, "check")
-    print(f"fresh venv in {sum(timings.values()):.1f} s: {timings}")
-    yield venv
+def fresh_venv(server_venv: Path) -> Path:
+    """The venv of :func:`tests.fixtures.wheels.server_venv`: the two wheels and their locked dependencies."""
+    return server_venv.parents[1]
 
 
 def _run_python(venv: Path, code: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ from leapi_server.api.deps import RuntimeDep
 
 router = APIRouter()
 
-#: The extensions a client may rely on (README, "Extensions").
+#: The extensions a client may rely on (packages/leapi-server/README.md, "Extensions").
 EXTENSIONS = ("idempotency-key", "signed-webhooks", "result-error", "webhook-deliveries")
 
 
