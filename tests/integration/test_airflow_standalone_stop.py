@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -62,6 +63,8 @@ def _standalone_env(home: Path) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+        # (the DAG file is written once everything answers: new files are found within seconds)
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
     }
     return env
 
@@ -75,12 +78,18 @@ def _wait_for(predicate, *, timeout: float, what: str, log: Path) -> None:
         time.sleep(1)
 
 
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(_READY_TIMEOUT_S + _TASK_TIMEOUT_S + 180)
 def test_documented_stop_leaves_no_process_of_airflow_standalone(tmp_path: Path) -> None:
     home = tmp_path / "airflow"
     (home / "dags").mkdir(parents=True)
-    (home / "dags" / "sleepy.py").write_text(_SLEEPY_DAG)
     env = _standalone_env(home)
     log, pid_file, task_pid_file = (
         home / "airflow-standalone.log",
@@ -96,8 +105,11 @@ def test_documented_stop_leaves_no_process_of_airflow_standalone(tmp_path: Path)
     try:
         # The pid written becomes the leader of a session of its own once setsid has run (milliseconds).
         _wait_for(lambda: os.getsid(session) == session, timeout=10, what="setsid", log=log)
-        _wait_for(lambda: "Airflow is ready" in log.read_text(errors="replace"), timeout=_READY_TIMEOUT_S,
-                  what="airflow standalone ready", log=log)  # fmt: skip
+        # "ready" counts the scheduler, dag-processor and triggerer; a task also needs the api-server.
+        health = f"http://127.0.0.1:{env['AIRFLOW__API__PORT']}/api/v2/monitor/health"
+        _wait_for(lambda: "Airflow is ready" in log.read_text(errors="replace") and _answers(health),
+                  timeout=_READY_TIMEOUT_S, what="airflow standalone ready", log=log)  # fmt: skip
+        (home / "dags" / "sleepy.py").write_text(_SLEEPY_DAG)
         _wait_for(task_pid_file.exists, timeout=_TASK_TIMEOUT_S, what="the task running", log=log)
         task = psutil.Process(int(task_pid_file.read_text()))
         tracker.watch()
