@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 #: Imports every module of a package (walking it as installed) and reports what failed and why.
 _IMPORT_ALL = r"""
-import importlib, importlib.metadata, json, pkgutil, sys
+import importlib, importlib.util, json, pkgutil, sys
 top = sys.argv[1]
 failures = {}
 package = importlib.import_module(top)

@@ -95,7 +95,7 @@ def fresh_venv(
 
     :param distribution: ``wheel``'s distribution name (whose locked dependencies are installed).
     """
-    lock = venv.with_name(venv.name + "-pylock.toml")
+    lock = venv.with_name(f"pylock.{venv.name}.toml")  # (the name uv requires of a PEP 751 lock)
     tag = venv.name
     export = ["export", "--frozen", "--no-dev", "--no-emit-workspace", "--format", "pylock.toml"]
     export += ["--package", distribution, *(a for extra in extras for a in ("--extra", extra))]
