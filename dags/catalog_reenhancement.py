@@ -47,4 +47,7 @@ with DAG(
         },
     ),
 ) as dag:
-    add_catalog_tasks(outlets=[CATALOG_RESULTS])
+    # Connections are the DAG author's choice, never a run's; a catalog's waits are long: defer them.
+    add_catalog_tasks(
+        leapi_conn_id="leapi_default", aws_conn_id="aws_default", deferrable=True, outlets=[CATALOG_RESULTS]
+    )

@@ -47,4 +47,11 @@ with DAG(
         },
     ),
 ) as dag:
-    add_catalog_tasks(export_feed=True, outlets=[FEED_RESULTS])
+    # Connections are the DAG author's choice, never a run's; a catalog's waits are long: defer them.
+    add_catalog_tasks(
+        leapi_conn_id="leapi_default",
+        aws_conn_id="aws_default",
+        deferrable=True,
+        export_feed=True,
+        outlets=[FEED_RESULTS],
+    )

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pytest
 
 from leapi_provider.manifests import MANIFEST_SCHEMA
-from tests.fixtures.airflow import task_states
+from tests.fixtures.airflow import leapi_connection, task_states
 from tests.fixtures.catalog import docs_only_params, run_dag
 from tests.support.catalog import SampleImage, sample_manifest
 from tests.support.server import RunningServer, docs_only_rate_limited_server
@@ -46,15 +46,13 @@ def strict_server() -> Iterator[RunningServer]:
 
 
 def test_a_100_image_catalog_under_a_hard_limit_without_hints(
-    catalog_env, catalog_site, catalog_bucket, strict_server, leapi_conn_factory, caplog
+    catalog_env, catalog_site, catalog_bucket, strict_server, caplog
 ) -> None:
-    conn_id = leapi_conn_factory("leapi_docs_only", strict_server.base_url, strict_server.api_key)
     images = catalog_site.add_images(IMAGES, prefix="strict", long_sides=(96, 80, 64))
     conf = {
         "manifest": catalog_bucket.put_manifest(one_operation_manifest(images, catalog_site.base_url)),
         "results": catalog_bucket.uri("results"),
         "images": catalog_bucket.uri("images"),
-        "leapi_conn_id": conn_id,
         "urls_per_pipeline": URLS_PER_PIPELINE,
         "min_images_per_batch": 25,
         "contact_sheet_images": 0,
@@ -62,7 +60,10 @@ def test_a_100_image_catalog_under_a_hard_limit_without_hints(
     }
     used = strict_server.used_credits()
     started = time.monotonic()
-    with caplog.at_level(logging.INFO):
+    with (
+        caplog.at_level(logging.INFO),
+        leapi_connection(strict_server.base_url, strict_server.api_key),
+    ):
         dag_run = run_dag(*FANOUT, conf)
     elapsed = time.monotonic() - started
 
