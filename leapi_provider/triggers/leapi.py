@@ -46,7 +46,7 @@ from typing import Any
 import httpx
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from leapi.errors import LeapiAuthError, LeapiError, LeapiNotFoundError
+from leapi.errors import LeapiAuthError, LeapiError, LeapiNotFoundError, LeapiRateLimitError
 from leapi.models import Pipeline, PipelineStatus
 from leapi.polling import DEFAULT_INITIAL_POLL_INTERVAL_S, FinishProbe, InOrderPoll, poll_schedule
 from leapi.redaction import redact_text
@@ -277,6 +277,10 @@ class LeapiPipelineTrigger(BaseTrigger):
             raise _PollFailed(str(exc)) from exc
         except LeapiNotFoundError:
             pipeline = Pipeline(id=pipeline_id, status=PipelineStatus.ERROR, error=_NOT_FOUND)
+        except LeapiRateLimitError as exc:
+            # (not a failure: the account's requests are spent for now; the next round asks again)
+            self.log.info("LEAPI poll of pipeline %s waits for the rate limit: %s", pipeline_id, exc)
+            return None
         except (LeapiError, httpx.HTTPError, ValueError) as exc:
             errors = watch.consecutive_errors[pipeline_id] = watch.consecutive_errors.get(pipeline_id, 0) + 1
             self.log.warning(

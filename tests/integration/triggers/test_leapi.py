@@ -306,3 +306,19 @@ def test_malformed_events_are_refused():
         validate_pipeline_event(good | {"pending_ids": ["1"]})
     with pytest.raises(LeapiTriggerEventError, match="must name a watched pipeline"):
         validate_pipeline_event(good | {"ready_through": 7})
+
+
+@respx.mock
+async def test_the_rate_limit_is_waited_out_not_counted_as_a_failure(fake_conn, instant_backoff):
+    """Each round's read spends its budget (the poll interval) on refusals, then the round ends; eight
+    refusals take three rounds, more than max_consecutive_errors, and the wait still succeeds."""
+    body = {"status": "REJECTED", "reason": "Too Many Requests. Rate limit exceeded."}
+    refused = httpx.Response(429, json=body, headers={"Retry-After": "20"})
+    route = respx.get(f"{FAKE}/v1/pipeline/4")
+    route.side_effect = [refused] * 8 + [httpx.Response(200, json={"pipeline": {"id": 4, "status": "DONE"}})]
+    trigger = recording(
+        pipeline_ids=[4], end_time=time.time() + 3600, leapi_conn_id=fake_conn, max_consecutive_errors=2
+    )
+    event = await first_event(trigger)
+    assert event["status"] == "success", "refusals of the account's rate limit are not polling failures"
+    assert route.call_count == 9 and len(trigger.waits) >= 3
