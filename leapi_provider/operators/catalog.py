@@ -175,15 +175,16 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
                 self._defer_submit(hook, outcome.resume_at)
             results = BatchResults(batch)
             collector = BatchCollector(batch, hook, outcome.pipeline_ids, results)
-            if ready_through is not None:
-                collector.round(through=ready_through)
-            self._wait(batch, collector, 0.0 if waited else in_worker)
+            self._wait(batch, collector, 0.0 if waited else in_worker, ready_through=ready_through)
             transfer_pipelines(batch, hook, [], results)  # (the REJECTED images' rows, if none was written)
         return {"batch": batch.index, "pipelines": len(outcome.pipeline_ids), "results_uri": results.uri}
 
-    def _wait(self, batch: CatalogBatch, collector: BatchCollector, in_worker: float) -> None:
-        """Wait in the worker (``in_worker`` seconds, or the whole timeout when not deferrable), then
-        defer for the rest; raises when the batch's time is up."""
+    def _wait(
+        self, batch: CatalogBatch, collector: BatchCollector, in_worker: float, *, ready_through: int | None
+    ) -> None:
+        """Collect what the trigger found ready (``ready_through``), wait in the worker (``in_worker``
+        seconds, or the whole timeout when not deferrable), then defer for the rest; raises when the
+        batch's time is up."""
         from leapi.errors import LeapiRateLimitError, LeapiWaitTimeoutError
         from leapi_provider.triggers.leapi import earliest_resume
 
@@ -191,6 +192,8 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
         seconds = min(in_worker, end_time - time.time()) if self.deferrable else end_time - time.time()
         resume_cost = earliest_resume() - time.time() + TASK_START_S
         try:
+            if ready_through is not None:
+                collector.round(through=ready_through)
             collector.wait(
                 seconds,
                 poll_interval=self.poll_interval,
@@ -198,6 +201,8 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
                 resume_cost=resume_cost if self.deferrable else 0.0,
             )
         except LeapiRateLimitError as exc:
+            if not self.deferrable:
+                raise
             self.log.info("%s: the next status read must wait for the rate limit (%s): deferring", batch, exc)
         if not collector.pending:
             return
