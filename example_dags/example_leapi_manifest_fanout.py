@@ -42,4 +42,9 @@ with DAG(
         urls_per_pipeline=10,
     ),
 ) as dag:
-    add_catalog_tasks(outlets=[Asset(name="leapi_example_results")])  # named: results is a param
+    add_catalog_tasks(
+        leapi_conn_id="leapi_default",
+        aws_conn_id="aws_default",
+        deferrable=True,
+        outlets=[Asset(name="leapi_example_results")],  # named: results is a param
+    )

@@ -1,8 +1,8 @@
 """Copying the result images of a DONE pipeline: the parts the operators, the S3 transfer and the catalog share.
 
 What a result is, its deterministic name, its expiry and its verified download live in the ``leapi``
-client (:mod:`leapi.results`, :mod:`leapi.download`); this module adds the Airflow side: Airflow's errors,
-a spooled download ready to copy anywhere, the ``files`` XCom records, and failing after a partial copy.
+client (:mod:`leapi.results`, :mod:`leapi.download`); this module adds the Airflow side: a spooled
+download ready to copy anywhere, the ``files`` XCom records, and failing after a partial copy.
 """
 
 from __future__ import annotations
@@ -13,49 +13,13 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
-from leapi import results as _results
 from leapi.download import VerifiedResult
-from leapi.models import Pipeline
-from leapi.results import TEMP_URL_LIFETIME, ResultFile, result_file_name, temp_url_expiry
-from leapi_provider.exceptions import LeapiResultMissingError, airflow_errors
+from leapi.errors import LeapiResultMissingError
+from leapi.results import ResultFile
 from leapi_provider.hooks.leapi import LeapiHook
 
 #: Results up to this size stay in memory while being verified; larger ones spill to a temp file.
 SPOOL_MAX_BYTES = 8 * 1024 * 1024
-
-__all__ = [
-    "SPOOL_MAX_BYTES",
-    "TEMP_URL_LIFETIME",
-    "ResultFile",
-    "VerifiedResult",
-    "download_verified",
-    "file_record",
-    "raise_for_failed_results",
-    "result_file_name",
-    "result_files",
-    "spooled_download",
-    "temp_url_expiry",
-]
-
-
-def result_files(pipeline: Pipeline) -> tuple[list[ResultFile], dict[int, str]]:
-    """The downloadable results of a DONE pipeline, and the failed ones (index -> reason).
-
-    :raises LeapiError: the pipeline is not DONE.
-    """
-    with airflow_errors():
-        return _results.result_files(pipeline)
-
-
-def download_verified(hook: LeapiHook, result: ResultFile, fileobj: IO[bytes]) -> VerifiedResult:
-    """Stream ``result`` into ``fileobj`` and check it before anyone else sees it.
-
-    (:meth:`LeapiHook.download_verified`, kept here for the callers that pass a hook.)
-
-    :raises LeapiResultExpiredError: the temp URL expired (names the pipeline and the expiry).
-    :raises LeapiResultVerificationError: incomplete, not an image, or not the size/format reported.
-    """
-    return hook.download_verified(result, fileobj)
 
 
 @contextlib.contextmanager
@@ -65,7 +29,7 @@ def spooled_download(hook: LeapiHook, result: ResultFile) -> Iterator[tuple[Veri
     Yields the verification and the file, rewound, ready to be copied to its destination.
     """
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES) as spool:
-        verified = download_verified(hook, result, spool)
+        verified = hook.download_verified(result, spool)
         spool.seek(0)
         yield verified, spool
 

@@ -43,14 +43,3 @@ def coerce_pipeline_ids(value: Any) -> list[int]:
     if not ids:
         raise ValueError(f"no pipeline id in {value!r}")
     return ids
-
-
-def contains_template(value: Any) -> bool:
-    """Whether ``value`` (nested lists/dicts included) still holds Jinja syntax to render at run time."""
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    if isinstance(value, dict):
-        return any(contains_template(k) or contains_template(v) for k, v in value.items())
-    if isinstance(value, (list, tuple, set)):
-        return any(contains_template(v) for v in value)
-    return False

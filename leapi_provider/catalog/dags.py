@@ -84,6 +84,9 @@ def marketplace_feed_etl_dag(
     schedule: Any = None,
     preset_defaults: Mapping[str, Mapping[str, Any]] | None = None,
     params: Mapping[str, Any] | None = None,
+    leapi_conn_id: str = "leapi_default",
+    aws_conn_id: str | None = "aws_default",
+    deferrable: bool = True,
     **dag_kwargs: Any,
 ) -> DAG:
     """The ``marketplace_feed_etl`` DAG: feed key layout, export of the final image URL per ``image_id``,
@@ -97,6 +100,9 @@ def marketplace_feed_etl_dag(
     :param schedule: Airflow's ``schedule`` (default: triggered only).
     :param preset_defaults: per preset default options (default: marketplace 1200 x 1600 JPEG, quality 85).
     :param params: other catalog param defaults (``urls_per_pipeline``, ``feed_url_template``, ...).
+    :param leapi_conn_id: the LEAPI connection (fixed by the DAG author: a run's conf cannot change it).
+    :param aws_conn_id: the connection of ``s3://`` locations.
+    :param deferrable: wait in the triggerer (a catalog's waits are long: on by default here).
     :param dag_kwargs: more ``DAG`` arguments (``tags``, ``default_args``, ``start_date``, ...).
     """
     return _catalog_dag(
@@ -107,6 +113,7 @@ def marketplace_feed_etl_dag(
         outlet=FEED_RESULTS,
         export_feed=True,
         fileloc=_caller_file(),
+        task_args={"leapi_conn_id": leapi_conn_id, "aws_conn_id": aws_conn_id, "deferrable": deferrable},
         params={
             "manifest": manifest,
             "results": results,
@@ -131,6 +138,9 @@ def catalog_reenhancement_dag(
     schedule: Any = "@daily",
     preset_defaults: Mapping[str, Mapping[str, Any]] | None = None,
     params: Mapping[str, Any] | None = None,
+    leapi_conn_id: str = "leapi_default",
+    aws_conn_id: str | None = "aws_default",
+    deferrable: bool = True,
     **dag_kwargs: Any,
 ) -> DAG:
     """The ``catalog_reenhancement`` DAG: daily, incremental (only changed images are paid for).
@@ -142,6 +152,9 @@ def catalog_reenhancement_dag(
     :param schedule: Airflow's ``schedule`` (default ``@daily``).
     :param preset_defaults: per preset default options (default: marketplace 1600 x 1600 JPEG, quality 85).
     :param params: other catalog param defaults (``urls_per_pipeline``, ``max_credits``, ...).
+    :param leapi_conn_id: the LEAPI connection (fixed by the DAG author: a run's conf cannot change it).
+    :param aws_conn_id: the connection of ``s3://`` locations.
+    :param deferrable: wait in the triggerer (a catalog's waits are long: on by default here).
     :param dag_kwargs: more ``DAG`` arguments (``tags``, ``default_args``, ``start_date``, ...).
     """
     return _catalog_dag(
@@ -152,6 +165,7 @@ def catalog_reenhancement_dag(
         outlet=CATALOG_RESULTS,
         export_feed=False,
         fileloc=_caller_file(),
+        task_args={"leapi_conn_id": leapi_conn_id, "aws_conn_id": aws_conn_id, "deferrable": deferrable},
         params={
             "manifest": manifest,
             "results": results,
@@ -175,6 +189,7 @@ def _catalog_dag(
     export_feed: bool,
     fileloc: str,
     params: dict[str, Any],
+    task_args: dict[str, Any],
     dag_kwargs: dict[str, Any],
 ) -> DAG:
     settings = {
@@ -187,7 +202,7 @@ def _catalog_dag(
         **dag_kwargs,
     }
     with DAG(dag_id=dag_id, schedule=schedule, params=catalog_params(**params), **settings) as dag:
-        add_catalog_tasks(export_feed=export_feed, outlets=[outlet])
+        add_catalog_tasks(export_feed=export_feed, outlets=[outlet], **task_args)
     dag.fileloc = fileloc
     return dag
 

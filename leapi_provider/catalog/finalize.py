@@ -48,57 +48,14 @@ def finalize_run(settings: CatalogSettings, run: CatalogRun, *, export_feed: boo
             f"the plan of run {run.dag_run_id} is missing ({uri_of(folder.plan)}): the plan task failed"
         )
     plan = manifests.read_json(folder.plan)
-    parts = [manifests.read_parquet(folder.carried)]
-    incomplete: list[int] = []
-    for batch_uri in plan["batches"]:
-        index = batch_index_of(batch_uri)
-        expected = manifests.read_parquet(folder.batch(index))
-        results_path = folder.results(index)
-        got = manifests.read_parquet(results_path) if results_path.exists() else manifests.empty_results()
-        parts.append(got)
-        missing = expected.filter(pc.invert(pc.is_in(expected["manifest_row"], got["manifest_row"])))
-        if missing.num_rows:
-            incomplete.append(index)
-            parts.append(
-                status_rows(
-                    missing,
-                    ResultStatus.ERROR,
-                    error=f"batch {index} did not complete (a task of it failed); re-run the DAG run",
-                    run=run,
-                )
-            )
-    table = pa.concat_tables([manifests.conform_results(p) for p in parts]).sort_by("manifest_row")
-    rows = table["manifest_row"].to_numpy()
-    expected_rows = plan["counts"]["manifest_rows"]
-    if len(rows) != expected_rows or len(np.unique(rows)) != expected_rows:
-        raise AirflowFailException(
-            f"result rows do not match the manifest: {len(rows)} rows for {expected_rows} manifest rows "
-            f"({len(rows) - len(np.unique(rows))} duplicated)"
-        )
+    table, incomplete = _assemble(folder, plan, run)
     results_root = storage_path(settings.results, settings.aws_conn_id)
     written = manifests.write_result_table(
         table, results_root, dag_run_id=run.dag_run_id, run_date=run.run_date, file_key=run.key
     )
-    done = table.filter(pc.equal(table["status"], ResultStatus.DONE.value))
-    sheet = contact_sheet(settings, done)
-    sheet_uri = None
-    if sheet is not None:
-        target = results_root / f"run_date={run.run_date}" / f"_contact_sheet-{run.key}.png"
-        sheet_uri = manifests.write_bytes_atomic(sheet, target)
-    elif done.num_rows == 0:
-        # (say so: a reader must not take an earlier run's sheet for this one's)
-        log.info("This run enhanced no image, so no new contact sheet was written")
+    sheet_uri = _write_contact_sheet(settings, run, table, results_root)
     exported = write_feed_export(settings, table, folder, run) if export_feed and settings.export else []
-    pairs = Counter(zip(table["status"].to_pylist(), table["preset"].to_pylist(), strict=True))
-    summary = {
-        "rows": table.num_rows,
-        "by_status": dict(sorted(Counter(table["status"].to_pylist()).items())),
-        "by_status_and_preset": [
-            [status, preset, n]
-            for (status, preset), n in sorted(pairs.items(), key=lambda i: (i[0][0], i[0][1] or ""))
-        ],
-        "credits_used": _credits_used(folder, plan["batches"]),
-    }
+    summary = _summary(table, credits_used=_credits_used(folder, plan["batches"]))
     report = write_html_report(settings, run, table, summary, contact_sheet_uri=sheet_uri)
     result = {
         "result_files": written.files,
@@ -116,6 +73,65 @@ def finalize_run(settings: CatalogSettings, run: CatalogRun, *, export_feed: boo
             "submitted again."
         )
     return result
+
+
+def _assemble(folder: RunFolder, plan: dict[str, Any], run: CatalogRun) -> tuple[pa.Table, list[int]]:
+    """One row per manifest row: the plan's own rows, each batch's rows, ``error`` rows for the images of
+    batches that did not complete; and those batches.
+
+    :raises AirflowFailException: the rows do not match the manifest one for one.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    parts = [manifests.read_parquet(folder.carried)]
+    incomplete: list[int] = []
+    for batch_uri in plan["batches"]:
+        index = batch_index_of(batch_uri)
+        expected = manifests.read_parquet(folder.batch(index))
+        results_path = folder.results(index)
+        got = manifests.read_parquet(results_path) if results_path.exists() else manifests.empty_results()
+        parts.append(got)
+        missing = expected.filter(pc.invert(pc.is_in(expected["manifest_row"], got["manifest_row"])))
+        if missing.num_rows:
+            incomplete.append(index)
+            error = f"batch {index} did not complete (a task of it failed); re-run the DAG run"
+            parts.append(status_rows(missing, ResultStatus.ERROR, error=error, run=run))
+    table = pa.concat_tables([manifests.conform_results(p) for p in parts]).sort_by("manifest_row")
+    rows = table["manifest_row"].to_numpy()
+    expected_rows = plan["counts"]["manifest_rows"]
+    if len(rows) != expected_rows or len(np.unique(rows)) != expected_rows:
+        raise AirflowFailException(
+            f"result rows do not match the manifest: {len(rows)} rows for {expected_rows} manifest rows "
+            f"({len(rows) - len(np.unique(rows))} duplicated)"
+        )
+    return table, incomplete
+
+
+def _write_contact_sheet(
+    settings: CatalogSettings, run: CatalogRun, table: pa.Table, results_root: Any
+) -> str | None:
+    done = table.filter(pc.equal(table["status"], ResultStatus.DONE.value))
+    sheet = contact_sheet(settings, done)
+    if sheet is not None:
+        target = results_root / f"run_date={run.run_date}" / f"_contact_sheet-{run.key}.png"
+        return manifests.write_bytes_atomic(sheet, target)
+    if done.num_rows == 0:
+        # (say so: a reader must not take an earlier run's sheet for this one's)
+        log.info("This run enhanced no image, so no new contact sheet was written")
+    return None
+
+
+def _summary(table: pa.Table, *, credits_used: int) -> dict[str, Any]:
+    pairs = Counter(zip(table["status"].to_pylist(), table["preset"].to_pylist(), strict=True))
+    return {
+        "rows": table.num_rows,
+        "by_status": dict(sorted(Counter(table["status"].to_pylist()).items())),
+        "by_status_and_preset": [
+            [status, preset, n]
+            for (status, preset), n in sorted(pairs.items(), key=lambda i: (i[0][0], i[0][1] or ""))
+        ],
+        "credits_used": credits_used,
+    }
 
 
 def _credits_used(folder: RunFolder, batch_uris: Iterable[str]) -> int:

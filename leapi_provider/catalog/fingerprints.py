@@ -65,8 +65,8 @@ def source_fingerprints(
 
     :param aws_conn_id: the connection that reads ``s3://`` sources' object metadata.
     """
+    from leapi.transport import shared_tls_context
     from leapi_provider.catalog.sources import is_presigned_source, s3_fingerprints
-    from leapi_provider.hooks.leapi import shared_tls_context
 
     distinct = list(dict.fromkeys(urls))
     in_buckets = [url for url in distinct if is_presigned_source(url)]

@@ -2,13 +2,12 @@
 
 :func:`plan_run` runs those steps in order (:func:`validate_step`, :func:`incremental_step`,
 :func:`credit_step`, :func:`write_plan`) and writes everything it decides to the run's folder; XCom carries
-only the batch files' URIs. Batch sizing is :func:`batch_count`.
+only the batch files' URIs. Batch sizing is :func:`leapi_provider.catalog.sizing.batch_count`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +17,8 @@ import pyarrow.compute as pc
 
 from leapi_provider import manifests
 from leapi_provider.catalog.fingerprints import SourceFingerprint, source_fingerprints
-from leapi_provider.catalog.settings import BATCHES_PER_SLOT, CatalogSettings
+from leapi_provider.catalog.settings import CatalogSettings
+from leapi_provider.catalog.sizing import batch_count
 from leapi_provider.catalog.storage import (
     CatalogRun,
     RunFolder,
@@ -113,7 +113,7 @@ def read_remaining_credits(settings: CatalogSettings) -> tuple[int | None, dict[
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from leapi_provider.exceptions import LeapiHTTPError, LeapiResponseError
+    from leapi.errors import LeapiHTTPError, LeapiResponseError
     from leapi_provider.hooks.leapi import LeapiHook
 
     if settings.quota_guard == "off":
@@ -165,33 +165,6 @@ def credits_allowed(needed: int, remaining: int | None, *, reserve: int, on_shor
         "Only %d of the %d credits this run needs are available: the rest is deferred", available, needed
     )
     return available
-
-
-def batch_count(images: int, *, parallel_batches: int, min_images_per_batch: int, max_batches: int) -> int:
-    """How many batches (mapped tasks) to cut ``images`` into.
-
-    Cost model: a batch task costs seconds of fixed overhead (a task start and a DAG parse in a worker, a
-    second start when its wait is deferred), whatever its size, while its images cost the API's time, which
-    does not depend on how they are batched. So batches are made as large as keeps the workers busy:
-
-    * at most :data:`~leapi_provider.catalog.settings.BATCHES_PER_SLOT` per slot that runs batches at once
-      (``parallel_batches``, the ``leapi`` pool's size), so a slot that finishes early picks up another batch
-      and a failed batch re-runs a fraction of the run;
-    * at least ``min_images_per_batch`` images each, when the manifest has that many (fewer, bigger batches
-      for small manifests: 200 images make 2 batches, not 20);
-    * never more than ``max_batches`` (the ``max_batches`` param and ``[core] max_map_length``).
-
-    >>> batch_count(1000, parallel_batches=4, min_images_per_batch=100, max_batches=1024)
-    8
-    >>> batch_count(200, parallel_batches=4, min_images_per_batch=100, max_batches=1024)
-    2
-    >>> batch_count(24, parallel_batches=4, min_images_per_batch=100, max_batches=1024)
-    1
-    """
-    if images <= 0:
-        return 1
-    by_size = math.ceil(images / max(min_images_per_batch, 1))
-    return max(1, min(by_size, parallel_batches * BATCHES_PER_SLOT, max_batches))
 
 
 @dataclass
@@ -402,10 +375,13 @@ def write_plan(
     """Cut the rows to submit into batches (:func:`batch_count`) and write the batch files, the carried
     rows and ``plan.json`` (last: its presence means the plan is complete)."""
     batches = batch_count(
-        state.valid.num_rows,
+        images=state.valid.num_rows,
+        pipelines=_pipeline_count(state.valid, settings.urls_per_pipeline),
         parallel_batches=settings.parallel_batches,
         min_images_per_batch=settings.min_images_per_batch,
         max_batches=max(1, max_batches),
+        requests_per_minute=settings.api_requests_per_minute,
+        batch_api_minutes=settings.batch_api_minutes,
     )
     plan = manifests.plan_batches(
         state.valid, urls_per_pipeline=settings.urls_per_pipeline, max_batches=batches
@@ -443,6 +419,14 @@ def write_plan(
     )
     log.info("Plan: %s", counts)
     return {"run_dir": uri_of(folder.root), "batches": batch_uris, "counts": counts}
+
+
+def _pipeline_count(rows: pa.Table, urls_per_pipeline: int) -> int:
+    """Pipelines ``rows`` make: each operation's images, ``urls_per_pipeline`` at a time."""
+    if not rows.num_rows:
+        return 0
+    counts = pc.value_counts(rows["operation_hash"]).field("counts").to_numpy()
+    return int((-(-counts // urls_per_pipeline)).sum())
 
 
 def _resume_plan(settings: CatalogSettings, folder: RunFolder) -> dict[str, Any]:

@@ -128,8 +128,8 @@ def sheet_images(settings: CatalogSettings, done: pa.Table, *, count: int) -> li
     chosen: list[dict[str, Any]] = []
     for preset in sorted({r["preset"] for r in picks}):
         chosen += [r for r in picks if r["preset"] == preset][: max(1, count // 3)]
+    from leapi.transport import shared_tls_context
     from leapi_provider.catalog.sources import read_source_bytes
-    from leapi_provider.hooks.leapi import shared_tls_context
 
     images: list[SheetImage] = []
     zoomed: set[str] = set()

@@ -1,10 +1,16 @@
-"""Catalog settings: the DAG params a catalog run reads, their defaults, and the object-key template.
+"""Catalog settings: what a catalog run reads, each setting declared once, and the DAG params made from it.
+
+:class:`CatalogSettings` is the one source: every field carries its default, its JSON-schema bounds and
+its description (:func:`setting`), and :func:`catalog_params` derives the DAG's ``params`` from them. The
+connections are fields too, but never params: the DAG author fixes them (``add_catalog_tasks``), and a
+run's conf cannot point a run at another account's connection.
 
 Imported when a DAG file is parsed, so it stays cheap: nothing here imports pyarrow, numpy or an HTTP client.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,15 +25,8 @@ LEAPI_POOL = "leapi"
 #: Default cap on URLs per pipeline. The docs allow several URLs per pipeline without a stated maximum; ten
 #: keeps one failed pipeline's blast radius small.
 DEFAULT_URLS_PER_PIPELINE = 10
-#: Batch sizing (see :func:`leapi_provider.catalog.plan.batch_count`): batches running at once (the
-#: ``leapi`` pool's slots), batches planned per such slot, and the fewest images worth a batch's fixed cost.
-DEFAULT_PARALLEL_BATCHES = 4
+#: Batch sizing (see :mod:`leapi_provider.catalog.sizing`): batches planned per slot that runs batches.
 BATCHES_PER_SLOT = 2
-DEFAULT_MIN_IMAGES_PER_BATCH = 100
-#: A batch polls its pipelines in the worker this long before deferring to the triggerer: resuming a
-#: deferred task costs a task start (seconds on a busy worker), more than waiting for a batch that is
-#: about to finish.
-DEFAULT_DEFER_AFTER_S = 10.0
 
 #: Fields a ``key_template`` may use (``str.format`` syntax; ``{sha256:.12}`` keeps 12 characters).
 KEY_TEMPLATE_FIELDS = ("image_id", "preset", "ext", "sha256", "operation_hash", "pipeline_id", "run_date")
@@ -40,11 +39,27 @@ QUOTA_SHORTFALL_MODES = ("fail", "process_what_fits")
 #: ``quota_guard``: "on" fails a plan whose usage answer has no readable credits figure; "off" (explicit
 #: only) plans without reading ``/v1/me/usage/`` at all (servers whose usage body the client cannot read).
 QUOTA_GUARD_MODES = ("on", "off")
-#: How long a presigned ``s3://`` source URL stays valid: LEAPI fetches a source when its pipeline is
-#: processed, which may be hours after the submit on a busy queue (the batch wait allows 6 h as well).
-DEFAULT_PRESIGN_EXPIRES_IN_S = 6 * 60 * 60
 #: SigV4 presigned URLs live 7 days at most.
 MAX_PRESIGN_EXPIRES_IN_S = 7 * 24 * 60 * 60
+#: Fields of :class:`CatalogSettings` the DAG author fixes (``add_catalog_tasks`` arguments), never a run.
+CONNECTION_FIELDS = ("leapi_conn_id", "aws_conn_id")
+
+
+def setting(default: Any, description: str = "", **schema: Any) -> Any:
+    """A :class:`CatalogSettings` field: its default, and the JSON schema of its DAG param.
+
+    :param schema: ``type`` and bounds (``minimum``, ``maximum``, ``enum``), as Airflow's ``Param`` takes.
+    """
+    metadata = {"param": {"description": description, **schema}}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def connection(default: str | None, description: str) -> Any:
+    """A connection-id field: set by the DAG author (an operator argument), never a DAG param."""
+    return field(default=default, metadata={"connection": description})
+
 
 # --------------------------------------------------------------------------------------------------
 # Settings
@@ -53,32 +68,37 @@ MAX_PRESIGN_EXPIRES_IN_S = 7 * 24 * 60 * 60
 
 @dataclass(frozen=True)
 class CatalogSettings:
-    """What one catalog run needs, read from the DAG's params (see :func:`catalog_params`)."""
+    """What one catalog run needs: the DAG run's params (:func:`catalog_params`) and the connections the
+    DAG author gave ``add_catalog_tasks``."""
 
-    manifest: str
-    results: str
-    images: str
-    export: str | None = None
-    leapi_conn_id: str = "leapi_default"
-    aws_conn_id: str | None = "aws_default"
-    urls_per_pipeline: int = DEFAULT_URLS_PER_PIPELINE
-    max_batches: int = 1024
-    parallel_batches: int = DEFAULT_PARALLEL_BATCHES
-    min_images_per_batch: int = DEFAULT_MIN_IMAGES_PER_BATCH
-    defer_after: float = DEFAULT_DEFER_AFTER_S
-    preset_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
-    key_template: str = DEFAULT_KEY_TEMPLATE
-    incremental: bool = False
-    change_detection: str = "headers"
-    on_quota_shortfall: str = "fail"
-    quota_reserve: int = 0
-    transfer_concurrency: int = 8
-    contact_sheet_images: int = 6
-    feed_url_template: str | None = None
-    presign_expires_in: int = DEFAULT_PRESIGN_EXPIRES_IN_S
-    max_credits: int | None = None
-    dry_run: bool = False
-    quota_guard: str = "on"
+    # fmt: off
+    manifest: str = setting("s3://my-catalog/manifests/latest/", "Manifest: Parquet file, folder or glob (any ObjectStoragePath URI).", type="string")
+    results: str = setting("s3://my-catalog/leapi/results", "Result table root (partitioned run_date=/preset=).", type="string")
+    images: str = setting("s3://my-catalog/leapi/images", "Where enhanced images are written.", type="string")
+    export: str | None = setting(None, "Feed export folder (empty: no export).", type=["null", "string"])
+    urls_per_pipeline: int = setting(DEFAULT_URLS_PER_PIPELINE, "Image URLs per LEAPI pipeline (one credit each).", type="integer", minimum=1, maximum=100)
+    max_batches: int = setting(1024, "Mapped batches at most (also capped by [core] max_map_length).", type="integer", minimum=1)
+    parallel_batches: int = setting(4, f"Batches that run at once (the {LEAPI_POOL!r} pool's slots); the plan makes {BATCHES_PER_SLOT} batches per slot at least.", type="integer", minimum=1)
+    min_images_per_batch: int = setting(100, "Fewest images per batch when the manifest is big enough (a batch task has a fixed cost of seconds).", type="integer", minimum=1)
+    api_requests_per_minute: int = setting(120, "The LEAPI account's rate limit (requests per minute, status reads included): batches are sized by the API time they need.", type="integer", minimum=1)
+    batch_api_minutes: float = setting(10.0, "API time one batch needs at most, in minutes at api_requests_per_minute: a failed batch redoes little and progress shows in the UI.", type="number", exclusiveMinimum=0)
+    defer_after: float = setting(10.0, "Seconds a batch waits in its worker (for its pipelines, or for a rate-limit slot) before deferring to the triggerer (0: defer at once).", type="number", minimum=0)
+    preset_defaults: dict[str, dict[str, Any]] = setting({}, 'Per preset default options, e.g. {"marketplace": {"width": 1600}}; manifest rows override them.', type="object")  # noqa: RUF009 - a field with a default_factory
+    key_template: str = setting(DEFAULT_KEY_TEMPLATE, f"Object key under images; fields: {', '.join(KEY_TEMPLATE_FIELDS)}.", type="string")
+    incremental: bool = setting(False, "Skip images whose source and operation did not change since their last success.", type="boolean")
+    change_detection: str = setting("headers", "headers (ETag / Last-Modified, content hash fallback) or content (always hash the bytes).", type="string", enum=list(CHANGE_DETECTION_MODES))
+    on_quota_shortfall: str = setting("fail", "Not enough credits: fail before spending any, or process what fits and mark the rest deferred_quota.", type="string", enum=list(QUOTA_SHORTFALL_MODES))
+    quota_reserve: int = setting(0, "Credits to leave untouched.", type="integer", minimum=0)
+    transfer_concurrency: int = setting(8, "Parallel downloads/uploads per batch task.", type="integer", minimum=1, maximum=64)
+    contact_sheet_images: int = setting(6, "Images on the contact sheet (0: none).", type="integer", minimum=0, maximum=24)
+    feed_url_template: str | None = setting(None, "Public URL of an image in the feed export, e.g. https://cdn.example.com/{key} (fields: key, bucket, uri). Empty: the object URI.", type=["null", "string"])
+    presign_expires_in: int = setting(6 * 60 * 60, "Seconds the presigned URLs of s3:// sources stay valid (LEAPI may fetch a source hours after the submit).", type="integer", minimum=60, maximum=MAX_PRESIGN_EXPIRES_IN_S)
+    max_credits: int | None = setting(None, "Credits this run may spend at most (one per image); images beyond it end deferred_cap. Null: no cap.", type=["null", "integer"], minimum=0)
+    dry_run: bool = setting(False, "Validate, fingerprint, plan and estimate credits; write the plan and a preview table; submit nothing.", type="boolean")
+    quota_guard: str = setting("on", "on: a usage answer without a readable credits figure fails the plan. off: plan without reading the usage (max_credits still caps).", type="string", enum=list(QUOTA_GUARD_MODES))
+    leapi_conn_id: str = connection("leapi_default", "The LEAPI connection.")
+    aws_conn_id: str | None = connection("aws_default", "The connection of s3:// locations (manifest, results, images, sources).")
+    # fmt: on
 
     def __post_init__(self) -> None:
         check_key_template(self.key_template)
@@ -98,50 +118,61 @@ class CatalogSettings:
         normalize_preset_defaults(self.preset_defaults)
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> CatalogSettings:
-        names = set(cls.__dataclass_fields__)
+    def from_params(
+        cls, params: Mapping[str, Any], *, leapi_conn_id: str, aws_conn_id: str | None
+    ) -> CatalogSettings:
+        """The settings of a run: its params (unknown keys ignored) and the DAG author's connections.
+
+        :raises ValueError: the params name a connection (only the DAG author may choose one).
+        """
+        given = sorted(set(params) & set(CONNECTION_FIELDS))
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} cannot be set by a run's params or conf: the DAG author fixes the "
+                f"connections (add_catalog_tasks({given[0]}=...)). Remove {given} from the trigger's conf."
+            )
+        names = set(param_fields())
         values = {k: v for k, v in dict(params).items() if k in names}
-        values.update(overrides)
-        for name in ("export", "feed_url_template", "aws_conn_id"):
+        for name in ("export", "feed_url_template"):
             if values.get(name) == "":
                 values[name] = None
-        return cls(**values)
+        return cls(**values, leapi_conn_id=leapi_conn_id, aws_conn_id=aws_conn_id or None)
+
+
+def param_fields() -> dict[str, dataclasses.Field[Any]]:
+    """The fields of :class:`CatalogSettings` that are DAG params, by name."""
+    return {f.name: f for f in dataclasses.fields(CatalogSettings) if "param" in f.metadata}
 
 
 def catalog_params(**defaults: Any) -> dict[str, Any]:
-    """DAG ``params`` for a catalog DAG, with ``defaults`` overriding the built-in ones."""
+    """DAG ``params`` for a catalog DAG, made from :class:`CatalogSettings` (each field's default, type,
+    bounds and description), with ``defaults`` overriding the built-in defaults.
+
+    :raises ValueError: an unknown name, or a connection id (those are ``add_catalog_tasks`` arguments).
+    """
     from airflow.sdk import Param
 
-    base: dict[str, tuple[Any, dict[str, Any]]] = {
-        "manifest": ("s3://my-catalog/manifests/latest/", {"type": "string", "description": "Manifest: Parquet file, folder or glob (any ObjectStoragePath URI)."}),
-        "results": ("s3://my-catalog/leapi/results", {"type": "string", "description": "Result table root (partitioned run_date=/preset=)."}),
-        "images": ("s3://my-catalog/leapi/images", {"type": "string", "description": "Where enhanced images are written."}),
-        "export": ("", {"type": "string", "description": "Feed export folder (empty: no export)."}),
-        "leapi_conn_id": ("leapi_default", {"type": "string"}),
-        "aws_conn_id": ("aws_default", {"type": "string", "description": "Connection of s3:// locations."}),
-        "urls_per_pipeline": (DEFAULT_URLS_PER_PIPELINE, {"type": "integer", "minimum": 1, "maximum": 100}),
-        "max_batches": (1024, {"type": "integer", "minimum": 1, "description": "Mapped batches at most (also capped by [core] max_map_length)."}),
-        "parallel_batches": (DEFAULT_PARALLEL_BATCHES, {"type": "integer", "minimum": 1, "description": f"Batches that run at once (the {LEAPI_POOL!r} pool's slots); the plan makes {BATCHES_PER_SLOT} batches per slot at most."}),
-        "min_images_per_batch": (DEFAULT_MIN_IMAGES_PER_BATCH, {"type": "integer", "minimum": 1, "description": "Fewest images per batch when the manifest is big enough (a batch task has a fixed cost of seconds)."}),
-        "defer_after": (DEFAULT_DEFER_AFTER_S, {"type": "number", "minimum": 0, "description": "Seconds a batch polls in its worker before deferring its wait to the triggerer (0: defer at once)."}),
-        "preset_defaults": ({}, {"type": "object", "description": "Per preset default options, e.g. {\"marketplace\": {\"width\": 1600}}; manifest rows override them."}),
-        "key_template": (DEFAULT_KEY_TEMPLATE, {"type": "string", "description": f"Object key under images; fields: {', '.join(KEY_TEMPLATE_FIELDS)}."}),
-        "incremental": (False, {"type": "boolean", "description": "Skip images whose source and operation did not change since their last success."}),
-        "change_detection": ("headers", {"type": "string", "enum": list(CHANGE_DETECTION_MODES)}),
-        "on_quota_shortfall": ("fail", {"type": "string", "enum": list(QUOTA_SHORTFALL_MODES), "description": "Not enough credits: fail before spending any, or process what fits and mark the rest deferred_quota."}),
-        "quota_reserve": (0, {"type": "integer", "minimum": 0, "description": "Credits to leave untouched."}),
-        "transfer_concurrency": (8, {"type": "integer", "minimum": 1, "maximum": 64}),
-        "contact_sheet_images": (6, {"type": "integer", "minimum": 0, "maximum": 24}),
-        "feed_url_template": ("", {"type": "string", "description": "Public URL of an image in the feed export, e.g. https://cdn.example.com/{key} (fields: key, bucket, uri). Empty: the object URI."}),
-        "presign_expires_in": (DEFAULT_PRESIGN_EXPIRES_IN_S, {"type": "integer", "minimum": 60, "maximum": MAX_PRESIGN_EXPIRES_IN_S, "description": "Seconds the presigned URLs of s3:// sources stay valid (LEAPI may fetch a source hours after the submit)."}),
-        "max_credits": (None, {"type": ["null", "integer"], "minimum": 0, "description": "Credits this run may spend at most (one per image); images beyond it end deferred_cap. Null: no cap."}),
-        "dry_run": (False, {"type": "boolean", "description": "Validate, fingerprint, plan and estimate credits; write the plan and a preview table; submit nothing."}),
-        "quota_guard": ("on", {"type": "string", "enum": list(QUOTA_GUARD_MODES), "description": "on: a usage answer without a readable credits figure fails the plan. off: plan without reading the usage (max_credits still caps)."}),
-    }  # fmt: skip
-    unknown = set(defaults) - set(base)
+    connections = sorted(set(defaults) & set(CONNECTION_FIELDS))
+    if connections:
+        raise ValueError(
+            f"{', '.join(connections)} is not a param: pass it to add_catalog_tasks({connections[0]}=...), "
+            "so that no run's conf can change it"
+        )
+    fields = param_fields()
+    unknown = set(defaults) - set(fields)
     if unknown:
         raise ValueError(f"unknown catalog params {sorted(unknown)}")
-    return {name: Param(defaults.get(name, default), **schema) for name, (default, schema) in base.items()}
+    params = {}
+    for name, spec in fields.items():
+        default = defaults[name] if name in defaults else _default_of(spec)
+        params[name] = Param(default, **spec.metadata["param"])
+    return params
+
+
+def _default_of(spec: dataclasses.Field[Any]) -> Any:
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return spec.default
 
 
 def check_key_template(template: str) -> None:

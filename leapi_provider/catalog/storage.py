@@ -111,8 +111,16 @@ def read_parquet_if_exists(path: ObjectStoragePath) -> pa.Table | None:
     return manifests.read_parquet(path) if path.exists() else None
 
 
-def run_context(context: Context) -> tuple[CatalogSettings, CatalogRun]:
-    """The settings (from the DAG run's params) and the identity of the catalog run a task belongs to."""
+def run_context(
+    context: Context, *, leapi_conn_id: str, aws_conn_id: str | None
+) -> tuple[CatalogSettings, CatalogRun]:
+    """The settings (the DAG run's params and the task's connections) and the identity of the catalog run
+    a task belongs to. Called once per task execution.
+
+    :raises ValueError: the run's params name a connection (see :meth:`CatalogSettings.from_params`).
+    """
     dag_run = context["dag_run"]
-    settings = CatalogSettings.from_params(context["params"])
+    settings = CatalogSettings.from_params(
+        context["params"], leapi_conn_id=leapi_conn_id, aws_conn_id=aws_conn_id
+    )
     return settings, CatalogRun.of(dag_run.dag_id, dag_run.run_id, dag_run.logical_date, dag_run.run_after)

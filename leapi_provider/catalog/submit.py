@@ -1,38 +1,38 @@
 """The submit step: one pipeline per group of up to ``urls_per_pipeline`` images of a batch.
 
 Each pipeline id is recorded in the run's folder right after the API accepts it. A re-run of the same DAG
-run (a cleared task or run, a retry) finds those records and submits nothing that was already accepted;
-every submit also carries a deterministic ``Idempotency-Key`` so that a server supporting it
-(``leapi-server``) dedupes the window between "accepted" and "recorded" (against a server without that
-extension, a worker dying in that instant costs the image a second credit).
+run (a cleared task or run, a retry, a resume after a deferral) finds those records and submits nothing
+that was already accepted; every submit also carries a deterministic ``Idempotency-Key`` so that a
+server supporting it (``leapi-server``) dedupes the window between "accepted" and "recorded" (against a
+server without that extension, a worker dying in that instant costs the image a second credit).
 
 ``s3://`` sources are presigned here, right before each submit (:mod:`leapi_provider.catalog.sources`):
 a resubmission presigns again, and the records keep the ``s3://`` URI, never the presigned URL.
 
-Submits refused for the API's rate limit are waited out by the hook (a time budget, and a limiter every
-batch in the worker shares); the time each batch waited is logged and returned.
+Rate limits: the hook's limiter paces the submits. When the next slot is further away than the caller
+wants to wait in a worker (``max_wait``), the step stops and says when to resume
+(:attr:`SubmitOutcome.resume_at`): the batch task defers until then instead of holding its slot.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 
+from leapi.errors import LeapiRateLimitError, LeapiRejectedError
+from leapi.idempotency import derive_idempotency_key
+from leapi.models import PipelineRequest
 from leapi_provider import manifests
-from leapi_provider.catalog.settings import CatalogSettings
-from leapi_provider.catalog.storage import (
-    CatalogRun,
-    RunFolder,
-    batch_index_of,
-    read_parquet_if_exists,
-    uri_of,
-)
-from leapi_provider.exceptions import LeapiRejectedError
+from leapi_provider.catalog.batch import CatalogBatch, pipeline_ids_of
+from leapi_provider.catalog.sources import PresignedUrls, restore_source_uris
+from leapi_provider.hooks.leapi import LeapiHook
 from leapi_provider.manifests import RESULT_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -62,98 +62,130 @@ SUBMITTED_SCHEMA = pa.schema(
 )
 
 
-def submit_batch(settings: CatalogSettings, batch_uri: str, run: CatalogRun) -> dict[str, Any]:
-    """Submit the pipelines of one batch, recording each id as soon as the API accepts it.
+@dataclass(frozen=True)
+class SubmitOutcome:
+    """What the submit step leaves for the wait.
 
-    Images already recorded by an earlier attempt of this run are not submitted again. A pipeline the API
-    REJECTED (for another reason than its rate limit, which the hook waits out) marks its images with the
-    reason and costs nothing; the batch goes on.
-
-    :returns: ``{"submitted_uri", "pipeline_ids", "rate_limit_wait_s"}``.
+    :param pipeline_ids: every accepted pipeline of the batch so far, in submission order.
+    :param resume_at: wall-clock time to resume submitting (the rate limit's next slot), when the step
+        stopped before the end; ``None`` when every image of the batch is submitted (or REJECTED).
     """
-    from leapi.models import PipelineRequest
-    from leapi_provider.catalog.sources import PresignedUrls, restore_source_uris
-    from leapi_provider.hooks.leapi import LeapiHook, derive_idempotency_key
 
-    folder = RunFolder(settings, run)
-    index = batch_index_of(batch_uri)
-    batch = manifests.read_parquet(folder.path(batch_uri))
-    record_path = folder.submitted(index)
-    previous = read_parquet_if_exists(record_path)
-    # Submissions recorded by an earlier attempt of this run (accepted, or REJECTED: both final).
-    records: dict[int, dict[str, Any]] = {}
-    if previous is not None:
-        records = {row["manifest_row"]: row for row in previous.to_pylist()}
-    if records:
+    pipeline_ids: list[int]
+    resume_at: float | None = None
+
+
+class _Records:
+    """The batch's submission records (by manifest row, in submission order), saved after each change."""
+
+    def __init__(self, batch: CatalogBatch) -> None:
+        self.batch = batch
+        self.by_row = {r["manifest_row"]: r for r in batch.submitted_records()}
+        self.existed = bool(self.by_row)
+
+    def add(self, rows: list[dict[str, Any]], pipeline_id: int | None, error: str | None) -> None:
+        base = {"submitted_at": datetime.now(UTC), "newly_submitted": pipeline_id is not None}
+        for position, row in enumerate(rows):
+            index = position if pipeline_id is not None else None
+            self.by_row[row["manifest_row"]] = _submitted_record(row, pipeline_id, index, base, error)
+        self.save()
+
+    def save(self) -> None:
+        table = pa.Table.from_pylist(list(self.by_row.values()), schema=SUBMITTED_SCHEMA)
+        manifests.write_parquet_atomic(table, self.batch.submitted_path)
+
+
+def submit_batch(batch: CatalogBatch, hook: LeapiHook, *, max_wait: float | None = None) -> SubmitOutcome:
+    """Submit the pipelines of ``batch`` not accepted yet, recording each id as soon as the API accepts it.
+
+    A pipeline the API REJECTED (for another reason than its rate limit) marks its images with the reason
+    and costs nothing; the batch goes on.
+
+    :param max_wait: seconds a submit may wait for the account's rate limit in this process; past it, the
+        step stops and :attr:`SubmitOutcome.resume_at` says when the next slot is (the hook's
+        ``rate_limit_budget`` should be the same, so that a refused submit is not retried past it either).
+        ``None``: wait as long as the hook's budget allows.
+    """
+    records = _Records(batch)
+    if records.by_row:
         log.info(
-            "Batch %d: %d image(s) already submitted by an earlier attempt of this run", index, len(records)
+            "%s: %d image(s) already submitted by an earlier attempt of this run", batch, len(records.by_row)
         )
-
-    def save() -> None:
-        table = pa.Table.from_pylist(list(records.values()), schema=SUBMITTED_SCHEMA)
-        manifests.write_parquet_atomic(table, record_path)
-
-    rows = batch.to_pylist()
     groups: dict[int, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(row["pipeline_index"], []).append(row)
+    for row in batch.rows.to_pylist():
+        if row["manifest_row"] not in records.by_row:
+            groups.setdefault(row["pipeline_index"], []).append(row)
+    settings = batch.settings
     presigned = PresignedUrls(aws_conn_id=settings.aws_conn_id, expires_in=settings.presign_expires_in)
-    submits = 0
-    rate_limit_wait_s = 0.0
-    with LeapiHook(settings.leapi_conn_id) as hook:
-        for pipeline_index, members in groups.items():
-            todo = [r for r in members if r["manifest_row"] not in records]
-            if not todo:
-                continue
-            submits += 1
-            operation = json.loads(todo[0]["operation_json"])
-            sources = [r["source_url"] for r in todo]
-            request = PipelineRequest.build(presigned.urls_for(sources), [operation])
-            # The key names what is asked (the s3:// URIs), not this attempt's signatures.
-            stable_request = PipelineRequest.build(sources, [operation])
-            key = derive_idempotency_key(stable_request, run.dag_id, run.key, index, pipeline_index)
-            now = datetime.now(UTC)
-            base = {"submitted_at": now, "newly_submitted": True}
-            try:
-                pipeline_id = hook.submit_pipeline(request, idempotency_key=key)
-            except LeapiRejectedError as exc:
-                reason = restore_source_uris(str(exc.reason), presigned.uri_of)
-                log.error("Batch %d pipeline %d REJECTED: %s", index, pipeline_index, reason)
-                for r in todo:
-                    records[r["manifest_row"]] = _submitted_record(
-                        r, None, None, base | {"newly_submitted": False}, f"REJECTED: {reason}"
-                    )
-                save()
-                continue
-            except Exception:
-                save()  # keep what was accepted before this failure
+    limiter = hook.get_conn().account_limiter
+    waited_before = hook.get_conn().rate_limit_waited_s
+    submits, resume_at = 0, None
+    for pipeline_index, todo in groups.items():
+        if max_wait is not None and limiter.next_wait() > max_wait:
+            resume_at = time.time() + limiter.next_wait()
+            break
+        try:
+            pipeline_id = _submit(batch, hook, presigned, pipeline_index, todo)
+        except LeapiRejectedError as exc:
+            if isinstance(exc, LeapiRateLimitError) and max_wait is not None:
+                resume_at = time.time() + max(limiter.next_wait(), 1.0)
+                break
+            if exc.rate_limited:
                 raise
-            for position, r in enumerate(todo):
-                records[r["manifest_row"]] = _submitted_record(r, pipeline_id, position, base, None)
-            save()
-        if submits:
-            rate_limit_wait_s = hook.get_conn().rate_limit_waited_s
-            log.info(
-                "Batch %d: %d submit(s); waited %.1fs on the LEAPI rate limit",
-                index,
-                submits,
-                rate_limit_wait_s,
-            )
+            reason = restore_source_uris(str(exc.reason), presigned.uri_of)
+            log.error("%s pipeline %d REJECTED: %s", batch, pipeline_index, reason)
+            records.add(todo, None, f"REJECTED: {reason}")
+            continue
+        submits += 1
+        records.add(todo, pipeline_id, None)
+    if not records.existed and not records.by_row:
+        records.save()  # (an empty record: the batch had nothing to submit)
+    _log_submits(batch, hook, presigned, submits, waited_before, resume_at)
+    return SubmitOutcome(pipeline_ids_of(list(records.by_row.values())), resume_at)
+
+
+def _submit(
+    batch: CatalogBatch,
+    hook: LeapiHook,
+    presigned: PresignedUrls,
+    pipeline_index: int,
+    todo: list[dict[str, Any]],
+) -> int:
+    """Submit one pipeline of ``todo``'s images; its id."""
+    operation = json.loads(todo[0]["operation_json"])
+    sources = [r["source_url"] for r in todo]
+    request = PipelineRequest.build(presigned.urls_for(sources), [operation])
+    # The key names what is asked (the s3:// URIs), not this attempt's signatures.
+    stable_request = PipelineRequest.build(sources, [operation])
+    run = batch.run
+    key = derive_idempotency_key(stable_request, run.dag_id, run.key, batch.index, pipeline_index)
+    return hook.submit_pipeline(request, idempotency_key=key)
+
+
+def _log_submits(
+    batch: CatalogBatch,
+    hook: LeapiHook,
+    presigned: PresignedUrls,
+    submits: int,
+    waited_before: float,
+    resume_at: float | None,
+) -> None:
+    if submits:
+        waited = hook.get_conn().rate_limit_waited_s - waited_before
+        log.info("%s: %d submit(s); waited %.1fs on the LEAPI rate limit", batch, submits, waited)
+    if resume_at is not None:
+        log.info(
+            "%s: the LEAPI rate limit's next slot is %.0fs away: submitting resumes then",
+            batch,
+            resume_at - time.time(),
+        )
     if presigned.uri_of:
         log.info(
-            "Batch %d: %d s3:// source(s) presigned for %d s (the records keep the s3:// URIs)",
-            index,
+            "%s: %d s3:// source(s) presigned for %d s (the records keep the s3:// URIs)",
+            batch,
             len(presigned.uri_of),
-            settings.presign_expires_in,
+            batch.settings.presign_expires_in,
         )
-    if previous is None and not records:
-        save()
-    pipeline_ids = sorted({r["pipeline_id"] for r in records.values() if r["pipeline_id"] is not None})
-    return {
-        "submitted_uri": uri_of(record_path),
-        "pipeline_ids": pipeline_ids,
-        "rate_limit_wait_s": round(rate_limit_wait_s, 1),
-    }
 
 
 def _submitted_record(

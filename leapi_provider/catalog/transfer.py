@@ -1,4 +1,11 @@
-"""The transfer step: each result of a batch, downloaded (verified) into ``images``, and the batch's rows.
+"""The transfer step: each result of the batch's finished pipelines, downloaded (verified) into ``images``,
+and their result rows; called as pipelines finish, not once at the end.
+
+The batch's result rows are its record of what was transferred (``results/batch-NNNNN.parquet``): they
+are rewritten (atomically) after each call, and during a long call every :data:`_FLUSH_EVERY_S` seconds
+with the pipelines whose images are all copied. A resume transfers only pipelines without rows, so a
+killed task redoes at most the pipelines it was copying (downloads: results stay downloadable for 24
+hours; nothing is charged again).
 
 An image that failed (a broken source, a pipeline in ERROR, an expired or corrupt result) gets its own
 ``error`` row; the batch goes on. Storage or network failures fail the task: a re-run downloads again,
@@ -10,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -17,24 +25,30 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from leapi.errors import LeapiError
+from leapi.models import PipelineStatus
+from leapi.results import result_files
 from leapi_provider import manifests
+from leapi_provider.catalog.batch import CatalogBatch
 from leapi_provider.catalog.settings import CatalogSettings, safe_key_part
 from leapi_provider.catalog.sources import restore_source_uris
-from leapi_provider.catalog.storage import CatalogRun, RunFolder, batch_index_of, storage_path, uri_of
-from leapi_provider.exceptions import LeapiError
+from leapi_provider.catalog.storage import CatalogRun, read_parquet_if_exists, storage_path, uri_of
 from leapi_provider.manifests import ResultStatus
+from leapi_provider.results import spooled_download
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from leapi.models import Pipeline
+    from leapi.results import ResultFile
     from leapi_provider.hooks.leapi import LeapiHook
-    from leapi_provider.results import ResultFile
 
 log = logging.getLogger(__name__)
 
-#: A long transfer logs its progress (``n/N images, x MB``) every 100 images and at least this often.
+#: A long transfer logs its progress (``n/N images, x MB``) every 100 images and at least this often ...
 _PROGRESS_EVERY_S = 30.0
+#: ... and records the pipelines it finished copying at least this often (what a killed task keeps).
+_FLUSH_EVERY_S = 30.0
 
 #: Columns a result row takes from its submission record.
 _RECORD_COLUMNS = (
@@ -83,68 +97,123 @@ class _CopyJob:
     pipeline: Pipeline
 
 
-def transfer_batch(settings: CatalogSettings, submitted_uri: str, run: CatalogRun) -> str | None:
-    """Download each result of a batch into ``images`` and write the batch's result rows.
+class BatchResults:
+    """The batch's result rows so far: what was transferred, rewritten atomically on :meth:`save`."""
 
-    :param settings: the run's settings.
-    :param submitted_uri: the batch's submission records (written by the submit step).
-    :param run: the run's identity.
-    :returns: the URI of the batch's result rows (``None`` when the batch has nothing submitted).
-    """
-    from leapi_provider.hooks.leapi import LeapiHook
+    def __init__(self, batch: CatalogBatch) -> None:
+        self.batch = batch
+        existing = read_parquet_if_exists(batch.results_path)
+        self._rows: list[dict[str, Any]] = existing.to_pylist() if existing is not None else []
+        self._lock = threading.Lock()
 
-    folder = RunFolder(settings, run)
-    path = folder.path(submitted_uri)
-    if not path.exists():
-        log.warning("No submissions recorded at %s: nothing to transfer", submitted_uri)
-        return None
-    records = manifests.read_parquet(path).to_pylist()
-    images_root = storage_path(settings.images, settings.aws_conn_id)
-    out_rows: list[dict[str, Any]] = []
-    by_pipeline: dict[int, list[dict[str, Any]]] = {}
-    for record in records:
-        if record["pipeline_id"] is None:
-            out_rows.append(
-                _row_for(record, run, status=ResultStatus.ERROR.value, error=record["submit_error"])
+    @property
+    def transferred(self) -> set[int]:
+        """Pipelines whose images all have rows (the wait skips them)."""
+        return {r["pipeline_id"] for r in self._rows if r["pipeline_id"] is not None}
+
+    @property
+    def manifest_rows(self) -> set[int]:
+        return {r["manifest_row"] for r in self._rows}
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._rows += rows
+
+    @property
+    def uri(self) -> str:
+        return uri_of(self.batch.results_path)
+
+    def save(self) -> None:
+        """Write the rows (the input sizes the plan knew filled in)."""
+        sizes = dict(
+            zip(
+                self.batch.rows["manifest_row"].to_pylist(),
+                self.batch.rows["input_bytes"].to_pylist(),
+                strict=True,
             )
-        else:
-            by_pipeline.setdefault(record["pipeline_id"], []).append(record)
+        )
+        with self._lock:
+            for row in self._rows:
+                # input_bytes is known from the fingerprint's Content-Length (incremental runs) only.
+                row.setdefault("input_bytes", sizes.get(row["manifest_row"]))
+            table = manifests.conform_results(self._rows)
+        manifests.write_parquet_atomic(table, self.batch.results_path)
 
+
+def transfer_pipelines(
+    batch: CatalogBatch, hook: LeapiHook, pipelines: list[Pipeline], results: BatchResults
+) -> int:
+    """Copy the results of finished ``pipelines`` into ``images`` and record their rows in ``results``
+    (the batch's REJECTED images too, the first time); the number of images copied.
+
+    :param pipelines: terminal pipelines of this batch, as just read (fresh temp URLs).
+    """
+    records = batch.submitted_records()
+    done_rows = results.manifest_rows
+    # (REJECTED submits, and anything else that has no pipeline: their rows are final at once)
+    rows = [
+        _row_for(r, batch.run, status=ResultStatus.ERROR.value, error=r["submit_error"])
+        for r in records
+        if r["pipeline_id"] is None and r["manifest_row"] not in done_rows
+    ]
+    members: dict[int, list[dict[str, Any]]] = {}
+    for record in records:
+        if record["pipeline_id"] is not None:
+            members.setdefault(record["pipeline_id"], []).append(record)
+    jobs: list[_CopyJob] = []
     # The URL LEAPI was given -> the source_url recorded (differs for presigned s3:// sources).
     recorded_url_of: dict[str, str] = {}
-    with LeapiHook(settings.leapi_conn_id) as hook:
-        jobs: list[_CopyJob] = []
-        for pipeline_id, members in by_pipeline.items():
-            pipeline = hook.get_pipeline(pipeline_id)
-            recorded_url_of.update(_sent_urls(pipeline, members))
-            failed_rows, ready = _pipeline_jobs(pipeline, members, run)
-            out_rows += failed_rows
-            jobs += ready
-        total_bytes = 0
-        last_log = time.monotonic()
-        with ThreadPoolExecutor(max_workers=max(1, settings.transfer_concurrency)) as pool:
-            for done, row in enumerate(
-                pool.map(lambda job: _copy(hook, job, settings, images_root, run), jobs), start=1
-            ):
-                out_rows.append(row)
-                total_bytes += row.get("output_bytes") or 0
-                now = time.monotonic()
-                if done % 100 == 0 or done == len(jobs) or now - last_log >= _PROGRESS_EVERY_S:
-                    log.info("Transferred %d/%d images, %.1f MB", done, len(jobs), total_bytes / 1e6)
-                    last_log = now
+    for pipeline in pipelines:
+        recorded_url_of.update(_sent_urls(pipeline, members.get(pipeline.id, [])))
+        failed_rows, ready = _pipeline_jobs(pipeline, members.get(pipeline.id, []), batch.run)
+        rows += failed_rows
+        jobs += ready
+    for row in rows:
+        _restore_uris(row, recorded_url_of)
+    results.add(rows)
+    copied = _copy_all(batch, hook, jobs, results, recorded_url_of)
+    results.save()
+    return copied
 
-    # input_bytes is known from the fingerprint's Content-Length (incremental runs) only.
-    batch_rows = manifests.read_parquet(folder.batch(batch_index_of(submitted_uri)))
-    sizes = dict(
-        zip(batch_rows["manifest_row"].to_pylist(), batch_rows["input_bytes"].to_pylist(), strict=True)
-    )
-    for row in out_rows:
-        row.setdefault("input_bytes", sizes.get(row["manifest_row"]))
-        if row.get("error"):  # (LEAPI's reasons may quote the URL it was given: a credential for s3://)
-            row["error"] = restore_source_uris(row["error"], recorded_url_of)
-    target = folder.results(batch_index_of(submitted_uri))
-    manifests.write_parquet_atomic(manifests.conform_results(out_rows), target)
-    return uri_of(target)
+
+def _copy_all(
+    batch: CatalogBatch,
+    hook: LeapiHook,
+    jobs: list[_CopyJob],
+    results: BatchResults,
+    recorded_url_of: dict[str, str],
+) -> int:
+    """Copy ``jobs`` in parallel; a pipeline's rows go to ``results`` once all its images are copied."""
+    settings = batch.settings
+    images_root = storage_path(settings.images, settings.aws_conn_id)
+    outstanding: dict[int, list[dict[str, Any]]] = {}
+    remaining: dict[int, int] = {}
+    for job in jobs:
+        remaining[job.pipeline.id] = remaining.get(job.pipeline.id, 0) + 1
+    total_bytes, last_log, last_flush = 0, time.monotonic(), time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, settings.transfer_concurrency)) as pool:
+        copies = pool.map(lambda job: _copy(hook, job, settings, images_root, batch.run), jobs)
+        for done, (job, row) in enumerate(zip(jobs, copies, strict=True), start=1):
+            _restore_uris(row, recorded_url_of)
+            outstanding.setdefault(job.pipeline.id, []).append(row)
+            remaining[job.pipeline.id] -= 1
+            if not remaining[job.pipeline.id]:
+                results.add(outstanding.pop(job.pipeline.id))
+            total_bytes += row.get("output_bytes") or 0
+            now = time.monotonic()
+            if done % 100 == 0 or done == len(jobs) or now - last_log >= _PROGRESS_EVERY_S:
+                log.info("Transferred %d/%d images, %.1f MB", done, len(jobs), total_bytes / 1e6)
+                last_log = now
+            if now - last_flush >= _FLUSH_EVERY_S:
+                results.save()
+                last_flush = now
+    return len(jobs)
+
+
+def _restore_uris(row: dict[str, Any], recorded_url_of: Mapping[str, str]) -> None:
+    """LEAPI's reasons may quote the URL it was given: a credential for ``s3://`` sources."""
+    if row.get("error"):
+        row["error"] = restore_source_uris(row["error"], recorded_url_of)
 
 
 def _sent_urls(pipeline: Pipeline, members: list[dict[str, Any]]) -> dict[str, str]:
@@ -166,9 +235,6 @@ def _pipeline_jobs(
     pipeline: Pipeline, members: list[dict[str, Any]], run: CatalogRun
 ) -> tuple[list[dict[str, Any]], list[_CopyJob]]:
     """``(error rows, copy jobs)`` for the images one pipeline carried."""
-    from leapi.models import PipelineStatus
-    from leapi_provider.results import result_files
-
     pipeline_id = pipeline.id
     timing = {
         "submitted_at": _utc(pipeline.submitted_at),
@@ -214,8 +280,6 @@ def _copy(
     hook: LeapiHook, job: _CopyJob, settings: CatalogSettings, images_root: ObjectStoragePath, run: CatalogRun
 ) -> dict[str, Any]:
     """Download one result (verified) to its key under ``images_root``; its finished result row."""
-    from leapi_provider.results import spooled_download
-
     row, result = job.row, job.result
     s3_like = images_root.protocol in ("s3", "s3a")
     try:

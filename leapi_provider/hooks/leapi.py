@@ -6,9 +6,10 @@ in the ``leapi`` client (``packages/leapi``, see its README). This hook adds wha
 * the connection (type ``leapi``: host = base URL, password = API key, extras ``timeout``,
   ``max_retries``, ``rate_limit_budget``, ``rate_limit_per_minute``, ``idempotency``), read asynchronously
   in triggers;
-* the API key registered with Airflow's secrets masker, the connection form, "Test connection";
-* client errors re-raised as :mod:`leapi_provider.exceptions` twins, so that errors no retry can fix
-  fail the task at once (``AirflowFailException``).
+* the API key registered with Airflow's secrets masker, the connection form, "Test connection".
+
+It raises the client's own errors (:mod:`leapi.errors`); operators turn the ones no retry can fix into
+``AirflowFailException`` at the task boundary (:func:`leapi_provider.exceptions.fail_on_permanent_errors`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ from typing import IO, Any, Self
 from airflow.sdk import BaseHook
 
 import leapi
-from leapi.constants import PIPELINE_PATH
-from leapi.download import DOWNLOAD_CHUNK_BYTES, DownloadedResult, VerifiedResult
-from leapi.idempotency import IdempotencyMode, derive_idempotency_key, request_fingerprint
+from leapi.download import VerifiedResult
+from leapi.idempotency import IdempotencyMode
 from leapi.models import Pipeline, PipelineRequest, Usage
 from leapi.polling import DEFAULT_INITIAL_POLL_INTERVAL_S
-from leapi.redaction import RedactSignedUrlsFilter, redact_text, redact_url
 from leapi.results import ResultFile
 from leapi.transport import (
     DEFAULT_BACKOFF_BASE_S,
@@ -36,27 +35,13 @@ from leapi.transport import (
     DEFAULT_RATE_LIMIT_BUDGET_S,
     DEFAULT_TIMEOUT_S,
     normalize_base_url,
-    shared_tls_context,
 )
-from leapi_provider.exceptions import LeapiError, airflow_errors
 from leapi_provider.get_provider_info import LEAPI_UI_FIELD_BEHAVIOUR, PACKAGE_VERSION
 
 USER_AGENT = f"airflow-provider-leapi/{PACKAGE_VERSION} leapi-python/{leapi.__version__}"
-
-# Kept importable from here: operators, the trigger and the catalog use them through the hook module.
-__all__ = [
-    "DownloadedResult",
-    "IdempotencyMode",
-    "LeapiConnectionSettings",
-    "LeapiHook",
-    "RedactSignedUrlsFilter",
-    "derive_idempotency_key",
-    "normalize_base_url",
-    "redact_text",
-    "redact_url",
-    "request_fingerprint",
-    "shared_tls_context",
-]
+#: "Test connection" answers within this many seconds, whatever the connection's retry settings: one
+#: attempt, no rate-limit retries, and this timeout (connecting included).
+TEST_CONNECTION_TIMEOUT_S = 5.0
 
 
 def _mask_secret(secret: str) -> None:
@@ -80,10 +65,8 @@ async def _amask_secret(secret: str) -> None:
 
 
 def _extra(extras: Mapping[str, Any], name: str) -> Any:
-    """An extra by its plain name, or by the ``extra__leapi__<name>`` form of form-widget fields."""
+    """An extra by its name; an empty value counts as not set (what the connection form stores)."""
     value = extras.get(name)
-    if value in (None, ""):
-        value = extras.get(f"extra__leapi__{name}")
     return None if value in (None, "") else value
 
 
@@ -113,7 +96,7 @@ class LeapiHook(BaseHook):
 
     The hook keeps one client of each kind; use it as a (async) context manager, or call :meth:`close` /
     :meth:`aclose`, to release them. In async code (triggers) the connection is fetched asynchronously.
-    Every method raises :mod:`leapi_provider.exceptions` errors (twins of :mod:`leapi.errors`).
+    Its methods raise the client's errors (:mod:`leapi.errors`).
 
     :param leapi_conn_id: the Airflow connection id.
     :param timeout: per-request timeout in seconds (overrides the ``timeout`` extra).
@@ -170,9 +153,9 @@ class LeapiHook(BaseHook):
         }
 
     def _build_settings(self, conn: Any, extras: Mapping[str, Any]) -> LeapiConnectionSettings:
-        api_key = conn.password or _extra(extras, "api_key") or ""
+        api_key = conn.password or ""
         if not api_key:
-            raise LeapiError(
+            raise ValueError(
                 f"Connection {self.leapi_conn_id!r} has no API key: put it in the connection's password."
             )
         timeout = self._timeout_override or _extra(extras, "timeout") or DEFAULT_TIMEOUT_S
@@ -283,12 +266,20 @@ class LeapiHook(BaseHook):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    # -- the API, with Airflow's errors -------------------------------------------------------------
+    # -- the API ----------------------------------------------------------------------------------------
 
     def test_connection(self) -> tuple[bool, str]:
-        """Reads ``/v1/me/usage/`` with the connection's key."""
+        """Reads ``/v1/me/usage/`` with the connection's key, once: the answer comes within
+        :data:`TEST_CONNECTION_TIMEOUT_S` seconds (about), whatever the connection's retry settings."""
         try:
-            usage = self.get_usage()
+            settings = self.settings
+            kwargs = self._client_kwargs(settings) | {
+                "timeout": min(settings.timeout, TEST_CONNECTION_TIMEOUT_S),
+                "max_retries": 0,
+                "rate_limit_budget": 0.0,
+            }
+            with leapi.Client(**kwargs) as client:
+                usage = client.get_usage()
         except Exception as exc:  # noqa: BLE001 - the UI shows whatever went wrong
             return False, f"{type(exc).__name__}: {exc}"
         remaining = usage.credits_remaining
@@ -303,40 +294,24 @@ class LeapiHook(BaseHook):
 
         :param request: the pipeline request (a model or its dict form, validated here).
         :param idempotency_key: sent as ``Idempotency-Key``; a random one when not given. Pass a key derived
-            from the task's identity (:func:`derive_idempotency_key`) to make task retries safe.
-        :raises LeapiRejectedError: REJECTED for another reason than the rate limit.
-        :raises LeapiSubmitUncertainError: the pipeline may or may not exist.
+            from the task's identity (:func:`leapi.idempotency.derive_idempotency_key`) to make task retries
+            safe.
+        :raises leapi.LeapiRejectedError: REJECTED for another reason than the rate limit.
+        :raises leapi.LeapiSubmitUncertainError: the pipeline may or may not exist.
         """
-        with airflow_errors():
-            return self.get_conn().submit(request, idempotency_key=idempotency_key).id
-
-    async def asubmit_pipeline(
-        self, request: PipelineRequest | dict[str, Any], *, idempotency_key: str | None = None
-    ) -> int:
-        """Async twin of :meth:`submit_pipeline`."""
-        with airflow_errors():
-            client = await self.aget_conn()
-            return (await client.submit(request, idempotency_key=idempotency_key)).id
+        return self.get_conn().submit(request, idempotency_key=idempotency_key).id
 
     def get_pipeline(self, pipeline_id: int) -> Pipeline:
         """``GET /v1/pipeline/{id}``."""
-        with airflow_errors():
-            return self.get_conn().get_pipeline(pipeline_id)
+        return self.get_conn().get_pipeline(pipeline_id)
 
     async def aget_pipeline(self, pipeline_id: int) -> Pipeline:
         """Async twin of :meth:`get_pipeline`."""
-        with airflow_errors():
-            return await (await self.aget_conn()).get_pipeline(pipeline_id)
+        return await (await self.aget_conn()).get_pipeline(pipeline_id)
 
     def get_usage(self) -> Usage:
         """``GET /v1/me/usage/``: credits used and left this month."""
-        with airflow_errors():
-            return self.get_conn().get_usage()
-
-    async def aget_usage(self) -> Usage:
-        """Async twin of :meth:`get_usage`."""
-        with airflow_errors():
-            return await (await self.aget_conn()).get_usage()
+        return self.get_conn().get_usage()
 
     def wait_for_pipelines(
         self,
@@ -348,37 +323,24 @@ class LeapiHook(BaseHook):
     ) -> list[Pipeline]:
         """Poll in this worker until every pipeline is DONE or ERROR (``leapi.Client.wait``).
 
-        :raises LeapiWaitTimeoutError: some still run after ``timeout`` seconds (``pending_ids``).
+        :raises leapi.LeapiWaitTimeoutError: some still run after ``timeout`` seconds (``pending_ids``).
         """
-        with airflow_errors():
-            return self.get_conn().wait(
-                list(pipeline_ids),
-                timeout=timeout,
-                poll_interval=poll_interval,
-                initial_poll_interval=initial_poll_interval,
-            )
+        return self.get_conn().wait(
+            list(pipeline_ids),
+            timeout=timeout,
+            poll_interval=poll_interval,
+            initial_poll_interval=initial_poll_interval,
+        )
 
     def pipeline_url(self, pipeline_id: int) -> str:
         """The API URL of a pipeline (what the task's extra link shows)."""
-        return f"{self.settings.base_url}{PIPELINE_PATH}/{int(pipeline_id)}"
-
-    def download_result(
-        self, url: str, fileobj: IO[bytes], *, chunk_size: int = DOWNLOAD_CHUNK_BYTES
-    ) -> DownloadedResult:
-        """Stream a result URL into ``fileobj``, complete or not at all (``leapi.Client.download``).
-
-        The API key is not sent: a result URL is signed and usually points at another host.
-
-        :raises LeapiHTTPError: the URL answered 4xx (403 usually means it expired), or retries ran out.
-        """
-        with airflow_errors():
-            return self.get_conn().download(url, fileobj, chunk_size=chunk_size)
+        return self.get_conn().pipeline_url(pipeline_id)
 
     def download_verified(self, result: ResultFile, fileobj: IO[bytes]) -> VerifiedResult:
-        """Stream ``result`` into ``fileobj`` and verify it (``leapi.Client.download_result``).
+        """Stream ``result`` into ``fileobj`` and verify it (``leapi.Client.download_result``); the API key
+        is not sent (a result URL is signed and usually on another host).
 
-        :raises LeapiResultExpiredError: the temp URL expired (fails the task without retries).
-        :raises LeapiResultVerificationError: incomplete, not an image, or not the size/format reported.
+        :raises leapi.LeapiResultExpiredError: the temp URL expired.
+        :raises leapi.LeapiResultVerificationError: incomplete, not an image, or not the size/format reported.
         """
-        with airflow_errors():
-            return self.get_conn().download_result(result, fileobj)
+        return self.get_conn().download_result(result, fileobj)

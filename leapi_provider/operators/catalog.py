@@ -1,18 +1,21 @@
-"""The catalog's batch task: submit one batch's pipelines, wait for them (deferred when it pays), transfer.
+"""The catalog's operators: ``plan``, one ``batch`` per batch file (submit, wait, transfer), ``finalize``.
 
-One task per batch, like dbt Cloud's operator submits and completes a job in one task: a batch task costs a
-task start and a DAG parse in a worker, so splitting submit, wait and transfer into three tasks tripled
-that cost for nothing. Retries stay safe because every step is recorded in the run's folder: a retried or
-resumed task submits nothing that was accepted before (:mod:`leapi_provider.catalog.submit`).
+A batch is one task, like dbt Cloud's operator submits and completes a job in one task: its wait defers
+to the triggerer, and each resume transfers what finished (a batch transfers as its pipelines finish,
+and defers again for the rest). Retries and resumes are safe because every step is recorded in the run's
+folder (:mod:`leapi_provider.catalog.batch`): nothing accepted is submitted again, nothing transferred
+is transferred again.
 
-This module is imported when DAG files are parsed: the catalog's data modules (pyarrow) and the HTTP
-clients are imported inside the methods that run in a worker.
+Layers: this module is imported when DAG files are parsed (by :func:`leapi_provider.catalog.add_catalog_tasks`),
+so it imports only Airflow at module level; the catalog's data modules (pyarrow), the hook and the
+triggers are imported inside the methods that run in a worker. The data modules never import this one.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, conf
@@ -21,35 +24,77 @@ if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
+    from leapi_provider.catalog.batch import CatalogBatch
+    from leapi_provider.catalog.collect import BatchCollector
     from leapi_provider.catalog.settings import CatalogSettings
     from leapi_provider.catalog.storage import CatalogRun
+    from leapi_provider.hooks.leapi import LeapiHook
 
 #: XCom key of the batch's pipeline ids (pushed right after submitting, before any wait).
 XCOM_PIPELINE_IDS_KEY = "pipeline_ids"
+#: XCom keys of the plan's counts and run folder (its return value is the list of batch URIs, mapped over).
+XCOM_PLAN_COUNTS_KEY = "counts"
+XCOM_RUN_DIR_KEY = "run_dir"
 DEFAULT_BATCH_TIMEOUT_S = 6 * 60 * 60.0
 DEFAULT_BATCH_POLL_INTERVAL_S = 15.0
+#: The first poll of a batch comes this soon after its submit (small images finish in seconds).
+INITIAL_BATCH_POLL_INTERVAL_S = 2.0
+#: Seconds a resumed task takes to start (a process, the DAG parse): part of what a deferral costs.
+TASK_START_S = 5.0
+#: A deferred wait first reads when this fraction of the time its pipelines need (at the rate seen so
+#: far) has passed: a little early, as the rate is an estimate.
+DUE_FRACTION = 0.8
 
 
-class LeapiCatalogBatchOperator(BaseOperator):
-    """Submit a catalog batch, wait until every pipeline of it is DONE or ERROR, then transfer its results.
+class _CatalogOperator(BaseOperator):
+    """What the catalog's operators share: the DAG author's connections, and the run's settings."""
 
-    The wait polls in the worker for up to ``defer_after`` seconds (a batch of small images is often done by
-    then, and resuming a deferred task costs another task start), then defers to the triggerer: one
-    :class:`~leapi_provider.triggers.leapi.LeapiPipelineTrigger` for every pipeline of the batch still
-    running. ERROR pipelines do not fail the task: their images get ``error`` rows. A wait that times out
-    fails the task; its retry reconnects to the recorded pipelines.
+    ui_color = "#c7e9f1"
+
+    def __init__(
+        self, *, leapi_conn_id: str = "leapi_default", aws_conn_id: str | None = "aws_default", **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.leapi_conn_id = leapi_conn_id
+        self.aws_conn_id = aws_conn_id
+        self._settings: CatalogSettings | None = None
+
+    def run_context(self, context: Context) -> tuple[CatalogSettings, CatalogRun]:
+        """The run's settings (its params and these connections) and identity; once per execution."""
+        from leapi_provider.catalog.storage import run_context
+
+        settings, run = run_context(context, leapi_conn_id=self.leapi_conn_id, aws_conn_id=self.aws_conn_id)
+        self._settings = settings
+        return settings, run
+
+
+class LeapiCatalogBatchOperator(_CatalogOperator):
+    """Submit a catalog batch, transfer its results as its pipelines finish.
+
+    Each execution (the first, and each resume) submits what is not accepted yet, then waits in the
+    worker for up to ``defer_after`` seconds, transferring each round's finished pipelines, then defers:
+
+    * to a :class:`~leapi_provider.triggers.leapi.LeapiPipelineTrigger` that resumes the task when about a
+      quarter of the batch finished (``min_finished``), which transfers those and defers again;
+    * or, when the account's rate limit makes the next submit wait longer than ``defer_after``, to a
+      ``DateTimeTrigger`` at that slot (the learned rate travels with the deferral).
+
+    No trigger fires within Airflow's reporting window after its deferral
+    (:func:`~leapi_provider.triggers.leapi.earliest_resume`). ERROR pipelines do not fail the task: their
+    images get ``error`` rows. A wait that times out fails the task; its retry reconnects.
 
     :param batch_uri: the batch file the plan wrote (templated; the plan's output is mapped over it).
+    :param leapi_conn_id: the LEAPI connection (fixed by the DAG author).
+    :param aws_conn_id: the connection of ``s3://`` locations (fixed by the DAG author).
     :param deferrable: wait in the triggerer instead of a worker slot (default ``[operators]
         default_deferrable``); when ``False`` the whole wait polls in the worker.
-    :param defer_after: seconds to poll in the worker before deferring; ``None`` takes the run's
+    :param defer_after: seconds to wait in the worker before deferring; ``None`` takes the run's
         ``defer_after`` param.
     :param poll_interval: the longest gap between polls, in seconds.
-    :param timeout: how long to wait for the batch's pipelines, in seconds, from the submit.
+    :param timeout: how long to wait for the batch's pipelines, in seconds, from its first submit.
     """
 
     template_fields: Sequence[str] = ("batch_uri",)
-    ui_color = "#c7e9f1"
 
     def __init__(
         self,
@@ -67,102 +112,157 @@ class LeapiCatalogBatchOperator(BaseOperator):
         self.defer_after = defer_after
         self.poll_interval = poll_interval
         self.timeout = timeout
-        self._settings: CatalogSettings | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from leapi_provider.catalog.storage import run_context
-        from leapi_provider.catalog.submit import submit_batch
+        return self._work(context, waited=False)
 
-        settings, run = run_context(context)
-        self._settings = settings
-        submitted_at = time.time()
-        pipeline_ids = submit_batch(settings, self.batch_uri, run)["pipeline_ids"]
-        context["ti"].xcom_push(key=XCOM_PIPELINE_IDS_KEY, value=pipeline_ids)
-        if pipeline_ids:
-            in_worker = self.timeout
-            if self.deferrable:
-                defer_after = settings.defer_after if self.defer_after is None else self.defer_after
-                in_worker = min(self.timeout, defer_after)
-            pending = self._wait_in_worker(settings, pipeline_ids, seconds=in_worker)
-            if pending and self.deferrable:
-                self._defer(settings, pending, end_time=submitted_at + self.timeout, total=len(pipeline_ids))
-            if pending:
-                self._raise_timeout(len(pending), len(pipeline_ids))
-        return self._transfer(settings, run, pipelines=len(pipeline_ids), deferred=False)
+    def resume_submit(
+        self, context: Context, event: Any = None, rate_limit: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Resume at the rate limit's next slot (a ``DateTimeTrigger``), with what the limiter learned."""
+        return self._work(context, waited=False, rate_limit=rate_limit)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        """Resume after the trigger: validate its event, then transfer (ERROR pipelines included)."""
-        from leapi_provider.catalog.storage import run_context
-        from leapi_provider.exceptions import LeapiError
+        """Resume after the wait's trigger: validate its event, then transfer what finished."""
+        from leapi.errors import LeapiError, LeapiWaitTimeoutError
+        from leapi_provider.exceptions import fail_on_permanent_errors
         from leapi_provider.triggers.leapi import EVENT_TIMEOUT, validate_pipeline_event
 
-        event = validate_pipeline_event(event)
+        with fail_on_permanent_errors():
+            event = validate_pipeline_event(event)
         if event["status"] == EVENT_TIMEOUT:
-            self._raise_timeout(len(event["pending_ids"]), len(event["pipeline_ids"]))
-        if event["pending_ids"]:
+            raise LeapiWaitTimeoutError(
+                f"{event['message']} after {self.timeout:.0f}s; a retry of this task reconnects to them "
+                "(nothing is submitted twice)",
+                pending_ids=event["pending_ids"],
+            )
+        if event["pending_ids"] and event["ready_through"] is None:
             raise LeapiError(f"Waiting for the batch's LEAPI pipelines failed: {event['message']}")
         self.log.info("Resumed from the triggerer: %s", event["message"])
-        settings, run = run_context(context)
-        self._settings = settings
-        return self._transfer(settings, run, pipelines=len(event["pipeline_ids"]), deferred=True)
+        return self._work(context, waited=True, ready_through=event["ready_through"])
 
-    def _wait_in_worker(
-        self, settings: CatalogSettings, pipeline_ids: list[int], *, seconds: float
-    ) -> list[int]:
-        """Poll until every pipeline is terminal or ``seconds`` pass; the ids still running."""
-        from leapi_provider.exceptions import LeapiWaitTimeoutError
+    def _work(
+        self,
+        context: Context,
+        *,
+        waited: bool,
+        rate_limit: dict[str, Any] | None = None,
+        ready_through: int | None = None,
+    ) -> dict[str, Any]:
+        """One execution: submit what is left, collect and transfer what finished, defer or finish.
+
+        :param waited: the batch already waited in the triggerer: this execution transfers what finished
+            and waits in the worker only if the rest is due sooner than a deferral would take.
+        """
+        from leapi_provider.catalog.batch import CatalogBatch
+        from leapi_provider.catalog.collect import BatchCollector
+        from leapi_provider.catalog.submit import submit_batch
+        from leapi_provider.catalog.transfer import BatchResults, transfer_pipelines
+        from leapi_provider.exceptions import fail_on_permanent_errors
         from leapi_provider.hooks.leapi import LeapiHook
 
-        pending: list[int] = []
-        with LeapiHook(settings.leapi_conn_id) as hook:
-            try:
-                hook.wait_for_pipelines(pipeline_ids, timeout=seconds, poll_interval=self.poll_interval)
-            except LeapiWaitTimeoutError as exc:
-                pending = list(exc.pending_ids)
-        self.log.info(
-            "%d of %d pipeline(s) finished within %.0fs in the worker",
-            len(pipeline_ids) - len(pending),
-            len(pipeline_ids),
-            seconds,
+        settings, run = self.run_context(context)
+        batch = CatalogBatch.of(settings, run, self.batch_uri)
+        in_worker = settings.defer_after if self.defer_after is None else self.defer_after
+        # A deferrable batch never waits longer than defer_after for a rate-limit slot: it defers.
+        budget = in_worker if self.deferrable else None
+        with fail_on_permanent_errors(), LeapiHook(self.leapi_conn_id, rate_limit_budget=budget) as hook:
+            if rate_limit:
+                hook.get_conn().account_limiter.restore(rate_limit)
+            outcome = submit_batch(batch, hook, max_wait=in_worker if self.deferrable else None)
+            context["ti"].xcom_push(key=XCOM_PIPELINE_IDS_KEY, value=outcome.pipeline_ids)
+            if outcome.resume_at is not None:
+                self._defer_submit(hook, outcome.resume_at)
+            results = BatchResults(batch)
+            collector = BatchCollector(batch, hook, outcome.pipeline_ids, results)
+            self._wait(batch, collector, 0.0 if waited else in_worker, ready_through=ready_through)
+            transfer_pipelines(batch, hook, [], results)  # (the REJECTED images' rows, if none was written)
+        return {"batch": batch.index, "pipelines": len(outcome.pipeline_ids), "results_uri": results.uri}
+
+    def _wait(
+        self, batch: CatalogBatch, collector: BatchCollector, in_worker: float, *, ready_through: int | None
+    ) -> None:
+        """Collect what the trigger found ready (``ready_through``), wait in the worker (``in_worker``
+        seconds, or the whole timeout when not deferrable), then defer for the rest; raises when the
+        batch's time is up."""
+        from leapi.errors import LeapiRateLimitError, LeapiWaitTimeoutError
+        from leapi_provider.triggers.leapi import earliest_resume
+
+        end_time = collector.started_at + self.timeout
+        seconds = min(in_worker, end_time - time.time()) if self.deferrable else end_time - time.time()
+        resume_cost = earliest_resume() - time.time() + TASK_START_S
+        try:
+            if ready_through is not None:
+                collector.round(through=ready_through)
+            collector.wait(
+                seconds,
+                poll_interval=self.poll_interval,
+                initial_poll_interval=INITIAL_BATCH_POLL_INTERVAL_S,
+                resume_cost=resume_cost if self.deferrable else 0.0,
+            )
+        except LeapiRateLimitError as exc:
+            if not self.deferrable:
+                raise
+            self.log.info("%s: the next status read must wait for the rate limit (%s): deferring", batch, exc)
+        if not collector.pending:
+            return
+        if self.deferrable and time.time() < end_time:
+            self._defer_wait(collector, end_time)
+        raise LeapiWaitTimeoutError(
+            f"{len(collector.pending)} of {len(collector.pipeline_ids)} LEAPI pipeline(s) of this batch still "
+            f"PROCESSING after {self.timeout:.0f}s; a retry of this task reconnects to them (nothing is "
+            "submitted twice)",
+            pending_ids=collector.pending,
         )
-        return pending
 
-    def _defer(self, settings: CatalogSettings, pending: list[int], *, end_time: float, total: int) -> None:
-        from leapi_provider.triggers.leapi import LeapiPipelineTrigger
+    def _defer_wait(self, collector: BatchCollector, end_time: float) -> None:
+        from leapi_provider.catalog.sizing import RESUMES_PER_BATCH
+        from leapi_provider.operators.leapi import deferral_timeout
+        from leapi_provider.triggers.leapi import LeapiPipelineTrigger, earliest_resume
 
-        self.log.info("Deferring until %d of %d pipeline(s) finish (one trigger)", len(pending), total)
+        pending, total = len(collector.pending), len(collector.pipeline_ids)
+        wanted = collector.min_finished(RESUMES_PER_BATCH)
+        now = time.time()
+        # No read before the wanted pipelines are due at the rate seen so far (an early read is wasted),
+        # nor within Airflow's reporting window.
+        due = collector.due_in(wanted) or 0.0
+        not_before = max(earliest_resume(now), now + min(due, end_time - now) * DUE_FRACTION)
+        self.log.info(
+            "Deferring until %d more of %d pending pipeline(s) finish (of %d); first read in %.0fs",
+            wanted,
+            pending,
+            total,
+            not_before - now,
+        )
         self.defer(
             trigger=LeapiPipelineTrigger(
-                pipeline_ids=pending,
+                pipeline_ids=collector.pending,
                 end_time=end_time,
-                leapi_conn_id=settings.leapi_conn_id,
+                leapi_conn_id=self.leapi_conn_id,
                 poll_interval=self.poll_interval,
+                initial_poll_interval=INITIAL_BATCH_POLL_INTERVAL_S,
+                not_before=not_before,
+                started_at=collector.started_at,
+                min_finished=wanted,
             ),
             method_name="execute_complete",
+            timeout=deferral_timeout(end_time, self.poll_interval),
         )
 
-    def _raise_timeout(self, pending: int, total: int) -> None:
-        from leapi_provider.exceptions import LeapiWaitTimeoutError
+    def _defer_submit(self, hook: LeapiHook, resume_at: float) -> None:
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 
-        raise LeapiWaitTimeoutError(
-            f"{pending} of {total} LEAPI pipeline(s) of this batch still PROCESSING after {self.timeout:.0f}s; "
-            "a retry of this task reconnects to them (nothing is submitted twice)"
+        from leapi_provider.triggers.leapi import earliest_resume
+
+        now = time.time()
+        moment = max(resume_at, earliest_resume(now))
+        self.log.info("Deferring the rest of the submits %.0fs, to the rate limit's next slot", moment - now)
+        self.defer(
+            trigger=DateTimeTrigger(moment=datetime.fromtimestamp(moment, UTC)),
+            method_name="resume_submit",
+            kwargs={"rate_limit": hook.get_conn().account_limiter.snapshot()},
+            timeout=timedelta(seconds=moment - now + 300),
         )
-
-    def _transfer(
-        self, settings: CatalogSettings, run: CatalogRun, *, pipelines: int, deferred: bool
-    ) -> dict[str, Any]:
-        from leapi_provider.catalog.storage import RunFolder, batch_index_of, uri_of
-        from leapi_provider.catalog.transfer import transfer_batch
-
-        index = batch_index_of(self.batch_uri)
-        submitted = uri_of(RunFolder(settings, run).submitted(index))
-        return {
-            "batch": index,
-            "pipelines": pipelines,
-            "deferred": deferred,
-            "results_uri": transfer_batch(settings, submitted, run),
-        }
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
         """The batch's sources (the folders that hold them) in; the ``images`` location out."""
@@ -177,25 +277,26 @@ class LeapiCatalogBatchOperator(BaseOperator):
         return operator_lineage(inputs=folder_datasets(sources), outputs=[dataset_of(self._settings.images)])
 
 
-class LeapiCatalogPlanOperator(BaseOperator):
-    """The catalog's ``plan`` task (:func:`leapi_provider.catalog.tasks.plan_task_callable`): validate the
-    manifest, drop unchanged images, check credits, write the batches; returns the batch URIs (mapped over).
+class LeapiCatalogPlanOperator(_CatalogOperator):
+    """The catalog's ``plan`` task (:func:`leapi_provider.catalog.plan.plan_run`): validate the manifest,
+    drop unchanged images, check credits, write the batches; returns the batch URIs (mapped over).
 
     A classic operator rather than an ``@task`` so that it can declare its lineage (the manifest in).
+
+    :param leapi_conn_id: the LEAPI connection (its usage answer guards the credits).
+    :param aws_conn_id: the connection of ``s3://`` locations.
     """
 
-    ui_color = "#c7e9f1"
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._settings: CatalogSettings | None = None
-
     def execute(self, context: Context) -> list[str]:
-        from leapi_provider.catalog.storage import run_context
-        from leapi_provider.catalog.tasks import plan_task_callable
+        from leapi_provider.catalog.plan import plan_run
+        from leapi_provider.exceptions import fail_on_permanent_errors
 
-        self._settings = run_context(context)[0]
-        return plan_task_callable()
+        settings, run = self.run_context(context)
+        with fail_on_permanent_errors():
+            plan = plan_run(settings, run, max_map_length=conf.getint("core", "max_map_length"))
+        context["ti"].xcom_push(key=XCOM_PLAN_COUNTS_KEY, value=plan["counts"])
+        context["ti"].xcom_push(key=XCOM_RUN_DIR_KEY, value=plan["run_dir"])
+        return plan["batches"]
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
         from leapi_provider.lineage import dataset_of, operator_lineage
@@ -205,28 +306,36 @@ class LeapiCatalogPlanOperator(BaseOperator):
         return operator_lineage(inputs=[dataset_of(self._settings.manifest)])
 
 
-class LeapiCatalogFinalizeOperator(BaseOperator):
-    """The catalog's ``finalize`` task (:func:`leapi_provider.catalog.tasks.finalize_task_callable`): the
-    result table (one row per manifest row), its reports and the feed export; runs whatever the batches did.
+class LeapiCatalogFinalizeOperator(_CatalogOperator):
+    """The catalog's ``finalize`` task (:func:`leapi_provider.catalog.finalize.finalize_run`): the result
+    table (one row per manifest row), its reports and the feed export, then an ``Asset`` event for each
+    ``Asset`` outlet; runs whatever the batches did.
 
     Lineage: the manifest and the ``images`` in; the result table (and the feed export) out.
 
     :param export_feed: write the feed export (the ``export`` param).
     """
 
-    ui_color = "#c7e9f1"
-
     def __init__(self, *, export_feed: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.export_feed = export_feed
-        self._settings: CatalogSettings | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from leapi_provider.catalog.storage import run_context
-        from leapi_provider.catalog.tasks import finalize_task_callable
+        from airflow.sdk import Asset
 
-        self._settings = run_context(context)[0]
-        return finalize_task_callable(export_feed=self.export_feed)
+        from leapi_provider.catalog.finalize import finalize_run
+
+        settings, run = self.run_context(context)
+        result = finalize_run(settings, run, export_feed=self.export_feed)
+        for outlet in self.outlets or []:
+            if isinstance(outlet, Asset):
+                context["outlet_events"][outlet].extra = {
+                    "results": settings.results,
+                    "run_date": run.run_date,
+                    "files": result["result_files"][:100],
+                    "rows": result["summary"]["rows"],
+                }
+        return result
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
         from leapi_provider.lineage import dataset_of, operator_lineage

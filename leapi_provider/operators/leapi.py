@@ -8,6 +8,7 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -15,6 +16,8 @@ from airflow.providers.common.compat.sdk import XCom
 from airflow.sdk import BaseOperator, BaseOperatorLink, ObjectStoragePath, ResumableJobMixin, conf
 from pydantic import BaseModel, ValidationError
 
+from leapi.errors import LeapiError, LeapiNotFoundError, LeapiPipelineFailedError, LeapiWaitTimeoutError
+from leapi.idempotency import derive_idempotency_key
 from leapi.models import (
     OPERATION_ADAPTER,
     Pipeline,
@@ -22,21 +25,18 @@ from leapi.models import (
     PipelineStatus,
     validation_reason,
 )
-from leapi_provider.exceptions import (
-    LeapiError,
-    LeapiNotFoundError,
-    LeapiPipelineFailedError,
-    LeapiWaitTimeoutError,
-)
-from leapi_provider.hooks.leapi import LeapiHook, derive_idempotency_key
-from leapi_provider.results import file_record, raise_for_failed_results, result_files, spooled_download
+from leapi.results import result_files
+from leapi_provider.exceptions import fail_on_permanent_errors
+from leapi_provider.hooks.leapi import LeapiHook
+from leapi_provider.results import file_record, raise_for_failed_results, spooled_download
 from leapi_provider.triggers.leapi import (
     EVENT_SUCCESS,
     EVENT_TIMEOUT,
     LeapiPipelineTrigger,
+    earliest_resume,
     validate_pipeline_event,
 )
-from leapi_provider.utils import coerce_pipeline_ids, contains_template
+from leapi_provider.utils import coerce_pipeline_ids
 
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
@@ -55,6 +55,12 @@ STATE_PIPELINE_ID_KEY = "leapi_pipeline_id"
 DEFAULT_WAIT_TIMEOUT_S = 24 * 60 * 60.0
 DEFAULT_POLL_INTERVAL_S = 10.0
 _COPY_CHUNK_BYTES = 1024 * 1024
+
+
+def deferral_timeout(end_time: float, poll_interval: float) -> timedelta:
+    """The ``timeout`` of a deferral whose trigger ends itself at ``end_time``: a backstop a little later,
+    so that the trigger's own ``timeout`` event (with its message) normally wins."""
+    return timedelta(seconds=max(end_time - time.time(), 0.0) + poll_interval + 60)
 
 
 class LeapiPipelineLink(BaseOperatorLink):
@@ -125,8 +131,8 @@ class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
     between "the API accepted" and "the id was recorded" on servers that support it (``leapi-server``).
 
     :param source_urls: the image URL(s) to enhance (templated). Several URLs make one pipeline, one credit each.
-    :param operations: the operations (templated): preset models or their dict form, validated when the DAG
-        is parsed unless they contain templates.
+    :param operations: the operations (templated): preset models or their dict form, validated once
+        rendered, before anything is submitted (an error names the field).
     :param notify_url: webhook URL LEAPI calls when the pipeline finishes (templated).
     :param wait_for_completion: wait until DONE/ERROR; fail with the pipeline's errors on ERROR.
     :param deferrable: wait in the triggerer instead of a worker slot (default ``[operators]
@@ -159,7 +165,7 @@ class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.source_urls = source_urls
-        self.operations = _operation_dicts(operations)
+        self.operations = operations
         self.notify_url = notify_url
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
@@ -169,40 +175,36 @@ class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
         self._final_pipeline: Pipeline | None = None
         #: The pipeline this task submitted or reconnected to (its lineage output).
         self._pipeline_id: int | None = None
-        self._validate_static_arguments()
-
-    def _validate_static_arguments(self) -> None:
-        """Fail at DAG parse time for what can be checked before templates render."""
-        if not contains_template(self.source_urls) and not isinstance(self.source_urls, str):
-            _as_url_list(self.source_urls)
-        if isinstance(self.operations, list) and not contains_template(self.operations):
-            if not self.operations:
-                raise ValueError(f"{self.task_id}: operations must not be empty")
-            for index, operation in enumerate(self.operations):
-                try:
-                    OPERATION_ADAPTER.validate_python(operation)
-                except ValidationError as exc:
-                    raise ValueError(
-                        f"{self.task_id}: operations[{index}] is invalid: {validation_reason(exc)}"
-                    ) from exc
 
     @cached_property
     def hook(self) -> LeapiHook:
         return LeapiHook(self.leapi_conn_id)
 
     def build_request(self) -> PipelineRequest:
-        """The pipeline request from the rendered arguments (raises ``ValueError`` naming the bad field)."""
+        """The pipeline request from the rendered arguments, checked before anything is submitted.
+
+        :raises ValueError: naming the bad field (e.g. ``operations[0] is invalid: restoration_level: ...``).
+        """
+        operations = _operation_dicts(_literal(self.operations))
+        if not isinstance(operations, list) or not operations:
+            raise ValueError(f"{self.task_id}: operations must be a non-empty list, got {operations!r:.200}")
+        for index, operation in enumerate(operations):
+            try:
+                OPERATION_ADAPTER.validate_python(operation)
+            except ValidationError as exc:
+                raise ValueError(
+                    f"{self.task_id}: operations[{index}] is invalid: {validation_reason(exc)}"
+                ) from exc
         try:
             return PipelineRequest.build(
-                _as_url_list(self.source_urls),
-                list(_operation_dicts(_literal(self.operations))),
-                notify_url=self.notify_url or None,
+                _as_url_list(self.source_urls), operations, notify_url=self.notify_url or None
             )
         except ValidationError as exc:
             raise ValueError(f"{self.task_id}: invalid pipeline request: {validation_reason(exc)}") from exc
 
     # -- ResumableJobMixin ------------------------------------------------------------------------------
 
+    @fail_on_permanent_errors()
     def execute(self, context: Context) -> dict[str, Any]:
         return self.execute_resumable(context)
 
@@ -246,14 +248,18 @@ class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
                 self.log.info(
                     "Deferring until pipeline %s finishes (timeout %.0fs)", pipeline_id, self.timeout
                 )
+                now = time.time()
                 self.defer(
                     trigger=LeapiPipelineTrigger(
                         pipeline_ids=[pipeline_id],
-                        end_time=time.time() + self.timeout,
+                        end_time=now + self.timeout,
                         leapi_conn_id=self.leapi_conn_id,
                         poll_interval=self.poll_interval,
+                        not_before=earliest_resume(now),
+                        started_at=now,
                     ),
                     method_name="execute_complete",
+                    timeout=deferral_timeout(now + self.timeout, self.poll_interval),
                 )
             self._final_pipeline = pipeline
         else:
@@ -290,6 +296,7 @@ class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
         self._final_pipeline = pipeline
         self.log.info("Pipeline %s is %s", pipeline_id, (pipeline.status or PipelineStatus.PROCESSING).value)
 
+    @fail_on_permanent_errors()
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger: validate its event, then return the summary or raise."""
         event = validate_pipeline_event(event)
@@ -365,6 +372,7 @@ class LeapiDownloadResultOperator(BaseOperator):
             return self.destination
         return ObjectStoragePath(str(self.destination), conn_id=self.destination_conn_id)
 
+    @fail_on_permanent_errors()
     def execute(self, context: Context) -> list[str]:
         (pipeline_id,) = coerce_pipeline_ids(self.pipeline_id)[:1]
         folder = self._destination()

@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
+from leapi.errors import LeapiError, LeapiNotFoundError, LeapiPipelineFailedError
 from leapi.models import PipelineStatus
-from leapi_provider.exceptions import LeapiError, LeapiNotFoundError, LeapiPipelineFailedError
+from leapi_provider.exceptions import fail_on_permanent_errors
 from leapi_provider.hooks.leapi import LeapiHook
 from leapi_provider.triggers.leapi import (
     EVENT_SUCCESS,
     EVENT_TIMEOUT,
     LeapiPipelineTrigger,
+    earliest_resume,
     validate_pipeline_event,
 )
 from leapi_provider.utils import coerce_pipeline_ids
@@ -77,6 +79,7 @@ class LeapiPipelineSensor(BaseSensorOperator):
     def ids(self) -> list[int]:
         return coerce_pipeline_ids(self.pipeline_ids)
 
+    @fail_on_permanent_errors()
     def poke(self, context: Context) -> PokeReturnValue | bool:
         ids = self.ids
         for pipeline_id in ids:
@@ -115,18 +118,22 @@ class LeapiPipelineSensor(BaseSensorOperator):
         done = self.poke(context)
         if isinstance(done, PokeReturnValue) and done.is_done:
             return done.xcom_value
+        now = time.time()
         self.defer(
             trigger=LeapiPipelineTrigger(
                 pipeline_ids=self.ids,
-                end_time=time.time() + self.timeout,
+                end_time=now + self.timeout,
                 leapi_conn_id=self.leapi_conn_id,
                 poll_interval=self.poke_interval,
+                not_before=earliest_resume(now),
+                started_at=now,
             ),
             method_name="execute_complete",
             # The trigger's own end_time fires first; this is the triggerer-side safety net.
-            timeout=timedelta(seconds=self.timeout + 60),
+            timeout=timedelta(seconds=self.timeout + self.poke_interval + 60),
         )
 
+    @fail_on_permanent_errors()
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger: succeed, or raise for a failure or the (non-retried) timeout."""
         event = validate_pipeline_event(event)

@@ -10,19 +10,16 @@ from urllib.parse import urlencode
 from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collector
 from airflow.sdk import Asset, BaseOperator
 
-from leapi_provider.exceptions import LeapiResultVerificationError
+from leapi.errors import LeapiResultVerificationError
+from leapi.results import ResultFile, result_files
+from leapi_provider.exceptions import fail_on_permanent_errors
 from leapi_provider.hooks.leapi import LeapiHook
 from leapi_provider.operators.leapi import XCOM_FILES_KEY
-from leapi_provider.results import (
-    ResultFile,
-    file_record,
-    raise_for_failed_results,
-    result_files,
-    spooled_download,
-)
-from leapi_provider.utils import coerce_pipeline_ids, contains_template
+from leapi_provider.results import file_record, raise_for_failed_results, spooled_download
+from leapi_provider.utils import coerce_pipeline_ids
 
 if TYPE_CHECKING:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
@@ -101,8 +98,6 @@ class LeapiResultToS3Operator(BaseOperator):
         self.leapi_conn_id = leapi_conn_id
         self._pipeline_url: str | None = None
         self._written_uris: list[str] = []
-        if not contains_template(s3_key_template):
-            self._check_key_template(s3_key_template)
 
     def _check_key_template(self, template: str) -> None:
         unknown = _template_fields(template) - set(KEY_TEMPLATE_FIELDS)
@@ -128,6 +123,7 @@ class LeapiResultToS3Operator(BaseOperator):
             ext=ext,
         ).lstrip("/")
 
+    @fail_on_permanent_errors()
     def execute(self, context: Context) -> list[str]:
         self._check_key_template(self.s3_key_template)
         (pipeline_id,) = coerce_pipeline_ids(self.pipeline_id)[:1]
@@ -142,73 +138,65 @@ class LeapiResultToS3Operator(BaseOperator):
             },
         )
         # The S3 client first: its setup must not eat into the life of the temp URLs read next.
-        client = s3_hook.get_conn()
-        records: list[dict[str, Any]] = []
+        s3_hook.get_conn()
         with LeapiHook(self.leapi_conn_id) as hook:
             self._pipeline_url = hook.pipeline_url(pipeline_id)
             files, failed = result_files(hook.get_pipeline(pipeline_id))
-            for result in files:
-                key = self.object_key(result)
-                uri = f"s3://{self.s3_bucket}/{key}"
-                existing = s3_hook.head_object(key, self.s3_bucket)
-                if existing is not None:
-                    metadata = existing.get("Metadata") or {}
-                    written_by_us = metadata.get(META_PIPELINE_ID) == str(pipeline_id) and metadata.get(
-                        META_RESULT_INDEX
-                    ) == str(result.index)
-                    if written_by_us and metadata.get(META_SHA256) and not self.replace:
-                        self.log.info(
-                            "%s already holds this result (sha256 %s); kept", uri, metadata[META_SHA256]
-                        )
-                        records.append(
-                            file_record(
-                                uri,
-                                None,
-                                result,
-                                sha256=metadata[META_SHA256],
-                                bytes=existing.get("ContentLength"),
-                            )
-                        )
-                        continue
-                    if not written_by_us and not self.replace:
-                        raise FileExistsError(
-                            f"{uri} already exists and was not written by pipeline {pipeline_id}; "
-                            "set replace=True to overwrite it"
-                        )
-                with spooled_download(hook, result) as (verified, spool):
-                    extra_args: dict[str, Any] = {
-                        "ContentType": verified.mime,
-                        "Metadata": {
-                            META_PIPELINE_ID: str(pipeline_id),
-                            META_RESULT_INDEX: str(result.index),
-                            META_SHA256: verified.sha256,
-                            # Metadata must be ASCII; the source URL is informative only.
-                            META_SOURCE_URL: (result.source_url or "")
-                            .encode("ascii", "ignore")
-                            .decode()[:1024],
-                        },
-                    }
-                    if self.tags:
-                        extra_args["Tagging"] = urlencode({str(k): str(v) for k, v in self.tags.items()})
-                    client.upload_fileobj(
-                        spool, self.s3_bucket, key, ExtraArgs=extra_args, Config=s3_hook.transfer_config
-                    )
-                stored = s3_hook.head_object(key, self.s3_bucket) or {}
-                if stored.get("ContentLength") != verified.byte_count:
-                    raise LeapiResultVerificationError(
-                        f"{uri}: S3 holds {stored.get('ContentLength')} bytes, {verified.byte_count} were uploaded"
-                    )
-                get_hook_lineage_collector().add_output_asset(
-                    context=s3_hook, scheme="s3", asset_kwargs={"bucket": self.s3_bucket, "key": key}
-                )
-                self.log.info("Uploaded %s (%d bytes, %s)", uri, verified.byte_count, verified.mime)
-                records.append(file_record(uri, verified, result))
+            records = [self._copy(context, hook, s3_hook, pipeline_id, result) for result in files]
         uris = [record["uri"] for record in records]
         self._written_uris = uris
         context["ti"].xcom_push(key=XCOM_FILES_KEY, value=records)
         self._emit_outlet_events(context, pipeline_id, uris)
         raise_for_failed_results(pipeline_id, failed, allow_partial=self.allow_partial, log=self.log)
         return uris
+
+    def _copy(
+        self, context: Context, hook: LeapiHook, s3_hook: S3Hook, pipeline_id: int, result: ResultFile
+    ) -> dict[str, Any]:
+        """Upload one result (or keep the object a previous try wrote); its ``files`` record."""
+        key = self.object_key(result)
+        uri = f"s3://{self.s3_bucket}/{key}"
+        existing = s3_hook.head_object(key, self.s3_bucket)
+        if existing is not None:
+            metadata = existing.get("Metadata") or {}
+            written_by_us = metadata.get(META_PIPELINE_ID) == str(pipeline_id) and metadata.get(
+                META_RESULT_INDEX
+            ) == str(result.index)
+            if written_by_us and metadata.get(META_SHA256) and not self.replace:
+                self.log.info("%s already holds this result (sha256 %s); kept", uri, metadata[META_SHA256])
+                known = {"sha256": metadata[META_SHA256], "bytes": existing.get("ContentLength")}
+                return file_record(uri, None, result, **known)
+            if not written_by_us and not self.replace:
+                raise FileExistsError(
+                    f"{uri} already exists and was not written by pipeline {pipeline_id}; "
+                    "set replace=True to overwrite it"
+                )
+        with spooled_download(hook, result) as (verified, spool):
+            extra_args: dict[str, Any] = {
+                "ContentType": verified.mime,
+                "Metadata": {
+                    META_PIPELINE_ID: str(pipeline_id),
+                    META_RESULT_INDEX: str(result.index),
+                    META_SHA256: verified.sha256,
+                    # Metadata must be ASCII; the source URL is informative only.
+                    META_SOURCE_URL: (result.source_url or "").encode("ascii", "ignore").decode()[:1024],
+                },
+            }
+            if self.tags:
+                extra_args["Tagging"] = urlencode({str(k): str(v) for k, v in self.tags.items()})
+            s3_hook.get_conn().upload_fileobj(
+                spool, self.s3_bucket, key, ExtraArgs=extra_args, Config=s3_hook.transfer_config
+            )
+        stored = s3_hook.head_object(key, self.s3_bucket) or {}
+        if stored.get("ContentLength") != verified.byte_count:
+            raise LeapiResultVerificationError(
+                f"{uri}: S3 holds {stored.get('ContentLength')} bytes, {verified.byte_count} were uploaded"
+            )
+        get_hook_lineage_collector().add_output_asset(
+            context=s3_hook, scheme="s3", asset_kwargs={"bucket": self.s3_bucket, "key": key}
+        )
+        self.log.info("Uploaded %s (%d bytes, %s)", uri, verified.byte_count, verified.mime)
+        return file_record(uri, verified, result)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
         """The LEAPI pipeline's results in; the folder of the objects written (one dataset) out."""

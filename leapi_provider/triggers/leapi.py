@@ -1,23 +1,38 @@
-"""Trigger that waits, in the triggerer, for one or many LEAPI pipelines to finish.
+"""Trigger that waits, in the triggerer, for LEAPI pipelines to finish: all of them, or enough of them.
 
-One trigger may watch a whole fan-out batch: its ids are polled concurrently (bounded), each poll round
-spaced by an adaptive interval, and one small event is yielded when every id is terminal, when polling
-fails for good, or at the wall-clock ``end_time``.
+One trigger watches a whole batch. Its reads follow :mod:`leapi.polling`, because the API's rate limit
+counts status reads too:
 
-Event payload (JSON)::
+* waiting for all (``min_finished=None``: the submit operator, the sensor): each round reads the
+  pending pipelines in submission order and stops at the first one still PROCESSING
+  (:class:`~leapi.polling.InOrderPoll`); the event says which failed;
+* waiting for enough (``min_finished=k``: the catalog's batches, which transfer what finished and defer
+  again for the rest): one read per round, of the ``k``-th pending pipeline
+  (:class:`~leapi.polling.FinishProbe`); a ``ready`` event names it, and the task reads the finished
+  pipelines itself, so each costs one read.
+
+No event is yielded before ``not_before`` (wall clock): a task resumed within Airflow's reporting window
+after its deferral can lose its try to the scheduler (see :func:`earliest_resume`). The wait between two
+rounds is one method, :meth:`LeapiPipelineTrigger.wait_for_next_round`: the place where a hint source
+(webhooks) could end a wait early; the reads still decide.
+
+Event payload (JSON, validated by :func:`validate_pipeline_event`)::
 
     {
-        "status": "success" | "error" | "timeout",
+        "status": "success" | "error" | "timeout" | "ready",
         "pipeline_ids": [...],                       # every id watched, in the order given
-        "counts": {"DONE": n, "ERROR": n, "PROCESSING": n},
-        "failed_ids": [...],                         # ended ERROR (or unknown to the API)
-        "pending_ids": [...],                        # not terminal when the event was sent
+        "counts": {"DONE": n, "ERROR": n, "PROCESSING": n},   # what the trigger read
+        "failed_ids": [...],                         # read ERROR (or unknown to the API)
+        "pending_ids": [...],                        # not seen terminal
+        "ready_through": id | null,                  # ready: the probed pipeline found terminal
         "message": "...",                            # human readable, bounded
     }
 
 ``success``: every pipeline is DONE. ``error``: every pipeline is terminal and some failed (then
 ``pending_ids`` is empty), or polling failed for good (bad key, too many consecutive errors; then
 ``pending_ids`` lists what is unresolved). ``timeout``: ``end_time`` passed with ``pending_ids`` left.
+``ready``: ``min_finished`` pipelines have (by the probe) finished; the ones before ``ready_through``
+in the order given are, most likely, terminal too.
 """
 
 from __future__ import annotations
@@ -25,36 +40,79 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from leapi.models import PipelineStatus
-from leapi.polling import DEFAULT_INITIAL_POLL_INTERVAL_S, poll_schedule
+from leapi.errors import LeapiAuthError, LeapiError, LeapiNotFoundError, LeapiRateLimitError
+from leapi.models import Pipeline, PipelineStatus
+from leapi.polling import DEFAULT_INITIAL_POLL_INTERVAL_S, FinishProbe, InOrderPoll, poll_schedule
 from leapi.redaction import redact_text
-from leapi_provider.exceptions import LeapiAuthError, LeapiError, LeapiNotFoundError
+from leapi_provider.exceptions import LeapiTriggerEventError
 from leapi_provider.hooks.leapi import LeapiHook
 from leapi_provider.utils import coerce_pipeline_ids
 
 EVENT_SUCCESS = "success"
 EVENT_ERROR = "error"
 EVENT_TIMEOUT = "timeout"
-EVENT_STATUSES = (EVENT_SUCCESS, EVENT_ERROR, EVENT_TIMEOUT)
+EVENT_READY = "ready"
+EVENT_STATUSES = (EVENT_SUCCESS, EVENT_ERROR, EVENT_TIMEOUT, EVENT_READY)
+#: Seconds added to ``[workers] min_heartbeat_interval`` for the rest of Airflow's reporting window (the
+#: task process's exit, the executor's report, a scheduler loop under load): see :func:`earliest_resume`.
+#: Airflow config ``[leapi] resume_margin`` overrides it.
+RESUME_MARGIN_S = 10.0
 #: Errors quoted in an event message (the rest is counted, keeping the event small).
 _MAX_QUOTED_ERRORS = 5
 _MAX_ERROR_CHARS = 300
-#: The wait between poll rounds (a module attribute so that tests can observe the schedule).
-_sleep = asyncio.sleep
+_NOT_FOUND = "pipeline not found (unknown id, or it belongs to another API key)"
+
+
+def earliest_resume(now: float | None = None) -> float:
+    """The wall-clock time before which a trigger deferred now must not fire.
+
+    After ``defer()``, the task's supervisor reports the task process's exit to the executor only when
+    its ``select`` wakes up, up to ``[workers] min_heartbeat_interval`` (5 s) later; the scheduler then
+    processes that report in a later loop. Airflow 3.3 tolerates the report arriving while the resumed
+    task instance is still ``scheduled``, but not once it is ``queued`` or ``running`` again: the
+    scheduler then logs "finished with state success, but the task instance's state attribute is
+    running", fails the resumed try, and that try's API calls answer 404. A trigger that fires no sooner
+    than this (the interval, plus ``[leapi] resume_margin``, default :data:`RESUME_MARGIN_S`, for the rest
+    of the window) resumes its task only after the report was processed. docs/provider.md, "Deferral and
+    Airflow's reporting window".
+    """
+    from airflow.sdk import conf
+
+    interval = conf.getfloat("workers", "min_heartbeat_interval", fallback=5.0)
+    margin = conf.getfloat("leapi", "resume_margin", fallback=RESUME_MARGIN_S)
+    return (time.time() if now is None else now) + interval + margin
 
 
 def validate_pipeline_event(event: Any) -> dict[str, Any]:
-    """Check that ``event`` is a payload of :class:`LeapiPipelineTrigger`; return it."""
+    """Check that ``event`` is a payload of :class:`LeapiPipelineTrigger`; return it.
+
+    The event crosses the triggerer/worker boundary through the metadata database: a malformed one (a
+    version skew, another trigger) must fail the task, not pass for a success.
+
+    :raises LeapiTriggerEventError: it is not (fails the task without retries).
+    """
     if not isinstance(event, dict) or event.get("status") not in EVENT_STATUSES:
-        raise LeapiError(f"Unexpected event from LeapiPipelineTrigger: {event!r}")
-    for key in ("pipeline_ids", "counts", "failed_ids", "pending_ids", "message"):
-        if key not in event:
-            raise LeapiError(f"Event from LeapiPipelineTrigger lacks {key!r}: {event!r}")
+        raise LeapiTriggerEventError(f"Unexpected event from LeapiPipelineTrigger: {event!r:.500}")
+    for key, kind in (
+        ("pipeline_ids", list),
+        ("counts", dict),
+        ("failed_ids", list),
+        ("pending_ids", list),
+        ("message", str),
+    ):
+        if not isinstance(event.get(key), kind):
+            raise LeapiTriggerEventError(f"Event from LeapiPipelineTrigger lacks {key!r}: {event!r:.500}")
+    ids = event["pipeline_ids"]
+    if not all(isinstance(i, int) for i in [*ids, *event["failed_ids"], *event["pending_ids"]]):
+        raise LeapiTriggerEventError(f"Event from LeapiPipelineTrigger has non-integer ids: {event!r:.500}")
+    if event["status"] == EVENT_READY and event.get("ready_through") not in ids:
+        raise LeapiTriggerEventError(f"A ready event must name a watched pipeline: {event!r:.500}")
     return event
 
 
@@ -63,17 +121,37 @@ def _short(value: Any) -> str:
     return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
 
 
-class LeapiPipelineTrigger(BaseTrigger):
-    """Polls ``GET /v1/pipeline/{id}`` for each id until all are DONE/ERROR or ``end_time`` passes.
+class _PollFailed(Exception):
+    """Polling cannot go on (a refused key, or too many errors in a row)."""
 
-    :param pipeline_ids: the pipelines to wait for (one or many).
+
+@dataclass
+class _Watch:
+    """What one run of the trigger has read so far."""
+
+    failed: dict[int, Any] = field(default_factory=dict)
+    done: set[int] = field(default_factory=set)
+    consecutive_errors: dict[int, int] = field(default_factory=dict)
+
+
+class LeapiPipelineTrigger(BaseTrigger):
+    """Reads ``GET /v1/pipeline/{id}`` until the pipelines are DONE/ERROR (or enough of them are), or until
+    ``end_time``; yields one small event (module docs).
+
+    :param pipeline_ids: the pipelines to wait for, in submission order.
     :param end_time: wall-clock deadline, Unix seconds (survives a triggerer restart, unlike a duration).
     :param leapi_conn_id: the LEAPI connection.
     :param poll_interval: the longest gap between poll rounds, in seconds.
-    :param initial_poll_interval: the first gap; it doubles each round up to ``poll_interval``.
+    :param initial_poll_interval: the first gap; later ones are a tenth of the time waited, up to
+        ``poll_interval``.
     :param max_consecutive_errors: transient poll failures in a row tolerated per pipeline before the
         trigger gives up with an ``error`` event.
-    :param max_concurrency: polls in flight at once.
+    :param not_before: wall-clock time (Unix seconds) before which no event is yielded, nor a read made
+        (:func:`earliest_resume` at the deferral); ``None``: at once.
+    :param started_at: wall-clock time the wait began (the submit); the gaps go on growing from there
+        after a re-deferral. ``None``: now.
+    :param min_finished: yield a ``ready`` event once about this many of the pipelines finished (one read
+        per round; the task reads them); ``None``: wait for all of them.
     """
 
     def __init__(
@@ -85,16 +163,23 @@ class LeapiPipelineTrigger(BaseTrigger):
         poll_interval: float = 30.0,
         initial_poll_interval: float = DEFAULT_INITIAL_POLL_INTERVAL_S,
         max_consecutive_errors: int = 5,
-        max_concurrency: int = 32,
+        not_before: float | None = None,
+        started_at: float | None = None,
+        min_finished: int | None = None,
     ) -> None:
         super().__init__()
+        # (kwargs cross Airflow's serialization boundary: refuse bad ones before they are stored)
         self.pipeline_ids = coerce_pipeline_ids(list(pipeline_ids))
         self.end_time = float(end_time)
         self.leapi_conn_id = leapi_conn_id
         self.poll_interval = float(poll_interval)
         self.initial_poll_interval = float(initial_poll_interval)
         self.max_consecutive_errors = int(max_consecutive_errors)
-        self.max_concurrency = int(max_concurrency)
+        self.not_before = None if not_before is None else float(not_before)
+        self.started_at = None if started_at is None else float(started_at)
+        if min_finished is not None and int(min_finished) < 1:
+            raise ValueError(f"min_finished must be 1 or more (or None), got {min_finished!r}")
+        self.min_finished = None if min_finished is None else int(min_finished)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -106,122 +191,150 @@ class LeapiPipelineTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "initial_poll_interval": self.initial_poll_interval,
                 "max_consecutive_errors": self.max_consecutive_errors,
-                "max_concurrency": self.max_concurrency,
+                "not_before": self.not_before,
+                "started_at": self.started_at,
+                "min_finished": self.min_finished,
             },
         )
 
-    def _hook(self) -> LeapiHook:
-        # One quick in-request retry; lasting trouble is counted across rounds (max_consecutive_errors). A
-        # rate-limited poll waits at most one poll interval: the next round asks again anyway.
-        return LeapiHook(self.leapi_conn_id, max_retries=1, rate_limit_budget=self.poll_interval)
+    async def wait_for_next_round(self, seconds: float) -> None:
+        """Wait ``seconds`` before the next poll round.
+
+        The one place the trigger waits: a subclass may end it early when a hint arrives (a LEAPI
+        webhook for one of its pipelines); the round's reads still decide what finished.
+        """
+        if seconds > 0:
+            await asyncio.sleep(seconds)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        statuses: dict[int, PipelineStatus | None] = dict.fromkeys(self.pipeline_ids)
-        errors: dict[int, Any] = {}
-        consecutive_errors: dict[int, int] = dict.fromkeys(self.pipeline_ids, 0)
-        semaphore = asyncio.Semaphore(max(self.max_concurrency, 1))
-        fatal: list[str] = []
-        hook = self._hook()
-
-        async def poll(pipeline_id: int) -> None:
-            async with semaphore:
-                if fatal:
-                    return
-                try:
-                    pipeline = await hook.aget_pipeline(pipeline_id)
-                except LeapiAuthError as exc:
-                    fatal.append(str(exc))
-                    return
-                except LeapiNotFoundError:
-                    statuses[pipeline_id] = PipelineStatus.ERROR
-                    errors[pipeline_id] = "pipeline not found (unknown id, or it belongs to another API key)"
-                    return
-                except (LeapiError, httpx.HTTPError, ValueError) as exc:
-                    consecutive_errors[pipeline_id] += 1
-                    self.log.warning(
-                        "LEAPI poll of pipeline %s failed (%d/%d in a row): %s",
-                        pipeline_id,
-                        consecutive_errors[pipeline_id],
-                        self.max_consecutive_errors,
-                        exc,
-                    )
-                    if consecutive_errors[pipeline_id] >= self.max_consecutive_errors:
-                        fatal.append(
-                            f"polling pipeline {pipeline_id} failed {consecutive_errors[pipeline_id]} times in a row: {exc}"
-                        )
-                    return
-                consecutive_errors[pipeline_id] = 0
-                statuses[pipeline_id] = pipeline.status
-                if pipeline.status is PipelineStatus.ERROR:
-                    errors[pipeline_id] = pipeline.errors or pipeline.error or "ERROR (no details)"
-
-        gaps = poll_schedule(self.poll_interval, self.initial_poll_interval)
-        # The deferring task has just polled these pipelines, so the first poll waits one gap. Firing at once
-        # could also resume the task before the scheduler has processed the exit of its deferring run:
-        # Airflow 3.3 then fails the resumed try with "state mismatch" (seen under load on 2 cores).
-        first_gap = min(next(gaps), self.end_time - time.time())
-        if first_gap > 0:
-            await _sleep(first_gap)
+        # One quick in-request retry; lasting trouble is counted across rounds (max_consecutive_errors). A
+        # rate-limited poll waits at most one poll interval: the next round asks again anyway.
+        hook = LeapiHook(self.leapi_conn_id, max_retries=1, rate_limit_budget=self.poll_interval)
         try:
-            while True:
-                pending = [
-                    pid for pid, status in statuses.items() if status is None or not status.is_terminal()
-                ]
-                await asyncio.gather(*(poll(pid) for pid in pending))
-                pending = [
-                    pid for pid, status in statuses.items() if status is None or not status.is_terminal()
-                ]
-                if fatal:
-                    yield TriggerEvent(
-                        self._event(EVENT_ERROR, statuses, errors, pending, "; ".join(fatal[:3]))
-                    )
-                    return
-                if not pending:
-                    status = EVENT_ERROR if errors else EVENT_SUCCESS
-                    yield TriggerEvent(self._event(status, statuses, errors, pending, ""))
-                    return
-                remaining = self.end_time - time.time()
-                if remaining <= 0:
-                    message = (
-                        f"{len(pending)} of {len(statuses)} pipeline(s) still PROCESSING at the deadline"
-                    )
-                    yield TriggerEvent(self._event(EVENT_TIMEOUT, statuses, errors, pending, message))
-                    return
-                gap = min(next(gaps), remaining)
-                self.log.info(
-                    "LEAPI: %d of %d pipeline(s) finished; next poll in %.1fs",
-                    len(statuses) - len(pending),
-                    len(statuses),
-                    gap,
-                )
-                await _sleep(gap)
+            yield TriggerEvent(await self._wait(hook))
         finally:
             await hook.aclose()
+
+    async def _wait(self, hook: LeapiHook) -> dict[str, Any]:
+        now = time.time()
+        started = self.started_at if self.started_at is not None else now
+        gaps = poll_schedule(self.poll_interval, self.initial_poll_interval, waited=now - started)
+        # The deferring task has just read these pipelines: the first round waits one gap (and for
+        # not_before: Airflow's reporting window after the deferral).
+        first = max(next(gaps), (self.not_before or now) - now)
+        await self.wait_for_next_round(min(first, self.end_time - time.time()))
+        watch = _Watch()
+        probe = FinishProbe(self.pipeline_ids, want=self.min_finished) if self.min_finished else None
+        poll = InOrderPoll(self.pipeline_ids)
+        while True:
+            try:
+                if probe is not None and await self._probe_round(hook, probe, watch):
+                    return self._event(EVENT_READY, watch, self._unseen(watch), probe.ready_through)
+                if probe is None and await self._poll_round(hook, poll, watch):
+                    return self._event(EVENT_ERROR if watch.failed else EVENT_SUCCESS, watch, [])
+            except _PollFailed as exc:
+                return self._event(EVENT_ERROR, watch, self._unseen(watch), message=str(exc))
+            remaining = self.end_time - time.time()
+            if remaining <= 0:
+                pending = self._unseen(watch)
+                message = (
+                    f"{len(pending)} of {len(self.pipeline_ids)} pipeline(s) still PROCESSING at the deadline"
+                )
+                return self._event(EVENT_TIMEOUT, watch, pending, message=message)
+            gap = min(next(gaps), remaining)
+            self.log.info(
+                "LEAPI: %d of %d pipeline(s) seen finished; next poll in %.1fs",
+                len(watch.done) + len(watch.failed),
+                len(self.pipeline_ids),
+                gap,
+            )
+            await self.wait_for_next_round(gap)
+
+    async def _poll_round(self, hook: LeapiHook, poll: InOrderPoll, watch: _Watch) -> bool:
+        """One in-order round; ``True`` once every pipeline is terminal."""
+        for pipeline_id in poll.round():
+            pipeline = await self._read(hook, pipeline_id, watch)
+            if pipeline is None:
+                break  # a transient error: this round ends here
+            if pipeline.status is not None and pipeline.status.is_terminal():
+                poll.record_terminal(pipeline_id)
+        return not poll.pending
+
+    async def _probe_round(self, hook: LeapiHook, probe: FinishProbe, watch: _Watch) -> bool:
+        """One probe; ``True`` once a probed pipeline is terminal."""
+        pipeline_id = probe.next_id()
+        pipeline = await self._read(hook, pipeline_id, watch)
+        return pipeline is not None and probe.record(pipeline.status)
+
+    async def _read(self, hook: LeapiHook, pipeline_id: int, watch: _Watch) -> Pipeline | None:
+        """Read one pipeline and note what it says; ``None`` after a transient error.
+
+        :raises _PollFailed: the key was refused, or this pipeline failed too often in a row.
+        """
+        try:
+            pipeline = await hook.aget_pipeline(pipeline_id)
+        except LeapiAuthError as exc:
+            raise _PollFailed(str(exc)) from exc
+        except LeapiNotFoundError:
+            pipeline = Pipeline(id=pipeline_id, status=PipelineStatus.ERROR, error=_NOT_FOUND)
+        except LeapiRateLimitError as exc:
+            # (not a failure: the account's requests are spent for now; the next round asks again)
+            self.log.info("LEAPI poll of pipeline %s waits for the rate limit: %s", pipeline_id, exc)
+            return None
+        except (LeapiError, httpx.HTTPError, ValueError) as exc:
+            errors = watch.consecutive_errors[pipeline_id] = watch.consecutive_errors.get(pipeline_id, 0) + 1
+            self.log.warning(
+                "LEAPI poll of pipeline %s failed (%d/%d in a row): %s",
+                pipeline_id,
+                errors,
+                self.max_consecutive_errors,
+                exc,
+            )
+            if errors >= self.max_consecutive_errors:
+                raise _PollFailed(
+                    f"polling pipeline {pipeline_id} failed {errors} times in a row: {exc}"
+                ) from exc
+            return None
+        watch.consecutive_errors.pop(pipeline_id, None)
+        if pipeline.status is PipelineStatus.ERROR:
+            watch.failed[pipeline_id] = pipeline.errors or pipeline.error or "ERROR (no details)"
+        elif pipeline.status is PipelineStatus.DONE:
+            watch.done.add(pipeline_id)
+        return pipeline
+
+    def _unseen(self, watch: _Watch) -> list[int]:
+        return [pid for pid in self.pipeline_ids if pid not in watch.done and pid not in watch.failed]
 
     def _event(
         self,
         status: str,
-        statuses: dict[int, PipelineStatus | None],
-        errors: dict[int, Any],
+        watch: _Watch,
         pending: list[int],
-        message: str,
+        ready_through: int | None = None,
+        *,
+        message: str = "",
     ) -> dict[str, Any]:
-        counts = {s.value: 0 for s in PipelineStatus}
-        for value in statuses.values():
-            counts[(value or PipelineStatus.PROCESSING).value] += 1
-        failed = [pid for pid in self.pipeline_ids if pid in errors]
+        failed = [pid for pid in self.pipeline_ids if pid in watch.failed]
         if failed:
-            quoted = "; ".join(f"{pid}: {_short(errors[pid])}" for pid in failed[:_MAX_QUOTED_ERRORS])
+            quoted = "; ".join(f"{pid}: {_short(watch.failed[pid])}" for pid in failed[:_MAX_QUOTED_ERRORS])
             more = f" (+{len(failed) - _MAX_QUOTED_ERRORS} more)" if len(failed) > _MAX_QUOTED_ERRORS else ""
             failure_text = f"{len(failed)} pipeline(s) failed: {quoted}{more}"
             message = f"{message}; {failure_text}" if message else failure_text
+        if status == EVENT_READY:
+            message = message or f"pipeline {ready_through} finished: about {self.min_finished} are ready"
         if not message:
-            message = f"all {len(statuses)} pipeline(s) DONE"
+            message = f"all {len(self.pipeline_ids)} pipeline(s) DONE"
+        counts = {
+            PipelineStatus.PROCESSING.value: len(pending),
+            PipelineStatus.DONE.value: len(watch.done),
+            PipelineStatus.ERROR.value: len(failed),
+        }
         return {
             "status": status,
             "pipeline_ids": list(self.pipeline_ids),
             "counts": counts,
             "failed_ids": failed,
             "pending_ids": pending,
+            "ready_through": ready_through,
             "message": message,
         }

@@ -6,16 +6,17 @@ processes), moto's S3 server and a static source server, all on 127.0.0.1. Three
 
 * **small**: 1,000 JPEGs of 96 px on the long side, enhanced x2;
 * **marketplace**: 200 photographs of 900x600, enhanced to 1800x1200 (about 0.3 s per image per core);
-* **marketplace-500**: the same with 500 photographs (Airflow's cost is per run and task, not per image).
+* **marketplace-500**: the same with 500 photographs (Airflow's cost is per run and task, not per image);
+* **small-20k**: 20,000 JPEGs of 96 px (the run of issue 19; not in the default set: about 15 minutes).
 
-``LEAPI_BENCH_CASES=small,marketplace`` runs some of them only.
+``LEAPI_BENCH_CASES=small,marketplace`` runs some of them only (default: the first three).
 
 Baseline, same server and images, measured right before each DAG run: a plain httpx client posts
 pipelines of 10 URLs, polls them until terminal and downloads every result. The DAG's wall time runs from
 the run's creation by the REST call that triggers it (``queued_at``) to its ``end_date``, both Airflow's. Also reported: task instances,
 how many were deferred to the triggerer (from Airflow's event log, as ``make e2e`` checks), seconds of
-Airflow overhead per task ((DAG - baseline) / tasks), LEAPI requests per image (leapi-server's access
-log), the peak memory of the Airflow processes (PSS and RSS; the scheduler's family holds the executor's
+Airflow overhead per task ((DAG - baseline) / tasks), status reads per pipeline and LEAPI API requests per
+image (leapi-server's access log; result downloads are not API requests), the peak memory of the Airflow processes (PSS and RSS; the scheduler's family holds the executor's
 workers and their task processes), and the parse time of every DAG file beyond ``import airflow.sdk``.
 """
 
@@ -43,11 +44,42 @@ BUCKET = "bench"
 URLS_PER_PIPELINE = 10
 #: The run before this change, measured as issue #13 reports it (same machine kind, same two cases).
 BEFORE = {
-    "small": {"ratio": "about 61x (616 s vs 9-10 s)", "tasks": 302, "deferred": 0, "rss": "8.6 GiB"},
-    "marketplace": {"ratio": "not measured", "tasks": "", "deferred": "", "rss": "-"},
-    "marketplace-500": {"ratio": "not measured", "tasks": "", "deferred": "", "rss": "-"},
+    "small": {
+        "ratio": "3.57x (99.5 s vs 27.8 s, issue 22's code, this machine under load)",
+        "tasks": 10,
+        "deferred": 0,
+        "rss": "5.47 GiB",
+        "reads": "3.50",
+        "requests": "0.455",
+    },
+    "marketplace": {
+        "ratio": "not measured",
+        "tasks": "",
+        "deferred": "",
+        "rss": "-",
+        "reads": "-",
+        "requests": "-",
+    },
+    "marketplace-500": {
+        "ratio": "not measured",
+        "tasks": "",
+        "deferred": "",
+        "rss": "-",
+        "reads": "-",
+        "requests": "-",
+    },
+    "small-20k": {
+        "ratio": "1.50x (449.5 s vs 300.0 s, issue 19)",
+        "tasks": "",
+        "deferred": "",
+        "rss": "6.1 GiB",
+        "reads": "18.3",
+        "requests": "1.93",
+    },
 }
-TARGETS = {"small": 3.0, "marketplace": 1.3, "marketplace-500": 1.3}
+TARGETS = {"small": 3.0, "marketplace": 1.3, "marketplace-500": 1.3, "small-20k": 1.25}
+#: Issue 19's budget: status reads per pipeline, API requests per image (at 10 URLs per pipeline).
+READS_TARGET, REQUESTS_TARGET = 1.3, 0.3
 PARSE_TARGET_S = 0.5
 
 
@@ -63,7 +95,9 @@ CASES = (
     Case("marketplace", 200, "200 photographs 900x600, enhanced to 1800x1200"),
     # The same images, more of them: Airflow's cost is per run and per task, not per image.
     Case("marketplace-500", 500, "500 photographs 900x600, enhanced to 1800x1200"),
+    Case("small-20k", 20_000, "20,000 JPEGs, 96 px long side, enhanced x2"),
 )
+DEFAULT_CASES = ("small", "marketplace", "marketplace-500")
 
 
 def _write_sources(case: Case, folder: Path) -> list[dict[str, Any]]:
@@ -71,7 +105,7 @@ def _write_sources(case: Case, folder: Path) -> list[dict[str, Any]]:
     from tests.support.catalog import write_sample_images
     from tests.support.server import SAMPLE_PHOTOS, sample_photo
 
-    if case.name == "small":
+    if case.name.startswith("small"):
         images = write_sample_images(folder, case.images, long_sides=(96,), prefix=case.name)
         return [
             {"image_id": i.image_id, "file": i.file_name, "width": i.width * 2, "height": i.height * 2}
@@ -159,12 +193,14 @@ def _run_case(case: Case, *, stack: Any, server: Any, moto: Any, base_url: str, 
     log_offset = len(server.logs())
     with _peak_memory(stack) as peak:
         run_id = stack.trigger(DAG_ID, conf)
-        state = stack.wait_for_run(DAG_ID, run_id, timeout=900)
+        state = stack.wait_for_run(DAG_ID, run_id, timeout=max(900, case.images // 10))
     run = stack.api().get(f"/dags/{DAG_ID}/dagRuns/{run_id}").json()
     # Airflow's own clock, from the trigger (the run is created queued) to the run's end: no polling delay.
     queued_at = datetime.fromisoformat(run["queued_at"])
     dag_s = (datetime.fromisoformat(run["end_date"]) - queued_at).total_seconds()
     requests = _access_counts(server.logs()[log_offset:])
+    api_requests = sum(n for kind, n in requests.items() if not kind.startswith("GET /v1/tmp"))
+    pipelines = -(-case.images // URLS_PER_PIPELINE)
     tis = stack.task_instances(DAG_ID, run_id)
     timeline = _timeline(stack.event_log(DAG_ID, run_id), since=queued_at)
     deferred = stack.deferred_task_instances(DAG_ID, run_id)
@@ -175,13 +211,29 @@ def _run_case(case: Case, *, stack: Any, server: Any, moto: Any, base_url: str, 
         "dag_s": dag_s,
         "tasks": len(tis),
         "deferred": len(deferred),
-        "requests_per_image": sum(requests.values()) / case.images,
+        "requests_per_image": api_requests / case.images,
+        "reads_per_pipeline": requests["GET /v1/pipeline/{id}"] / pipelines,
         "requests": requests,
         "timeline": timeline,
         "peak_scheduler": peak["scheduler"],
         "peak_total": peak["total"],
         "peak_scheduler_rss": peak["scheduler_rss"],
     }
+
+
+def _model_line(r: dict[str, Any]) -> str:
+    """What the cost model predicts for the case, beside what the run did."""
+    from leapi_provider.catalog.settings import CatalogSettings
+    from leapi_provider.catalog.sizing import estimate_run
+
+    case, requests = r["case"], r["requests"]
+    model = estimate_run(case.images, CatalogSettings(urls_per_pipeline=URLS_PER_PIPELINE))
+    return (
+        f"- {case.name}: batches {model.batches} (ran {r['tasks'] - 2}); submits {model.submits} "
+        f"(ran {requests['POST /v1/pipeline']}); status reads {model.status_reads} "
+        f"(ran {requests['GET /v1/pipeline/{id}']}); API requests per image {model.requests_per_image} "
+        f"(ran {r['requests_per_image']:.3f})"
+    )
 
 
 def _timeline(events: list[dict[str, Any]], *, since: datetime) -> str:
@@ -273,7 +325,7 @@ def measure(work: Path) -> tuple[list[dict], dict[str, float]]:
                 with server.client(timeout=120) as client:  # the server's workers load the engine first
                     operation = {"op": "preset/marketplace", "width": 192, "height": 192}
                     _baseline(client, [f"{base_url}/warm/{r['file']}" for r in warm], operation)
-                wanted = os.environ.get("LEAPI_BENCH_CASES", ",".join(c.name for c in CASES)).split(",")
+                wanted = os.environ.get("LEAPI_BENCH_CASES", ",".join(DEFAULT_CASES)).split(",")
                 results = [
                     _run_case(case, stack=stack, server=server, moto=moto, base_url=base_url, sources=sources)
                     for case in CASES
@@ -303,10 +355,11 @@ def run() -> str:
         "",
         (
             "| case | baseline (s) | DAG (s) | ratio (target) | before | tasks (before) | deferred (before) "
-            "| Airflow s per task | LEAPI requests per image | peak PSS: scheduler + executor / all Airflow "
-            "| peak RSS of scheduler + executor (before) |"
+            f"| Airflow s per task | status reads per pipeline (<= {READS_TARGET}; before) "
+            f"| API requests per image (<= {REQUESTS_TARGET}; before) "
+            "| peak PSS: scheduler + executor / all Airflow | peak RSS of scheduler + executor (before) |"
         ),
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         case = r["case"]
@@ -317,13 +370,24 @@ def run() -> str:
             f"| {case.description} (run {r['state']}) | {r['baseline_s']:.1f} | {r['dag_s']:.1f} | "
             f"**{ratio:.2f}x** (<= {TARGETS[case.name]}x) | {before['ratio']} | {r['tasks']} "
             f"({before['tasks'] or '-'}) | {r['deferred']} ({before['deferred'] if before['deferred'] != '' else '-'}) "
-            f"| {overhead:.1f} | {r['requests_per_image']:.2f} | {r['peak_scheduler'] / 2**30:.2f} / "
+            f"| {overhead:.1f} | **{r['reads_per_pipeline']:.2f}** ({before['reads']}) "
+            f"| **{r['requests_per_image']:.3f}** ({before['requests']}) | {r['peak_scheduler'] / 2**30:.2f} / "
             f"{r['peak_total'] / 2**30:.2f} GiB | {r['peak_scheduler_rss'] / 2**30:.2f} GiB "
             f"({before['rss']}) |"
         )
     lines += ["", "Task timeline (Airflow's event log, seconds after the trigger):", ""]
     lines += [f"- {r['case'].name}: {r['timeline']}" for r in results]
-    lines += ["", "LEAPI requests by kind:", ""]
+    lines += [
+        "",
+        "The cost model (`leapi_provider.catalog.sizing.estimate_run`, docs/catalog.md) against the run:",
+        "",
+    ]
+    lines += [_model_line(r) for r in results]
+    lines += [
+        "",
+        "LEAPI requests by kind (`GET /v1/tmp/...` are the result downloads, not API requests):",
+        "",
+    ]
     for r in results:
         kinds = ", ".join(f"{k}: {v}" for k, v in r["requests"].items())
         lines.append(f"- {r['case'].name}: {kinds}")

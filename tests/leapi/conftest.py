@@ -8,7 +8,6 @@ import pytest
 
 import leapi
 from leapi.idempotency import ADVERTISED
-from leapi.ratelimit import SHARED_LIMITERS
 from tests.support.server import RunningServer
 
 
@@ -32,14 +31,6 @@ def forget_advertised() -> Iterator[None]:
     ADVERTISED.clear()
     yield
     ADVERTISED.clear()
-
-
-@pytest.fixture(autouse=True)
-def forget_learned_rates() -> Iterator[None]:
-    """The rates learned per account are process-wide too: each test starts without them."""
-    SHARED_LIMITERS.clear()
-    yield
-    SHARED_LIMITERS.clear()
 
 
 @pytest.fixture

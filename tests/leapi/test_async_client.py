@@ -1,4 +1,4 @@
-"""``leapi.AsyncClient`` against a real ``leapi-server`` (and respx for a poll round's concurrency)."""
+"""``leapi.AsyncClient`` against a real ``leapi-server`` (and respx for the order of a poll round's reads)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ async def test_submit_wait_and_download_a_batch_concurrently(leapi_server, sourc
             *(client.submit(PipelineRequest.build(source_photos[name], [OPERATION])) for name in names)
         )
         ids = [pipeline.id for pipeline in accepted]
-        pipelines = await client.wait(ids, max_concurrency=2, **FAST)
+        pipelines = await client.wait(ids, **FAST)
         assert [p.id for p in pipelines] == ids and {p.status for p in pipelines} == {PipelineStatus.DONE}
         results = [leapi.result_files(p)[0][0] for p in pipelines]
         verified = await asyncio.gather(
@@ -70,20 +70,21 @@ async def test_errors_and_idempotent_resubmits(leapi_server, source_photos):
 
 
 @respx.mock
-async def test_a_poll_round_is_concurrent_but_bounded(slept):
-    in_flight = peak = 0
+async def test_a_poll_round_reads_in_submission_order_and_stops_at_the_first_running(slept):
+    """Pipelines 1-3 finish at once, 4 after two more rounds: the first round reads 1, 2, 3 and stops at
+    4; the next rounds read 4 alone. Five reads for four pipelines, not one per pipeline per round."""
+    reads: list[int] = []
+    rounds_of_4 = iter(["PROCESSING", "PROCESSING", "DONE"])
 
-    async def slow_done(request: httpx.Request) -> httpx.Response:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await asyncio.sleep(0.01)
-        in_flight -= 1
+    def answer(request: httpx.Request) -> httpx.Response:
         pipeline_id = int(request.url.path.rsplit("/", 1)[1])
-        return httpx.Response(200, json={"pipeline": {"id": pipeline_id, "status": "DONE"}})
+        reads.append(pipeline_id)
+        status = next(rounds_of_4) if pipeline_id == 4 else "DONE"
+        return httpx.Response(200, json={"pipeline": {"id": pipeline_id, "status": status}})
 
-    respx.get(url__regex=r"https://leapi\.test/v1/pipeline/\d+").mock(side_effect=slow_done)
+    respx.get(url__regex=r"https://leapi\.test/v1/pipeline/\d+").mock(side_effect=answer)
     async with leapi.AsyncClient(api_key="k", base_url="https://leapi.test") as client:
-        pipelines = await client.wait(list(range(1, 41)), max_concurrency=5)
-    assert [p.id for p in pipelines] == list(range(1, 41))
-    assert 1 < peak <= 5 and slept == []
+        pipelines = await client.wait([1, 2, 3, 4, 5])
+    assert [p.id for p in pipelines] == [1, 2, 3, 4, 5]
+    assert reads == [1, 2, 3, 4, 4, 4, 5]
+    assert len(slept) == 2, "a gap before each of the two later rounds"

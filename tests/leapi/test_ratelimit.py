@@ -5,6 +5,8 @@ The limiter runs on a fake clock here; the transport tests record sleeps instead
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import respx
@@ -12,7 +14,6 @@ import respx
 import leapi
 from leapi.constants import RATE_LIMIT_REASON
 from leapi.ratelimit import SHARED_LIMITERS, AdaptiveRateLimiter
-from leapi.transport import RetryPolicy
 
 BASE = "https://api.test"
 REQUEST = {
@@ -109,11 +110,45 @@ def test_one_limiter_per_account_shared_by_sync_and_async_clients() -> None:
     other_key.close()
 
 
-def test_an_unhinted_read_refusal_waits_as_for_a_minute_window() -> None:
-    ceilings = [15, 30, 60, 60, 60]
-    for refusals, ceiling in enumerate(ceilings, start=1):
-        delays = [RetryPolicy.unhinted_rate_limit_delay(refusals) for _ in range(50)]
-        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+@respx.mock
+def test_status_reads_are_booked_and_paced_like_submits(slept) -> None:
+    """The API's limiter counts every request it receives: a read refused without a hint teaches the
+    shared limiter, and the reads after it wait for their slot in the window like submits do."""
+    reads = respx.get(f"{BASE}/v1/pipeline/3")
+    processing = httpx.Response(200, json={"pipeline": {"id": 3, "status": "PROCESSING"}})
+    reads.side_effect = [processing, processing, httpx.Response(200, json=REFUSED), processing, processing]
+    with leapi.Client(api_key="k", base_url=BASE) as client:
+        for _ in range(4):
+            client.get_pipeline(3)
+        assert reads.call_count == 5, "the refused read was retried"
+        assert client.account_limiter.limit == 2, "learned from a read: two were accepted in the minute"
+        assert sum(1 for d in slept if d >= 59) == 2, "the retry and the read after it waited for a slot"
+        assert client.account_limiter.next_wait() > 0
+
+
+def test_a_snapshot_carries_the_learned_rate_to_another_process() -> None:
+    clock, wall = Clock(), Clock()
+    wall.now = 1_800_000_000.0
+    first = AdaptiveRateLimiter(clock=clock, wall_clock=wall, margin_s=0.5, jitter_s=0.0)
+    for _ in range(3):
+        first.accepted(first.book())
+        clock.now += 1
+        wall.now += 1
+    first.refused(first.book())
+    assert first.limit == 3 and first.next_wait() > 55
+    snapshot = first.snapshot()
+    assert json.loads(json.dumps(snapshot)) == snapshot
+
+    # Another process, another monotonic clock, 5 s later on the wall clock.
+    later, later_wall = Clock(), Clock()
+    later.now, later_wall.now = 50.0, wall.now + 5
+    second = AdaptiveRateLimiter(clock=later, wall_clock=later_wall, margin_s=0.5, jitter_s=0.0)
+    assert second.next_wait() == 0
+    second.restore(snapshot)
+    assert second.limit == 3
+    assert second.next_wait() == pytest.approx(first.next_wait() - 5, abs=0.01), "the same slot, in its time"
+    later.now += 61
+    assert second.next_wait() == 0, "a minute later the window is free again"
 
 
 @respx.mock
@@ -168,3 +203,25 @@ def test_a_hint_replaces_what_was_learned() -> None:
     assert rates.limit == 1 and rates.book().wait > 59
     rates.hinted()
     assert rates.limit is None and rates.book().wait == 0
+
+
+@respx.mock
+def test_a_slot_beyond_the_rate_limit_budget_is_not_waited_for(slept) -> None:
+    """A caller that would rather do something else than wait (an Airflow task that defers) gives a small
+    budget: a request whose slot is further away is refused at once, unsent, and gives its slot back."""
+    route = respx.get(f"{BASE}/v1/pipeline/3")
+    route.side_effect = [
+        httpx.Response(200, json={"pipeline": {"id": 3, "status": "PROCESSING"}}),
+        httpx.Response(200, json=REFUSED),
+    ]
+    with leapi.Client(api_key="k", base_url=BASE, rate_limit_budget=10) as client:
+        client.get_pipeline(3)
+        with pytest.raises(leapi.LeapiRateLimitError, match=r"slot .* is \d+s away"):
+            client.get_pipeline(3)  # refused: limit 1 learned, the retry's slot is a minute away
+        assert route.call_count == 2 and not any(d >= 10 for d in slept), "no long sleep"
+        limiter = client.account_limiter
+        waiting = limiter.next_wait()
+        with pytest.raises(leapi.LeapiRateLimitError):
+            client.get_pipeline(3)
+        assert route.call_count == 2, "not sent"
+        assert limiter.next_wait() == pytest.approx(waiting, abs=1), "its slot was given back"

@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 
 from leapi_provider.catalog.fingerprints import source_fingerprints
-from leapi_provider.catalog.plan import batch_count
 from leapi_provider.catalog.report import SheetImage, contact_sheet_png, zoom_crops
 from leapi_provider.catalog.settings import CatalogSettings, check_key_template, safe_key_part
 from leapi_provider.catalog.storage import CatalogRun
@@ -129,7 +128,8 @@ def test_run_key_is_stable_for_a_logical_date() -> None:
 
 def test_settings_are_validated() -> None:
     base = {"manifest": "m", "results": "r", "images": "i"}
-    assert CatalogSettings.from_params({**base, "export": "", "unrelated": 1}).export is None
+    connections = {"leapi_conn_id": "leapi_default", "aws_conn_id": "aws_default"}
+    assert CatalogSettings.from_params({**base, "export": "", "unrelated": 1}, **connections).export is None
     with pytest.raises(ValueError, match="change_detection"):
         CatalogSettings(**base, change_detection="mtime")
     with pytest.raises(ValueError, match="preset defaults for 'print'"):
@@ -200,27 +200,6 @@ def test_contact_sheet_adds_a_labelled_zoom_per_marked_image() -> None:
     with Image.open(io.BytesIO(contact_sheet_png([zoomed], cell=100))) as with_zoom:
         assert with_zoom.height == height_without + 192 + 16 + 8  # one row of 192 px crops, its label
         assert with_zoom.width == 2 * 192 + 8 + 8 + 8
-
-
-@pytest.mark.parametrize(
-    ("images", "slots", "expected"),
-    [
-        (1, 4, 1),
-        (24, 4, 1),  # a small manifest is one batch: a batch task costs seconds whatever its size
-        (199, 4, 2),
-        (200, 4, 2),  # at least min_images_per_batch (100) each ...
-        (1000, 4, 8),  # ... and at most BATCHES_PER_SLOT (2) per slot that runs batches at once
-        (1000, 16, 10),
-        (1_000_000, 4, 8),
-    ],
-)
-def test_batch_count_follows_the_cost_model(images: int, slots: int, expected: int) -> None:
-    assert batch_count(images, parallel_batches=slots, min_images_per_batch=100, max_batches=1024) == expected
-
-
-def test_batch_count_never_exceeds_max_batches() -> None:
-    assert batch_count(10_000, parallel_batches=64, min_images_per_batch=10, max_batches=5) == 5
-    assert batch_count(0, parallel_batches=4, min_images_per_batch=100, max_batches=5) == 1
 
 
 def test_presigned_urls_are_mapped_back_to_their_uris_and_others_redacted() -> None:

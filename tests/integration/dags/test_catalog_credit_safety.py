@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from leapi_provider import manifests
-from tests.fixtures.airflow import task_states
+from tests.fixtures.airflow import leapi_connection, task_states
 from tests.fixtures.catalog import pipeline_count, run_dag
 from tests.support.catalog import sample_manifest
 from tests.support.server import RunningServer, serve_http
@@ -149,21 +149,15 @@ def _usage_hiding_proxy(upstream: str, usage_body: bytes) -> type[http.server.Ba
 
 
 @pytest.fixture
-def opaque_usage_leapi(leapi_server: RunningServer, leapi_conn_factory) -> Iterator[dict[str, str]]:
-    """Connections to ``leapi-server`` through proxies whose usage answer is unreadable."""
-    bodies = {
-        "leapi_html_usage": b"<html>usage</html>",
-        "leapi_no_figure": json.dumps({"plan": "pro"}).encode(),
-    }
+def opaque_usage_leapi(leapi_server: RunningServer) -> Iterator[dict[str, str]]:
+    """Base URLs of proxies to ``leapi-server`` whose usage answer is unreadable."""
     with (
-        serve_http(_usage_hiding_proxy(leapi_server.base_url, bodies["leapi_html_usage"])) as html_url,
-        serve_http(_usage_hiding_proxy(leapi_server.base_url, bodies["leapi_no_figure"])) as plain_url,
+        serve_http(_usage_hiding_proxy(leapi_server.base_url, b"<html>usage</html>")) as html_url,
+        serve_http(
+            _usage_hiding_proxy(leapi_server.base_url, json.dumps({"plan": "pro"}).encode())
+        ) as plain_url,
     ):
-        yield {
-            # (max_retries: the client retries a body that is not JSON, as it would a proxy's error page)
-            "html": leapi_conn_factory("leapi_html_usage", html_url, leapi_server.api_key, max_retries=1),
-            "no_figure": leapi_conn_factory("leapi_no_figure", plain_url, leapi_server.api_key),
-        }
+        yield {"html": html_url, "no_figure": plain_url}
 
 
 def test_unreadable_usage_fails_the_plan_unless_the_guard_is_off(
@@ -178,21 +172,24 @@ def test_unreadable_usage_fails_the_plan_unless_the_guard_is_off(
     }
     used = pipeline_count(leapi_server)
 
-    for conn_id, problem in (
+    # (max_retries: the client retries a body that is not JSON, as it would a proxy's error page)
+    for base_url, problem in (
         (opaque_usage_leapi["html"], "LEAPI's usage answer could not be read"),
         (
             opaque_usage_leapi["no_figure"],
             "has no remaining-credits figure the client can read (fields: plan)",
         ),
     ):
-        refused = run_dag(*FANOUT, conf | {"leapi_conn_id": conn_id})
+        with leapi_connection(base_url, leapi_server.api_key, max_retries=1):
+            refused = run_dag(*FANOUT, conf)
         assert refused.state == "failed" and task_states(refused)["plan"][0] == "failed"
         logs = _logs(caplog, capfd)
         assert problem in logs and 'Set the param quota_guard="off"' in logs
         assert pipeline_count(leapi_server) == used, "nothing is spent unguarded"
         assert catalog_bucket.results().num_rows == 0
 
-    unguarded = run_dag(*FANOUT, conf | {"leapi_conn_id": opaque_usage_leapi["html"], "quota_guard": "off"})
+    with leapi_connection(opaque_usage_leapi["html"], leapi_server.api_key, max_retries=1):
+        unguarded = run_dag(*FANOUT, conf | {"quota_guard": "off"})
 
     assert unguarded.state == "success", task_states(unguarded)
     assert pipeline_count(leapi_server) - used == 3

@@ -3,7 +3,9 @@
 ``leapi-server --compat docs`` with 10 submits per minute: no ``Retry-After``, every REJECTED as HTTP 200,
 no Idempotency-Key, no ``results[].error``, a usage body the client cannot read. 100 images at 5 URLs per
 pipeline are 20 submits, so the limit bites once: the run must still finish with no failed task, every
-image charged exactly once, and each batch logging how long it waited on the limit.
+image charged exactly once, and each batch logging how long it waited on the limit. The batch refused
+for the limit does not sleep in its worker for the next slot (about a minute away, past its
+``defer_after`` of 5 s): it defers to a ``DateTimeTrigger`` at that slot and resumes submitting then.
 
 (The docs-only usage body is unreadable on purpose: ``docs_only_params`` turns the catalog's quota guard
 off where the catalog has one.)
@@ -15,12 +17,13 @@ import logging
 import re
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
 import pyarrow as pa
 import pytest
 
 from leapi_provider.manifests import MANIFEST_SCHEMA
-from tests.fixtures.airflow import task_states
+from tests.fixtures.airflow import leapi_connection, task_states
 from tests.fixtures.catalog import docs_only_params, run_dag
 from tests.support.catalog import SampleImage, sample_manifest
 from tests.support.server import RunningServer, docs_only_rate_limited_server
@@ -46,23 +49,26 @@ def strict_server() -> Iterator[RunningServer]:
 
 
 def test_a_100_image_catalog_under_a_hard_limit_without_hints(
-    catalog_env, catalog_site, catalog_bucket, strict_server, leapi_conn_factory, caplog
+    catalog_env, catalog_site, catalog_bucket, strict_server, caplog, capfd
 ) -> None:
-    conn_id = leapi_conn_factory("leapi_docs_only", strict_server.base_url, strict_server.api_key)
     images = catalog_site.add_images(IMAGES, prefix="strict", long_sides=(96, 80, 64))
     conf = {
         "manifest": catalog_bucket.put_manifest(one_operation_manifest(images, catalog_site.base_url)),
         "results": catalog_bucket.uri("results"),
         "images": catalog_bucket.uri("images"),
-        "leapi_conn_id": conn_id,
         "urls_per_pipeline": URLS_PER_PIPELINE,
         "min_images_per_batch": 25,
+        "defer_after": 5,
         "contact_sheet_images": 0,
         **docs_only_params(strict_server),
     }
     used = strict_server.used_credits()
+    log_start = len(strict_server.logs())
     started = time.monotonic()
-    with caplog.at_level(logging.INFO):
+    with (
+        caplog.at_level(logging.INFO),
+        leapi_connection(strict_server.base_url, strict_server.api_key),
+    ):
         dag_run = run_dag(*FANOUT, conf)
     elapsed = time.monotonic() - started
 
@@ -84,8 +90,25 @@ def test_a_100_image_catalog_under_a_hard_limit_without_hints(
             waits[match.group(1)] = float(match.group(2))
     assert sorted(waits) == ["0", "1", "2", "3"], f"one line per batch task: {waits}"
     assert 1 <= refused <= 3, f"{refused} refused submits: the limit was hit, and not hammered"
-    assert sum(waits.values()) >= 50, f"the run waited for the limit's window: {waits}"
+    assert max(waits.values()) <= 5, f"no batch waited past its defer_after in a worker: {waits}"
+    task_logs = caplog.text + capfd.readouterr().out  # (the operators log through the task's logger)
+    deferred = re.findall(r"Deferring the rest of the submits (\d+)s", task_logs)
+    assert deferred and all(int(s) >= 30 for s in deferred), "the slot about a minute away: deferred"
+    assert elapsed >= 50, "the run did wait for the limit's window (in the triggerer)"
+    peak = _most_in_a_minute(strict_server.logs()[log_start:])
+    assert peak <= LIMIT_PER_MINUTE + 2, f"the server saw {peak} submits in one minute"
     print(
         f"\n100 images, {IMAGES // URLS_PER_PIPELINE} submits at {LIMIT_PER_MINUTE}/min: {elapsed:.0f}s, "
-        f"{refused} refused, waits per batch {waits}"
+        f"{refused} refused, in-worker waits per batch {waits}, {len(deferred)} deferral(s) to the next slot, "
+        f"at most {peak} submits received in a minute"
     )
+
+
+def _most_in_a_minute(log_text: str) -> int:
+    """The most ``POST /v1/pipeline`` the server received within any 60 s (its access log's timestamps)."""
+    stamps = [
+        datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+        for line in log_text.splitlines()
+        if '"POST /v1/pipeline HTTP' in line
+    ]
+    return max((sum(0 <= (t - s).total_seconds() < 60 for t in stamps) for s in stamps), default=0)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.fixtures.airflow import leapi_connection
 from tests.fixtures.catalog import pipeline_count, run_dag
 from tests.support.catalog import sample_manifest
 from tests.support.server import RunningServer, running_server
@@ -74,31 +75,29 @@ def small_quota_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run
         yield server
 
 
-def test_quota_guard(
-    catalog_env, catalog_site, catalog_bucket, small_quota_server, leapi_conn_factory
-) -> None:
-    leapi_conn_factory("leapi_small", small_quota_server.base_url, "quota-a")
+def test_quota_guard(catalog_env, catalog_site, catalog_bucket, small_quota_server) -> None:
     images = catalog_site.add_images(8, prefix="quota")
     conf = {
         "manifest": catalog_bucket.put_manifest(sample_manifest(images, catalog_site.base_url)),
         "results": catalog_bucket.uri("results"),
         "images": catalog_bucket.uri("cdn"),
-        "leapi_conn_id": "leapi_small",
         "contact_sheet_images": 0,
         "incremental": False,
     }
 
-    refused = run_dag(*DAG, conf, logical_date=datetime(2026, 6, 1, tzinfo=UTC))
+    with leapi_connection(small_quota_server.base_url, "quota-a"):
+        refused = run_dag(*DAG, conf, logical_date=datetime(2026, 6, 1, tzinfo=UTC))
 
     assert refused.state == "failed"
     assert _used(small_quota_server, "quota-a") == 0  # failed before spending anything
     assert catalog_bucket.results().num_rows == 0
 
-    partial = run_dag(
-        *DAG,
-        conf | {"on_quota_shortfall": "process_what_fits"},
-        logical_date=datetime(2026, 6, 2, tzinfo=UTC),
-    )
+    with leapi_connection(small_quota_server.base_url, "quota-a"):
+        partial = run_dag(
+            *DAG,
+            conf | {"on_quota_shortfall": "process_what_fits"},
+            logical_date=datetime(2026, 6, 2, tzinfo=UTC),
+        )
 
     assert partial.state == "success"
     assert _used(small_quota_server, "quota-a") == 5
@@ -108,25 +107,25 @@ def test_quota_guard(
 
 
 def test_rerun_at_the_quota_limit_resumes(
-    catalog_env, catalog_site, catalog_bucket, small_quota_server, leapi_conn_factory
+    catalog_env, catalog_site, catalog_bucket, small_quota_server
 ) -> None:
     """The first attempt spent every credit and then failed; the re-run needs none and is not refused."""
-    leapi_conn_factory("leapi_small_b", small_quota_server.base_url, "quota-b")
     images = catalog_site.add_images(5, prefix="limit")
     images_bucket = f"{catalog_bucket.name}-later"
     conf = {
         "manifest": catalog_bucket.put_manifest(sample_manifest(images, catalog_site.base_url)),
         "results": catalog_bucket.uri("results"),
         "images": f"s3://{images_bucket}/cdn",
-        "leapi_conn_id": "leapi_small_b",
         "contact_sheet_images": 0,
     }
     day = datetime(2026, 6, 3, tzinfo=UTC)
-    assert run_dag(*FANOUT, conf, logical_date=day).state == "failed"  # no images bucket yet
+    with leapi_connection(small_quota_server.base_url, "quota-b"):
+        assert run_dag(*FANOUT, conf, logical_date=day).state == "failed"  # no images bucket yet
     assert _used(small_quota_server, "quota-b") == 5
 
     catalog_bucket.client.create_bucket(Bucket=images_bucket)
-    assert run_dag(*FANOUT, conf, logical_date=day).state == "success"
+    with leapi_connection(small_quota_server.base_url, "quota-b"):
+        assert run_dag(*FANOUT, conf, logical_date=day).state == "success"
     assert _used(small_quota_server, "quota-b") == 5
     assert {r["status"] for r in catalog_bucket.results().to_pylist()} == {"done"}
 

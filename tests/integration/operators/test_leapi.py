@@ -16,11 +16,10 @@ import httpx
 import pytest
 import respx
 from airflow.sdk import ObjectStoragePath
-from airflow.sdk.exceptions import TaskDeferred
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 from PIL import Image
 
-from leapi.models import MarketplacePreset
-from leapi_provider.exceptions import (
+from leapi.errors import (
     LeapiError,
     LeapiPipelineFailedError,
     LeapiResultExpiredError,
@@ -28,6 +27,7 @@ from leapi_provider.exceptions import (
     LeapiResultVerificationError,
     LeapiWaitTimeoutError,
 )
+from leapi.models import MarketplacePreset
 from leapi_provider.hooks.leapi import LeapiHook
 from leapi_provider.operators.leapi import (
     STATE_PIPELINE_ID_KEY,
@@ -87,20 +87,41 @@ def operator(**kwargs: Any) -> LeapiSubmitPipelineOperator:
     return LeapiSubmitPipelineOperator(**kwargs)
 
 
-# -- parse time ---------------------------------------------------------------------------------------
+# -- arguments ------------------------------------------------------------------------------------------
 
 
-def test_static_operations_are_validated_when_the_dag_is_parsed():
-    with pytest.raises(ValueError, match=r"operations\[0\] is invalid: .*restoration_level"):
-        operator(
-            source_urls="https://x/a.jpg", operations=[{"op": "preset/marketplace", "restoration_level": 11}]
+def test_operations_are_validated_before_anything_is_submitted(leapi_conn_factory):
+    """``__init__`` only assigns (templates render after it): the operations are checked once rendered,
+    before the submit, with an error naming the field."""
+    conn_id = leapi_conn_factory("leapi_op_validate", FAKE, "k")
+    with respx.mock:
+        post = respx.post(f"{FAKE}/v1/pipeline").respond(
+            200, json={"status": "ACCEPTED", "pipeline": {"id": 1}}
         )
-    with pytest.raises(ValueError, match="unknown operation"):
-        operator(source_urls="https://x/a.jpg", operations=[{"op": "preset/nope"}])
-    # Templated values are checked after rendering instead.
-    operator(source_urls="{{ params.url }}", operations="{{ params.operations }}")
+        bad_level = operator(
+            source_urls="https://x/a.jpg",
+            operations=[{"op": "preset/marketplace", "restoration_level": 11}],
+            leapi_conn_id=conn_id,
+        )
+        assert bad_level.operations == [{"op": "preset/marketplace", "restoration_level": 11}], (
+            "only assigned"
+        )
+        with pytest.raises(ValueError, match=r"operations\[0\] is invalid: .*restoration_level"):
+            bad_level.execute(make_context())
+        unknown = operator(
+            source_urls="https://x/a.jpg", operations=[{"op": "preset/nope"}], leapi_conn_id=conn_id
+        )
+        with pytest.raises(ValueError, match="unknown operation"):
+            unknown.execute(make_context())
+        with pytest.raises(ValueError, match="non-empty list"):
+            operator(source_urls="https://x/a.jpg", operations=[], leapi_conn_id=conn_id).execute(
+                make_context()
+            )
+        assert post.call_count == 0, "nothing was submitted"
     op = operator(source_urls="https://x/a.jpg", operations=[MarketplacePreset(image_format="jpg")])
-    assert op.operations == [{"op": "preset/marketplace", "image_format": "JPEG"}], "models become JSON dicts"
+    assert op.build_request().to_wire()["operations"] == [
+        {"op": "preset/marketplace", "image_format": "JPEG"}
+    ]
 
 
 def test_rendered_text_lists_are_accepted():
@@ -231,6 +252,9 @@ def test_deferrable_operator_records_the_id_then_defers(deferring):
     assert isinstance(trigger, LeapiPipelineTrigger)
     assert trigger.pipeline_ids == [41] and trigger.leapi_conn_id == conn_id and trigger.poll_interval == 15
     assert started + 600 <= trigger.end_time <= time.time() + 600
+    # No event within Airflow's reporting window; the deferral itself is bounded past the trigger's end.
+    assert trigger.not_before is not None and trigger.not_before > started
+    assert info.value.timeout is not None and info.value.timeout.total_seconds() >= 600
     assert info.value.method_name == "execute_complete"
     assert context["ti"].xcoms[XCOM_PIPELINE_ID_KEY] == 41
     assert context["task_state_store"].get(STATE_PIPELINE_ID_KEY) == 41
@@ -291,7 +315,7 @@ def test_execute_complete_timeout_and_polling_failure(deferring):
         op.execute_complete(
             make_context(), event("error", pending_ids=[41], failed_ids=[], message="HTTP 401")
         )
-    with pytest.raises(LeapiError, match="Unexpected event"):
+    with pytest.raises(AirflowFailException, match="Unexpected event"):
         op.execute_complete(make_context(), {"status": "done?"})
 
 
@@ -375,13 +399,15 @@ def test_expired_result_names_the_pipeline_and_the_expiry(tmp_path, source_photo
         download = LeapiDownloadResultOperator(
             task_id="dl", pipeline_id=pipeline_id, destination=f"file://{tmp_path}", leapi_conn_id=conn_id
         )
-        with pytest.raises(LeapiResultExpiredError) as info:
+        with pytest.raises(AirflowFailException) as info:  # no retry can fix it: fails at once
             download.execute(make_context())
     message = str(info.value)
     assert (
         f"pipeline {pipeline_id}" in message and "expired at 20" in message and "re-run the image" in message
     )
-    assert info.value.pipeline_id == pipeline_id and info.value.expired_at is not None
+    expired = info.value.__cause__
+    assert isinstance(expired, LeapiResultExpiredError)
+    assert expired.pipeline_id == pipeline_id and expired.expired_at is not None
     assert "signature=" not in message
 
 

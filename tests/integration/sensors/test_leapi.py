@@ -9,7 +9,7 @@ import pytest
 from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowSensorTimeout, TaskDeferred
 
-from leapi_provider.exceptions import LeapiError, LeapiPipelineFailedError
+from leapi.errors import LeapiError, LeapiPipelineFailedError
 from leapi_provider.sensors.leapi import LeapiPipelineSensor
 from leapi_provider.triggers.leapi import LeapiPipelineTrigger
 from tests.support.server import wait_for_pipeline

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from leapi_provider.exceptions import LeapiResultMissingError
+from leapi.errors import LeapiResultMissingError
 from leapi_provider.operators.leapi import XCOM_FILES_KEY
 from leapi_provider.transfers.leapi_to_s3 import (
     META_PIPELINE_ID,
@@ -124,9 +124,15 @@ def test_partial_pipeline_copies_the_good_results_then_fails(
     assert [o["Key"] for o in listed] == [f"leapi/realestate/cat__realestate__{pipeline_id}-0.jpg"]
 
 
-def test_key_template_is_checked_when_the_dag_is_parsed():
+def test_the_key_template_is_checked_once_rendered_before_anything_is_read():
+    """``__init__`` only assigns (templates render after it): the rendered template is checked first thing
+    in ``execute``, before the LEAPI or S3 connection is even looked up."""
+    unknown = transfer(pipeline_id=1, s3_bucket="b", s3_key_template="x/{nope}/{file_name}")
+    assert unknown.s3_key_template == "x/{nope}/{file_name}", "only assigned"
     with pytest.raises(ValueError, match="unknown field"):
-        transfer(pipeline_id=1, s3_bucket="b", s3_key_template="x/{nope}/{file_name}")
+        unknown.execute({"ti": FakeTI()})
     with pytest.raises(ValueError, match="file_name"):
-        transfer(pipeline_id=1, s3_bucket="b", s3_key_template="x/{pipeline_id}.jpg")
+        transfer(pipeline_id=1, s3_bucket="b", s3_key_template="x/{pipeline_id}.jpg").execute(
+            {"ti": FakeTI()}
+        )
     transfer(pipeline_id=1, s3_bucket="b", s3_key_template="{{ params.prefix }}/{file_name}")

@@ -19,8 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
-from leapi_provider.exceptions import LeapiResultExpiredError
+from leapi.errors import LeapiResultExpiredError
 from leapi_provider.transfers.leapi_to_s3 import LeapiResultToS3Operator
 from tests.fixtures.s3 import MotoS3Server
 from tests.support.server import RunningServer, running_server, serve_http, wait_for_pipeline
@@ -288,8 +289,10 @@ def test_expired_temp_urls_fail_clearly_and_rerunning_the_image_recovers(
         transfer = LeapiResultToS3Operator(
             task_id="to_s3", pipeline_id=stale["id"], s3_bucket=s3_bucket, leapi_conn_id=conn_id
         )
-        with pytest.raises(LeapiResultExpiredError) as expired:
+        with pytest.raises(AirflowFailException) as failed:  # no retry can fix it: fails at once
             transfer.execute({"ti": FakeTI()})
+        expired = failed.value.__cause__
+        assert isinstance(expired, LeapiResultExpiredError)
         assert moto_s3.client().list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0
 
         fresh = done_pipeline(server, [source_photos["cat.jpg"]], width=200)
@@ -298,7 +301,7 @@ def test_expired_temp_urls_fail_clearly_and_rerunning_the_image_recovers(
         ).execute({"ti": FakeTI()})
         assert stored_objects(moto_s3, s3_bucket, uris) == expected_objects(fresh)
 
-    message = str(expired.value)
+    message = str(failed.value)
     assert f"pipeline {stale['id']}" in message and "expired at 20" in message
     assert "re-run the image" in message and "signature=" not in message
-    assert expired.value.pipeline_id == stale["id"]
+    assert expired.pipeline_id == stale["id"]

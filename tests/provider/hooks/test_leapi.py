@@ -1,17 +1,20 @@
 """LeapiHook: the Airflow side of the LEAPI client (connection, secrets masking, connection form and test,
-async lookups for triggers, Airflow's error semantics). The transport itself is tested in ``tests/leapi``."""
+async lookups for triggers) and how its errors meet Airflow's retries. The transport itself is tested in
+``tests/leapi``."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import socket
+import time
 import traceback
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 import respx
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException
 
 import leapi
 from leapi import errors
@@ -19,8 +22,10 @@ from leapi.constants import RATE_LIMIT_REASON
 from leapi.idempotency import ADVERTISED
 from leapi.models import PipelineRequest, PipelineStatus
 from leapi.results import ResultFile
-from leapi_provider import exceptions
-from leapi_provider.hooks.leapi import USER_AGENT, LeapiHook, shared_tls_context
+from leapi.transport import shared_tls_context
+from leapi_provider.exceptions import LeapiTriggerEventError, fail_on_permanent_errors, is_permanent
+from leapi_provider.hooks.leapi import USER_AGENT, LeapiHook
+from tests.support.server import free_port
 
 BASE = "https://leapi.test"
 KEY = "unit-secret-key-123"
@@ -62,15 +67,16 @@ def test_the_client_is_built_from_the_connection(leapi_conn_factory):
     assert overridden.retry_policy.max_retries == 0 and overridden.idempotency is leapi.IdempotencyMode.ALWAYS
 
 
-def test_form_widget_extras_and_a_bare_host_are_understood(monkeypatch):
+def test_a_bare_host_is_understood_and_empty_extras_are_not_set(monkeypatch):
     monkeypatch.setenv(
         "AIRFLOW_CONN_LEAPI_FORM",
         '{"conn_type": "leapi", "host": "api.letsenhance.io", "password": "k-123", '
-        '"extra": {"extra__leapi__timeout": "7", "extra__leapi__idempotency": "ALWAYS"}}',
+        '"extra": {"timeout": "7", "idempotency": "ALWAYS", "max_retries": ""}}',
     )
     settings = LeapiHook("leapi_form").settings
     assert settings.base_url == "https://api.letsenhance.io"
     assert settings.timeout == 7.0 and settings.idempotency is leapi.IdempotencyMode.ALWAYS
+    assert settings.max_retries == leapi.transport.DEFAULT_MAX_RETRIES
 
 
 async def test_async_settings_never_look_the_connection_up_on_the_event_loop(conn_id, monkeypatch):
@@ -112,7 +118,7 @@ async def test_the_api_key_is_masked_from_async_code_too(leapi_conn_factory):
 
 def test_a_missing_api_key_is_a_clear_error(leapi_conn_factory):
     conn_id = leapi_conn_factory("leapi_nokey", BASE, "")
-    with pytest.raises(exceptions.LeapiError, match="no API key"):
+    with pytest.raises(ValueError, match="no API key"):
         LeapiHook(conn_id).get_conn()
 
 
@@ -132,70 +138,91 @@ def test_test_connection_reads_usage(conn_id):
     assert not ok and "401" in message and KEY not in message
 
 
-def test_pipeline_urls_and_shared_names(conn_id):
+@pytest.mark.parametrize("where", ["refused", "silent"])
+def test_test_connection_answers_within_ten_seconds_whatever_the_retry_settings(leapi_conn_factory, where):
+    """Issue 20: "Test connection" took 44 s against a host where nothing listens (six retries with
+    backoff). It makes one attempt with a short timeout, whatever the connection's extras say."""
+    listener = None
+    if where == "silent":  # accepts the connection (the kernel's backlog) but never answers
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+    else:
+        port = free_port()
+    conn_id = leapi_conn_factory(
+        f"leapi_{where}", f"http://127.0.0.1:{port}", KEY, max_retries=6, rate_limit_budget=600, timeout=60
+    )
+    started = time.monotonic()
+    try:
+        ok, message = LeapiHook(conn_id).test_connection()
+    finally:
+        if listener is not None:
+            listener.close()
+    assert not ok and ("Connect" in message or "Timeout" in message), message
+    assert time.monotonic() - started < 10
+
+
+def test_pipeline_urls(conn_id):
     assert LeapiHook(conn_id).pipeline_url(26082838) == f"{BASE}/v1/pipeline/26082838"
-    assert shared_tls_context() is leapi.transport.shared_tls_context()
 
 
-# -- Airflow's error semantics ------------------------------------------------------------------------
-
-
-def test_every_client_error_has_an_airflow_twin():
-    client_errors = [
-        cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.LeapiError)
-    ]
-    for client_error in client_errors:
-        twin = getattr(exceptions, client_error.__name__)
-        assert issubclass(twin, client_error) and issubclass(twin, AirflowException), client_error
+# -- how its errors meet Airflow's retries -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("error", "fails_at_once"),
+    ("error", "permanent"),
     [
         (errors.LeapiAuthError("401", status_code=401, method="GET", url="/x"), True),
         (errors.LeapiRejectedError("operations.0.width: bad", status_code=400), True),
         (errors.LeapiResultExpiredError("gone", pipeline_id=1, expired_at=None), True),
+        (LeapiTriggerEventError("Unexpected event"), True),
         (errors.LeapiRateLimitError(RATE_LIMIT_REASON, status_code=429, retry_after=9, attempts=7), False),
         (errors.LeapiHTTPError("503", status_code=503, method="GET", url="/x"), False),
         (errors.LeapiNotFoundError("404", status_code=404, method="GET", url="/x"), False),
         (errors.LeapiSubmitUncertainError("maybe", idempotency_key="k"), False),
         (errors.LeapiWaitTimeoutError("slow", pending_ids=[3]), False),
+        (errors.LeapiPipelineFailedError("ERROR", pipeline_ids=[3]), False),
         (errors.LeapiResultVerificationError("short"), False),
     ],
 )
-def test_twins_keep_the_error_and_fail_at_once_only_when_no_retry_can_help(error, fails_at_once):
-    twin = exceptions.airflow_error(error)
-    assert isinstance(twin, type(error)) and isinstance(twin, exceptions.LeapiError)
-    assert isinstance(twin, AirflowFailException) is fails_at_once
-    assert vars(twin) == vars(error) and str(error) in str(twin)
-    assert exceptions.airflow_error(twin) is twin
+def test_only_errors_no_retry_can_fix_fail_the_task_at_once(error, permanent):
+    assert is_permanent(error) is permanent
+    with (
+        pytest.raises(AirflowFailException if permanent else type(error)) as info,
+        fail_on_permanent_errors(),
+    ):
+        raise error
+    if permanent:
+        assert info.value.__cause__ is error, "the client's error is chained, attributes and all"
+        assert str(error) in str(info.value)
+    else:
+        assert info.value is error, "passed on unchanged: Airflow retries the task"
 
 
 @respx.mock
-def test_the_hook_raises_twins_with_the_client_s_traceback(conn_id):
+def test_the_hook_raises_the_client_s_own_errors_with_their_traceback(conn_id):
     respx.post(f"{BASE}/v1/pipeline").respond(400, json={"status": "REJECTED", "reason": "quality: too high"})
-    with pytest.raises(exceptions.LeapiRejectedError) as info:
+    with pytest.raises(leapi.LeapiRejectedError) as info:
         LeapiHook(conn_id).submit_pipeline(REQUEST)
-    assert isinstance(info.value, AirflowFailException) and isinstance(info.value, leapi.LeapiRejectedError)
+    assert type(info.value) is errors.LeapiRejectedError
     assert info.value.reason == "quality: too high" and info.value.status_code == 400
     frames = "".join(traceback.format_tb(info.value.__traceback__))
-    assert "leapi/transport.py" in frames, "the traceback still shows where the client raised"
+    assert "leapi/transport.py" in frames, "the traceback shows where the client raised"
 
 
 @respx.mock
 def test_a_rate_limit_that_outlasts_the_budget_lets_airflow_retry_the_task(conn_id):
     respx.post(f"{BASE}/v1/pipeline").respond(429, json={"status": "REJECTED", "reason": RATE_LIMIT_REASON})
-    with pytest.raises(exceptions.LeapiRateLimitError) as info:
+    with pytest.raises(leapi.LeapiRateLimitError) as info, fail_on_permanent_errors():
         LeapiHook(conn_id, rate_limit_budget=0).submit_pipeline(REQUEST)
-    assert not isinstance(info.value, AirflowFailException) and info.value.rate_limited
+    assert info.value.rate_limited
 
 
 @respx.mock
-async def test_async_methods_raise_twins_too(conn_id):
+async def test_async_methods_raise_the_client_s_errors_too(conn_id):
     respx.get(f"{BASE}/v1/pipeline/5").respond(401, json={"status": "REJECTED", "reason": "bad key"})
     respx.get(f"{BASE}/v1/pipeline/6").respond(200, json={"pipeline": {"id": 6, "status": "DONE"}})
     async with LeapiHook(conn_id) as hook:
-        with pytest.raises(exceptions.LeapiAuthError):
+        with pytest.raises(leapi.LeapiAuthError):
             await hook.aget_pipeline(5)
         assert (await hook.aget_pipeline(6)).status is PipelineStatus.DONE
 
@@ -217,9 +244,10 @@ def test_an_expired_result_says_what_to_do_in_airflow(conn_id):
         expires_at=datetime.now(UTC) + timedelta(hours=1),
         expiry_is_exact=False,
     )
-    with pytest.raises(exceptions.LeapiResultExpiredError) as info:
+    with pytest.raises(AirflowFailException) as info, fail_on_permanent_errors():
         LeapiHook(conn_id).download_verified(result, io.BytesIO())
-    assert isinstance(info.value, AirflowFailException) and info.value.pipeline_id == 1
+    assert isinstance(info.value.__cause__, leapi.LeapiResultExpiredError)
+    assert info.value.__cause__.pipeline_id == 1
     assert "clear the task that submitted the pipeline" in str(info.value)
     assert "deadbeef" not in str(info.value)
 
@@ -229,7 +257,7 @@ def test_downloads_never_send_the_api_key(conn_id):
     url = "https://s3.test/p/1/a.jpg?X-Amz-Signature=deadbeef"
     route = respx.get(url).respond(200, content=b"x" * 1000, headers={"Content-Type": "image/jpeg"})
     sink = io.BytesIO()
-    info = LeapiHook(conn_id).download_result(url, sink, chunk_size=64)
+    info = LeapiHook(conn_id).get_conn().download(url, sink, chunk_size=64)
     assert info.byte_count == 1000 and sink.getvalue() == b"x" * 1000
     assert "X-API-KEY" not in route.calls.last.request.headers
 
@@ -257,5 +285,5 @@ def test_a_hook_used_from_threads_builds_one_client(conn_id):
 def test_transport_errors_do_not_leak_as_httpx_errors(conn_id):
     with respx.mock:
         respx.get(f"{BASE}/v1/pipeline/1").mock(side_effect=httpx.ConnectError("refused"))
-        with pytest.raises(exceptions.LeapiHTTPError, match="after 1 attempts: ConnectError"):
+        with pytest.raises(leapi.LeapiHTTPError, match="after 1 attempts: ConnectError"):
             LeapiHook(conn_id).get_pipeline(1)

@@ -45,6 +45,6 @@ def test_twelve_submits_against_eight_per_minute_without_hints_are_all_accepted(
     posts = strict_server.logs().count('"POST /v1/pipeline HTTP/1.1" 200')
     refused = posts - SUBMITS
     assert 1 <= refused <= 2, f"{refused} refused attempts: the client must not hammer the limit"
-    learned = [r.getMessage() for r in caplog.records if "pacing submits" in r.getMessage()]
+    learned = [r.getMessage() for r in caplog.records if "pacing requests" in r.getMessage()]
     assert learned and re.search(rf"refused after {LIMIT_PER_MINUTE} accepted", learned[0]), learned
     print(f"\n12 submits at 8/min: {elapsed:.1f}s, {waited:.1f}s waited, {refused} refused attempt(s)")

@@ -83,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         "REJECTED as HTTP 200, no results[].error, a usage body of another shape (test a client against "
         "the documented contract alone)",
     )
+    p.add_argument(
+        "--test-finish-shuffle",
+        type=float,
+        default=_default("test_finish_shuffle_s"),
+        metavar="SECONDS",
+        help="testing only: delay each pipeline's processing by a random 0-SECONDS (seeded by its id), so "
+        "pipelines finish out of submission order",
+    )
     return p
 
 
@@ -325,6 +333,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | os._Env
         lease_s=args.lease_seconds,
         db_pool_size=args.db_pool_size,
         compat=args.compat,
+        test_finish_shuffle_s=args.test_finish_shuffle,
     )
 
 

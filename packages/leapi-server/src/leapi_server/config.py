@@ -95,10 +95,16 @@ class ServerConfig:
     db_pool_size: int = DEFAULT_DB_POOL_SIZE
     #: One of ``COMPAT_MODES`` (``--compat``).
     compat: str = COMPAT_DEFAULT
+    #: Testing only (``--test-finish-shuffle``): each pipeline's images wait a random delay, 0 to this many
+    #: seconds (seeded by the pipeline id, so a run repeats), before they are processed, so that pipelines
+    #: finish out of submission order. 0 (the default): no delay.
+    test_finish_shuffle_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.compat not in COMPAT_MODES:
             raise ValueError(f"compat must be one of {COMPAT_MODES}, got {self.compat!r}")
+        if self.test_finish_shuffle_s < 0:
+            raise ValueError("test_finish_shuffle_s must be 0 or more")
 
     @property
     def docs_only(self) -> bool:

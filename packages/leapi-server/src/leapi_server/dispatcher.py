@@ -15,6 +15,7 @@ import json
 import logging
 import multiprocessing
 import os
+import random
 import shutil
 import signal
 import time
@@ -89,6 +90,8 @@ class Dispatcher:
         self._overdue: set[tuple[int, int]] = set()
         #: Pools broken on purpose (to stop an overdue image): their other tasks are innocent.
         self._stopped_pools: weakref.WeakSet[ProcessPoolExecutor] = weakref.WeakSet()
+        #: Tasks held back by ``--test-finish-shuffle``: they take no worker, so they do not count as busy.
+        self._held: set[tuple[int, int]] = set()
 
     # -- pool -----------------------------------------------------------------------------------------
 
@@ -145,7 +148,7 @@ class Dispatcher:
     async def run(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            capacity = self.config.workers * QUEUE_DEPTH_PER_WORKER - len(self._inflight)
+            capacity = self.config.workers * QUEUE_DEPTH_PER_WORKER - (len(self._inflight) - len(self._held))
             claimed: list[ClaimedTask] = []
             if capacity > 0:
                 try:
@@ -179,12 +182,23 @@ class Dispatcher:
             status_dir=str(self.config.worker_status_dir),
         )
 
+    async def _hold_for_shuffle(self, key: tuple[int, int]) -> None:
+        """``--test-finish-shuffle``: hold the task back for its pipeline's seeded random delay."""
+        delay = random.Random(f"finish-shuffle:{key[0]}").uniform(0, self.config.test_finish_shuffle_s)
+        self._held.add(key)
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._held.discard(key)
+
     async def _run_one(self, task: ClaimedTask) -> None:
         loop = asyncio.get_running_loop()
-        pool = self._pool
         key = (task.pipeline_id, task.index)
         finished = False
         try:
+            if self.config.test_finish_shuffle_s:
+                await self._hold_for_shuffle(key)
+            pool = self._pool
             assert pool is not None
             try:
                 outcome: TaskOutcome = await loop.run_in_executor(pool, process_task, self._job(task))

@@ -18,7 +18,7 @@ from leapi.constants import (
     IDEMPOTENT_REPLAY_HEADER,
     PIPELINE_PATH,
 )
-from leapi.errors import LeapiResponseError
+from leapi.errors import LeapiRateLimitError, LeapiResponseError
 from leapi.idempotency import IdempotencyMode, random_idempotency_key
 from leapi.models import Pipeline, PipelineEnvelope, PipelineRequest, SubmitResponse, Usage
 from leapi.ratelimit import SHARED_LIMITERS, Booking
@@ -80,7 +80,7 @@ class ClientBase:
         self._limiter = (
             SlidingWindowRateLimiter(self.rate_limit_per_minute) if self.rate_limit_per_minute else None
         )
-        #: The account's submit pacing, learned from refusals and shared by every client of this process.
+        #: The account's request pacing, learned from refusals and shared by every client of this process.
         self.account_limiter = SHARED_LIMITERS.for_account(self.base_url, key)
         #: Seconds this client waited on the rate limit (booked slots and refused retries), for logs.
         self.rate_limit_waited_s = 0.0
@@ -126,21 +126,27 @@ class ClientBase:
     def _rate_limit_wait(self) -> float:
         return self._limiter.reserve() if self._limiter is not None else 0.0
 
-    def _book_submit(self, attempts: RequestAttempts) -> Booking | None:
-        """A submit's slot in the account's shared limiter (``None`` for reads); its wait is counted."""
-        if not attempts.submit:
-            return None
+    def _book(self, attempts: RequestAttempts) -> Booking:
+        """An API request's slot in the account's shared limiter (every request counts in the API's
+        limit, status reads too); its wait is counted.
+
+        :raises LeapiRateLimitError: the slot is further away than the request's rate-limit budget allows.
+        """
         booking = self.account_limiter.book()
         if booking.wait > 0:
-            attempts.note_rate_limit_wait(booking.wait)
+            try:
+                attempts.note_rate_limit_wait(booking.wait)
+            except LeapiRateLimitError:
+                self.account_limiter.cancel(booking)
+                raise
             self.rate_limit_waited_s += booking.wait
             log.info(
-                "LEAPI: waiting %.1fs for a submit slot of the account's learned rate limit", booking.wait
+                "LEAPI: waiting %.1fs for a request slot of the account's learned rate limit", booking.wait
             )
         return booking
 
     def _settle(self, booking: Booking | None, outcome: Outcome, delay: float | None = None) -> None:
-        """Tell the shared limiter how a booked submit went, and count a rate-limit retry's wait."""
+        """Tell the shared limiter how a booked request went, and count a rate-limit retry's wait."""
         if booking is not None:
             if outcome.rate_limited and outcome.retry_after is None:
                 self.account_limiter.refused(booking)

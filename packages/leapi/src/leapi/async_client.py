@@ -47,9 +47,6 @@ from leapi.transport import (
     log,
 )
 
-#: Polls of one :meth:`AsyncClient.wait` round in flight at once.
-DEFAULT_WAIT_CONCURRENCY = 16
-
 
 class AsyncClient(ClientBase):
     """The asyncio twin of :class:`leapi.Client`: same arguments, same methods, awaited.
@@ -131,7 +128,6 @@ class AsyncClient(ClientBase):
         poll_interval: float = ...,
         initial_poll_interval: float = ...,
         raise_on_error: bool = ...,
-        max_concurrency: int = ...,
     ) -> Pipeline: ...
 
     @overload
@@ -143,7 +139,6 @@ class AsyncClient(ClientBase):
         poll_interval: float = ...,
         initial_poll_interval: float = ...,
         raise_on_error: bool = ...,
-        max_concurrency: int = ...,
     ) -> list[Pipeline]: ...
 
     async def wait(
@@ -154,26 +149,18 @@ class AsyncClient(ClientBase):
         poll_interval: float = DEFAULT_POLL_INTERVAL_S,
         initial_poll_interval: float = DEFAULT_INITIAL_POLL_INTERVAL_S,
         raise_on_error: bool = False,
-        max_concurrency: int = DEFAULT_WAIT_CONCURRENCY,
     ) -> Pipeline | list[Pipeline]:
-        """Poll until every pipeline is DONE or ERROR; see :meth:`leapi.Client.wait`.
-
-        The pipelines of one poll round are polled concurrently, at most ``max_concurrency`` at once.
-        """
+        """Poll until every pipeline is DONE or ERROR; see :meth:`leapi.Client.wait` (the same reads, in
+        submission order: one after another, since each answer decides whether the round goes on)."""
         state = WaitState(
             pipeline_ids_of(pipeline_ids),
             timeout=timeout,
             poll_interval=poll_interval,
             initial_poll_interval=initial_poll_interval,
         )
-        semaphore = asyncio.Semaphore(max(1, max_concurrency))
-
-        async def poll(pipeline_id: int) -> None:
-            async with semaphore:
-                state.record(await self.get_pipeline(pipeline_id))
-
         while True:
-            await asyncio.gather(*(poll(pipeline_id) for pipeline_id in state.pending))
+            for pipeline_id in state.round():
+                state.record(await self.get_pipeline(pipeline_id))
             gap = state.next_gap()
             if gap is None:
                 break
@@ -227,8 +214,8 @@ class AsyncClient(ClientBase):
     ) -> httpx.Response:
         attempts = self._attempts(method, path, submit=submit, headers=headers or {})
         while True:
-            booking = self._book_submit(attempts)
-            wait = max(self._rate_limit_wait(), booking.wait if booking is not None else 0.0)
+            booking = self._book(attempts)
+            wait = max(self._rate_limit_wait(), booking.wait)
             if wait > 0:
                 await self._sleep(wait)
             try:

@@ -189,8 +189,10 @@ class Client(ClientBase):
         """Poll until every pipeline is DONE or ERROR; one id gives one pipeline, several a list (same order).
 
         The first polls come ``initial_poll_interval`` apart; then each gap is a tenth of the time waited so
-        far (a wait ends at most ~10% after the pipelines did), at most ``poll_interval``. Only what is still
-        running is polled again.
+        far (a wait ends at most ~10% after the pipelines did), at most ``poll_interval``. Each round reads
+        the pending pipelines in the order given (submission order, best) and stops at the first one still
+        PROCESSING, so a wait costs about one read per pipeline plus one per round
+        (:class:`~leapi.polling.InOrderPoll`; pipelines that finish out of order are still collected).
 
         :param timeout: seconds to wait (``None``: no limit).
         :param raise_on_error: raise :class:`~leapi.errors.LeapiPipelineFailedError` (after all finished)
@@ -204,7 +206,7 @@ class Client(ClientBase):
             initial_poll_interval=initial_poll_interval,
         )
         while True:
-            for pipeline_id in state.pending:
+            for pipeline_id in state.round():
                 state.record(self.get_pipeline(pipeline_id))
             gap = state.next_gap()
             if gap is None:
@@ -273,8 +275,8 @@ class Client(ClientBase):
     ) -> httpx.Response:
         attempts = self._attempts(method, path, submit=submit, headers=headers or {})
         while True:
-            booking = self._book_submit(attempts)
-            wait = max(self._rate_limit_wait(), booking.wait if booking is not None else 0.0)
+            booking = self._book(attempts)
+            wait = max(self._rate_limit_wait(), booking.wait)
             if wait > 0:
                 self._sleep(wait)
             try:

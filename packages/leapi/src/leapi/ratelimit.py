@@ -1,4 +1,4 @@
-"""The account's submit rate, learned from the API's refusals and shared by every client of a process.
+"""The account's request rate, learned from the API's refusals and shared by every client of a process.
 
 The LEAPI docs say only that "a rate limiter limits the number of requests received by the API within any
 given minute" and that a refused request is answered ``REJECTED`` "Too Many Requests. Rate limit
@@ -6,25 +6,28 @@ exceeded.": no limit figure, no ``Retry-After``. So a client has to learn the li
 account in one process (the hooks of parallel tasks in one Airflow worker, a triggerer's triggers) has to
 learn it together, or they keep taking each other's slots.
 
-:class:`AdaptiveRateLimiter` does that for submits (the answers that carry the REJECTED body), AIMD style:
+:class:`AdaptiveRateLimiter` does that for every API request (submits and status reads alike: the docs'
+limiter counts "requests received"), AIMD style:
 
-* until a refusal it lets every submit through;
+* until a refusal it lets every request through;
 * a refusal with a hint (``Retry-After``) is waited out by the request itself, and the learned limit is
   dropped: the server says when;
-* a refusal without a hint sets the limit to the submits this process got accepted in the last minute
+* a refusal without a hint sets the limit to the requests this process got accepted in the last minute
   (what it measurably gets). When that is already the limit, the account's limit shrank or other
-  processes took a share: the limit halves (multiplicative decrease). Refusals of submits sent before
+  processes took a share: the limit halves (multiplicative decrease). Refusals of requests sent before
   that decision do not decrease it again (they could not have known);
 * each minute without a refusal raises the limit by one (additive increase);
-* submits are booked in a sliding one-minute window: once ``limit`` submits (refused ones included, since
-  a server may count them) went out in the last minute, the next waits until the oldest of them is a
-  minute old, plus a small margin and jitter (and its turn behind submits already waiting: first come,
-  first served). No slot is more than about a minute after the one ``limit`` places ahead of it: no
-  burst of quick retries, no idle minutes.
+* requests are booked in a sliding one-minute window: once ``limit`` requests (refused ones included,
+  since the server counts them) went out in the last minute, the next waits until the oldest of them is
+  a minute old, plus a small margin and jitter (and its turn behind requests already waiting: first
+  come, first served). No slot is more than about a minute after the one ``limit`` places ahead of it:
+  no burst of quick retries, no idle minutes.
 
-What it cannot see: submits of the same account from other processes (other Airflow workers, other
-machines). Their refusals still reach each process, which then lowers its own rate; per-account pacing
-across workers needs an Airflow pool sized to the account's limit (see the provider docs).
+What it cannot see: requests of the same account from other processes (other Airflow workers, the
+triggerer, other machines). Their refusals still reach each process, which then lowers its own rate;
+per-account pacing across workers needs an Airflow pool sized to the account's limit (see the provider
+docs). A process that takes over a job (a resumed Airflow task) can start from what the previous one
+learned: :meth:`AdaptiveRateLimiter.snapshot` and :meth:`AdaptiveRateLimiter.restore`.
 
 :data:`SHARED_LIMITERS` holds one limiter per (base URL, API key) for the whole process.
 """
@@ -37,8 +40,9 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger("leapi")
 
@@ -52,20 +56,23 @@ SLOT_JITTER_S = 3.0
 
 @dataclass(frozen=True)
 class Booking:
-    """A submit's place in the limiter: pass it back with the answer.
+    """A request's place in the limiter: pass it back with the answer.
 
-    :param sequence: the order in which submits were booked.
-    :param wait: seconds the submit must wait before it is sent.
+    :param sequence: the order in which requests were booked.
+    :param wait: seconds the request must wait before it is sent.
+    :param slot: when it may be sent (the limiter's clock).
     """
 
     sequence: int
     wait: float
+    slot: float = 0.0
 
 
 class AdaptiveRateLimiter:
-    """Paces one account's submits by the rate its refusals taught (thread-safe; see the module docs).
+    """Paces one account's requests by the rate its refusals taught (thread-safe; see the module docs).
 
     :param clock: monotonic seconds (tests pass their own).
+    :param wall_clock: Unix seconds, for :meth:`snapshot` and :meth:`restore` (tests pass their own).
     :param window_s: the rate window.
     :param margin_s: added to every wait for a slot.
     :param jitter_s: up to this much more, at random.
@@ -75,52 +82,71 @@ class AdaptiveRateLimiter:
         self,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         window_s: float = RATE_WINDOW_S,
         margin_s: float = SLOT_MARGIN_S,
         jitter_s: float = SLOT_JITTER_S,
     ) -> None:
         self._clock = clock
+        self._wall_clock = wall_clock
         self.window_s = window_s
         self.margin_s = margin_s
         self.jitter_s = jitter_s
-        #: Submits allowed per window; ``None`` until the API refused one.
+        #: Requests allowed per window; ``None`` until the API refused one.
         self.limit: int | None = None
-        self._sent: deque[float] = deque()  # start times (booked slots) of submits, refused ones too
+        self._sent: deque[float] = deque()  # start times (booked slots) of requests, refused ones too
         self._accepted: deque[float] = deque()
         self._sequence = 0
-        self._decided_at_sequence = 0  # submits booked up to here were sent before the last decrease
+        self._decided_at_sequence = 0  # requests booked up to here were sent before the last decrease
         self._changed_at = 0.0
         self._lock = threading.Lock()
 
     def book(self) -> Booking:
-        """Book the next submit's slot."""
+        """Book the next request's slot."""
         with self._lock:
             now = self._clock()
             self._forget(now)
-            slot = now
-            if self.limit is not None and len(self._sent) >= self.limit:
-                oldest_in_the_way = self._sent[-self.limit]
-                slot = oldest_in_the_way + self.window_s + self.margin_s + random.uniform(0, self.jitter_s)
-            if self.limit is not None and self._sent:
-                # First come, first served: no submit is booked ahead of one already waiting (this also
-                # keeps the bookings in order, which the window arithmetic relies on).
-                slot = max(slot, self._sent[-1])
+            slot = self._next_slot(now, jitter=random.uniform(0, self.jitter_s))
             self._sent.append(slot)
             self._sequence += 1
-            return Booking(sequence=self._sequence, wait=slot - now)
+            return Booking(sequence=self._sequence, wait=slot - now, slot=slot)
+
+    def cancel(self, booking: Booking) -> None:
+        """Give a booked slot back: the request will not be sent (it would wait past its budget)."""
+        with self._lock:
+            if booking.slot in self._sent:
+                self._sent.remove(booking.slot)
+
+    def next_wait(self) -> float:
+        """Seconds a request booked now would wait (nothing is booked; no jitter counted)."""
+        with self._lock:
+            now = self._clock()
+            self._forget(now)
+            return max(self._next_slot(now, jitter=0.0) - now, 0.0)
+
+    def _next_slot(self, now: float, *, jitter: float) -> float:
+        slot = now
+        if self.limit is not None and len(self._sent) >= self.limit:
+            oldest_in_the_way = self._sent[-self.limit]
+            slot = oldest_in_the_way + self.window_s + self.margin_s + jitter
+        if self.limit is not None and self._sent:
+            # First come, first served: no request is booked ahead of one already waiting (this also
+            # keeps the bookings in order, which the window arithmetic relies on).
+            slot = max(slot, self._sent[-1])
+        return slot
 
     def accepted(self, booking: Booking) -> None:
-        """The booked submit was accepted; after a minute without refusals the limit grows by one."""
+        """The booked request was accepted; after a minute without refusals the limit grows by one."""
         with self._lock:
             now = self._clock()
             self._accepted.append(now)
             if self.limit is not None and now - self._changed_at >= self.window_s:
                 self.limit += 1
                 self._changed_at = now
-                log.info("LEAPI rate limit: no refusal for a minute; pacing submits at %d/min", self.limit)
+                log.info("LEAPI rate limit: no refusal for a minute; pacing requests at %d/min", self.limit)
 
     def refused(self, booking: Booking) -> None:
-        """The booked submit was refused for the rate limit, with no hint how long to wait."""
+        """The booked request was refused for the rate limit, with no hint how long to wait."""
         with self._lock:
             now = self._clock()
             self._forget(now)
@@ -136,19 +162,46 @@ class AdaptiveRateLimiter:
             self._decided_at_sequence = self._sequence
             self._changed_at = now
             log.warning(
-                "LEAPI rate limit: refused after %d accepted submit(s) in the last minute; pacing submits "
-                "of this account in this process at %d/min",
+                "LEAPI rate limit: refused after %d accepted request(s) in the last minute; pacing "
+                "requests of this account in this process at %d/min",
                 accepted_last_minute,
                 learned,
             )
 
     def hinted(self) -> None:
-        """The API refused a submit and said when to retry (``Retry-After``): its hints replace what was
+        """The API refused a request and said when to retry (``Retry-After``): its hints replace what was
         learned, so the limiter steps aside until a refusal comes without one."""
         with self._lock:
             if self.limit is not None:
                 log.info("LEAPI rate limit: the API sends Retry-After; no longer pacing by the learned rate")
             self.limit = None
+
+    def snapshot(self) -> dict[str, Any]:
+        """What this limiter learned, JSON-able and in wall-clock time: hand it to :meth:`restore` in the
+        process that takes the work over (the limiter is per process)."""
+        with self._lock:
+            now, wall = self._clock(), self._wall_clock()
+            self._forget(now)
+            return {
+                "limit": self.limit,
+                "sent": [round(wall - (now - t), 3) for t in self._sent],
+                "accepted": [round(wall - (now - t), 3) for t in self._accepted],
+            }
+
+    def restore(self, snapshot: Mapping[str, Any]) -> None:
+        """Take over what another process learned (:meth:`snapshot`): the lower limit wins, and its
+        requests of the last minute count in this window too."""
+        with self._lock:
+            now, wall = self._clock(), self._wall_clock()
+            limit = snapshot.get("limit")
+            if limit is not None and (self.limit is None or int(limit) < self.limit):
+                self.limit = max(1, int(limit))
+                self._changed_at = now
+            for name, times in (("sent", self._sent), ("accepted", self._accepted)):
+                merged = sorted([*times, *(now - (wall - float(t)) for t in snapshot.get(name, ()))])
+                times.clear()
+                times.extend(merged)
+            self._forget(now)
 
     def _forget(self, now: float) -> None:
         horizon = now - self.window_s

@@ -6,10 +6,11 @@ sending and the sleeping. The same decisions therefore hold for sync and async c
   connections, 5xx and 408, with exponential backoff and jitter, honouring ``Retry-After`` /
   ``RateLimit-Reset``, up to ``max_retries`` times.
 * A rate-limit refusal (HTTP 429, or the REJECTED "Too Many Requests" body whatever the status) costs
-  nothing, so it is retried for a time budget (``rate_limit_budget``, default 10 minutes), not a count:
-  honouring ``Retry-After`` / ``RateLimit-Reset`` when the server sends one; without one, a submit waits
-  for the slot the account's shared limiter books (:mod:`leapi.ratelimit`), a read as if for a minute
-  window (jittered, at most about 60 s).
+  nothing, so it is retried for a time budget (``rate_limit_budget``, default 10 minutes; the waits for
+  the shared limiter's slots count in it too, and a slot beyond it is not waited for), not a count:
+  honouring ``Retry-After`` / ``RateLimit-Reset`` when the server sends one; without one, the request
+  waits for the slot the account's shared limiter books (:mod:`leapi.ratelimit`; every API request, reads
+  included, is booked there, because the API's limit counts every request it receives).
 * A submit (``POST /v1/pipeline``) is retried freely only when the API provably did not take it: the
   connection was never established (connect error, connect or pool timeout), or the answer was the
   documented REJECTED body (the docs: a rejected request costs no credit), whatever its HTTP status.
@@ -51,7 +52,6 @@ from leapi.errors import (
 )
 from leapi.idempotency import ADVERTISED, IdempotencyMode, supports_idempotency
 from leapi.models import SubmitResponse, SubmitStatus
-from leapi.ratelimit import RATE_WINDOW_S
 from leapi.redaction import redact_text, redact_url
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -159,13 +159,6 @@ class RetryPolicy:
             return wait + random.uniform(0, min(1.0, 0.1 * wait + 0.05))
         ceiling = min(self.backoff_max, self.backoff_base * (2**attempt))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-    @staticmethod
-    def unhinted_rate_limit_delay(refusals: int) -> float:
-        """A read refused by the rate limit without a hint: waits as if for a minute window (15, 30, then
-        60 s ceilings, the upper half of each at random)."""
-        ceiling = min(RATE_WINDOW_S, 15.0 * 2 ** max(refusals - 1, 0))
-        return random.uniform(ceiling / 2, ceiling)
 
 
 class SlidingWindowRateLimiter:
@@ -372,7 +365,19 @@ class RequestAttempts:
         return outcome.verdict is Verdict.AMBIGUOUS and self._supported() is None
 
     def note_rate_limit_wait(self, seconds: float) -> None:
-        """Count a wait for the account's rate limit (a booked slot) against the rate-limit budget."""
+        """Count a wait for the account's rate limit (a booked slot) against the rate-limit budget.
+
+        :raises LeapiRateLimitError: the wait would take the request past its budget (nothing is sent).
+        """
+        spent = self._rate_limit_waited
+        if self._rate_limited_since is not None:
+            spent = max(spent, time.monotonic() - self._rate_limited_since)
+        if spent + seconds > self.policy.rate_limit_budget:
+            raise LeapiRateLimitError(
+                f"the next request slot of the account's learned rate limit is {seconds:.0f}s away",
+                attempts=self.rate_limited,
+                budget=self.policy.rate_limit_budget,
+            )
         self._rate_limit_waited += seconds
 
     def next_delay(self, outcome: Outcome) -> float:
@@ -408,11 +413,9 @@ class RequestAttempts:
             raise self._exhausted_error(outcome)
         if outcome.retry_after is not None:
             delay = self.policy.delay(0, outcome.retry_after)
-        elif self.submit:
+        else:
             # The account's shared limiter books the retry's slot (up to a minute away): pause briefly only.
             delay = random.uniform(*UNHINTED_PAUSE_S)
-        else:
-            delay = self.policy.unhinted_rate_limit_delay(self.rate_limited)
         self._rate_limit_waited += delay
         what = "rate limited (HTTP 429)" if outcome.status_code == 429 else "rate limited (REJECTED)"
         log.warning(

@@ -1,0 +1,157 @@
+"""How many batches a run is cut into, and what a run costs: the cost model of docs/catalog.md, as code.
+
+A batch task has a fixed cost whatever its size (a task start and a DAG parse in a worker, another start
+for each resume after a deferral), while its images cost the API's time, which does not depend on how
+they are batched. So batches are as large as keeps the pool busy, and no larger than the API time a
+batch should need: a failed batch then redoes little, and progress shows in the UI.
+
+:func:`estimate_run` gives the figures of the model (requests of each kind, run time at the account's
+rate, task starts, triggers, metadata rows, result table size) for a manifest size; the scale bench
+compares what it measured with them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from leapi_provider.catalog.settings import BATCHES_PER_SLOT, CatalogSettings
+
+#: Status reads per pipeline a batch's wait is planned at: one read that finds it finished, plus the
+#: rounds that found the head of the queue still running and the probes of its deferred waits (measured
+#: 1.1-1.2; the target is 1.3, see docs/benchmarks.md).
+STATUS_READS_PER_PIPELINE = 1.2
+#: A deferred wait resumes its batch when about this fraction of its pending pipelines finished (the
+#: trigger's ``min_finished``), so a batch transfers in at most about this many rounds plus the last.
+RESUMES_PER_BATCH = 4
+#: Bytes one row of the result table takes in Parquet, about (measured by the airflow bench).
+RESULT_ROW_BYTES = 260
+
+
+def batch_count(
+    *,
+    images: int,
+    pipelines: int,
+    parallel_batches: int,
+    min_images_per_batch: int,
+    max_batches: int,
+    requests_per_minute: int,
+    batch_api_minutes: float,
+) -> int:
+    """How many batches (mapped tasks) to cut ``images`` (in ``pipelines``) into.
+
+    * At least :data:`~leapi_provider.catalog.settings.BATCHES_PER_SLOT` per slot that runs batches at
+      once (``parallel_batches``, the ``leapi`` pool's size), so a slot that finishes early picks up
+      another batch;
+    * at least as many as keeps each batch within ``batch_api_minutes`` of API time at the account's
+      rate (a submit and :data:`STATUS_READS_PER_PIPELINE` reads per pipeline);
+    * but never fewer than ``min_images_per_batch`` images each (200 images make 2 batches, not 8), nor
+      more than ``max_batches`` (the param and ``[core] max_map_length``).
+
+    >>> batch_count(images=1000, pipelines=100, parallel_batches=4, min_images_per_batch=100,
+    ...             max_batches=1024, requests_per_minute=120, batch_api_minutes=10)
+    8
+    >>> batch_count(images=100_000, pipelines=10_000, parallel_batches=4, min_images_per_batch=100,
+    ...             max_batches=1024, requests_per_minute=120, batch_api_minutes=10)
+    19
+    >>> batch_count(images=200, pipelines=20, parallel_batches=4, min_images_per_batch=100,
+    ...             max_batches=1024, requests_per_minute=120, batch_api_minutes=10)
+    2
+    """
+    if images <= 0:
+        return 1
+    by_size = math.ceil(images / max(min_images_per_batch, 1))
+    by_api = math.ceil(
+        pipelines * (1 + STATUS_READS_PER_PIPELINE) / max(requests_per_minute * batch_api_minutes, 1e-9)
+    )
+    wanted = max(parallel_batches * BATCHES_PER_SLOT, by_api)
+    return max(1, min(by_size, wanted, max_batches))
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """The cost model's figures for one run (see docs/catalog.md, "What a run costs")."""
+
+    images: int
+    pipelines: int
+    batches: int
+    submits: int
+    status_reads: int
+    usage_reads: int
+    api_requests: int
+    requests_per_image: float
+    #: Minutes the account's rate limit alone needs for the requests (the run's lower bound).
+    api_minutes: float
+    #: Rate-limit deferrals of all batches: each batch defers when its next slot is more than
+    #: ``defer_after`` away, about once per minute of its submitting.
+    rate_limit_deferrals: int
+    #: Partial-completion deferrals of all batches (each resume transfers what finished).
+    wait_deferrals: int
+    task_starts: int
+    #: Hours of worker slots spent on task starts and in-worker waits (transfers come on top:
+    #: images x the time to copy one).
+    worker_slot_hours: float
+    triggers: int
+    task_instances: int
+    xcom_rows: int
+    result_rows: int
+    result_table_mb: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate_run(
+    images: int,
+    settings: CatalogSettings,
+    *,
+    task_start_s: float = 3.0,
+    status_reads_per_pipeline: float = STATUS_READS_PER_PIPELINE,
+) -> RunEstimate:
+    """The cost model for a run of ``images`` (one operation, every image to submit) under ``settings``.
+
+    :param task_start_s: seconds a task start costs a worker slot (process, DAG parse, connections).
+    :param status_reads_per_pipeline: what the wait costs per pipeline (measure it: docs/benchmarks.md).
+    """
+    pipelines = math.ceil(images / settings.urls_per_pipeline)
+    batches = batch_count(
+        images=images,
+        pipelines=pipelines,
+        parallel_batches=settings.parallel_batches,
+        min_images_per_batch=settings.min_images_per_batch,
+        max_batches=settings.max_batches,
+        requests_per_minute=settings.api_requests_per_minute,
+        batch_api_minutes=settings.batch_api_minutes,
+    )
+    status_reads = round(pipelines * status_reads_per_pipeline)
+    requests = pipelines + status_reads + 1
+    api_minutes = requests / settings.api_requests_per_minute
+    # The pool's batches share the rate; one batch submits at rate / parallel, and defers once per window.
+    per_batch_rate = settings.api_requests_per_minute / max(min(settings.parallel_batches, batches), 1)
+    submit_minutes_per_batch = pipelines / batches / per_batch_rate
+    rate_limit_deferrals = batches * max(0, math.ceil(submit_minutes_per_batch) - 1)
+    wait_deferrals = batches * RESUMES_PER_BATCH
+    starts = 2 + batches + rate_limit_deferrals + wait_deferrals
+    executions = batches + rate_limit_deferrals + wait_deferrals
+    slot_seconds = starts * task_start_s + executions * settings.defer_after
+    return RunEstimate(
+        images=images,
+        pipelines=pipelines,
+        batches=batches,
+        submits=pipelines,
+        status_reads=status_reads,
+        usage_reads=1,
+        api_requests=requests,
+        requests_per_image=round(requests / max(images, 1), 3),
+        api_minutes=round(api_minutes, 1),
+        rate_limit_deferrals=rate_limit_deferrals,
+        wait_deferrals=wait_deferrals,
+        task_starts=starts,
+        worker_slot_hours=round(slot_seconds / 3600, 2),
+        triggers=rate_limit_deferrals + wait_deferrals,
+        task_instances=batches + 2,
+        xcom_rows=3 + 2 * batches + 1,
+        result_rows=images,
+        result_table_mb=round(images * RESULT_ROW_BYTES / 1e6, 1),
+    )
