@@ -7,8 +7,11 @@ only the batch files' URIs. Batch sizing is :func:`batch_count`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import time
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from leapi_provider import manifests
-from leapi_provider.catalog.fingerprints import SourceFingerprint, source_fingerprints
+from leapi_provider.catalog.fingerprints import DetectionPolicy, SourceFingerprint, source_fingerprints
 from leapi_provider.catalog.settings import BATCHES_PER_SLOT, CatalogSettings
 from leapi_provider.catalog.storage import (
     CatalogRun,
@@ -211,6 +214,23 @@ class PlanState:
             self.carried.append(status_rows(rows, status, error=error, run=self.run))
 
 
+@contextlib.contextmanager
+def plan_phase(name: str) -> Iterator[list[str]]:
+    """Log how long the plan's phase ``name`` took, with the details appended to the yielded list (the
+    record's ``extra``: ``plan_phase`` and ``plan_phase_seconds``)."""
+    details: list[str] = []
+    started = time.perf_counter()
+    yield details
+    seconds = time.perf_counter() - started
+    log.info(
+        "Plan phase %s: %.2f s%s",
+        name,
+        seconds,
+        f" ({'; '.join(details)})" if details else "",
+        extra={"plan_phase": name, "plan_phase_seconds": seconds},
+    )
+
+
 def plan_run(settings: CatalogSettings, run: CatalogRun, *, max_map_length: int) -> dict[str, Any]:
     """Validate, diff (incremental), check the quota, plan batches; write it all to the run's folder.
 
@@ -226,11 +246,14 @@ def plan_run(settings: CatalogSettings, run: CatalogRun, *, max_map_length: int)
     folder = RunFolder(settings, run)
     if folder.plan.exists() and not settings.dry_run:
         return _resume_plan(settings, folder)
-    state = validate_step(settings, run, folder)
+    with plan_phase("read and validate"):
+        state = validate_step(settings, run, folder)
     if settings.incremental:
         incremental_step(settings, state)
-    credit_step(settings, state)
-    planned = write_plan(settings, state, folder, max_batches=min(settings.max_batches, max_map_length))
+    with plan_phase("credits"):
+        credit_step(settings, state)
+    with plan_phase("write batches"):
+        planned = write_plan(settings, state, folder, max_batches=min(settings.max_batches, max_map_length))
     if settings.dry_run:
         return _dry_run_preview(state, folder, planned)
     return planned
@@ -292,26 +315,38 @@ def validate_step(settings: CatalogSettings, run: CatalogRun, folder: RunFolder)
 def incremental_step(settings: CatalogSettings, state: PlanState) -> None:
     """Fingerprint the sources; carry gone sources as ``error`` and unchanged ones as ``skipped_unchanged``."""
     urls = state.valid["source_url"].to_pylist()
-    found = source_fingerprints(urls, mode=settings.change_detection, aws_conn_id=settings.aws_conn_id)
-    per_row = [found[url] for url in urls]
-    state.valid = state.valid.set_column(
-        state.valid.schema.get_field_index("source_fingerprint"),
-        "source_fingerprint",
-        pa.array([f.fingerprint for f in per_row], pa.string()),
-    )
-    state.valid = state.valid.set_column(
-        state.valid.schema.get_field_index("input_bytes"),
-        "input_bytes",
-        pa.array([f.content_length for f in per_row], pa.int64()),
-    )
-    unreadable = sum(f.fingerprint is None and not f.gone for f in found.values())
-    if unreadable:
-        log.warning("%d source(s) could not be fingerprinted: they are re-enhanced", unreadable)
-    _carry_gone_sources(state, found)
-    _carry_unchanged(settings, state)
+    with plan_phase("fingerprint") as details:
+        found = source_fingerprints(
+            urls,
+            mode=settings.change_detection,
+            aws_conn_id=settings.aws_conn_id,
+            policy=DetectionPolicy(per_host=settings.change_detection_per_host),
+        )
+        details.append(found.stats.summary())
+    with plan_phase("compare with previous results"):
+        per_row = [found[url] for url in urls]
+        state.valid = state.valid.set_column(
+            state.valid.schema.get_field_index("source_fingerprint"),
+            "source_fingerprint",
+            pa.array([f.fingerprint for f in per_row], pa.string()),
+        )
+        state.valid = state.valid.set_column(
+            state.valid.schema.get_field_index("input_bytes"),
+            "input_bytes",
+            pa.array([f.content_length for f in per_row], pa.int64()),
+        )
+        unreadable = [f for f in found.values() if f.fingerprint is None and not f.gone]
+        if unreadable:
+            log.warning(
+                "%d source(s) could not be fingerprinted: they are re-enhanced (first reason: %s)",
+                len(unreadable),
+                unreadable[0].error,
+            )
+        _carry_gone_sources(state, found)
+        _carry_unchanged(settings, state)
 
 
-def _carry_gone_sources(state: PlanState, found: dict[str, SourceFingerprint]) -> None:
+def _carry_gone_sources(state: PlanState, found: Mapping[str, SourceFingerprint]) -> None:
     """Sources that answered 404/410 are not submitted: the failure is certain and would cost a credit."""
     gone_urls = [url for url, f in found.items() if f.gone]
     if not gone_urls:
