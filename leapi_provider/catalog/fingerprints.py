@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 
 from leapi_provider.catalog.fingerprint_model import DetectionStats, SourceFingerprint
 from leapi_provider.catalog.http_fingerprints import DetectionPolicy, http_fingerprints
@@ -32,21 +32,12 @@ __all__ = [
 ]
 
 
-class SourceFingerprints(Mapping[str, SourceFingerprint]):
+class SourceFingerprints(dict[str, SourceFingerprint]):
     """Each distinct source URL -> its :class:`SourceFingerprint`, with what finding them cost (:attr:`stats`)."""
 
     def __init__(self, found: dict[str, SourceFingerprint], stats: DetectionStats) -> None:
-        self._found = found
+        super().__init__(found)
         self.stats = stats
-
-    def __getitem__(self, url: str) -> SourceFingerprint:
-        return self._found[url]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._found)
-
-    def __len__(self) -> int:
-        return len(self._found)
 
 
 def source_fingerprints(

@@ -28,14 +28,18 @@ import hashlib
 import heapq
 import itertools
 import logging
+import re
 import time
 import urllib.request
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+import httpx
+
+from leapi.transport import RetryPolicy, retry_after_seconds, shared_tls_context
 from leapi_provider.catalog.fingerprint_model import (
     DetectionStats,
     SourceFingerprint,
@@ -45,9 +49,7 @@ from leapi_provider.catalog.fingerprint_model import (
 )
 from leapi_provider.catalog.http_head import HeadAnswer, HeadConnection, HeadProtocolError, SourceConnectError
 from leapi_provider.catalog.settings import DEFAULT_CHANGE_DETECTION_PER_HOST
-
-if TYPE_CHECKING:
-    import httpx
+from leapi_provider.get_provider_info import PACKAGE_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ RATE_LIMITED_STATUSES = frozenset({429, 503})
 TRANSIENT_STATUSES = frozenset({408, 500, 502, 504})
 GONE_STATUSES = frozenset({404, 410})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_AUTHORITY_END = re.compile(r"[/?#]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,8 +169,6 @@ def _judge_failure(status: int, headers: dict[str, str] | Any) -> _Outcome | Non
     if status in GONE_STATUSES:
         return http_status_failure(status)
     if status in RATE_LIMITED_STATUSES:
-        from leapi.transport import retry_after_seconds
-
         return _Retry(f"HTTP {status}", retry_after_seconds(_as_httpx_headers(headers)), rate_limited=True)
     if status in TRANSIENT_STATUSES:
         return _Retry(f"HTTP {status}")
@@ -175,8 +176,6 @@ def _judge_failure(status: int, headers: dict[str, str] | Any) -> _Outcome | Non
 
 
 def _as_httpx_headers(headers: Any) -> httpx.Headers:
-    import httpx
-
     return headers if isinstance(headers, httpx.Headers) else httpx.Headers(headers)
 
 
@@ -187,20 +186,20 @@ class HttpDetector:
     """
 
     def __init__(self, *, policy: DetectionPolicy, mode: str, stats: DetectionStats) -> None:
-        from leapi.transport import RetryPolicy, shared_tls_context
-        from leapi_provider.get_provider_info import PACKAGE_VERSION
 
         self.policy = policy
         self.mode = mode
         self.stats = stats
         self.found: dict[str, SourceFingerprint] = {}
         self.lanes: dict[tuple[str, str, int], _Lane] = {}
+        #: The lane of each ``(scheme, authority)`` as written in the URLs (most URLs skip parsing).
+        self._lane_of: dict[tuple[str, str], _Lane] = {}
         self._backoff = RetryPolicy(
             backoff_base=policy.backoff_base,
             backoff_max=policy.backoff_max,
             max_retry_after=policy.max_retry_after,
         )
-        self._tls = shared_tls_context()
+        self._tls = shared_tls_context  # (loading the CA bundle takes 0.2 s: only once a source needs it)
         self._user_agent = f"airflow-provider-leapi/{PACKAGE_VERSION} (change detection)"
         self._proxies = urllib.request.getproxies()
         self._client: httpx.AsyncClient | None = None
@@ -229,23 +228,35 @@ class HttpDetector:
 
     def _route(self, item: str | _Job, url: str) -> None:
         """Queue ``item`` (now at ``url``) in its host's lane, or settle it when ``url`` cannot be asked."""
+        scheme, _, rest = url.partition("://")
+        end = _AUTHORITY_END.search(rest)
+        written = (scheme, rest[: end.start()] if end else rest)
+        lane = self._lane_of.get(written)
+        if lane is None:
+            lane = self._new_lane(item, url)
+            if lane is None:
+                return
+            self._lane_of[written] = lane
+        lane.pending.append(item)
+        if self._tasks is not None:
+            self._staff(lane)
+
+    def _new_lane(self, item: str | _Job, url: str) -> _Lane | None:
+        """The lane of ``url``'s origin (made on first use); ``None`` (``item`` settled) for a bad URL."""
         try:
             parts = urlsplit(url)
             scheme, host = parts.scheme.lower(), parts.hostname or ""
             port = parts.port or _DEFAULT_PORTS.get(scheme, 0)
         except ValueError as exc:
             self._settle_error(item, f"invalid URL: {exc}")
-            return
+            return None
         if scheme not in _DEFAULT_PORTS or not host:
             self._settle_error(item, f"not an http(s) URL: {url[:200]}")
-            return
+            return None
         key = (scheme, host, port)
-        lane = self.lanes.get(key)
-        if lane is None:
-            lane = self.lanes[key] = _Lane(self._head_args(scheme, host, port, parts.netloc))
-        lane.pending.append(item)
-        if self._tasks is not None:
-            self._staff(lane)
+        if key not in self.lanes:
+            self.lanes[key] = _Lane(self._head_args(scheme, host, port, parts.netloc))
+        return self.lanes[key]
 
     def _head_args(self, scheme: str, host: str, port: int, netloc: str) -> dict[str, Any] | None:
         """The fast path's connection arguments for this origin, or ``None`` when httpx must ask it."""
@@ -262,7 +273,7 @@ class HttpDetector:
             "host": host,
             "port": port,
             "host_header": authority,
-            "tls": self._tls,
+            "tls": self._tls() if scheme == "https" else None,
             "user_agent": self._user_agent,
             "timeout": self.policy.timeout,
         }
@@ -309,8 +320,6 @@ class HttpDetector:
             await asyncio.sleep(lane.delayed[0][0] - now)
 
     async def _attempt(self, connection: HeadConnection | None, item: str | _Job) -> _Outcome:
-        import httpx
-
         url = item if isinstance(item, str) else item.current
         try:
             if self.mode == "content":
@@ -328,8 +337,6 @@ class HttpDetector:
             return _Retry(f"{type(exc).__name__}: {exc}", transport=True)
 
     def _httpx(self) -> httpx.AsyncClient:
-        import httpx
-
         if self._client is None:
             limits = httpx.Limits(
                 max_connections=self.policy.max_connections,
@@ -338,7 +345,7 @@ class HttpDetector:
             self._client = httpx.AsyncClient(
                 timeout=self.policy.timeout,
                 limits=limits,
-                verify=self._tls,
+                verify=self._tls(),
                 headers={"User-Agent": self._user_agent},
             )
         return self._client
