@@ -109,6 +109,8 @@ class HeadConnection:
         :raises SourceConnectError: no connection could be made.
         :raises OSError | TimeoutError | asyncio.IncompleteReadError | HeadProtocolError: the exchange failed.
         """
+        if self._reader is not None and self._reader.at_eof():
+            self.close()  # (the server closed the idle connection)
         reused = self._writer is not None
         if not reused:
             await self._connect()

@@ -7,9 +7,10 @@ versions, which asked ``HeadObject``, still match.
 
 How keys are asked:
 
-* The named keys of a bucket are grouped by folder, and each folder cut into ranges of at most
+* The named keys of a bucket, sorted (S3 lists in that order), are cut into ranges of at most
   :data:`KEYS_PER_RANGE` keys; ranges are listed in parallel, each with ``Prefix`` set to the common
-  prefix of its keys.
+  prefix of its keys (the folder they share, or more). Keys one per folder (``sku-1/main.jpg``,
+  ``sku-2/main.jpg``) are listed as well as keys of one folder.
 * A listing starts just before the next key it still needs (``StartAfter``), so objects the manifest
   does not name are skipped over rather than paged through, and it stops once it has passed its last key.
   A named key the listing passes over without seeing is missing: ``gone``, like a 404.
@@ -101,12 +102,12 @@ class S3Detector:
     @staticmethod
     def _ranges(objects: list[tuple[str, str]]) -> tuple[list[tuple[str, list[str]]], list[tuple[str, str]]]:
         """Key ranges worth listing, ``(bucket, sorted keys)``; and the objects to ask one by one."""
-        folders: dict[tuple[str, str], list[str]] = defaultdict(list)
+        by_bucket: dict[str, list[str]] = defaultdict(list)
         for bucket, key in objects:
-            folders[(bucket, key.rpartition("/")[0])].append(key)
+            by_bucket[bucket].append(key)
         ranges: list[tuple[str, list[str]]] = []
         singles: list[tuple[str, str]] = []
-        for (bucket, _), keys in folders.items():
+        for bucket, keys in by_bucket.items():
             keys.sort()
             for start in range(0, len(keys), KEYS_PER_RANGE):
                 chunk = keys[start : start + KEYS_PER_RANGE]

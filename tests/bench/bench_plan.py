@@ -386,8 +386,10 @@ def _s3(work: Path) -> list[str]:
         "| strategy | requests | wall (s) | x before |",
         "|---|---|---:|---:|",
         f"| before: one `HeadObject` per key, 32 threads | {_kinds(old['requests'])} | {old['wall_s']:.1f} | 1.00 |",
-        f"| now: `ListObjectsV2` per key range | {_kinds(new['requests'])} | {new['wall_s']:.1f} | "
-        f"{new['wall_s'] / old['wall_s']:.2f} |",
+        (
+            f"| now: `ListObjectsV2` per key range | {_kinds(new['requests'])} | {new['wall_s']:.1f} | "
+            f"{new['wall_s'] / old['wall_s']:.2f} |"
+        ),
         "",
         f"Same fingerprints from both: {same} (`etag:<ETag>;size:<bytes>`, so stored results still match).",
     ]

@@ -98,6 +98,17 @@ def test_a_folder_is_listed_not_asked_key_by_key(moto_s3, s3_bucket: str) -> Non
     assert after[uris[39]].gone and after[uris[39]].fingerprint is None
 
 
+def test_one_key_per_folder_is_listed_too(moto_s3, s3_bucket: str) -> None:
+    keys = [f"shop/sku-{i:02d}/main.jpg" for i in range(20)]
+    _put(moto_s3.client(), s3_bucket, [*keys, "shop/sku-05/zoom.jpg"])
+    since = _log_lines(moto_s3)
+    found = source_fingerprints([f"s3://{s3_bucket}/{key}" for key in keys], aws_conn_id="aws_default")
+    assert _served(moto_s3, since) == {"ListObjectsV2": 1}
+    assert all(
+        f.fingerprint and f.content_length == len(key) for f, key in zip(found.values(), keys, strict=True)
+    )
+
+
 def test_a_sparse_prefix_is_asked_key_by_key(moto_s3, s3_bucket: str, monkeypatch) -> None:
     monkeypatch.setattr(s3_fingerprints, "LIST_PAGE_SIZE", 100)  # (3 pages of objects, not 3,000)
     client = moto_s3.client()
