@@ -186,7 +186,6 @@ class HttpDetector:
     """
 
     def __init__(self, *, policy: DetectionPolicy, mode: str, stats: DetectionStats) -> None:
-
         self.policy = policy
         self.mode = mode
         self.stats = stats
@@ -199,7 +198,6 @@ class HttpDetector:
             backoff_max=policy.backoff_max,
             max_retry_after=policy.max_retry_after,
         )
-        self._tls = shared_tls_context  # (loading the CA bundle takes 0.2 s: only once a source needs it)
         self._user_agent = f"airflow-provider-leapi/{PACKAGE_VERSION} (change detection)"
         self._proxies = urllib.request.getproxies()
         self._client: httpx.AsyncClient | None = None
@@ -214,7 +212,6 @@ class HttpDetector:
         self._slots = asyncio.Semaphore(self.policy.max_connections)
         for url in urls:
             self._route(url, url)
-        self.stats.http_hosts = len(self.lanes)
         try:
             async with asyncio.TaskGroup() as self._tasks:
                 for lane in self.lanes.values():
@@ -222,6 +219,7 @@ class HttpDetector:
         finally:
             if self._client is not None:
                 await self._client.aclose()
+        self.stats.http_hosts = len(self.lanes)  # (redirect targets included)
         return self.found
 
     # -- routing --------------------------------------------------------------------------------------
@@ -273,7 +271,8 @@ class HttpDetector:
             "host": host,
             "port": port,
             "host_header": authority,
-            "tls": self._tls() if scheme == "https" else None,
+            # (loading the CA bundle takes 0.2 s: only once an https source needs it)
+            "tls": shared_tls_context() if scheme == "https" else None,
             "user_agent": self._user_agent,
             "timeout": self.policy.timeout,
         }
@@ -345,7 +344,7 @@ class HttpDetector:
             self._client = httpx.AsyncClient(
                 timeout=self.policy.timeout,
                 limits=limits,
-                verify=self._tls(),
+                verify=shared_tls_context(),
                 headers={"User-Agent": self._user_agent},
             )
         return self._client

@@ -127,6 +127,7 @@ class S3Detector:
         prefix, i, pages = _common_prefix(keys), 0, 0
         start_after = keys[0][:-1]  # (just below the first key: objects before it are not paged through)
         while i < len(keys) and bucket not in self._unlistable:
+            self._count("ListObjectsV2")
             try:
                 page = self.client.list_objects_v2(
                     Bucket=bucket, Prefix=prefix, MaxKeys=LIST_PAGE_SIZE, StartAfter=start_after
@@ -134,7 +135,6 @@ class S3Detector:
             except (ClientError, BotoCoreError) as exc:
                 self._refused(bucket, exc)
                 break
-            self._count("ListObjectsV2")
             pages += 1
             before = i
             contents = page.get("Contents", [])
@@ -149,6 +149,8 @@ class S3Detector:
             if not page.get("IsTruncated") or not contents:
                 found.update(((bucket, k), _gone("404 (not listed)")) for k in keys[i:])
                 i = len(keys)
+            elif i == len(keys):
+                break  # (the range's last key is listed: the rest of the prefix is another range's)
             elif i - before < PAGE_COST_IN_HEADS:
                 break  # sparse here: asking the rest key by key is cheaper
             else:

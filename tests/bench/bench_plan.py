@@ -366,7 +366,7 @@ def _s3(work: Path) -> list[str]:
         client = moto.client()
         client.create_bucket(Bucket="bench-catalog")
         keys = [f"catalog/{i:06d}.jpg" for i in range(S3_OBJECTS)]
-        with ThreadPoolExecutor(max_workers=16) as pool:
+        with ThreadPoolExecutor(max_workers=10) as pool:  # (the client's connection pool holds 10)
             list(pool.map(lambda k: client.put_object(Bucket="bench-catalog", Key=k, Body=k.encode()), keys))
         uris = _write_urls(work / "uris.parquet", [f"s3://bench-catalog/{k}" for k in keys])
         env = {

@@ -109,6 +109,20 @@ def test_one_key_per_folder_is_listed_too(moto_s3, s3_bucket: str) -> None:
     )
 
 
+def test_ranges_are_listed_apart_and_stop_at_their_last_key(moto_s3, s3_bucket: str, monkeypatch) -> None:
+    monkeypatch.setattr(s3_fingerprints, "LIST_PAGE_SIZE", 10)
+    monkeypatch.setattr(s3_fingerprints, "KEYS_PER_RANGE", 20)
+    keys = [f"photos/{i:02d}.jpg" for i in range(50)]
+    _put(moto_s3.client(), s3_bucket, keys)
+    named = keys[:40]  # ranges 0-19 and 20-39, 2 full pages each (objects 40-49 follow)
+
+    since = _log_lines(moto_s3)
+    found = source_fingerprints([f"s3://{s3_bucket}/{key}" for key in named], aws_conn_id="aws_default")
+    assert _served(moto_s3, since) == {"ListObjectsV2": 4} == found.stats.requests
+    assert found.stats.s3_prefixes_listed == 2 and found.stats.s3_listed_sources == 40
+    assert all(f.fingerprint and not f.gone for f in found.values())
+
+
 def test_a_sparse_prefix_is_asked_key_by_key(moto_s3, s3_bucket: str, monkeypatch) -> None:
     monkeypatch.setattr(s3_fingerprints, "LIST_PAGE_SIZE", 100)  # (3 pages of objects, not 3,000)
     client = moto_s3.client()
@@ -127,5 +141,5 @@ def test_a_bucket_that_cannot_be_listed_is_asked_key_by_key(moto_s3, aws_conn: s
     uris = [f"s3://no-such-bucket-here/photos/{i}.jpg" for i in range(12)]
     since = _log_lines(moto_s3)
     found = source_fingerprints(uris, aws_conn_id=aws_conn)
-    assert _served(moto_s3, since) == {"ListObjectsV2": 1, "HeadObject": 12}
+    assert _served(moto_s3, since) == {"ListObjectsV2": 1, "HeadObject": 12} == found.stats.requests
     assert all(f.gone and f.fingerprint is None for f in found.values())
