@@ -7,7 +7,10 @@ only the batch files' URIs. Batch sizing is :func:`leapi_provider.catalog.sizing
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from leapi_provider import manifests
-from leapi_provider.catalog.fingerprints import SourceFingerprint, source_fingerprints
+from leapi_provider.catalog.fingerprints import DetectionPolicy, source_fingerprints
 from leapi_provider.catalog.settings import CatalogSettings
 from leapi_provider.catalog.sizing import batch_count
 from leapi_provider.catalog.storage import (
@@ -32,30 +35,35 @@ from leapi_provider.manifests import ResultStatus
 log = logging.getLogger(__name__)
 
 
+#: What a ``skipped_unchanged`` row carries forward from the image's last ``done`` row.
+_CARRIED_FORWARD = (
+    "pipeline_id",
+    "input_width",
+    "input_height",
+    "input_format",
+    "input_mps",
+    "input_bytes",
+    "output_width",
+    "output_height",
+    "output_format",
+    "output_mps",
+    "output_bytes",
+    "output_uri",
+    "output_sha256",
+    "submitted_at",
+    "started_at",
+    "finished_at",
+)
+#: What change detection compares with the image's last ``done`` row.
+_COMPARED = ("source_url", "operation_hash", "source_fingerprint")
+
+
 def _skipped_rows(candidates: pa.Table, previous: pa.Table, run: CatalogRun) -> pa.Table:
-    """``skipped_unchanged`` result rows for ``candidates``, carrying their previous output forward."""
-    carried = previous.select(
-        [
-            "image_id",
-            "pipeline_id",
-            "input_width",
-            "input_height",
-            "input_format",
-            "input_mps",
-            "input_bytes",
-            "output_width",
-            "output_height",
-            "output_format",
-            "output_mps",
-            "output_bytes",
-            "output_uri",
-            "output_sha256",
-            "submitted_at",
-            "started_at",
-            "finished_at",
-        ]
-    )
-    rows = candidates.join(carried, "image_id", join_type="left outer")
+    """``skipped_unchanged`` result rows for ``candidates``, carrying forward the output columns of
+    ``previous`` (the same images' last ``done`` rows, row for row)."""
+    rows = candidates.drop_columns([name for name in _CARRIED_FORWARD if name in candidates.column_names])
+    for name in _CARRIED_FORWARD:
+        rows = rows.append_column(name, previous[name])
     return status_rows(rows, ResultStatus.SKIPPED_UNCHANGED, run=run)
 
 
@@ -184,6 +192,23 @@ class PlanState:
             self.carried.append(status_rows(rows, status, error=error, run=self.run))
 
 
+@contextlib.contextmanager
+def plan_phase(name: str) -> Iterator[list[str]]:
+    """Log how long the plan's phase ``name`` took, with the details appended to the yielded list (the
+    record's ``extra``: ``plan_phase`` and ``plan_phase_seconds``)."""
+    details: list[str] = []
+    started = time.perf_counter()
+    yield details
+    seconds = time.perf_counter() - started
+    log.info(
+        "Plan phase %s: %.2f s%s",
+        name,
+        seconds,
+        f" ({'; '.join(details)})" if details else "",
+        extra={"plan_phase": name, "plan_phase_seconds": seconds},
+    )
+
+
 def plan_run(settings: CatalogSettings, run: CatalogRun, *, max_map_length: int) -> dict[str, Any]:
     """Validate, diff (incremental), check the quota, plan batches; write it all to the run's folder.
 
@@ -199,11 +224,14 @@ def plan_run(settings: CatalogSettings, run: CatalogRun, *, max_map_length: int)
     folder = RunFolder(settings, run)
     if folder.plan.exists() and not settings.dry_run:
         return _resume_plan(settings, folder)
-    state = validate_step(settings, run, folder)
+    with plan_phase("read and validate"):
+        state = validate_step(settings, run, folder)
     if settings.incremental:
         incremental_step(settings, state)
-    credit_step(settings, state)
-    planned = write_plan(settings, state, folder, max_batches=min(settings.max_batches, max_map_length))
+    with plan_phase("credits"):
+        credit_step(settings, state)
+    with plan_phase("write batches"):
+        planned = write_plan(settings, state, folder, max_batches=min(settings.max_batches, max_map_length))
     if settings.dry_run:
         return _dry_run_preview(state, folder, planned)
     return planned
@@ -265,73 +293,81 @@ def validate_step(settings: CatalogSettings, run: CatalogRun, folder: RunFolder)
 def incremental_step(settings: CatalogSettings, state: PlanState) -> None:
     """Fingerprint the sources; carry gone sources as ``error`` and unchanged ones as ``skipped_unchanged``."""
     urls = state.valid["source_url"].to_pylist()
-    found = source_fingerprints(urls, mode=settings.change_detection, aws_conn_id=settings.aws_conn_id)
-    per_row = [found[url] for url in urls]
-    state.valid = state.valid.set_column(
-        state.valid.schema.get_field_index("source_fingerprint"),
-        "source_fingerprint",
-        pa.array([f.fingerprint for f in per_row], pa.string()),
-    )
-    state.valid = state.valid.set_column(
-        state.valid.schema.get_field_index("input_bytes"),
-        "input_bytes",
-        pa.array([f.content_length for f in per_row], pa.int64()),
-    )
-    unreadable = sum(f.fingerprint is None and not f.gone for f in found.values())
-    if unreadable:
-        log.warning("%d source(s) could not be fingerprinted: they are re-enhanced", unreadable)
-    _carry_gone_sources(state, found)
-    _carry_unchanged(settings, state)
+    with plan_phase("fingerprint") as details:
+        found = source_fingerprints(
+            urls,
+            mode=settings.change_detection,
+            aws_conn_id=settings.aws_conn_id,
+            policy=DetectionPolicy(per_host=settings.change_detection_per_host),
+        )
+        details.append(found.stats.summary())
+    with plan_phase("compare with previous results"):
+        for name, values in (
+            ("source_fingerprint", pa.array([found[url].fingerprint for url in urls], pa.string())),
+            ("input_bytes", pa.array([found[url].content_length for url in urls], pa.int64())),
+        ):
+            state.valid = state.valid.set_column(state.valid.schema.get_field_index(name), name, values)
+        gone = {url: f.error or "" for url, f in found.items() if f.gone}
+        unreadable = [f.error for f in found.values() if f.fingerprint is None and not f.gone]
+        del found, urls  # (a million sources' fingerprints: not kept through the comparison)
+        if unreadable:
+            log.warning(
+                "%d source(s) could not be fingerprinted: they are re-enhanced (the first: %s)",
+                len(unreadable),
+                unreadable[0],
+            )
+        _carry_gone_sources(state, gone)
+        _carry_unchanged(settings, state)
 
 
-def _carry_gone_sources(state: PlanState, found: dict[str, SourceFingerprint]) -> None:
-    """Sources that answered 404/410 are not submitted: the failure is certain and would cost a credit."""
-    gone_urls = [url for url, f in found.items() if f.gone]
-    if not gone_urls:
+def _carry_gone_sources(state: PlanState, gone: Mapping[str, str]) -> None:
+    """Sources that answered 404/410 (``gone``: URL -> the answer) are not submitted: the failure is
+    certain and would cost a credit."""
+    if not gone:
         return
-    is_gone = pc.is_in(state.valid["source_url"], pa.array(gone_urls, pa.string()))
-    gone = state.valid.filter(is_gone)
+    is_gone = pc.is_in(state.valid["source_url"], pa.array(list(gone), pa.string()))
+    rows = state.valid.filter(is_gone)
     reasons = [
-        f"source answered {found[u].error} at change detection; not submitted"
-        for u in gone["source_url"].to_pylist()
+        f"source answered {gone[u]} at change detection; not submitted"
+        for u in rows["source_url"].to_pylist()
     ]
-    state.carry(gone.append_column("error", pa.array(reasons, pa.string())), ResultStatus.ERROR)
-    state.counts["source_gone"] = gone.num_rows
+    state.carry(rows.append_column("error", pa.array(reasons, pa.string())), ResultStatus.ERROR)
+    state.counts["source_gone"] = rows.num_rows
     state.valid = state.valid.filter(pc.invert(is_gone))
 
 
 def _carry_unchanged(settings: CatalogSettings, state: PlanState) -> None:
-    """Images whose latest ``done`` row has the same source URL, operation hash and fingerprint."""
-    results_root = storage_path(settings.results, settings.aws_conn_id)
+    """Images whose latest ``done`` row has the same source URL, operation hash and fingerprint.
+
+    The previous rows are matched to this run's by ``image_id`` (unique in both) with a hash lookup
+    that keeps manifest order, and only the columns compared or carried forward are read.
+    """
     done_before = manifests.latest_results(
         manifests.read_result_tables(
-            results_root,
+            storage_path(settings.results, settings.aws_conn_id),
             # This run's own rows (from an earlier attempt of it) are not "before".
             filter=(pc.field("status") == ResultStatus.DONE.value)
             & (pc.field("run_key").is_null() | (pc.field("run_key") != state.run.key)),
+            columns=["image_id", "recorded_at", *_COMPARED, *_CARRIED_FORWARD],
         )
     )
-    previous = done_before.select(["image_id", "source_url", "operation_hash", "source_fingerprint"])
-    previous = previous.rename_columns(["image_id", "prev_url", "prev_hash", "prev_fingerprint"])
-    joined = state.valid.join(previous, "image_id", join_type="left outer").sort_by("manifest_row")
+    position = pc.index_in(state.valid["image_id"], value_set=done_before["image_id"].combine_chunks())
+    previous = done_before.take(position)  # (row for row with state.valid; null where never done)
     unchanged = pc.fill_null(
         pc.and_(
             pc.and_(
-                pc.equal(joined["source_url"], joined["prev_url"]),
-                pc.equal(joined["operation_hash"], joined["prev_hash"]),
+                pc.equal(state.valid["source_url"], previous["source_url"]),
+                pc.equal(state.valid["operation_hash"], previous["operation_hash"]),
             ),
-            pc.equal(joined["source_fingerprint"], joined["prev_fingerprint"]),
+            pc.equal(state.valid["source_fingerprint"], previous["source_fingerprint"]),
         ),
         False,
     )
-    joined = joined.drop_columns(["prev_url", "prev_hash", "prev_fingerprint"])
-    unchanged_rows = joined.filter(unchanged)
-    state.counts["skipped_unchanged"] = unchanged_rows.num_rows
-    if unchanged_rows.num_rows:
-        state.carried.append(
-            _skipped_rows(unchanged_rows.drop_columns(["input_bytes"]), done_before, state.run)
-        )
-    state.valid = joined.filter(pc.invert(unchanged))
+    skipped = state.valid.filter(unchanged)
+    state.counts["skipped_unchanged"] = skipped.num_rows
+    if skipped.num_rows:
+        state.carried.append(_skipped_rows(skipped, previous.filter(unchanged), state.run))
+    state.valid = state.valid.filter(pc.invert(unchanged))
 
 
 def credit_step(settings: CatalogSettings, state: PlanState) -> None:

@@ -14,14 +14,10 @@ validation rather than handed to LEAPI unsigned.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
-
-from leapi_provider.catalog.fingerprints import SourceFingerprint
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -30,8 +26,6 @@ log = logging.getLogger(__name__)
 
 #: Source URL schemes that are presigned at submit (the manifest validation accepts these besides http(s)).
 PRESIGNED_SCHEMES = ("s3",)
-#: Object-metadata requests (``HeadObject``) in flight at once when fingerprinting ``s3://`` sources.
-_HEAD_CONCURRENCY = 32
 
 
 def is_presigned_source(url: str) -> bool:
@@ -99,47 +93,6 @@ def restore_source_uris(text: str, uri_of: Mapping[str, str]) -> str:
         if url in text:
             text = text.replace(url, uri)
     return redact_text(text)
-
-
-def s3_fingerprints(
-    uris: Iterable[str], *, aws_conn_id: str | None, mode: str = "headers"
-) -> dict[str, SourceFingerprint]:
-    """Fingerprint ``s3://`` sources from their object metadata: ``etag:<ETag>;size:<bytes>``.
-
-    One ``HeadObject`` per object (no download, no HTTP ``HEAD`` to a URL); ``mode="content"`` hashes the
-    bytes instead (``sha256:...``). A missing object (404) is ``gone``: submitting it would only pay for a
-    certain failure. Other errors leave the fingerprint empty (the image is re-enhanced).
-    """
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    client = S3Hook(aws_conn_id=aws_conn_id).get_conn()
-
-    def one(uri: str) -> SourceFingerprint:
-        bucket, key = split_s3_uri(uri)
-        try:
-            if mode == "content":
-                body = client.get_object(Bucket=bucket, Key=key)["Body"]
-                digest = hashlib.sha256()
-                size = 0
-                for chunk in iter(lambda: body.read(1024 * 1024), b""):
-                    digest.update(chunk)
-                    size += len(chunk)
-                return SourceFingerprint(f"sha256:{digest.hexdigest()}", size)
-            head: dict[str, Any] = client.head_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            code = exc.response.get("Error", {}).get("Code")
-            gone = status == 404 or code in ("404", "NoSuchKey", "NotFound")
-            return SourceFingerprint(None, None, f"S3 {code or status}", gone=gone)
-        except BotoCoreError as exc:
-            return SourceFingerprint(None, None, f"{type(exc).__name__}: {exc}")
-        length = head.get("ContentLength")
-        return SourceFingerprint(f"etag:{head.get('ETag')};size:{length}", length)
-
-    distinct = list(dict.fromkeys(uris))
-    with ThreadPoolExecutor(max_workers=_HEAD_CONCURRENCY) as pool:
-        return dict(zip(distinct, pool.map(one, distinct), strict=True))
 
 
 def read_source_bytes(source_url: str, *, aws_conn_id: str | None, http: Any) -> bytes:
