@@ -77,12 +77,14 @@ clean:
 # marketplace_feed_etl headless and checking it through the REST API (tests/e2e). EXECUTOR=celery:
 # CeleryExecutor with a Redis broker and two Celery workers. FAULTS=1: then fault runs on the same Airflow
 # (SIGKILLs of the triggerer, leapi-server and batch tasks mid-submit and mid-transfer; tests/e2e/faults.py),
-# RUNS=n of them (default 1), stopping at the first failure unless KEEP_GOING=1.
+# RUNS=n of them (default 1), stopping at the first failure unless KEEP_GOING=1; FAULTS=only: the fault runs
+# alone (no plain run first).
 EXECUTOR ?= local
 RUNS ?= 1
 .PHONY: e2e airflow redis postgres
 e2e: venv $(if $(filter celery,$(EXECUTOR)),redis)
-	$(PY) -m tests.e2e --executor $(EXECUTOR) $(if $(filter 1 yes true,$(FAULTS)),--faults --runs $(RUNS)$(if $(filter 1 yes true,$(KEEP_GOING)), --keep-going))
+	$(PY) -m tests.e2e --executor $(EXECUTOR) $(if $(filter 1 yes true only,$(FAULTS)),--faults --runs $(RUNS)$(if \
+	  $(filter only,$(FAULTS)), --faults-only)$(if $(filter 1 yes true,$(KEEP_GOING)), --keep-going))
 
 # The same Airflow with its UI for a person (dags/ and example_dags/ on leapi-server and a local S3,
 # state in .work/airflow/); prints the URL, the login and how to trigger each DAG; Ctrl-C stops it.

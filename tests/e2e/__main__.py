@@ -290,7 +290,8 @@ def run(args: argparse.Namespace, timings: Timings) -> None:
                 stack.wait_for_dag(DAG_ID)
                 stack.unpause(DAG_ID)
             print(f"  api-server {stack.api_url}; logs in {stack.logs_dir.relative_to(REPO)}")
-            scenario_steps(stack, started, args, timings)
+            if not args.faults_only:
+                scenario_steps(stack, started, args, timings)
             if args.faults:
                 with timings.step(f"6. {args.runs} fault run(s)"):
                     fault_runs(stack, started, args)
@@ -371,6 +372,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--faults", action="store_true", help="then fault runs (tests/e2e/faults.py)")
     parser.add_argument("--runs", type=int, default=1, help="fault runs back to back (with --faults)")
     parser.add_argument("--keep-going", action="store_true", help="run every fault run, failed or not")
+    parser.add_argument("--faults-only", action="store_true", help="skip steps 1-5 (with --faults)")
     args = parser.parse_args(argv)
     # Everything started from here on descends from this process: the final check finds any that survived.
     family = ProcessFamily.of_this_process()
