@@ -25,9 +25,10 @@ $(VENV)/.synced: uv.lock pyproject.toml packages/leapi/pyproject.toml packages/l
 venv: $(VENV)/.synced
 
 # Lint, format and type checks first: CI fails on any of them before a test runs. Then the catalog under a
-# real Airflow (make e2e, ~1.5 min), then the suite (its summary stays the last lines of the output).
+# real Airflow with one fault run on the same stack (make e2e FAULTS=1, ~4 min on 2 quiet cores, ~2 of them
+# the fault run), then the suite (its summary stays the last lines of the output).
 test: lint postgres
-	$(MAKE) --no-print-directory e2e
+	$(MAKE) --no-print-directory e2e FAULTS=1 RUNS=1
 	$(PY) -m pytest
 
 # The main job: marketplace_feed_etl over a sample catalog on leapi-server + a local S3 (see docs/catalog.md).
@@ -74,11 +75,16 @@ clean:
 
 # A real Airflow (api-server, scheduler, dag-processor, triggerer; SQLite in .work/e2e/) running
 # marketplace_feed_etl headless and checking it through the REST API (tests/e2e). EXECUTOR=celery:
-# CeleryExecutor with a Redis broker and two Celery workers.
+# CeleryExecutor with a Redis broker and two Celery workers. FAULTS=1: then fault runs on the same Airflow
+# (SIGKILLs of the triggerer, leapi-server and batch tasks mid-submit and mid-transfer; tests/e2e/faults.py),
+# RUNS=n of them (default 1), stopping at the first failure unless KEEP_GOING=1; FAULTS=only: the fault runs
+# alone (no plain run first).
 EXECUTOR ?= local
+RUNS ?= 1
 .PHONY: e2e airflow redis postgres
 e2e: venv $(if $(filter celery,$(EXECUTOR)),redis)
-	$(PY) -m tests.e2e --executor $(EXECUTOR)
+	$(PY) -m tests.e2e --executor $(EXECUTOR) $(if $(filter 1 yes true only,$(FAULTS)),--faults --runs $(RUNS)$(if \
+	  $(filter only,$(FAULTS)), --faults-only)$(if $(filter 1 yes true,$(KEEP_GOING)), --keep-going))
 
 # The same Airflow with its UI for a person (dags/ and example_dags/ on leapi-server and a local S3,
 # state in .work/airflow/); prints the URL, the login and how to trigger each DAG; Ctrl-C stops it.

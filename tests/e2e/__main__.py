@@ -13,9 +13,13 @@ Then, through Airflow's REST API: (1) trigger ``marketplace_feed_etl`` and wait 
 the event log that at least one task was deferred to the triggerer and resumed; (3) check the result
 table (``done`` per photograph, one ``error`` for the dead link, one ``rejected_row``), the contact sheet
 and the credits spent (one per photograph); (4) trigger again: every photograph ``skipped_unchanged``,
-0 credits; (5) clear the first run and wait for it again: 0 credits; (6) stop everything by PID and check
-that no process it started is left. Exits 0 with a summary of timings, non-zero with the reason and the
-relevant log tails. State in ``.work/e2e/<executor>/`` (kept for a post-mortem, replaced by the next run).
+0 credits; (5) clear the first run and wait for it again: 0 credits; (6) with ``--faults``, ``--runs`` fault
+runs on the same Airflow (:mod:`tests.e2e.faults`: SIGKILLs of a batch task mid-submit and mid-transfer,
+of the triggerer and of leapi-server, then the checks that nothing was lost or paid twice and no resumed
+try was lost to Airflow's race); (7) stop everything and check, by process ancestry
+(:class:`tests.e2e.processes.ProcessFamily`), that no process survived the graceful stop. Exits 0 with a
+summary of timings, non-zero with the reason and the relevant log tails. State in ``.work/e2e/<executor>/``
+(kept for a post-mortem, replaced by the next run).
 """
 
 from __future__ import annotations
@@ -24,24 +28,23 @@ import argparse
 import contextlib
 import functools
 import http.server
-import os
 import shutil
 import signal
 import sys
 import time
 import types
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tests.e2e import API_KEY, BUCKET, REGION, catalog_conf, connection_env, put_manifest, sample_catalog
-from tests.e2e.stack import AirflowStack, AirflowStackError, processes_with_env
+from tests.e2e.faults import FAULT_ENV, FAULT_LOCAL_SETTINGS, FAULT_MANIFEST_KEY, FaultRun, FaultSettings
+from tests.e2e.processes import ProcessFamily, describe_all
+from tests.e2e.stack import AirflowStack, AirflowStackError
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "marketplace_feed_etl"
-RUN_MARKER = "LEAPI_E2E_RUN"
 #: Room for one retry at the DAG's 2-minute retry delay: Airflow 3.3 can fail a try that resumes from a
 #: deferral before the scheduler processed the deferring run's exit ("state mismatch"); the retry resumes
 #: from the run's records (nothing is submitted twice) and the run succeeds.
@@ -83,7 +86,8 @@ class _SlowSourceHandler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:
         time.sleep(self.delay_s)
-        super().do_GET()
+        with contextlib.suppress(ConnectionError):  # the fetching leapi-server was killed (fault runs)
+            super().do_GET()
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -121,7 +125,7 @@ class ResultTable:
         self.endpoint_url = endpoint_url
         self.s3 = s3
 
-    def rows(self, run_id: str) -> list[dict[str, Any]]:
+    def rows(self, run_id: str, *, results: str = "results") -> list[dict[str, Any]]:
         import pyarrow.compute as pc
         import s3fs
 
@@ -134,7 +138,7 @@ class ResultTable:
             client_kwargs={"region_name": REGION},
             skip_instance_cache=True,  # a fresh listing: the previous run's files are cached otherwise
         )
-        table = manifests.read_result_tables(types.SimpleNamespace(fs=fs, path=f"{BUCKET}/results"))
+        table = manifests.read_result_tables(types.SimpleNamespace(fs=fs, path=f"{BUCKET}/{results}"))
         return table.filter(pc.equal(table["dag_run_id"], run_id)).to_pylist()
 
     def keys(self, prefix: str) -> list[str]:
@@ -248,9 +252,15 @@ def start_servers(stack_: contextlib.ExitStack, work: Path, args: argparse.Names
     s3 = moto.client()
     table = sample_catalog(work / "sources", base_url, args.images)
     put_manifest(s3, table)
+    fault_ids: list[str] = []
+    if args.faults:  # (the same photographs and more: the files are written deterministically)
+        faults = sample_catalog(work / "sources", base_url, FaultSettings().images)
+        put_manifest(s3, faults, key=FAULT_MANIFEST_KEY)
+        fault_ids = faults.column("image_id").to_pylist()
     print(f"  sources {base_url} ({args.source_delay:g} s per GET) | leapi-server {server.base_url} | "
-          f"moto S3 {moto.endpoint_url} | manifest: {table.num_rows} rows")  # fmt: skip
-    return {"server": server, "moto": moto, "s3": s3}
+          f"moto S3 {moto.endpoint_url} | manifest: {table.num_rows} rows"
+          + (f", fault manifest: {len(fault_ids)} rows" if fault_ids else ""))  # fmt: skip
+    return {"server": server, "moto": moto, "s3": s3, "fault_ids": fault_ids}
 
 
 def run(args: argparse.Namespace, timings: Timings) -> None:
@@ -264,7 +274,13 @@ def run(args: argparse.Namespace, timings: Timings) -> None:
         env = connection_env(
             leapi_url=started["server"].base_url, api_key=API_KEY, s3_endpoint=started["moto"].endpoint_url
         )
-        stack = AirflowStack(home=work / "airflow", dags_folders=[REPO / "dags"], executor=executor, env=env)
+        stack = AirflowStack(
+            home=work / "airflow",
+            dags_folders=[REPO / "dags"],
+            executor=executor,
+            env={**env, **(FAULT_ENV if args.faults else {})},
+            local_settings=FAULT_LOCAL_SETTINGS if args.faults else None,
+        )
         # Also when start() fails half-way; leftovers are reported by main(), not raised over the error.
         servers.callback(functools.partial(stack.stop, raise_on_leftovers=False))
         try:
@@ -274,15 +290,52 @@ def run(args: argparse.Namespace, timings: Timings) -> None:
                 stack.wait_for_dag(DAG_ID)
                 stack.unpause(DAG_ID)
             print(f"  api-server {stack.api_url}; logs in {stack.logs_dir.relative_to(REPO)}")
-            scenario_steps(stack, started, args, timings)
+            if not args.faults_only:
+                scenario_steps(stack, started, args, timings)
+            if args.faults:
+                with timings.step(f"6. {args.runs} fault run(s)"):
+                    fault_runs(stack, started, args)
         except (E2EFailure, AirflowStackError, TimeoutError) as exc:
             if not isinstance(exc, AirflowStackError):  # whose messages carry the relevant tails already
                 exc.add_note(stack.log_tails(["scheduler", "triggerer", *_worker_logs(stack)]))
             exc.add_note(f"----- leapi-server -----\n{started['server'].logs()[-2000:]}")
             raise
         with timings.step("stop everything"):
-            leftovers = stack.stop()
-    check(not leftovers, f"Airflow processes left: {leftovers}")
+            leftovers = stack.stop(raise_on_leftovers=False)
+    check(not leftovers, f"Airflow processes that survived the graceful stop (killed since): {leftovers}")
+
+
+def fault_runs(stack: AirflowStack, started: dict[str, Any], args: argparse.Namespace) -> None:
+    """``args.runs`` fault runs back to back on this Airflow: a line each, a total, the first failure's
+    evidence (see :mod:`tests.e2e.faults`)."""
+    results = ResultTable(endpoint_url=started["moto"].endpoint_url, s3=started["s3"])
+    credits = Credits(started["server"])
+    passed, races, began, failed = 0, 0, time.monotonic(), []
+    for number in range(1, args.runs + 1):
+        run = FaultRun(
+            number=number,
+            stack=stack,
+            server=started["server"],
+            credits=credits,
+            results=results,
+            manifest_ids=started["fault_ids"],
+            settings=FaultSettings(),
+        )
+        run.run()
+        print(f"  {run.summary()}", flush=True)
+        races += len(run.facts.get("races", []))
+        if not run.failures:
+            passed += 1
+            continue
+        failed.append(f"fault run {number} failed: " + "; ".join(run.failures))
+        if not args.keep_going:
+            break
+        print(f"  {failed[-1]}\n{run.evidence()}", flush=True)
+    runs = passed + len(failed)
+    print(f"  fault runs: {passed} of {runs} passed, {races} resumed try(ies) lost to the race, "
+          f"{time.monotonic() - began:.0f} s ({(time.monotonic() - began) / runs:.0f} s per run)")  # fmt: skip
+    if failed:
+        raise E2EFailure("\n".join(failed) + ("" if args.keep_going else "\n" + run.evidence()))
 
 
 def _worker_logs(stack: AirflowStack) -> list[str]:
@@ -316,43 +369,42 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--executor", choices=("local", "celery"), default="local")
     parser.add_argument("--images", type=int, default=16, help="sample photographs in the manifest")
     parser.add_argument("--source-delay", type=float, default=0.75, help="seconds each source GET waits")
+    parser.add_argument("--faults", action="store_true", help="then fault runs (tests/e2e/faults.py)")
+    parser.add_argument("--runs", type=int, default=1, help="fault runs back to back (with --faults)")
+    parser.add_argument("--keep-going", action="store_true", help="run every fault run, failed or not")
+    parser.add_argument("--faults-only", action="store_true", help="skip steps 1-5 (with --faults)")
     args = parser.parse_args(argv)
-    # Every process started from here on inherits the marker: the final check finds any that survived.
-    marker = uuid.uuid4().hex
-    os.environ[RUN_MARKER] = marker
+    # Everything started from here on descends from this process: the final check finds any that survived.
+    family = ProcessFamily.of_this_process()
+    family.start_sampling()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind (and stop everything) like Ctrl-C
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started as a background job
     timings = Timings()
     try:
         run(args, timings)
-        left = _leftovers(marker)
-        check(not left, f"processes left after the e2e run: {left}")
+        left = _leftovers(family)
+        check(not left, f"processes left after the e2e run (killed since): {left}")
     except (E2EFailure, AirflowStackError, TimeoutError) as exc:
         notes = "\n".join(getattr(exc, "__notes__", []))
         print(f"\nE2E FAILED: {exc}\n{notes}", file=sys.stderr)
-        print(f"\nprocesses left: {_leftovers(marker) or 'none'}", file=sys.stderr)
+        print(f"\nprocesses left: {_leftovers(family) or 'none'}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\nE2E INTERRUPTED; processes left: {_leftovers(marker) or 'none'}", file=sys.stderr)
+        print(f"\nE2E INTERRUPTED; processes left: {_leftovers(family) or 'none'}", file=sys.stderr)
         return 130
-    print(f"\nE2E PASSED ({args.executor}, {args.images} photographs); no process left. Timings:")
+    faults = f", {args.runs} fault run(s)" if args.faults else ""
+    print(f"\nE2E PASSED ({args.executor}, {args.images} photographs{faults}); no process left. Timings:")
     print(timings.summary())
     return 0
 
 
-def _leftovers(marker: str) -> list[str]:
-    return _describe_all(lambda: processes_with_env(RUN_MARKER, marker))
-
-
-def _describe_all(find: Callable[[], list[Any]]) -> list[str]:
-    deadline = time.monotonic() + 5  # exiting processes get a moment to be reaped
-    while (found := find()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    described = []
-    for process in found:
-        with contextlib.suppress(Exception):  # it may be gone by now
-            described.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
-    return described
+def _leftovers(family: ProcessFamily) -> list[str]:
+    """Processes descended from this one (or in a session one of them opened) still running after a few
+    seconds' grace for exiting ones; they are killed, and described."""
+    family.stop_sampling()
+    left = describe_all(family.wait_gone(5))
+    family.kill_survivors()
+    return left
 
 
 if __name__ == "__main__":

@@ -25,10 +25,12 @@ started (``--skip-serve-logs``): every component shares ``home/logs``, so the ap
 from disk. The scheduler's health-check server stays off (its default bind is ``0.0.0.0``).
 
 **Processes.** Each component runs in its own session (process group) with stdout/stderr in
-``home/logs/<component>.log``. Task processes put themselves in process groups of their own, so
-:meth:`stop` does not rely on groups alone: every process the stack starts inherits the environment
-variable ``LEAPI_AIRFLOW_STACK=<id>``, and after SIGTERM (grace period) and SIGKILL of each group,
-every process that still carries the marker is killed by PID; :meth:`stop` then checks that none is left.
+``home/logs/<component>.log``. Task processes put themselves in process groups of their own (in the
+component's session) and rename themselves with ``setproctitle``, which blanks what ``/proc/PID/environ``
+reads, so :meth:`stop` finds them by ancestry: a :class:`~tests.e2e.processes.ProcessFamily` samples every
+component's descendants while they live and scans their sessions for orphans. :meth:`stop` sends SIGTERM
+to each component's group, gives the whole family a grace period, and reports (and SIGKILLs) every process
+that survived it. :meth:`kill` and :meth:`restart` crash and restart one component (fault runs).
 
 **CeleryExecutor.** Airflow 3.3 and the Celery provider 3.26 accept SQLite: nothing refuses it, and the
 workers never open the DB (they go through the execution API). Redis is the broker and the result backend (a
@@ -54,7 +56,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -62,16 +63,18 @@ from typing import Any, Self
 import httpx
 import psutil
 
+from tests.e2e.processes import ProcessFamily, describe_all, kill_tree, processes_with_env
 from tests.e2e.rest import ADMIN_USER, AirflowRestApi, AirflowStackError
 from tests.support.server import free_port
 
-__all__ = ["MARKER", "AirflowStack", "AirflowStackError", "processes_with_env"]
+# (processes_with_env: still imported from here by scripts/airflow_local.py)
+__all__ = ["AirflowStack", "AirflowStackError", "processes_with_env"]
 
-MARKER = "LEAPI_AIRFLOW_STACK"
 _SIMPLE_AUTH = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 _BUNDLE_CLASS = "airflow.dag_processing.bundles.local.LocalDagBundle"
 _START_TIMEOUT_S = 180.0
-_STOP_GRACE_S = 20.0
+#: The api-server exits ~14 s after SIGTERM even when idle (3.3.2, uvicorn) and longer on a busy machine.
+_STOP_GRACE_S = 60.0
 _LOG_TAIL_CHARS = 3000
 
 
@@ -87,6 +90,8 @@ class AirflowStack(AirflowRestApi):
     :param log_level: Airflow's ``[logging] logging_level``.
     :param expose_ui: a stack for a person: Swagger UI and the config page in the UI are switched on.
     :param celery_concurrency: task processes per Celery worker.
+    :param local_settings: the source of an ``airflow_local_settings.py`` (cluster policies) that every
+        component imports (written into ``home/config``, which Airflow puts on ``sys.path``).
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class AirflowStack(AirflowRestApi):
         log_level: str = "INFO",
         expose_ui: bool = False,
         celery_concurrency: int = 4,
+        local_settings: str | None = None,
     ) -> None:
         if executor not in ("LocalExecutor", "CeleryExecutor"):
             raise ValueError(f"executor must be LocalExecutor or CeleryExecutor, not {executor!r}")
@@ -115,8 +121,10 @@ class AirflowStack(AirflowRestApi):
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.redis_port = free_port() if self.celery_workers else 0
-        self.stack_id = uuid.uuid4().hex
+        self.local_settings = local_settings
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._commands: dict[str, tuple[list[str], Path | None, bool]] = {}
+        self._family = ProcessFamily()
         self._client: httpx.Client | None = None
         self._secrets: dict[str, str] = {}
         self._migrated = False
@@ -193,7 +201,6 @@ class AirflowStack(AirflowRestApi):
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "15",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            MARKER: self.stack_id,
             "PYTHONUNBUFFERED": "1",
         }
         if self.celery_workers:
@@ -223,6 +230,7 @@ class AirflowStack(AirflowRestApi):
         """
         try:
             self.migrate()
+            self._family.start_sampling()
             if self.celery_workers:
                 self._start_redis()
             self._spawn("api-server", ["api-server", "--host", "127.0.0.1", "--port", str(self.api_port)])
@@ -245,6 +253,9 @@ class AirflowStack(AirflowRestApi):
         if self._migrated:
             return
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+        if self.local_settings is not None:
+            (self.home / "config").mkdir(exist_ok=True)
+            (self.home / "config" / "airflow_local_settings.py").write_text(self.local_settings)
         passwords = self.home / "passwords.json"
         if not passwords.exists():
             passwords.write_text(json.dumps({ADMIN_USER: self.admin_password}))
@@ -298,7 +309,32 @@ class AirflowStack(AirflowRestApi):
                 start_new_session=True,
             )
         self._processes[name] = process
+        self._commands[name] = (list(args), cwd, airflow)
+        self._family.add_root(process.pid)
         return process
+
+    def kill(self, name: str) -> list[str]:
+        """SIGKILL component ``name``, everything descended from it and its process group at once (a crash,
+        or the OOM killer taking its cgroup); :meth:`restart` starts it again.
+
+        :returns: descriptions of the processes killed.
+        """
+        process = self._processes.pop(name)
+        victims = describe_all(kill_tree(process.pid))
+        process.wait(30)
+        return victims
+
+    def restart(self, name: str) -> None:
+        """Start component ``name`` again, as a supervisor would (same command, log appended)."""
+        if name in self._processes and self._processes[name].poll() is None:
+            raise AirflowStackError(f"{name} is running")
+        args, cwd, airflow = self._commands[name]
+        self._spawn(name, args, cwd=cwd, airflow=airflow)
+
+    def task_runner_pids(self) -> list[int]:
+        """The components whose descendants run tasks: the scheduler (LocalExecutor) or the Celery workers."""
+        names = self._worker_names() or ["scheduler"]
+        return [self._processes[name].pid for name in names]
 
     def _start_redis(self) -> None:
         executable = shutil.which("redis-server")
@@ -357,15 +393,17 @@ class AirflowStack(AirflowRestApi):
                 )
 
     def stop(self, *, raise_on_leftovers: bool = True) -> list[str]:
-        """Stop every process by PID: SIGTERM to each component's group, SIGKILL after a grace period, then
-        SIGKILL to any process still carrying this stack's marker (task processes in groups of their own).
+        """Stop every process the stack started: SIGTERM to each component's group, a grace period for the
+        whole family (found by ancestry, task processes included) to exit, then SIGKILL to the rest.
 
-        :param raise_on_leftovers: raise if a process survived all that (else only return it).
-        :returns: descriptions of processes that could not be stopped (empty when all went).
+        :param raise_on_leftovers: raise if a process survived the graceful stop (it is killed all the same).
+        :returns: descriptions of the processes that survived the graceful stop (empty when all exited).
         """
         if self._client is not None:
             self._client.close()
             self._client = None
+        self._family.stop_sampling()
+        self._family.sample()  # every component's descendants as they are now, before any exits
         # Scheduler first (no new work), Redis last (workers drain through it).
         order = sorted(self._processes, key=lambda n: (n == "redis", n == "api-server", n != "scheduler"))
         for name in order:
@@ -374,26 +412,23 @@ class AirflowStack(AirflowRestApi):
         for name in order:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._processes[name].wait(max(0.1, deadline - time.monotonic()))
-        for name in order:
-            _signal_group(self._processes[name], signal.SIGKILL)
-        for process in self.marked_processes():
-            with contextlib.suppress(psutil.Error):
-                process.kill()
+        survived = describe_all(self._family.wait_gone(max(0.1, deadline - time.monotonic())))
+        unkillable = self._family.kill_survivors(timeout=10)
         for process in self._processes.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(10)
         self._processes.clear()
-        leftovers = _wait_gone(self.marked_processes, timeout=10)
+        leftovers = survived + [f"{left} (still running after SIGKILL)" for left in unkillable]
         if leftovers and raise_on_leftovers:
-            raise AirflowStackError(f"processes left after stopping Airflow: {leftovers}")
+            raise AirflowStackError(f"processes that survived Airflow's graceful stop: {leftovers}")
         return leftovers
 
     def _worker_names(self) -> list[str]:
         return [name for name in self._processes if name.startswith("worker-")]
 
-    def marked_processes(self) -> list[psutil.Process]:
-        """Live processes started by this stack (they carry its marker in their environment)."""
-        return processes_with_env(MARKER, self.stack_id)
+    def survivors(self) -> list[str]:
+        """Descriptions of the live processes of the stack's family (components, tasks, their orphans)."""
+        return describe_all(self._family.survivors())
 
     # -- logs and resources -------------------------------------------------------------------------
 
@@ -439,34 +474,3 @@ def _memory(process: psutil.Process, proportional: bool) -> int:
         return process.memory_full_info().pss if proportional else process.memory_info().rss
     except psutil.Error:  # gone meanwhile
         return 0
-
-
-def processes_with_env(name: str, value: str) -> list[psutil.Process]:
-    """Live (not zombie) processes whose environment has ``name=value``, this process excepted."""
-    found = []
-    for process in psutil.process_iter():
-        if process.pid == os.getpid():
-            continue
-        with contextlib.suppress(psutil.Error):
-            if process.status() != psutil.STATUS_ZOMBIE and process.environ().get(name) == value:
-                found.append(process)
-    return found
-
-
-def _wait_gone(find: Any, *, timeout: float) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        left = find()
-        if not left or time.monotonic() > deadline:
-            return [_describe(process) for process in left]
-        for process in left:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-        time.sleep(0.2)
-
-
-def _describe(process: psutil.Process) -> str:
-    try:
-        return f"{process.pid} {' '.join(process.cmdline())[:120]}"
-    except psutil.Error:
-        return str(process.pid)
