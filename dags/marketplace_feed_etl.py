@@ -10,6 +10,10 @@ attributes``. ``image_url`` comes from ``feed_url_template`` (e.g. ``https://cdn
 
 Incremental like ``catalog_reenhancement``: unchanged images keep their URL and cost nothing.
 Connections: ``leapi_default``, ``aws_default``; pool ``leapi``. See ``docs/catalog.md``.
+
+Event-driven (opt-in): with ``LEAPI_FEED_SQS_QUEUE`` set to the URL of an SQS queue the manifest bucket
+notifies, the DAG ``marketplace_feed_arrivals`` starts one run of this DAG per manifest written, with the
+manifest's ``s3://`` URI as its ``manifest`` (docs/provider.md, "Event-driven feed runs").
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from airflow.sdk import DAG, Asset
 
 from leapi_provider.catalog import FEED_KEY_TEMPLATE, add_catalog_tasks, catalog_params
 
+SQS_QUEUE = os.environ.get("LEAPI_FEED_SQS_QUEUE")
 RESULTS = os.environ.get("LEAPI_FEED_RESULTS", "s3://my-marketplace/leapi/feed/results")
 # Named, not addressed by the results URI: ``results`` is a param a run may override, so each event's
 # extra says where that run's table went (and an s3:// URI would import boto3 at every parse).
@@ -48,3 +53,10 @@ with DAG(
     ),
 ) as dag:
     add_catalog_tasks(export_feed=True, outlets=[FEED_RESULTS])
+
+if SQS_QUEUE:
+    from leapi_provider.events import feed_manifest_dispatcher
+
+    arrivals_dag = feed_manifest_dispatcher(
+        dag_id="marketplace_feed_arrivals", target_dag_id=dag.dag_id, queue_url=SQS_QUEUE
+    )

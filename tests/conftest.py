@@ -17,4 +17,5 @@ pytest_plugins = [
     "tests.fixtures.airflow",
     "tests.fixtures.s3",
     "tests.fixtures.postgres",
+    "tests.fixtures.webhooks",
 ]

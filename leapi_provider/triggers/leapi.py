@@ -18,14 +18,18 @@ Event payload (JSON)::
 ``success``: every pipeline is DONE. ``error``: every pipeline is terminal and some failed (then
 ``pending_ids`` is empty), or polling failed for good (bad key, too many consecutive errors; then
 ``pending_ids`` lists what is unresolved). ``timeout``: ``end_time`` passed with ``pending_ids`` left.
+
+With ``webhook_hints`` (opt-in, :mod:`leapi_provider.webhooks`), the gaps between rounds are spent waiting
+for LEAPI's webhooks: a hinted pipeline is read at once (only it), and a full round happens only when a gap
+passes without hints, so ``poll_interval`` becomes the fallback's gap. The status read still decides.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -36,6 +40,9 @@ from leapi.redaction import redact_text
 from leapi_provider.exceptions import LeapiAuthError, LeapiError, LeapiNotFoundError
 from leapi_provider.hooks.leapi import LeapiHook
 from leapi_provider.utils import coerce_pipeline_ids
+
+if TYPE_CHECKING:
+    from leapi_provider.webhooks.hints import WebhookHintSource
 
 EVENT_SUCCESS = "success"
 EVENT_ERROR = "error"
@@ -74,6 +81,8 @@ class LeapiPipelineTrigger(BaseTrigger):
     :param max_consecutive_errors: transient poll failures in a row tolerated per pipeline before the
         trigger gives up with an ``error`` event.
     :param max_concurrency: polls in flight at once.
+    :param webhook_hints: a :class:`~leapi_provider.webhooks.hints.WebhookHintSource`'s ``serialize()``: wake
+        on LEAPI's webhooks between rounds (then ``poll_interval`` is the gap of the fallback polling).
     """
 
     def __init__(
@@ -86,6 +95,7 @@ class LeapiPipelineTrigger(BaseTrigger):
         initial_poll_interval: float = DEFAULT_INITIAL_POLL_INTERVAL_S,
         max_consecutive_errors: int = 5,
         max_concurrency: int = 32,
+        webhook_hints: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.pipeline_ids = coerce_pipeline_ids(list(pipeline_ids))
@@ -95,6 +105,7 @@ class LeapiPipelineTrigger(BaseTrigger):
         self.initial_poll_interval = float(initial_poll_interval)
         self.max_consecutive_errors = int(max_consecutive_errors)
         self.max_concurrency = int(max_concurrency)
+        self.webhook_hints = dict(webhook_hints) if webhook_hints else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -107,6 +118,7 @@ class LeapiPipelineTrigger(BaseTrigger):
                 "initial_poll_interval": self.initial_poll_interval,
                 "max_consecutive_errors": self.max_consecutive_errors,
                 "max_concurrency": self.max_concurrency,
+                "webhook_hints": self.webhook_hints,
             },
         )
 
@@ -155,22 +167,28 @@ class LeapiPipelineTrigger(BaseTrigger):
                 if pipeline.status is PipelineStatus.ERROR:
                     errors[pipeline_id] = pipeline.errors or pipeline.error or "ERROR (no details)"
 
-        gaps = poll_schedule(self.poll_interval, self.initial_poll_interval)
+        hints = self._hint_source()
+        # With hints, polling is the fallback: every poll_interval, from the start.
+        gaps = poll_schedule(self.poll_interval, self.poll_interval if hints else self.initial_poll_interval)
         # The deferring task has just polled these pipelines, so the first poll waits one gap. Firing at once
         # could also resume the task before the scheduler has processed the exit of its deferring run:
         # Airflow 3.3 then fails the resumed try with "state mismatch" (seen under load on 2 cores).
         first_gap = min(next(gaps), self.end_time - time.time())
-        if first_gap > 0:
-            await _sleep(first_gap)
+        hinted: set[int] | None = None
         try:
+            if first_gap > 0:
+                hinted = await self._pause(first_gap, hints, statuses, at_least=self.initial_poll_interval)
             while True:
                 pending = [
                     pid for pid, status in statuses.items() if status is None or not status.is_terminal()
                 ]
-                await asyncio.gather(*(poll(pid) for pid in pending))
+                await asyncio.gather(*(poll(pid) for pid in pending if hinted is None or pid in hinted))
                 pending = [
                     pid for pid, status in statuses.items() if status is None or not status.is_terminal()
                 ]
+                if hints is not None and hinted:
+                    # A hint for a pipeline still running was premature: let its true webhook count.
+                    await hints.rearm(hinted.intersection(pending))
                 if fatal:
                     yield TriggerEvent(
                         self._event(EVENT_ERROR, statuses, errors, pending, "; ".join(fatal[:3]))
@@ -194,9 +212,45 @@ class LeapiPipelineTrigger(BaseTrigger):
                     len(statuses),
                     gap,
                 )
-                await _sleep(gap)
+                hinted = await self._pause(gap, hints, statuses)
         finally:
             await hook.aclose()
+            if hints is not None:
+                await hints.aclose()
+
+    def _hint_source(self) -> WebhookHintSource | None:
+        if not self.webhook_hints:
+            return None
+        from leapi_provider.webhooks.hints import WebhookHintSource
+
+        return WebhookHintSource.deserialize(self.webhook_hints)
+
+    @staticmethod
+    async def _pause(
+        gap: float,
+        hints: WebhookHintSource | None,
+        statuses: Mapping[int, PipelineStatus | None],
+        *,
+        at_least: float = 0.0,
+    ) -> set[int] | None:
+        """Wait ``gap`` seconds, or less when webhooks hint that pending pipelines are done.
+
+        :returns: the hinted pending ids to read now, or ``None`` for a full round (the gap passed).
+        :param at_least: the shortest wait even when hinted (see the first gap's comment in :meth:`run`).
+        """
+        if hints is None:
+            await _sleep(gap)
+            return None
+        started = time.monotonic()
+        pending = {pid for pid, status in statuses.items() if status is None or not status.is_terminal()}
+        while (remaining := gap - (time.monotonic() - started)) > 0:
+            # Ids not pending (done already, late, forged, of another try) do not end the wait.
+            hinted = pending & await hints.wait_for_hints(remaining)
+            if hinted:
+                if (rest := at_least - (time.monotonic() - started)) > 0:
+                    await _sleep(rest)
+                return hinted
+        return None
 
     def _event(
         self,
