@@ -220,7 +220,9 @@ class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
         from leapi_provider.webhooks.tokens import channel_for_task
 
         ti = context["ti"]
-        return channel_for_task(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+        return channel_for_task(
+            ti.dag_id, ti.run_id, ti.task_id, -1 if ti.map_index is None else ti.map_index
+        )
 
     def submit_job(self, context: Context) -> int:
         if self.webhook_conn_id:

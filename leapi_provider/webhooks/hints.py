@@ -64,12 +64,12 @@ def hint_keys(channel: str) -> tuple[str, str]:
 class HintPublisher:
     """The receiver's side: queue a pipeline id on a channel, once.
 
-    :param redis: where the hints go (one client, shared by every request of the process).
+    :param location: where the hints go (one client, shared by every request of the process).
     :param ttl_s: how long unread hints and the de-duplication set live after the last webhook.
     """
 
-    def __init__(self, *, redis: RedisLocation, ttl_s: int) -> None:
-        self.location = redis
+    def __init__(self, *, location: RedisLocation, ttl_s: int) -> None:
+        self.location = location
         self.ttl_s = int(ttl_s)
         self._client: redis.asyncio.Redis | None = None
         self._script: Any = None

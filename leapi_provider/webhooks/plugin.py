@@ -10,7 +10,7 @@ plugin base class: the FastAPI app is built at the first request the api-server 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
@@ -36,6 +36,7 @@ class LeapiWebhooksPlugin(AirflowPlugin):
     """Mounts the LEAPI webhook receiver (:mod:`leapi_provider.webhooks.receiver`) on the api-server."""
 
     name = "leapi_webhooks"
-    fastapi_apps: ClassVar[list[dict[str, Any]]] = [
+    # (AirflowPlugin declares it a plain class attribute, read from the class)
+    fastapi_apps: list[Any] = [  # noqa: RUF012
         {"app": LazyReceiverApp(), "url_prefix": URL_PREFIX, "name": "LEAPI webhook receiver"}
     ]

@@ -85,7 +85,8 @@ def parse_webhook_body(body: bytes, content_type: str = "application/json") -> W
         if not isinstance(loaded, dict):
             raise BadWebhookBody("the body is not a JSON object")
         data = loaded
-    pipeline = data.get("pipeline") if isinstance(data.get("pipeline"), dict) else {}
+    nested = data.get("pipeline")
+    pipeline: Mapping[str, Any] = nested if isinstance(nested, dict) else {}
     candidates = {_as_id(data.get("id")), _as_id(data.get("pipeline_id")), _as_id(pipeline.get("id"))}
     candidates.discard(None)
     if not candidates:
@@ -117,7 +118,7 @@ class _ReceiverState:
                 if self.publisher is None or self.publisher.location != settings.redis:
                     if self.publisher is not None:
                         await self.publisher.aclose()
-                    self.publisher = HintPublisher(redis=settings.redis, ttl_s=settings.hint_ttl_s)
+                    self.publisher = HintPublisher(location=settings.redis, ttl_s=settings.hint_ttl_s)
                 self.publisher.ttl_s = settings.hint_ttl_s
                 self._settings, self._loaded_at = settings, time.monotonic()
         return self._settings

@@ -139,7 +139,7 @@ async def test_a_forged_hint_for_a_running_pipeline_changes_nothing(
 ):
     channel = channel_for_task("feed", "forged_hint", "batch", 0)
     pipeline_id = submit(signing_server, gated.url("astronaut"), receiver.notify_url(channel))
-    publisher = HintPublisher(redis=webhook_settings.redis, ttl_s=60)
+    publisher = HintPublisher(location=webhook_settings.redis, ttl_s=60)
     try:
         # Someone holding the URL (or a bug) says it is done, and says so for ids the task never submitted.
         await publisher.publish(channel, pipeline_id)

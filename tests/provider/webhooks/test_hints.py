@@ -17,7 +17,7 @@ CHANNEL = channel_for_task("feed", "manual__1", "batch", 0)
 
 @pytest.fixture
 async def publisher(webhook_settings):
-    publisher = HintPublisher(redis=webhook_settings.redis, ttl_s=webhook_settings.hint_ttl_s)
+    publisher = HintPublisher(location=webhook_settings.redis, ttl_s=webhook_settings.hint_ttl_s)
     yield publisher
     await publisher.aclose()
 
@@ -69,7 +69,7 @@ async def test_nothing_to_read_returns_an_empty_set_after_the_timeout(source):
 
 
 async def test_hints_expire_with_their_ttl(webhook_settings, redis_client):
-    publisher = HintPublisher(redis=webhook_settings.redis, ttl_s=60)
+    publisher = HintPublisher(location=webhook_settings.redis, ttl_s=60)
     try:
         await publisher.publish(CHANNEL, 5)
     finally:
