@@ -26,7 +26,8 @@ venv: $(VENV)/.synced
 
 # Lint, format and type checks first: CI fails on any of them before a test runs. Then the catalog under a
 # real Airflow (make e2e, ~1.5 min), then the suite (its summary stays the last lines of the output).
-test: lint postgres
+# (Redis: the webhook hand-off's tests start their own redis-server.)
+test: lint postgres redis
 	$(MAKE) --no-print-directory e2e
 	$(PY) -m pytest
 

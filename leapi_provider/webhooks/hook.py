@@ -54,8 +54,12 @@ class RedisLocation:
     def client(self) -> redis.asyncio.Redis:
         """A new asyncio client (its own connection pool). No read timeout: BLPOP blocks on purpose, and
         :meth:`WebhookHintSource.wait_for_hints` bounds every call itself."""
-        import redis.asyncio
-
+        try:
+            import redis.asyncio
+        except ImportError as exc:
+            raise LeapiError(
+                "LEAPI webhooks need redis-py: pip install 'airflow-provider-leapi[webhooks]'"
+            ) from exc
         return redis.asyncio.Redis(
             host=self.host,
             port=self.port,
