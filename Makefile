@@ -26,8 +26,9 @@ venv: $(VENV)/.synced
 
 # Lint, format and type checks first: CI fails on any of them before a test runs. Then the catalog under a
 # real Airflow with one fault run on the same stack (make e2e FAULTS=1, ~4 min on 2 quiet cores, ~2 of them
-# the fault run), then the suite (its summary stays the last lines of the output).
-test: lint postgres
+# the fault run), then the suite (its summary stays the last lines of the output). Redis: the webhook
+# hand-off's tests start their own redis-server.
+test: lint postgres redis
 	$(MAKE) --no-print-directory e2e FAULTS=1 RUNS=1
 	$(PY) -m pytest
 

@@ -3,6 +3,10 @@ a feed manifest in, enhanced images under a feed key layout, the result table an
 
 The default locations come from ``LEAPI_FEED_*`` (``make airflow`` and ``make e2e`` point them at their
 local bucket); a run's conf overrides them. See ``docs/catalog.md``.
+
+Event-driven (opt-in): with ``LEAPI_FEED_SQS_QUEUE`` set to the URL of an SQS queue the manifest bucket
+notifies, the DAG ``marketplace_feed_arrivals`` starts one run of this DAG per manifest written, with the
+manifest's ``s3://`` URI as its ``manifest`` (docs/provider.md, "Event-driven feed runs").
 """
 
 from __future__ import annotations
@@ -20,3 +24,10 @@ dag = marketplace_feed_etl_dag(
     images=os.environ.get("LEAPI_FEED_IMAGES", "s3://my-marketplace-cdn/images"),
     export=os.environ.get("LEAPI_FEED_EXPORT", "s3://my-marketplace/leapi/feed/export"),
 )
+
+if SQS_QUEUE := os.environ.get("LEAPI_FEED_SQS_QUEUE"):
+    from leapi_provider.events import feed_manifest_dispatcher
+
+    arrivals_dag = feed_manifest_dispatcher(
+        dag_id="marketplace_feed_arrivals", target_dag_id=dag.dag_id, queue_url=SQS_QUEUE
+    )

@@ -58,6 +58,37 @@ LEAPI_CONN_FIELDS: dict[str, Any] = {
 }
 
 
+#: The webhook receiver's connection (``leapi_provider.webhooks.hook``).
+WEBHOOKS_CONN_TYPE = "leapi_webhooks"
+WEBHOOKS_DEFAULT_CONN_ID = "leapi_webhooks_default"
+LEAPI_WEBHOOKS_UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden-fields": ["schema", "port", "login"],
+    "relabeling": {"host": "Receiver base URL", "password": "Token secret"},
+    "placeholders": {
+        "host": "https://airflow.example.com/leapi-webhooks",
+        "password": "a long random string (python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+        "extra": '{"redis_conn_id": "redis_default", "signing_secret": "whsec_...", "hint_ttl": 172800}',
+    },
+}
+
+#: ``[leapi]`` options of the Airflow configuration.
+CONFIG: dict[str, Any] = {
+    "leapi": {
+        "description": "Let's Enhance (LEAPI) provider.",
+        "options": {
+            "webhooks_conn_id": {
+                "description": "The leapi_webhooks connection the api-server's webhook receiver "
+                "(/leapi-webhooks) reads: the token secret, the signing secret and the Redis of the hints.",
+                "version_added": "0.1.0",
+                "type": "string",
+                "example": "leapi_webhooks_default",
+                "default": WEBHOOKS_DEFAULT_CONN_ID,
+            }
+        },
+    }
+}
+
+
 def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": PACKAGE_NAME,
@@ -72,12 +103,22 @@ def get_provider_info() -> dict[str, Any]:
                 "tags": ["service"],
             }
         ],
-        "hooks": [{"integration-name": INTEGRATION, "python-modules": ["leapi_provider.hooks.leapi"]}],
+        "hooks": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["leapi_provider.hooks.leapi", "leapi_provider.webhooks.hook"],
+            }
+        ],
         "operators": [
             {"integration-name": INTEGRATION, "python-modules": ["leapi_provider.operators.leapi"]}
         ],
         "sensors": [{"integration-name": INTEGRATION, "python-modules": ["leapi_provider.sensors.leapi"]}],
-        "triggers": [{"integration-name": INTEGRATION, "python-modules": ["leapi_provider.triggers.leapi"]}],
+        "triggers": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["leapi_provider.triggers.leapi", "leapi_provider.events.triggers"],
+            }
+        ],
         "transfers": [
             {
                 "source-integration-name": INTEGRATION,
@@ -93,7 +134,16 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-name": INTEGRATION,
                 "ui-field-behaviour": LEAPI_UI_FIELD_BEHAVIOUR,
                 "conn-fields": LEAPI_CONN_FIELDS,
-            }
+            },
+            {
+                "connection-type": WEBHOOKS_CONN_TYPE,
+                "hook-class-name": "leapi_provider.webhooks.hook.LeapiWebhooksHook",
+                "hook-name": "LEAPI webhook receiver",
+                "ui-field-behaviour": LEAPI_WEBHOOKS_UI_FIELD_BEHAVIOUR,
+            },
         ],
+        # (The webhook receiver's plugin is registered by the ``airflow.plugins`` entry point, which Airflow
+        # loads whatever [core] lazy_discover_providers says; see leapi_provider.webhooks.plugin.)
+        "config": CONFIG,
         "extra-links": ["leapi_provider.operators.leapi.LeapiPipelineLink"],
     }

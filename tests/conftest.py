@@ -26,6 +26,7 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.postgres",
     "tests.fixtures.wheels",
+    "tests.fixtures.webhooks",
 ]
 
 

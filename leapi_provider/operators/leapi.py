@@ -54,6 +54,8 @@ STATE_PIPELINE_ID_KEY = "leapi_pipeline_id"
 
 DEFAULT_WAIT_TIMEOUT_S = 24 * 60 * 60.0
 DEFAULT_POLL_INTERVAL_S = 10.0
+#: With webhooks the polls are a fallback: at least this far apart.
+WEBHOOK_FALLBACK_POLL_INTERVAL_S = 60.0
 _COPY_CHUNK_BYTES = 1024 * 1024
 
 
@@ -134,6 +136,10 @@ class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
     :param operations: the operations (templated): preset models or their dict form, validated once
         rendered, before anything is submitted (an error names the field).
     :param notify_url: webhook URL LEAPI calls when the pipeline finishes (templated).
+    :param webhook_conn_id: opt-in webhook-driven wait: the ``leapi_webhooks`` connection of the receiver the
+        provider mounts on the api-server. The pipeline's ``notify_url`` then points at it (so not together
+        with ``notify_url``), and the deferred wait wakes on the webhook instead of polling; polls go on as a
+        fallback, at least ``WEBHOOK_FALLBACK_POLL_INTERVAL_S`` apart. See docs/provider.md, "Webhooks".
     :param wait_for_completion: wait until DONE/ERROR; fail with the pipeline's errors on ERROR.
     :param deferrable: wait in the triggerer instead of a worker slot (default ``[operators]
         default_deferrable``).
@@ -156,6 +162,7 @@ class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
         source_urls: str | Sequence[str],
         operations: Sequence[BaseModel | dict[str, Any]] | BaseModel | str,
         notify_url: str | None = None,
+        webhook_conn_id: str | None = None,
         wait_for_completion: bool = True,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = DEFAULT_POLL_INTERVAL_S,
@@ -167,6 +174,7 @@ class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
         self.source_urls = source_urls
         self.operations = operations
         self.notify_url = notify_url
+        self.webhook_conn_id = webhook_conn_id
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
         self.poll_interval = poll_interval
@@ -208,7 +216,23 @@ class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         return self.execute_resumable(context)
 
+    def _webhook_channel(self, context: Context) -> str:
+        from leapi_provider.webhooks.tokens import channel_for_task
+
+        ti = context["ti"]
+        return channel_for_task(
+            ti.dag_id, ti.run_id, ti.task_id, -1 if ti.map_index is None else ti.map_index
+        )
+
     def submit_job(self, context: Context) -> int:
+        if self.notify_url and self.webhook_conn_id:
+            raise ValueError(f"{self.task_id}: give notify_url or webhook_conn_id, not both")
+        if self.webhook_conn_id:
+            from leapi_provider.webhooks.hook import LeapiWebhooksHook
+
+            # The same URL on every try: the idempotency key below covers it.
+            settings = LeapiWebhooksHook(self.webhook_conn_id).get_settings()
+            self.notify_url = settings.notify_url(self._webhook_channel(context))
         request = self.build_request()
         store = context.get("task_state_store")
         # A retry that resubmits after an ERROR must not reuse the failed pipeline's key: fold it in.
@@ -254,9 +278,9 @@ class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
                         pipeline_ids=[pipeline_id],
                         end_time=now + self.timeout,
                         leapi_conn_id=self.leapi_conn_id,
-                        poll_interval=self.poll_interval,
                         not_before=earliest_resume(now),
                         started_at=now,
+                        **self._wait_kwargs(context),
                     ),
                     method_name="execute_complete",
                     timeout=deferral_timeout(now + self.timeout, self.poll_interval),
@@ -281,6 +305,18 @@ class LeapiSubmitPipelineOperator(ResumableJobMixin, BaseOperator):
         return pipeline_summary(pipeline, self.hook.pipeline_url(pipeline_id))
 
     # -- waiting ----------------------------------------------------------------------------------------
+
+    def _wait_kwargs(self, context: Context) -> dict[str, Any]:
+        """The trigger's polling (and, with webhooks, hint) arguments."""
+        if not self.webhook_conn_id:
+            return {"poll_interval": self.poll_interval}
+        from leapi_provider.webhooks.hints import WebhookHintSource
+
+        hints = WebhookHintSource(channel=self._webhook_channel(context), conn_id=self.webhook_conn_id)
+        return {
+            "poll_interval": max(self.poll_interval, WEBHOOK_FALLBACK_POLL_INTERVAL_S),
+            "webhook_hints": hints.serialize(),
+        }
 
     def _wait_in_worker(self, pipeline_id: int) -> None:
         try:

@@ -13,8 +13,21 @@ counts status reads too:
 
 No event is yielded before ``not_before`` (wall clock): a task resumed within Airflow's reporting window
 after its deferral can lose its try to the scheduler (see :func:`earliest_resume`). The wait between two
-rounds is one method, :meth:`LeapiPipelineTrigger.wait_for_next_round`: the place where a hint source
-(webhooks) could end a wait early; the reads still decide.
+rounds is one method, :meth:`LeapiPipelineTrigger.wait_for_next_round`.
+
+With ``webhook_hints`` (opt-in, :mod:`leapi_provider.webhooks`), the trigger waits for LEAPI's webhooks
+instead, and polls as above only when ``poll_interval`` (the fallback's gap, 60 s or more) passes without
+one:
+
+* waiting for all: a hinted pipeline is read at once (only it); a read that finds it still running was a
+  premature or forged hint, handed back (:meth:`~leapi_provider.webhooks.hints.WebhookHintSource.rearm`);
+* waiting for enough: no read at all. Once the pending pipelines hinted without a gap from the first one
+  number ``min_finished`` (or are all that is pending), a ``ready`` event with ``"hinted": true`` names the
+  last of them; the task reads exactly those, and its reads decide. Ids the task found still running come
+  back as ``rearm_ids`` in its next deferral.
+
+The hinted ids are the channel's de-duplication set, so a trigger that restarts, or a batch that defers
+again, still knows the webhooks that came before it.
 
 Event payload (JSON, validated by :func:`validate_pipeline_event`)::
 
@@ -25,6 +38,7 @@ Event payload (JSON, validated by :func:`validate_pipeline_event`)::
         "failed_ids": [...],                         # read ERROR (or unknown to the API)
         "pending_ids": [...],                        # not seen terminal
         "ready_through": id | null,                  # ready: the probed pipeline found terminal
+        "hinted": bool,                              # ready: ready_through and those before it were hinted
         "message": "...",                            # human readable, bounded
     }
 
@@ -38,10 +52,11 @@ in the order given are, most likely, terminal too.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -53,6 +68,9 @@ from leapi.redaction import redact_text
 from leapi_provider.exceptions import LeapiTriggerEventError
 from leapi_provider.hooks.leapi import LeapiHook
 from leapi_provider.utils import coerce_pipeline_ids
+
+if TYPE_CHECKING:
+    from leapi_provider.webhooks.hints import WebhookHintSource
 
 EVENT_SUCCESS = "success"
 EVENT_ERROR = "error"
@@ -152,6 +170,10 @@ class LeapiPipelineTrigger(BaseTrigger):
         after a re-deferral. ``None``: now.
     :param min_finished: yield a ``ready`` event once about this many of the pipelines finished (one read
         per round; the task reads them); ``None``: wait for all of them.
+    :param webhook_hints: a :class:`~leapi_provider.webhooks.hints.WebhookHintSource`'s ``serialize()``:
+        wait for LEAPI's webhooks (then ``poll_interval`` is the fallback polling's gap). See the module docs.
+    :param rearm_ids: pipelines hinted done that the task read and found still running: their hints are
+        handed back before the wait (so their true webhooks count).
     """
 
     def __init__(
@@ -166,6 +188,8 @@ class LeapiPipelineTrigger(BaseTrigger):
         not_before: float | None = None,
         started_at: float | None = None,
         min_finished: int | None = None,
+        webhook_hints: Mapping[str, Any] | None = None,
+        rearm_ids: Sequence[int] = (),
     ) -> None:
         super().__init__()
         # (kwargs cross Airflow's serialization boundary: refuse bad ones before they are stored)
@@ -180,6 +204,8 @@ class LeapiPipelineTrigger(BaseTrigger):
         if min_finished is not None and int(min_finished) < 1:
             raise ValueError(f"min_finished must be 1 or more (or None), got {min_finished!r}")
         self.min_finished = None if min_finished is None else int(min_finished)
+        self.webhook_hints = dict(webhook_hints) if webhook_hints else None
+        self.rearm_ids = coerce_pipeline_ids(list(rearm_ids))
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -194,6 +220,8 @@ class LeapiPipelineTrigger(BaseTrigger):
                 "not_before": self.not_before,
                 "started_at": self.started_at,
                 "min_finished": self.min_finished,
+                "webhook_hints": self.webhook_hints,
+                "rearm_ids": list(self.rearm_ids),
             },
         )
 
@@ -210,10 +238,87 @@ class LeapiPipelineTrigger(BaseTrigger):
         # One quick in-request retry; lasting trouble is counted across rounds (max_consecutive_errors). A
         # rate-limited poll waits at most one poll interval: the next round asks again anyway.
         hook = LeapiHook(self.leapi_conn_id, max_retries=1, rate_limit_budget=self.poll_interval)
+        hints = self._hint_source()
         try:
-            yield TriggerEvent(await self._wait(hook))
+            if hints is None:
+                yield TriggerEvent(await self._wait(hook))
+            else:
+                yield TriggerEvent(await self._wait_on_hints(hook, hints))
         finally:
             await hook.aclose()
+            if hints is not None:
+                await hints.aclose()
+
+    def _hint_source(self) -> WebhookHintSource | None:
+        if not self.webhook_hints:
+            return None
+        from leapi_provider.webhooks.hints import WebhookHintSource
+
+        return WebhookHintSource.deserialize(self.webhook_hints)
+
+    async def _wait_on_hints(self, hook: LeapiHook, hints: WebhookHintSource) -> dict[str, Any]:
+        """The wait with webhooks: act on hints as they come, poll only when a fallback gap passes
+        without one (module docs)."""
+        watch = _Watch()
+        poll = InOrderPoll(self.pipeline_ids)
+        probe = FinishProbe(self.pipeline_ids, want=self.min_finished) if self.min_finished else None
+        await hints.rearm(self.rearm_ids)
+        hinted = (await hints.hinted()) & set(poll.pending)
+        not_before = self.not_before or 0.0
+        next_fallback = max(time.time() + self.poll_interval, not_before)
+        while True:
+            now = time.time()
+            try:
+                if now >= not_before and (
+                    event := await self._act_on_hints(hook, poll, watch, hints, hinted)
+                ):
+                    return event
+                if now >= next_fallback:
+                    next_fallback = now + self.poll_interval
+                    if probe is not None and await self._probe_round(hook, probe, watch):
+                        return self._event(EVENT_READY, watch, self._unseen(watch), probe.ready_through)
+                    if probe is None and await self._poll_round(hook, poll, watch):
+                        return self._event(EVENT_ERROR if watch.failed else EVENT_SUCCESS, watch, [])
+            except _PollFailed as exc:
+                return self._event(EVENT_ERROR, watch, self._unseen(watch), message=str(exc))
+            if now >= self.end_time:
+                pending = self._unseen(watch)
+                message = (
+                    f"{len(pending)} of {len(self.pipeline_ids)} pipeline(s) still PROCESSING at the deadline"
+                )
+                return self._event(EVENT_TIMEOUT, watch, pending, message=message)
+            wake_at = min(self.end_time, next_fallback, not_before if not_before > now else next_fallback)
+            hinted |= await hints.wait_for_hints(wake_at - time.time()) & set(poll.pending)
+
+    async def _act_on_hints(
+        self,
+        hook: LeapiHook,
+        poll: InOrderPoll,
+        watch: _Watch,
+        hints: WebhookHintSource,
+        hinted: set[int],
+    ) -> dict[str, Any] | None:
+        """Read the hinted pipelines (waiting for all), or see whether enough are hinted (waiting for
+        enough); the event to yield, or ``None``. Reads that contradict a hint hand it back."""
+        if self.min_finished is not None:
+            pending = poll.pending
+            ready = list(itertools.takewhile(hinted.__contains__, pending))
+            if ready and len(ready) >= min(self.min_finished, len(pending)):
+                message = f"{len(ready)} pipeline(s) hinted done by LEAPI's webhooks, through {ready[-1]}"
+                return self._event(EVENT_READY, watch, pending, ready[-1], message=message, hinted=True)
+            return None
+        for pipeline_id in [pid for pid in poll.pending if pid in hinted]:
+            pipeline = await self._read(hook, pipeline_id, watch)
+            if pipeline is None:
+                break  # a transient error: the next hint or the fallback reads it again
+            hinted.discard(pipeline_id)
+            if pipeline.status is not None and pipeline.status.is_terminal():
+                poll.record_terminal(pipeline_id)
+            else:
+                await hints.rearm([pipeline_id])
+        if poll.pending:
+            return None
+        return self._event(EVENT_ERROR if watch.failed else EVENT_SUCCESS, watch, [])
 
     async def _wait(self, hook: LeapiHook) -> dict[str, Any]:
         now = time.time()
@@ -313,6 +418,7 @@ class LeapiPipelineTrigger(BaseTrigger):
         ready_through: int | None = None,
         *,
         message: str = "",
+        hinted: bool = False,
     ) -> dict[str, Any]:
         failed = [pid for pid in self.pipeline_ids if pid in watch.failed]
         if failed:
@@ -336,5 +442,6 @@ class LeapiPipelineTrigger(BaseTrigger):
             "failed_ids": failed,
             "pending_ids": pending,
             "ready_through": ready_through,
+            "hinted": hinted,
             "message": message,
         }
