@@ -9,6 +9,9 @@ from leapi_server.engine.light import LightTuning, apply_light, measure, thumbna
 from tests.server.engine.images import neutral_scene
 from train.photos import TRAIN_PHOTOS, load_photo
 
+#: Pure image functions: no server, so once, not once per server backend.
+pytestmark = pytest.mark.own_backends
+
 TUNING = LightTuning()
 
 

@@ -2,8 +2,12 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from leapi_server.engine.tone import ToneTuning, apply_tone, read, shadows_highlights_curve
+
+#: Pure image functions: no server, so once, not once per server backend.
+pytestmark = pytest.mark.own_backends
 from tests.server.engine.images import scene
 
 TUNING = ToneTuning()
