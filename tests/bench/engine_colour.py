@@ -251,11 +251,11 @@ def category_table(light: StageFigures, tone: StageFigures) -> list[str]:
         f"{_median_worst(tone.change)} |"
     )
     worst_name = min(light.repaired, key=light.repaired.__getitem__)
+    repaired = statistics.median(light.repaired.values())
     lines += [
         "",
-        f"One stop under + warm cast, share repaired by light: median "
-        f"{_share(statistics.median(light.repaired.values()))}, worst {_share(light.repaired[worst_name])} "
-        f"({_short(worst_name)}).",
+        f"One stop under + warm cast, share repaired by light: median {_share(repaired)}, worst "
+        f"{_share(light.repaired[worst_name])} ({_short(worst_name)}).",
     ]
     return lines
 
