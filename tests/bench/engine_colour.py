@@ -252,10 +252,10 @@ def category_table(light: StageFigures, tone: StageFigures) -> list[str]:
     )
     worst_name = min(light.repaired, key=light.repaired.__getitem__)
     repaired = statistics.median(light.repaired.values())
+    worst = f"{_share(light.repaired[worst_name])} ({_short(worst_name)})"
     lines += [
         "",
-        f"One stop under + warm cast, share repaired by light: median {_share(repaired)}, worst "
-        f"{_share(light.repaired[worst_name])} ({_short(worst_name)}).",
+        f"One stop under + warm cast, share repaired by light: median {_share(repaired)}, worst {worst}.",
     ]
     return lines
 
