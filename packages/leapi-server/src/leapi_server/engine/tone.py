@@ -141,7 +141,8 @@ def apply_tone(rgb: np.ndarray, *, intensity: float, tuning: ToneTuning) -> np.n
     lightness = lab[..., 0].copy()  # the input's: lab's own plane is overwritten below
     reading = read(thumbnail(lightness), tuning)
     curve = _shadows_highlights(
-        contrast_curve(reading.black, reading.white, reading.flatness, tuning.max_stretch), **_amounts(reading)
+        contrast_curve(reading.black, reading.white, reading.flatness, tuning.max_stretch),
+        **_amounts(reading),
     )
     curved = cv2.LUT(lightness, _to_uint8(curve))
     height, width = lightness.shape
