@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from leapi_server.engine.model_spec import CHANNELS, SCALES, TILE_RANGE, ExternalModelSpec
-from leapi_server.engine.restoration import DEFAULT_THREADS
+from leapi_server.engine.restoration import DEFAULT_THREADS, onnx_session
 from leapi_server.engine.tiling import plan_axis, run_tiled
 
 log = logging.getLogger(__name__)
@@ -139,21 +139,13 @@ class ExternalModel:
     """
 
     def __init__(self, spec: ExternalModelSpec, threads: int = DEFAULT_THREADS) -> None:
-        import onnxruntime
-
         low, high = TILE_RANGE
         if not low <= spec.tile <= high:
             raise ExternalModelError(f"tile {spec.tile}: use {low}-{high} pixels")
         if not spec.path.is_file():
             raise ExternalModelError("no such file")
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = onnxruntime.InferenceSession(
-                str(spec.path), options, providers=["CPUExecutionProvider"]
-            )
+            self.session = onnx_session(spec.path, threads)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
             raise ExternalModelError(f"not an ONNX model onnxruntime can load ({_first_line(exc)})") from exc
         source = self.session.get_inputs()[0] if self.session.get_inputs() else None

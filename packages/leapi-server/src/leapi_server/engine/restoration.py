@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -112,17 +112,34 @@ class Upscaler(Protocol):
 Restorer = LumaModel | Upscaler | None
 
 
+#: Whether onnxruntime's intra-op threads spin while waiting for work (its default). Only matters with
+#: more than one thread per worker (docs/benchmarks/engine.md, "Threads per worker").
+SPIN_WAIT = True
+
+
+def onnx_session(path: Path, threads: int, *, spin: bool = SPIN_WAIT) -> Any:
+    """An onnxruntime CPU session for one worker process: ``threads`` intra-op threads (the worker's share
+    of the cores), the graph's operators run one after another (one inter-op thread: these graphs are a
+    chain), every graph optimisation on.
+
+    :raises Exception: onnxruntime's own, when the file is not a model it can load.
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntimeModel:
     """onnxruntime, CPU provider; ``run`` is thread-safe so one session serves every worker thread."""
 
-    def __init__(self, path: Path, threads: int) -> None:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    def __init__(self, path: Path, threads: int, *, spin: bool = SPIN_WAIT) -> None:
+        self.session = onnx_session(path, threads, spin=spin)
 
     def residual(self, planes: np.ndarray, strength: float) -> np.ndarray:
         feed = {INPUT_PLANES: planes[None], INPUT_STRENGTH: np.array([strength], dtype=np.float32)}
