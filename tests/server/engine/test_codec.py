@@ -14,6 +14,9 @@ from leapi_server.engine.codec import decode, estimate_jpeg_quality
 from tests.server.engine.images import decode as open_image
 from tests.server.engine.images import encode, linear_rgb_icc_profile, pixels, scene
 
+#: Pure image functions: no server, so once, not once per server backend.
+pytestmark = pytest.mark.own_backends
+
 FORMATS = ["JPEG", "PNG", "TIFF", "BMP", "WEBP"]
 # Keep the image itself: no resampling, no restoration or colour stages.
 IDENTITY = {"restoration_level": 1, "lightai_intensity": 0.0, "toneai_intensity": 0.0}

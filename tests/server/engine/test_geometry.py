@@ -6,6 +6,9 @@ import pytest
 from leapi_server.engine import fit_box
 from leapi_server.engine.geometry import resize
 
+#: Pure image functions: no server, so once, not once per server backend.
+pytestmark = pytest.mark.own_backends
+
 
 @pytest.mark.parametrize(
     ("size", "box", "expected"),

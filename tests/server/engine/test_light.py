@@ -7,7 +7,11 @@ from skimage.color import deltaE_cie76, rgb2lab
 from leapi_server.engine.color import linear_to_srgb, srgb_to_linear
 from leapi_server.engine.light import LightTuning, apply_light, measure, thumbnail
 from tests.server.engine.images import neutral_scene
+from tests.server.engine.moods import mood_scene
 from train.photos import TRAIN_PHOTOS, load_photo
+
+#: Pure image functions: no server, so once, not once per server backend.
+pytestmark = pytest.mark.own_backends
 
 TUNING = LightTuning()
 
@@ -129,3 +133,57 @@ def test_tables_are_monotonic():
     assert np.all(np.diff(tables, axis=0) >= 0)
     assert np.all(tables[255] == 255) and np.all(tables[0] == 0)
     assert np.all(tables[:255] < 255)  # nothing but white becomes white
+
+
+# --------------------------------------------------------------------------------------------------
+# Do no harm at the tails (issue 23): moods are kept, photos without highlights are not brightened
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_cool_cast_is_kept_it_is_blue_hour_or_shade_not_a_mistake():
+    photo = _photo("skimage:motorcycle_left.png")
+    cool = _cast(photo, (0.8, 1.0, 1.25))
+    assert measure(thumbnail(cool), TUNING).white_balance_gains == (1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_blue_hour_scene_is_neither_warmed_nor_brightened(seed):
+    scene = mood_scene(_photo("skimage:motorcycle_left.png"), "blue hour", seed)
+    correction = measure(thumbnail(scene), TUNING)
+    assert correction.white_balance_gains == (1.0, 1.0, 1.0)
+    assert correction.exposure_ev == 0.0
+
+
+@pytest.mark.parametrize(
+    "name", ["skimage:motorcycle_left.png", "lomiri-wallpapers-16.04:picosdeeuropa_by_Aitzol_Berasategi.jpg"]
+)
+def test_a_black_and_white_photo_is_left_alone(name):
+    mono = mood_scene(_photo(name), "monochrome", 0)
+    assert _delta_e(apply_light(mono, intensity=1.0, tuning=TUNING), mono) < 1.0
+
+
+@pytest.mark.parametrize("name", ["skimage:brick.png", "skimage:grass.png", "skimage:gravel.png"])
+def test_a_texture_without_highlights_is_not_brightened(name):
+    """No whites, but not dark overall: a texture is not under-exposed."""
+    texture = _colour(_photo(name))
+    assert _delta_e(apply_light(texture, intensity=1.0, tuning=TUNING), texture) < 6.0
+
+
+def test_grey_paper_is_brightened_a_grey_texture_of_the_same_key_is_not():
+    """The brightest tones of a page are one smooth area: grey paper is white paper under-exposed. Those of
+    gravel are specks in a texture: no evidence. Both have the same key once the page is one stop under."""
+    page = _expose(_colour(_photo("skimage:page.png")), 0.5)
+    gravel = _colour(_photo("skimage:gravel.png"))
+    assert measure(thumbnail(page), TUNING).exposure_ev > 0.6
+    assert measure(thumbnail(gravel), TUNING).exposure_ev < 0.1
+
+
+def test_coloured_highlights_are_weaker_evidence_than_grey_ones():
+    """A green leaf at its brightest sits well below white when exposed right; a grey card does not."""
+    grey = _expose(_well_exposed(1), 0.5)
+    green = _cast(grey, (0.4, 1.0, 0.3))
+    assert 0 < measure(green, TUNING).exposure_ev < 0.8 * measure(grey, TUNING).exposure_ev
+
+
+def _colour(image: np.ndarray) -> np.ndarray:
+    return image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)

@@ -5,6 +5,9 @@ import pytest
 from leapi_server.engine import restoration_spec
 from train.photos import PhotoMissing, photo_file
 
+#: Pure image functions: no server, so once, not once per server backend.
+pytestmark = pytest.mark.own_backends
+
 PYTHON_SOURCES = {"skimage", "sklearn", "matplotlib", "pywt"}
 KINDS = {"texture", "architecture", "face", "product", "dark"}
 

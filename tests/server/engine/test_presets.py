@@ -15,6 +15,9 @@ from leapi_server.engine import enhance
 from leapi_server.engine.presets import PRESETS, recipe_for
 from tests.server.engine.images import encode, neutral_scene, pixels
 
+#: Pure image functions: no server, so once, not once per server backend.
+pytestmark = pytest.mark.own_backends
+
 
 def _lightness(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)[..., 0].astype(float)

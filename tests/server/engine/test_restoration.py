@@ -27,6 +27,9 @@ from leapi_server.engine.restoration_spec import MODEL_PATH, compression_strengt
 from tests.server.engine.images import encode, pixels, scene
 from train.photos import HELD_OUT_PHOTOS, load_photo
 
+#: Pure image functions: no server, so once, not once per server backend.
+pytestmark = pytest.mark.own_backends
+
 MODEL = load_model()
 #: Held-out photos (issue 12) that the committed model, trained before that issue, had been trained on.
 COMMITTED_MODEL_SAW_HELD_OUT = {"skimage:astronaut.png", "skimage:camera.png"}

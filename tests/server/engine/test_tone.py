@@ -2,9 +2,15 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
-from leapi_server.engine.tone import ToneTuning, apply_tone, read, shadows_highlights_curve
+from leapi_server.engine.tone import ToneTuning, apply_tone, contrast_curve, read, shadows_highlights_curve
 from tests.server.engine.images import scene
+from tests.server.engine.moods import mood_scene
+from train.photos import load_photo
+
+#: Pure image functions: no server, so once, not once per server backend.
+pytestmark = pytest.mark.own_backends
 
 TUNING = ToneTuning()
 
@@ -107,3 +113,21 @@ def test_curve_keeps_black_and_white_and_is_monotonic():
         assert np.all(np.diff(curve) >= 0)
     assert shadows_highlights_curve(1, 0)[64] > 64  # lifts a shadow tone
     assert shadows_highlights_curve(0, 1)[192] < 192  # holds back a highlight
+
+
+def test_fog_keeps_its_softness():
+    """A bright, flat scene is high-key on purpose (fog, snow): not stretched, no local contrast."""
+    photo = load_photo("skimage:motorcycle_left.png")
+    for seed in range(3):
+        foggy = mood_scene(photo, "fog", seed)
+        reading = read(_lightness(foggy).astype(np.uint8), TUNING)
+        assert reading.high_key == 1.0 and reading.flatness == 0.0
+        toned = apply_tone(foggy, intensity=1.0, tuning=TUNING)
+        assert np.abs(_lightness(toned) - _lightness(foggy)).mean() < 3.0
+
+
+def test_a_flat_photo_is_spread_by_at_most_max_stretch():
+    curve = contrast_curve(black=100.0, white=150.0, flatness=1.0, max_stretch=TUNING.max_stretch) * 255
+    assert curve[100] == pytest.approx(100 - TUNING.max_stretch)
+    assert curve[150] == pytest.approx(150 + TUNING.max_stretch)
+    assert curve[0] == 0 and curve[255] == 255

@@ -180,6 +180,7 @@ class Dispatcher:
             max_input_pixels=self.config.max_input_pixels,
             max_output_pixels=self.config.max_output_pixels,
             status_dir=str(self.config.worker_status_dir),
+            restoration_model=self.config.restoration_model_spec,
         )
 
     async def _hold_for_shuffle(self, key: tuple[int, int]) -> None:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import importlib
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from leapi_server.engine.model_spec import ExternalModelSpec
 
 #: What the engine imports; checked by name first so that the message names the missing one.
 ENGINE_MODULES = ("numpy", "cv2", "onnxruntime", "PIL.Image")
@@ -23,10 +27,16 @@ class EngineUnavailableError(RuntimeError):
     """The engine cannot enhance images; the message names the cause and how to fix it."""
 
 
-def check_engine(*, model_path: Path | None = None) -> None:
+def check_engine(
+    *, model_path: Path | None = None, restoration_model: ExternalModelSpec | None = None
+) -> str:
     """Import the engine, load the restoration model and enhance a tiny image with it.
 
-    :param model_path: the ONNX model to check; default the one the engine ships and uses.
+    :param model_path: the built-in ONNX model to check; default the one the engine ships and uses.
+    :param restoration_model: a user's model (``--restoration-model``), checked instead of the built-in
+        one: loaded, its shapes read, run on a whole tile of the size it will get, then used on the
+        test image.
+    :returns: what restores images, for the log.
     :raises EngineUnavailableError: any of it fails.
     """
     for name in ENGINE_MODULES:
@@ -36,13 +46,46 @@ def check_engine(*, model_path: Path | None = None) -> None:
             raise EngineUnavailableError(f"{exc} ({_INSTALL_HINT})") from exc
     try:
         from leapi_server.engine import enhance
-        from leapi_server.engine.restoration import BACKENDS, DEFAULT_BACKEND
-        from leapi_server.engine.restoration_spec import MODEL_PATH, SCALE, model_planes
+        from leapi_server.engine.external import ExternalModel, ExternalModelError
     except ImportError as exc:
         raise EngineUnavailableError(f"{exc} ({_INSTALL_HINT})") from exc
+    from leapi.models import MarketplacePreset
+
+    model: object
+    if restoration_model is not None:
+        try:
+            model = ExternalModel(restoration_model)
+        except ExternalModelError as exc:
+            raise EngineUnavailableError(f"--restoration-model {restoration_model.path}: {exc}") from exc
+        kind = "RGB" if model.channels == 3 else "luma"
+        described = (
+            f"{restoration_model.path} (x{model.scale}, {kind}, tiles of {model.tile[0]}x{model.tile[1]})"
+        )
+    else:
+        model = _builtin_model(model_path)
+        described = "the built-in luma x2 model"
+    try:
+        result = enhance(
+            _probe_jpeg(), MarketplacePreset(width=_PROBE_BOX[0], height=_PROBE_BOX[1]), model=model
+        )
+    except Exception as exc:
+        raise EngineUnavailableError(
+            f"the engine failed on a test image ({type(exc).__name__}: {exc})"
+        ) from exc
+    if (result.output.width, result.output.height) != _PROBE_BOX:
+        raise EngineUnavailableError(
+            f"the engine made a {result.output.width}x{result.output.height} image of a "
+            f"{_PROBE_BOX[0]}x{_PROBE_BOX[1]} request"
+        )
+    return described
+
+
+def _builtin_model(model_path: Path | None) -> object:
+    """The built-in model's runtime, run once on a blank plane."""
     import numpy as np
 
-    from leapi.models import MarketplacePreset
+    from leapi_server.engine.restoration import BACKENDS, DEFAULT_BACKEND
+    from leapi_server.engine.restoration_spec import MODEL_PATH, SCALE, model_planes
 
     path = model_path or MODEL_PATH
     if not path.is_file():
@@ -57,19 +100,7 @@ def check_engine(*, model_path: Path | None = None) -> None:
         raise EngineUnavailableError(
             f"the restoration model {path} answers a {residual.shape} residual for an {height}x{width} input"
         )
-    try:
-        result = enhance(
-            _probe_jpeg(), MarketplacePreset(width=_PROBE_BOX[0], height=_PROBE_BOX[1]), model=model
-        )
-    except Exception as exc:
-        raise EngineUnavailableError(
-            f"the engine failed on a test image ({type(exc).__name__}: {exc})"
-        ) from exc
-    if (result.output.width, result.output.height) != _PROBE_BOX:
-        raise EngineUnavailableError(
-            f"the engine made a {result.output.width}x{result.output.height} image of a "
-            f"{_PROBE_BOX[0]}x{_PROBE_BOX[1]} request"
-        )
+    return model
 
 
 def _probe_jpeg() -> bytes:

@@ -103,10 +103,11 @@ def serve(config: ServerConfig, *, log_level: str = "info") -> None:
     logging.config.dictConfig(log_config(log_level))
     try:
         # Before listening: a server that cannot enhance would accept and charge work it cannot do.
-        check_engine()
+        restorer = check_engine(restoration_model=config.restoration_model_spec)
     except EngineUnavailableError as exc:
         log.error("leapi-server cannot enhance images: %s", exc)
         sys.exit(EXIT_ENGINE_UNAVAILABLE)
+    log.info("restoration: %s", restorer)
     try:
         lock = lock_data_dir(config.data_dir)
     except DataDirInUseError as exc:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from leapi_server.engine.model_spec import ExternalModelSpec
 from leapi_server.fetch import FetchError, FetchPolicy, fetch_image
 
 log = logging.getLogger("leapi_server.worker")
@@ -43,6 +44,8 @@ class TaskJob:
     #: Folder where the worker notes (``<pid>.json``) which image it is enhancing since when, so that the
     #: dispatcher can stop a worker stuck on one image (``--max-image-seconds``); empty: not noted.
     status_dir: str = ""
+    #: The user's restoration model (``--restoration-model``); ``None``: the built-in one.
+    restoration_model: ExternalModelSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def init_worker(parent_pid: int, threads_per_worker: int) -> None:
         cv2.setNumThreads(threads_per_worker)
     except ImportError:  # pragma: no cover - the server extra ships OpenCV
         pass
-    import leapi_server.engine  # noqa: F401 - import once here, not in the first task
+    import leapi_server.engine.pipeline  # noqa: F401 - import once here, not in the first task
 
     def watch_parent() -> None:
         # A SIGKILLed server cannot stop its pool; orphaned workers must not keep writing files.
@@ -137,7 +140,11 @@ def _process_safely(job: TaskJob, started: float) -> TaskOutcome:
 def _process(job: TaskJob, started: float) -> TaskOutcome:
     from leapi.models import OPERATION_ADAPTER
     from leapi_server.engine import enhance
+    from leapi_server.engine.external import load_external_model
 
+    model_choice = (
+        {} if job.restoration_model is None else {"model": load_external_model(job.restoration_model)}
+    )
     data, _sniffed = fetch_image(job.url, job.fetch_policy)
     _note_engine_started(job)
     first_input = None
@@ -149,6 +156,7 @@ def _process(job: TaskJob, started: float) -> TaskOutcome:
             OPERATION_ADAPTER.validate_python(raw),
             max_input_pixels=job.max_input_pixels,
             max_output_pixels=job.max_output_pixels,
+            **model_choice,
         )
         if first_input is None:
             first_input = _meta(result.input, len(data))

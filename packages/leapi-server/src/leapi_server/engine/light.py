@@ -1,26 +1,35 @@
 """Light AI: colour and brightness correction (``lightai_intensity``) that does no harm.
 
 It reads the photo (on a thumbnail) and corrects only what is evidently wrong; the correction is applied
-to the full image as one lookup table per channel (one table lookup per pixel):
+to the full image as one lookup table per channel (one table lookup per pixel). A photo that is right,
+or dark, cool or toned on purpose, comes back (nearly) unchanged: no global target is imposed.
 
-1. **Colour cast.** The illuminant is estimated twice, by shades-of-grey (Finlayson & Trezzi 2004) and by
-   grey-edge (van de Weijer et al. 2007), both in linear light, as log-chromaticities (``log R/G``,
-   ``log B/G``). A scene's own colours (a field of grass, an orange cat) also pull these estimates, so
-   only what looks like a real illuminant is corrected: both estimates agree, the cast lies along the
-   warm-cool (daylight-tungsten) axis rather than green-magenta, and it is not so strong that it must be
-   the subject's colour. A dead zone leaves mild warmth or coolness (golden hour, shade) alone. Gains
-   keep white at white.
-2. **Under-exposure.** A well-exposed photograph has highlights near white, an under-exposed one has
-   not: the exposure gain is the one that brings the 99.5th percentile of the brightest channel up to
-   ``target_highlight``, beyond a dead zone. Night and low-key scenes (most of the frame near black) are
-   dark on purpose, so the gain fades out with the share of near-black pixels. The gain has a soft
-   shoulder that keeps 1.0 at 1.0: no highlight is clipped that was not clipped before.
-3. **Lifted blacks** (haze, a washed-out scan): the black point is pulled down only when the darkest
-   tones sit clearly above black.
+1. **Colour cast.** The illuminant is estimated three times in linear light, as log-chromaticities
+   (``log R/G``, ``log B/G``): shades-of-grey (Finlayson & Trezzi 2004), grey-edge (van de Weijer et al.
+   2007) and white-patch (the brightest unclipped tones). A scene's own colours (a field of grass, an
+   orange cat, a toned print, a coloured backdrop) also pull these estimates, so only what looks like a
+   real light is corrected: a **warm** cast (tungsten, the common mistake; a cool cast is blue hour,
+   shade, fog or winter, and is kept) on which the first two agree, that lies along the warm-cool axis
+   rather than green-magenta, that also tints the whites (a sepia toning or a grade leaves them neutral)
+   and that is not so strong that it must be the subject's colour. A dead zone leaves mild warmth alone.
+   Gains keep white at white.
+2. **Under-exposure.** A well-exposed photograph has its whites near white, an under-exposed one has not:
+   the exposure gain is the one that brings the 99.5th percentile of the brightest channel up to
+   ``target_highlight``, beyond a dead zone, and it is only as sure as the evidence:
 
-Nothing is ever darkened and no global target is imposed: a photo that is right comes back (nearly)
-unchanged. ``intensity`` scales the correction towards identity (gains and exposure geometrically, the
-black point linearly): 1.0 is the photo's own corrected version, 0.0 disables the stage.
+   * it never lifts the photo's key (log-average luminance) above ``max_key``, about middle grey: a photo
+     without highlights that is not dark overall (a texture, fur, a grey day) is not under-exposed;
+   * it is weaker when the brightest tones are coloured surfaces (a green leaf) rather than whites,
+     since those sit well below white when exposed right;
+   * it fades out in low-key scenes (most of the frame near black: night, a dark stage) and in cool, dim
+     scenes (dusk, blue hour): they are dark on purpose.
+
+   The gain has a soft shoulder that keeps 1.0 at 1.0: no highlight is clipped that was not clipped
+   before.
+
+Nothing is ever darkened, and black and white points are not moved (flat contrast is tone's job).
+``intensity`` scales the correction towards identity (gains and exposure geometrically): 1.0 is the
+photo's own corrected version, 0.0 disables the stage.
 """
 
 from __future__ import annotations
@@ -53,6 +62,24 @@ class LightTuning:
     max_cast_off_axis: float = 0.15
     #: Casts stronger than this are the subject's colour (a red product), not the light's.
     max_cast: float = 0.7
+    #: Cool casts (blue hour, shade, fog, winter) are kept: in catalog photographs they are rarely the
+    #: camera's mistake, and often the mood.
+    correct_cool_casts: bool = False
+    #: Missing highlights are evidence of under-exposure only when the brightest tones are whites (paper,
+    #: sky, a product's background) that should be near white. The brightest 2 % (by luminance) this far
+    #: off the warm-cool axis (median log-chromaticity distance; a light tints whites along it only) are
+    #: coloured surfaces (a green leaf), which sit well below white when exposed right: the evidence fades
+    #: from ``white_saturation`` to ``coloured_saturation``, down to ``coloured_evidence``.
+    white_saturation: float = 0.25
+    coloured_saturation: float = 0.6
+    coloured_evidence: float = 0.5
+    #: A dim scene this cool (warm-cool component of the estimated light, log units) is dusk, blue hour or
+    #: night, dim on purpose: the brightening fades out from ``cool_scene_from`` to ``cool_scene_full``.
+    cool_scene_from: float = 0.1
+    cool_scene_full: float = 0.3
+    #: The brightest unclipped tones (white-patch estimate) must carry at least this share of the cast: a
+    #: light tints white surfaces most of all; a toning or grade that leaves the whites neutral is not a light.
+    min_white_patch_share: float = 0.5
     #: Linear 99.5th percentile of the brightest channel that a well-exposed photo reaches.
     target_highlight: float = 1.0
     #: Highlights within this many stops of the target count as well exposed; from there the correction
@@ -65,7 +92,15 @@ class LightTuning:
     low_key_full: float = 0.5
     #: Brightening never lifts the log-average luminance (Reinhard's key, linear) above this: a scene
     #: without highlights that is already bright (a texture, a grey day) is not under-exposed.
-    max_key: float = 0.35
+    max_key: float = 0.2
+    #: ... up to this when the brightest tones are smooth areas (paper, sky, a studio background, a clock
+    #: face): a large smooth area that is grey rather than white is the surest sign of under-exposure,
+    #: while the bright specks of a texture (gravel, fur, grass) are not whites at all. Smoothness is the
+    #: median local contrast (5x5 standard deviation over mean, thumbnail) of the brightest 5 %: whole
+    #: from ``smooth_whites`` down, none from ``textured_whites`` up.
+    max_key_smooth_whites: float = 0.35
+    smooth_whites: float = 0.02
+    textured_whites: float = 0.06
 
 
 @dataclass(frozen=True)
@@ -141,24 +176,31 @@ def _log_chromaticity(illuminant: np.ndarray) -> np.ndarray:
     return np.log(np.array([illuminant[0] / illuminant[1], illuminant[2] / illuminant[1]]))
 
 
-def estimate_cast(linear: np.ndarray, tuning: LightTuning) -> tuple[np.ndarray, np.ndarray]:
-    """Shades-of-grey and grey-edge illuminant estimates of an ``HxWx3`` linear image (log-chromaticity)."""
+def estimate_cast(linear: np.ndarray, tuning: LightTuning) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shades-of-grey, grey-edge and white-patch illuminant estimates of an ``HxWx3`` linear image
+    (log-chromaticities)."""
     pixels = linear.reshape(-1, 3)
     luminance = pixels @ _REC709_LUMINANCE
     # Pixels with a channel clipped have lost their colour; near-black ones carry none.
     usable = (pixels.max(axis=1) < 0.98) & (luminance > 0.005)
-    sample = pixels[usable] if usable.sum() >= 64 else pixels
+    enough = usable.sum() >= 64
+    sample = pixels[usable] if enough else pixels
     p = tuning.minkowski_p
     grey = np.power(np.mean(np.power(sample, p), axis=0), 1.0 / p)
     blurred = cv2.GaussianBlur(linear.astype(np.float32), (0, 0), 1.0)
     dx = cv2.Sobel(blurred, cv2.CV_32F, 1, 0)
     dy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1)
-    edges = np.sqrt(dx.astype(np.float64) ** 2 + dy**2).reshape(-1, 3)[usable if usable.sum() >= 64 else ...]
+    edges = np.sqrt(dx.astype(np.float64) ** 2 + dy**2).reshape(-1, 3)[usable if enough else ...]
     edge = np.power(np.mean(np.power(edges, p), axis=0), 1.0 / p)
-    return _log_chromaticity(grey), _log_chromaticity(edge)
+    # The brightest 2 % of the usable pixels, averaged.
+    bright = sample[sample @ _REC709_LUMINANCE >= np.percentile(sample @ _REC709_LUMINANCE, 98)]
+    white = bright.mean(axis=0)
+    return _log_chromaticity(grey), _log_chromaticity(edge), _log_chromaticity(white)
 
 
-def correctable_cast(by_grey: np.ndarray, by_edge: np.ndarray, tuning: LightTuning) -> np.ndarray:
+def correctable_cast(
+    by_grey: np.ndarray, by_edge: np.ndarray, by_white: np.ndarray, tuning: LightTuning
+) -> np.ndarray:
     """The part of the estimated cast to remove (log-chromaticity; zero when it is not evidently the light's)."""
     if np.linalg.norm(by_grey - by_edge) > tuning.cast_agreement:
         return np.zeros(2)
@@ -167,6 +209,10 @@ def correctable_cast(by_grey: np.ndarray, by_edge: np.ndarray, tuning: LightTuni
     off_axis = cast - along * _WARM_COOL_AXIS
     if np.linalg.norm(off_axis) > tuning.max_cast_off_axis or np.linalg.norm(cast) > tuning.max_cast:
         return np.zeros(2)
+    if along < 0 and not tuning.correct_cool_casts:
+        return np.zeros(2)
+    if float(by_white @ _WARM_COOL_AXIS) * np.sign(along) < tuning.min_white_patch_share * abs(along):
+        return np.zeros(2)
     # Soft dead zone on the warm-cool component; the small off-axis tint goes with it, in proportion.
     kept = max(0.0, abs(along) - tuning.cast_dead_zone) / max(abs(along), 1e-9)
     return cast * kept
@@ -174,17 +220,37 @@ def correctable_cast(by_grey: np.ndarray, by_edge: np.ndarray, tuning: LightTuni
 
 def exposure_ev_for(linear: np.ndarray, tuning: LightTuning) -> float:
     """Stops to brighten an ``HxWx3`` linear (white-balanced) image by: 0 when it is well or low-key exposed."""
-    highlight = float(np.percentile(linear.max(axis=2), 99.5))
+    brightest = linear.max(axis=2)
+    highlight = float(np.percentile(brightest, 99.5))
     luminance = linear @ _REC709_LUMINANCE
+    top = np.maximum(linear[luminance >= np.percentile(luminance, 98)], 1e-4)
+    chroma = np.log(top[:, [0, 2]] / top[:, 1:2])
+    # Off the warm-cool axis: a light tints whites along it only (tungsten, shade).
+    off_axis = chroma - np.outer(chroma @ _WARM_COOL_AXIS, _WARM_COOL_AXIS)
+    saturation = float(np.median(np.linalg.norm(off_axis, axis=1)))
+    span = tuning.coloured_saturation - tuning.white_saturation
+    whites = float(np.clip((tuning.coloured_saturation - saturation) / span, tuning.coloured_evidence, 1.0))
     key = float(np.exp(np.mean(np.log(luminance + 1e-4))))
     missing_ev = math.log2(tuning.target_highlight / max(highlight, 1e-4))
     dead = tuning.exposure_dead_zone_ev
     ev = float(np.clip(3.0 * (missing_ev - dead), 0.0, missing_ev)) if missing_ev > dead else 0.0
-    ev = min(ev, tuning.max_brighten_ev, max(0.0, math.log2(tuning.max_key / max(key, 1e-4))))
+    ev = min(ev, tuning.max_brighten_ev, max(0.0, math.log2(_max_key(luminance, tuning) / max(key, 1e-4))))
     near_black = float(np.mean(luminance < 0.01))
     span = tuning.low_key_full - tuning.low_key_from
     brighten_share = float(np.clip((tuning.low_key_full - near_black) / span, 0.0, 1.0))
-    return ev * brighten_share
+    return ev * brighten_share * whites
+
+
+def _max_key(luminance: np.ndarray, tuning: LightTuning) -> float:
+    """How bright (key) a photo may be made: more when its brightest tones are smooth (whites)."""
+    plane = luminance.astype(np.float32)
+    mean = cv2.blur(plane, (5, 5))
+    spread = np.sqrt(np.maximum(cv2.blur(plane * plane, (5, 5)) - mean * mean, 0.0))
+    top = plane >= np.percentile(plane, 95)
+    contrast = float(np.median(spread[top] / np.maximum(mean[top], 1e-4)))
+    span = tuning.textured_whites - tuning.smooth_whites
+    smooth = float(np.clip((tuning.textured_whites - contrast) / span, 0.0, 1.0))
+    return tuning.max_key + (tuning.max_key_smooth_whites - tuning.max_key) * smooth
 
 
 def measure(rgb_thumbnail: np.ndarray, tuning: LightTuning) -> LightCorrection:
@@ -193,15 +259,19 @@ def measure(rgb_thumbnail: np.ndarray, tuning: LightTuning) -> LightCorrection:
     linear = srgb_to_linear(image / 255.0)
 
     # 1. Colour cast -> per-channel gains that undo it, luminance kept.
-    cast = correctable_cast(*estimate_cast(linear, tuning), tuning)
+    estimates = estimate_cast(linear, tuning)
+    cast = correctable_cast(*estimates, tuning)
     gains = np.array([math.exp(-cast[0]), 1.0, math.exp(-cast[1])])
     gains = gains / float(gains @ _REC709_LUMINANCE)
     balanced = np.stack([_gain_curve(linear[..., c], gains[c]) for c in range(3)], axis=-1)
 
-    # 2. Under-exposure, from the highlights.
+    # 2. Under-exposure, from the highlights; a cool, dim scene is dusk or night, dim on purpose.
+    coolness = max(0.0, -float((estimates[0] + estimates[1]) / 2.0 @ _WARM_COOL_AXIS))
+    span = tuning.cool_scene_full - tuning.cool_scene_from
+    not_dusk = float(np.clip((tuning.cool_scene_full - coolness) / span, 0.0, 1.0))
     return LightCorrection(
         white_balance_gains=(float(gains[0]), float(gains[1]), float(gains[2])),
-        exposure_ev=exposure_ev_for(balanced, tuning),
+        exposure_ev=exposure_ev_for(balanced, tuning) * not_dusk,
     )
 
 

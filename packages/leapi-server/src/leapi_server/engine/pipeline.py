@@ -6,17 +6,20 @@ import numpy as np
 
 from leapi.models import PresetOperation
 from leapi_server.engine import codec
+from leapi_server.engine.color import luma as luma_of
 from leapi_server.engine.color import rgb_to_ycrcb, ycrcb_to_rgb
 from leapi_server.engine.geometry import fit_box, resize
 from leapi_server.engine.light import apply_light
 from leapi_server.engine.presets import Recipe, recipe_for
 from leapi_server.engine.restoration import (
     RESTORE_BEFORE_DOWNSCALE_BELOW,
-    LumaModel,
+    Restorer,
+    Upscaler,
     input_strength,
     load_model,
     restore_chroma,
     restore_luma,
+    restore_rgb,
 )
 from leapi_server.engine.tone import apply_tone
 from leapi_server.engine.types import EngineError, EnhancedImage, ImageInfo
@@ -34,7 +37,7 @@ def enhance(
     *,
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
-    model: LumaModel | object | None = _NO_MODEL,
+    model: Restorer | object = _NO_MODEL,
 ) -> EnhancedImage:
     """Enhance one encoded image with one preset operation.
 
@@ -43,8 +46,8 @@ def enhance(
         (``presets.PRESETS``).
     :param max_input_pixels: inputs with more pixels are refused from their header, before decoding.
     :param max_output_pixels: requested outputs with more pixels are refused before any work.
-    :param model: the restoration model runtime; default the committed one
-        (``restoration.load_model()``), ``None`` forces the classical path.
+    :param model: the restoration model: default the built-in one (``restoration.load_model()``); a
+        user's model (``external.load_external_model``); ``None`` forces the classical path.
     :raises EngineError: the image is unusable (corrupt, unsupported, too large); message user-facing.
     """
     recipe = recipe_for(operation)
@@ -86,9 +89,33 @@ def enhance(
 
 
 def render(
-    decoded: codec.DecodedImage, size: tuple[int, int], recipe: Recipe, *, model: LumaModel | None
+    decoded: codec.DecodedImage, size: tuple[int, int], recipe: Recipe, *, model: Restorer
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The stages between decode and encode: sRGB uint8 pixels (and alpha) at ``size``."""
+    if isinstance(model, Upscaler) and model.channels == 3:
+        rgb = restore_rgb(
+            decoded.rgb,
+            size,
+            level=recipe.restoration_level,
+            strength=input_strength(luma_of(decoded.rgb), decoded.jpeg_quality),
+            model=model,
+            sharpen=recipe.preset.finish_sharpen,
+        )
+    else:
+        rgb = _restore_ycrcb(decoded, size, recipe, model=model)
+    # Measured on the input (cheaper, and restoration does not change global colour statistics).
+    rgb = apply_light(
+        rgb, intensity=recipe.lightai_intensity, tuning=recipe.preset.light, reference=decoded.rgb
+    )
+    rgb = apply_tone(rgb, intensity=recipe.toneai_intensity, tuning=recipe.preset.tone)
+    alpha = None if decoded.alpha is None else resize(decoded.alpha, size)
+    return rgb, alpha
+
+
+def _restore_ycrcb(
+    decoded: codec.DecodedImage, size: tuple[int, int], recipe: Recipe, *, model: Restorer
+) -> np.ndarray:
+    """Luma through the model (built-in, a user's luma model, or classical), chroma resampled."""
     ycrcb = rgb_to_ycrcb(decoded.rgb)
     luma = np.ascontiguousarray(ycrcb[..., 0])
     strength = input_strength(luma, decoded.jpeg_quality)
@@ -104,12 +131,4 @@ def render(
     )
     restored[..., 1:] = restore_chroma(ycrcb[..., 1:], size, subsampled=decoded.chroma_subsampled)
     del ycrcb
-    rgb = ycrcb_to_rgb(restored)
-    del restored
-    # Measured on the input (cheaper, and restoration does not change global colour statistics).
-    rgb = apply_light(
-        rgb, intensity=recipe.lightai_intensity, tuning=recipe.preset.light, reference=decoded.rgb
-    )
-    rgb = apply_tone(rgb, intensity=recipe.toneai_intensity, tuning=recipe.preset.tone)
-    alpha = None if decoded.alpha is None else resize(decoded.alpha, size)
-    return rgb, alpha
+    return ycrcb_to_rgb(restored)

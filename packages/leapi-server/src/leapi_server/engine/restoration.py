@@ -18,11 +18,12 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
+from leapi_server.engine.color import rgb_to_ycrcb, ycrcb_to_rgb
 from leapi_server.engine.geometry import resize
 from leapi_server.engine.restoration_spec import (
     INPUT_PLANES,
@@ -88,21 +89,57 @@ def level_settings(level: int) -> LevelSettings:
 
 
 class LumaModel(Protocol):
+    """The built-in model's runtime: told the compression, it answers a residual over bicubic x2."""
+
     def residual(self, planes: np.ndarray, strength: float) -> np.ndarray:
         """``planes`` 3xHxW float32 (``model_planes``) -> 2Hx2W float32 residual over the bicubic upscale."""
+
+
+@runtime_checkable
+class Upscaler(Protocol):
+    """A user's super-resolution model (``engine.external.ExternalModel``): image in, larger image out."""
+
+    scale: int
+    #: 3: it enlarges RGB images; 1: luma planes (the chroma is then resampled classically).
+    channels: int
+
+    def upscale(self, image: np.ndarray, *, blend: float = 1.0) -> np.ndarray:
+        """``H x W`` (luma) or ``H x W x 3`` (RGB) uint8 -> ``scale`` times larger; ``blend`` weighs the
+        model's output over the bicubic upscale."""
+
+
+#: What restores an image: the built-in model, a user's model, or ``None`` (the classical path).
+Restorer = LumaModel | Upscaler | None
+
+
+#: Whether onnxruntime's intra-op threads spin while waiting for work (its default). Only matters with
+#: more than one thread per worker (docs/benchmarks/engine.md, "Threads per worker").
+SPIN_WAIT = True
+
+
+def onnx_session(path: Path, threads: int, *, spin: bool = SPIN_WAIT) -> Any:
+    """An onnxruntime CPU session for one worker process: ``threads`` intra-op threads (the worker's share
+    of the cores), the graph's operators run one after another (one inter-op thread: these graphs are a
+    chain), every graph optimisation on.
+
+    :raises Exception: onnxruntime's own, when the file is not a model it can load.
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxRuntimeModel:
     """onnxruntime, CPU provider; ``run`` is thread-safe so one session serves every worker thread."""
 
-    def __init__(self, path: Path, threads: int) -> None:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    def __init__(self, path: Path, threads: int, *, spin: bool = SPIN_WAIT) -> None:
+        self.session = onnx_session(path, threads, spin=spin)
 
     def residual(self, planes: np.ndarray, strength: float) -> np.ndarray:
         feed = {INPUT_PLANES: planes[None], INPUT_STRENGTH: np.array([strength], dtype=np.float32)}
@@ -308,45 +345,107 @@ def _x2(
     return out
 
 
+def passes_for(factor: float, scale: int) -> int:
+    """Model passes for an enlargement by ``factor``: the count whose total scale is nearest to it in
+    log terms, at least one (the last pass lands within a factor of sqrt(scale) of the target; a
+    high-quality resize takes the rest of the way, up or down)."""
+    return max(1, math.floor(math.log(factor) / math.log(scale) + 0.5))
+
+
+def _to_size(
+    image: np.ndarray,
+    size: tuple[int, int],
+    *,
+    strength: float,
+    scale: int,
+    step: Callable[[np.ndarray, float], np.ndarray],
+) -> np.ndarray:
+    """Restore and resample ``image`` to ``size`` (width, height) with ``step(image, strength)``, one
+    model pass of ``scale``. Only the first pass is told the input's compression."""
+    height, width = image.shape[:2]
+    out_w, out_h = size
+    factor = math.sqrt(out_w * out_h / (width * height))
+    if factor > 1.0:
+        plane = image
+        for index in range(passes_for(factor, scale)):
+            plane = step(plane, strength if index == 0 else 0.0)
+        return resize(plane, size)
+    if factor > 1.0 / RESTORE_BEFORE_DOWNSCALE_BELOW and strength > 0:
+        # Artifact removal at the input's own resolution: the model's output averaged back down (area).
+        restored = step(image, strength)
+        return resize(cv2.resize(restored, (width, height), interpolation=cv2.INTER_AREA), size)
+    return resize(image, size)
+
+
 def restore_luma(
     luma: np.ndarray,
     size: tuple[int, int],
     *,
     level: int,
     strength: float,
-    model: LumaModel | None,
+    model: Restorer,
     grid: tuple[int, int] | None = None,
     sharpen: float = 0.0,
 ) -> np.ndarray:
     """Restore and resample one luma plane to ``size`` (width, height).
 
     :param strength: the input's compression strength (:func:`input_strength`).
+    :param model: the built-in model, a user's luma model, or ``None`` (classical).
     :param grid: where the input's JPEG block boundaries are (``codec.DecodedImage.block_grid``);
         ``None`` finds them from the pixels when the input is compressed.
     :param sharpen: the preset's own sharpening, added to the level's.
     """
     settings = level_settings(level)
+    if isinstance(model, Upscaler):
+        # A user's model is not told the compression: the level's extra strength does not apply.
+        plane = _to_size(
+            luma,
+            size,
+            strength=strength,
+            scale=model.scale,
+            step=lambda image, _strength: model.upscale(image, blend=settings.blend),
+        )
+        return unsharp(plane, settings.sharpen + sharpen)
     if strength > 0 and grid is None:
         grid = detect_block_grid(luma)
-    strength = strength + settings.extra_strength
-    height, width = luma.shape
-    out_w, out_h = size
-    factor = math.sqrt(out_w * out_h / (width * height))
-    if factor > 1.0:
-        # x2 steps until within a factor sqrt(2) of the target; the rest is a plain resize.
-        steps = max(1, round(math.log2(factor)))
-        plane = luma
-        for step in range(steps):
-            plane = _x2(model, plane, strength if step == 0 else 0.0, settings.blend, grid)
-        plane = resize(plane, (out_w, out_h))
-    elif factor > 1.0 / RESTORE_BEFORE_DOWNSCALE_BELOW and strength > 0:
-        # Artifact removal at the input's own resolution: the x2 output averaged back down (area).
-        restored = _x2(model, luma, strength, settings.blend, grid)
-        plane = cv2.resize(restored, (width, height), interpolation=cv2.INTER_AREA)
-        plane = resize(plane, (out_w, out_h))
-    else:
-        plane = resize(luma, (out_w, out_h))
+    plane = _to_size(
+        luma,
+        size,
+        strength=strength + settings.extra_strength,
+        scale=SCALE,
+        step=lambda image, step_strength: _x2(model, image, step_strength, settings.blend, grid),
+    )
     return unsharp(plane, settings.sharpen + sharpen)
+
+
+def restore_rgb(
+    rgb: np.ndarray,
+    size: tuple[int, int],
+    *,
+    level: int,
+    strength: float,
+    model: Upscaler,
+    sharpen: float = 0.0,
+) -> np.ndarray:
+    """Restore and resample an RGB image to ``size`` with a user's RGB model (colour through the model).
+
+    Levels as for luma: ``blend`` weighs the model's output over bicubic, then the level's sharpening
+    (on the luma only, so colours do not fringe).
+    """
+    settings = level_settings(level)
+    out = _to_size(
+        rgb,
+        size,
+        strength=strength,
+        scale=model.scale,
+        step=lambda image, _strength: model.upscale(image, blend=settings.blend),
+    )
+    amount = settings.sharpen + sharpen
+    if amount <= 0:
+        return out
+    ycrcb = rgb_to_ycrcb(out)
+    ycrcb[..., 0] = unsharp(ycrcb[..., 0], amount)
+    return ycrcb_to_rgb(ycrcb)
 
 
 def restore_chroma(chroma: np.ndarray, size: tuple[int, int], *, subsampled: bool) -> np.ndarray:

@@ -1,17 +1,20 @@
 """Tone AI: contrast, shadows and highlights (``toneai_intensity``), by how much the photo needs them.
 
 Works on the lightness L of CIELAB (colour is left alone). It reads the photo first (on a thumbnail):
-its *flatness* (how far the spread of its tones falls short of a normally contrasted photo's) and
-whether it is a low-key scene (most of the frame near black: a night shot, a dark stage).
+its *flatness* (how far the spread of its tones falls short of a normally contrasted photo's), and whether
+it is a low-key scene (most of the frame near black: a night shot, a dark stage) or a high-key one (bright
+on the whole: fog, snow, a white product on white). Both are kept as they are meant.
 
 1. **Flat contrast**: a flat photo's darkest and brightest tones (0.5th / 99.5th percentiles) are spread
-   towards black and white, in proportion to its flatness; black and white themselves stay put, so
-   nothing is clipped. A photo with normal contrast is not stretched at all.
+   towards black and white, in proportion to its flatness and by at most ``max_stretch`` levels; black and
+   white themselves stay put, so nothing is clipped. A photo with normal contrast is not stretched at
+   all, nor is a high-key one (fog keeps its softness).
 2. **Shadows and highlights**: a global curve lifts the shadows and holds back the highlights by amounts
    that grow with the share of the image in each (a dark interior is opened up, a bright product shot is
-   not flattened); in a low-key scene the shadow lift fades out, so the night stays dark.
+   not flattened); in a low-key scene the shadow lift fades out, so the night stays dark, and in a
+   high-key scene the highlight hold-back does, so it stays bright.
 3. **Local contrast**: CLAHE (OpenCV), with tiles of about ``clahe_tile_px`` output pixels, blended in by
-   ``local_contrast`` and more so in flat photos.
+   ``local_contrast`` and more so in flat photos; not in low- or high-key scenes.
 
 ``intensity`` blends the result with the input lightness: 1.0 full, 0.0 disables the stage.
 """
@@ -51,14 +54,21 @@ class ToneTuning:
     #: Share of a pixel's headroom (255 - L) that toning may use to brighten it: a highlight that was not
     #: clipped never becomes clipped.
     max_headroom_used: float = 0.8
+    #: A bright scene (mean L from ``high_key_from`` to ``high_key_full``) is high-key on purpose (fog, snow,
+    #: a white product on white): its softness is kept, neither stretched nor given local contrast.
+    high_key_from: float = 150.0
+    high_key_full: float = 190.0
+    #: How far (L levels) a flat photo's darkest and brightest tones may be spread at most.
+    max_stretch: float = 20.0
 
 
 @dataclass(frozen=True)
 class ToneReading:
     """What the tone stage read from a photo (before ``intensity``)."""
 
-    flatness: float  # 0 = normal contrast, 1 = fully flat
+    flatness: float  # 0 = normal contrast, 1 = fully flat (and not high-key)
     low_key: float  # 0 = not, 1 = a low-key scene
+    high_key: float  # 0 = not, 1 = a high-key scene
     black: float  # 0.5th percentile of L
     white: float  # 99.5th percentile of L
     shadows: float  # shadow lift to apply
@@ -76,21 +86,27 @@ def read(lightness: np.ndarray, tuning: ToneTuning) -> ToneReading:
     by_share = (near_black - tuning.low_key_from) / (tuning.low_key_full - tuning.low_key_from)
     by_mean = (tuning.low_key_mean - float(lightness.mean())) / (tuning.low_key_mean / 2.0)
     low_key = float(np.clip(max(by_share, by_mean), 0.0, 1.0))
+
     share_dark = float(np.mean(lightness < 80))  # L* below ~31
     share_bright = float(np.mean(lightness > 200))  # L* above ~78
     # Saturating: a third of the frame in shadow already earns the full lift.
     shadows = tuning.shadows * min(1.0, share_dark * 3.0) * (1.0 - low_key)
-    highlights = tuning.highlights * min(1.0, share_bright * 3.0)
+    span = tuning.high_key_full - tuning.high_key_from
+    high_key = float(np.clip((float(lightness.mean()) - tuning.high_key_from) / span, 0.0, 1.0))
+    flatness *= 1.0 - high_key
+    # A high-key scene is bright on purpose: its highlights are not held back either.
+    highlights = tuning.highlights * min(1.0, share_bright * 3.0) * (1.0 - high_key)
     black, white = (float(v) for v in np.percentile(lightness, [0.5, 99.5]))
-    return ToneReading(flatness, low_key, black, white, shadows, highlights)
+    return ToneReading(flatness, low_key, high_key, black, white, shadows, highlights)
 
 
-def contrast_curve(black: float, white: float, flatness: float) -> np.ndarray:
-    """A 256-entry float curve (0-1) spreading ``black``..``white`` towards 0..255 by ``flatness``."""
+def contrast_curve(black: float, white: float, flatness: float, max_stretch: float = 255.0) -> np.ndarray:
+    """A 256-entry float curve (0-1) spreading ``black``..``white`` towards 0..255 by ``flatness``, each
+    end moving at most ``max_stretch`` levels."""
     if flatness <= 0.0 or white - black < 1.0:
         return _LEVELS.copy()
-    new_black = black * (1.0 - flatness)
-    new_white = white + (255.0 - white) * flatness
+    new_black = black - min(black * flatness, max_stretch)
+    new_white = white + min((255.0 - white) * flatness, max_stretch)
     points = ([0.0, black, white, 255.0], [0.0, new_black, new_white, 255.0])
     return np.interp(_LEVELS * 255.0, *points) / 255.0
 
@@ -125,7 +141,8 @@ def apply_tone(rgb: np.ndarray, *, intensity: float, tuning: ToneTuning) -> np.n
     lightness = lab[..., 0].copy()  # the input's: lab's own plane is overwritten below
     reading = read(thumbnail(lightness), tuning)
     curve = _shadows_highlights(
-        contrast_curve(reading.black, reading.white, reading.flatness), **_amounts(reading)
+        contrast_curve(reading.black, reading.white, reading.flatness, tuning.max_stretch),
+        **_amounts(reading),
     )
     curved = cv2.LUT(lightness, _to_uint8(curve))
     height, width = lightness.shape
@@ -133,7 +150,7 @@ def apply_tone(rgb: np.ndarray, *, intensity: float, tuning: ToneTuning) -> np.n
     toned = cv2.createCLAHE(clipLimit=tuning.clahe_clip, tileGridSize=grid).apply(curved)
     local = tuning.local_contrast + (1.0 - tuning.local_contrast) * reading.flatness
     # Local contrast in a low-key scene lifts its darkness the way the shadow curve would: held back too.
-    local *= 1.0 - reading.low_key
+    local *= (1.0 - reading.low_key) * (1.0 - reading.high_key)
     cv2.addWeighted(toned, local, curved, 1.0 - local, 0.0, dst=toned)
     del curved
     # The headroom ceiling as a lookup table (a float expression would cost 8 bytes a pixel).
