@@ -1,0 +1,259 @@
+"""The scale bench's report: targets with verdicts, each measured quantity beside the batch-size model's
+figure, the baselines, CPU by component, the batch timeline and the docs-only run.
+
+:func:`expected_from_model` is the hook for the catalog's batch-size model (issue #19 item 4): point it at
+the model's function and the "model" column fills in; until then it says "-".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from tests.bench import scale_measure as m
+
+TARGET_VS_FAIR = 1.15
+TARGET_VS_PLAIN = 1.25
+TARGET_API_PER_IMAGE = 0.3
+TARGET_STATUS_PER_PIPELINE = 1.3
+TARGET_PLAN_S = 30.0
+TARGET_PSS_BYTES = 2**30
+TARGET_TAIL_S = 10.0
+
+#: What the model is asked for, by key: the report's "model" column (seconds, counts, bytes).
+MODEL_KEYS = (
+    "run_s",  # the DAG run's wall time
+    "posts",  # POST /v1/pipeline
+    "status_reads",  # GET /v1/pipeline/{id}
+    "usage_reads",  # GET /v1/me/usage/
+    "downloads",  # GET /v1/tmp/... (not API requests)
+    "task_starts",
+    "triggers",
+    "worker_slot_s",
+    "task_instance_rows",
+    "xcom_rows",
+    "log_rows",
+    "result_table_bytes",
+)
+
+#: The same harness on main before issue #19's changes (filled from the run that measured them).
+BEFORE: dict[str, str] = {}
+
+
+def expected_from_model(images: int, urls_per_pipeline: int, rate_per_minute: int | None) -> dict[str, float] | None:
+    """The batch-size model's figures for a run (keys: :data:`MODEL_KEYS`), or ``None`` while there is no
+    model to ask. ``rate_per_minute`` ``None``: no rate limit.
+
+    Point this at the catalog's model once it exists (issue #19 item 4), e.g.
+    ``return leapi_provider.catalog.model.expected_run(images=..., ...)`` mapped to :data:`MODEL_KEYS`.
+    """
+    return None
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**NOT met**"
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _tail_s(dag: dict[str, Any]) -> float | None:
+    """Seconds from the last transfer (last result download, or last object written) to the run's end."""
+    last = max((t for t in (dag.get("last_download_at"), dag.get("last_object_at")) if t), default=None)
+    return dag["ended_at"] - last if last else None
+
+
+def _ratios(dag: dict[str, Any]) -> dict[str, float]:
+    requests = dag["requests"]
+    api = sum(requests[k] for k in m.API_KINDS)
+    pipelines = max(dag.get("accepted_posts") or requests[m.POST_PIPELINE], 1)
+    return {
+        "api": api,
+        "api_per_image": api / max(dag["images"], 1),
+        "status_per_pipeline": requests[m.GET_PIPELINE] / pipelines,
+        "pss_max": max((size for size, _ in dag.get("pss_tasks") or []), default=0),
+    }
+
+
+def _targets(scale: dict[str, Any]) -> list[str]:
+    dag, fair, plain = scale.get("dag"), scale.get("fair"), scale.get("plain")
+    lines = []
+    if dag and fair:
+        r = dag["dag_s"] / fair["seconds"]
+        lines.append(f"- DAG / fair baseline: {dag['dag_s']:.0f} s / {fair['seconds']:.0f} s = **{r:.2f}x** "
+                     f"(target <= {TARGET_VS_FAIR}x): {_verdict(r <= TARGET_VS_FAIR)}")  # fmt: skip
+    if dag and plain:
+        r = dag["dag_s"] / plain["seconds"]
+        lines.append(f"- DAG / plain baseline: {dag['dag_s']:.0f} s / {plain['seconds']:.0f} s = **{r:.2f}x** "
+                     f"(target <= {TARGET_VS_PLAIN}x): {_verdict(r <= TARGET_VS_PLAIN)}")  # fmt: skip
+    if not dag:
+        return lines
+    x = _ratios(dag)
+    tail = _tail_s(dag)
+    plan = dag.get("plan_s")
+    lines += [
+        f"- LEAPI API requests per image (result downloads not counted): **{x['api_per_image']:.3f}** "
+        f"(target <= {TARGET_API_PER_IMAGE}): {_verdict(x['api_per_image'] <= TARGET_API_PER_IMAGE)}",
+        f"- status reads per pipeline: **{x['status_per_pipeline']:.2f}** (target <= "
+        f"{TARGET_STATUS_PER_PIPELINE}): {_verdict(x['status_per_pipeline'] <= TARGET_STATUS_PER_PIPELINE)}",
+        f"- plan task: **{_num(plan, 1)} s** (target <= {TARGET_PLAN_S:.0f} s): "
+        f"{_verdict(plan is not None and plan <= TARGET_PLAN_S)}",
+        f"- peak PSS of one task process: **{x['pss_max'] / 2**30:.2f} GiB** (target <= 1 GiB): "
+        f"{_verdict(0 < x['pss_max'] <= TARGET_PSS_BYTES)}",
+        f"- last transfer to the run's end: **{_num(tail, 1)} s** (target <= {TARGET_TAIL_S:.0f} s): "
+        f"{_verdict(tail is not None and tail <= TARGET_TAIL_S)}",
+        f"- every image has its result: {dag['objects']:,} objects, {dag['result_table']['rows']:,} result rows "
+        f"({dag['result_table']['by_status']}) for {dag['images']:,} images; run {dag['state']}: "
+        f"{_verdict(dag['state'] == 'success' and dag['objects'] == dag['images'])}",
+    ]
+    return lines
+
+
+def _model_rows(dag: dict[str, Any], model: dict[str, float] | None) -> list[tuple[str, str, str]]:
+    """``(quantity, measured, model)`` for the DAG run."""
+    requests, meta, table = dag["requests"], dag["metadata"], dag["result_table"]
+    x = _ratios(dag)
+
+    def modelled(key: str, digits: int = 0) -> str:
+        return _num(model.get(key), digits) if model else "-"
+
+    waits, waited_s = dag["rate_limit_waits"]
+    return [
+        ("DAG run wall time (s)", _num(dag["dag_s"], 1), modelled("run_s", 1)),
+        (m.POST_PIPELINE, _num(requests[m.POST_PIPELINE]), modelled("posts")),
+        (m.GET_PIPELINE, _num(requests[m.GET_PIPELINE]), modelled("status_reads")),
+        (m.GET_USAGE, _num(requests[m.GET_USAGE]), modelled("usage_reads")),
+        ("other API requests", _num(requests[m.OTHER]), "-"),
+        ("API requests per image", f"{x['api_per_image']:.3f}", "-"),
+        ("status reads per pipeline", f"{x['status_per_pipeline']:.2f}", "-"),
+        (f"result downloads {m.GET_TMP} (not API requests)", _num(requests[m.GET_TMP]), modelled("downloads")),
+        ("HTTP 429 answers", _num(dag["responses_429"]), "-"),
+        ("plan task (s)", _num(dag.get("plan_s"), 1), "-"),
+        ("task instances", _num(dag["task_instances"]), "-"),
+        ("task starts (a worker started or resumed a try)", _num(dag["starts"]), modelled("task_starts")),
+        ("deferrals (= triggers created)", _num(dag["deferrals"]), modelled("triggers")),
+        ("worker-slot time (s, sum of running spans)", _num(dag["slot_s"], 1), modelled("worker_slot_s", 1)),
+        ("rate-limit waits logged (count / s)", f"{waits} / {waited_s:.1f}", "-"),
+        ("metadata rows: task_instance", _num(meta.get("task_instance")), modelled("task_instance_rows")),
+        ("metadata rows: xcom", _num(meta.get("xcom")), modelled("xcom_rows")),
+        ("metadata rows: log (event log)", _num(meta.get("log")), modelled("log_rows")),
+        ("metadata rows: trigger (left at the end)", _num(meta.get("trigger")), "-"),
+        ("metadata rows: task_instance_history", _num(meta.get("task_instance_history")), "-"),
+        ("airflow.db (MB)", _num(meta.get("airflow.db bytes", 0) / 1e6, 1), "-"),
+        ("result table (files / rows / MB)",
+         f"{table['files']} / {table['rows']:,} / {table['bytes'] / 1e6:.2f}", modelled("result_table_bytes")),
+        ("peak PSS, largest task process (GiB)", f"{x['pss_max'] / 2**30:.2f}", "-"),
+        ("peak PSS, trigger runner / all Airflow (GiB)",
+         f"{dag['pss_triggerer'] / 2**30:.2f} / {dag['pss_airflow_total'] / 2**30:.2f}", "-"),
+        ("max API requests in any 60 s (all requests)",
+         f"{dag['max_per_minute']:,} ({dag['max_per_minute_all']:,})", "-"),
+    ]  # fmt: skip
+
+
+def _scale_tables(scale: dict[str, Any]) -> list[str]:
+    dag = scale.get("dag")
+    lines: list[str] = []
+    if dag:
+        model = expected_from_model(dag["images"], 10, None)
+        lines += ["", "| quantity (DAG run) | measured | model |", "|---|---:|---:|"]
+        lines += [f"| {q} | {v} | {e} |" for q, v, e in _model_rows(dag, model)]
+    phases = [(name, scale[key]) for name, key in (("DAG", "dag"), ("fair baseline", "fair"),
+                                                     ("plain baseline", "plain")) if scale.get(key)]  # fmt: skip
+    if not phases:
+        return lines
+    lines += ["", "| | " + " | ".join(n for n, _ in phases) + " |", "|---|" + "---:|" * len(phases)]
+    wall = [f"{p.get('dag_s', p.get('seconds')):.1f}" for _, p in phases]
+    lines.append("| wall time (s) | " + " | ".join(wall) + " |")
+    for kind in (*m.API_KINDS, m.GET_TMP):
+        lines.append(f"| {kind} | " + " | ".join(f"{p['requests'][kind]:,}" for _, p in phases) + " |")
+    per_image = [sum(p["requests"][k] for k in m.API_KINDS) / scale["images"] for _, p in phases]
+    lines.append("| API requests per image | " + " | ".join(f"{v:.3f}" for v in per_image) + " |")
+    components = sorted({c for _, p in phases for c in p["cpu_s"]})
+    for component in components:
+        cells = [f"{p['cpu_s'].get(component, 0):,.0f}" for _, p in phases]
+        lines.append(f"| CPU s: {component} | " + " | ".join(cells) + " |")
+    loads = [" -> ".join(f"{v:.1f}" for v in p["load"][:2]) for _, p in phases]
+    lines.append("| load average (1 min) at start -> end | " + " | ".join(loads) + " |")
+    return lines
+
+
+def _timeline(dag: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "Batch timeline (seconds after the trigger; transfers: the batch's first and last result download):",
+        "",
+        "| batch | pipelines | start | first transfer | last transfer | end | running (s) | deferrals | state |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for index, b in dag["batches"].items():
+        cells = [_num(b[k], 1) for k in ("start", "first_transfer", "last_transfer", "end", "running_s")]
+        lines.append(f"| {index} | {b['pipelines']:,} | " + " | ".join(cells) + f" | {b['deferrals']} | {b['state']} |")
+    lines.append(f"\nRun end: {dag['dag_s']:.1f} s; plan: {_num(dag.get('plan_s'), 1)} s.")
+    top = ", ".join(f"{size / 2**30:.2f} GiB ({title[:60]})" for size, title in dag["pss_tasks"][:4])
+    lines.append(f"Largest task processes by peak PSS: {top or '-'}.")
+    return lines
+
+
+def _docs_section(docs: dict[str, Any]) -> list[str]:
+    dag, rate = docs.get("dag"), docs["rate_per_minute"]
+    if not dag:
+        return []
+    x = _ratios(dag)
+    failed = [s for s in dag["task_states"] if not s.endswith(": success")]
+    return [
+        "",
+        f"### Docs-only server: {docs['images']:,} images under {rate} requests a minute",
+        "",
+        (f"leapi-server `--compat docs --rate-limit-per-minute {rate} --workers 2` (the server itself limits "
+         "only submits; the docs' limit is on every request received, so the count below is every request in "
+         "its access log: submits, status reads, usage), its own Airflow stack, the same DAG and params."),  # fmt: skip
+        "",
+        f"- run {dag['state']} in {dag['dag_s']:.0f} s; task states: {', '.join(dag['task_states'])}: "
+        f"no failed task: {_verdict(dag['state'] == 'success' and not failed)}",
+        f"- most API requests in any 60 s window: **{dag['max_per_minute']}** (limit {rate}): "
+        f"{_verdict(dag['max_per_minute'] <= rate)}; with result downloads: {dag['max_per_minute_all']}",
+        f"- requests: {', '.join(f'{k}: {v:,}' for k, v in dag['requests'].items())}; "
+        f"{x['api_per_image']:.3f} API requests per image, {x['status_per_pipeline']:.2f} status reads per "
+        f"pipeline; HTTP 429 answers: {dag['responses_429']}; rate-limit waits logged: "
+        f"{dag['rate_limit_waits'][0]} ({dag['rate_limit_waits'][1]:.0f} s)",
+        f"- task starts {dag['starts']}, deferrals {dag['deferrals']}, worker-slot time {dag['slot_s']:.0f} s, "
+        f"plan {_num(dag.get('plan_s'), 1)} s, {dag['objects']:,} objects written",
+    ]
+
+
+def _stamp(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def render(facts: dict[str, Any], *, heading: Callable[[int], str] | None = None) -> str:
+    scale, docs = facts.get("scale") or {}, facts.get("docs") or {}
+    images = scale.get("images") or docs.get("images") or 0
+    lines = [
+        (heading or (lambda n: f"## The catalog at scale: {n:,} images under a real scheduler"))(images),
+        "",
+        ("`marketplace_feed_etl` (10 URLs per pipeline) on the `airflow standalone` stack (LocalExecutor, "
+         "SQLite), pool `leapi` of 4 slots, leapi-server with 2 worker processes, moto's S3 server. Sources: "
+         "300 JPEGs of 64-96 px under one distinct URL (and ETag) per image from a uvicorn source server "
+         "(`tests/bench/scale_sources.py`), each enhanced to fit 128x128. Baselines against the same server, "
+         "right after the DAG: the **fair** one does the DAG's work in one asyncio script (4 submits in flight, "
+         "one poller reading pending pipelines in submission order every second and stopping at the first "
+         "still PROCESSING, 32 downloads in flight, uploads to the same bucket on 16 boto3 threads, one "
+         "Parquet result table); the **plain** one is `bench_catalog_dag._baseline` (sequential submits, "
+         "in-order polling, sequential downloads at the end, no S3). moto is emptied between phases. "
+         f"Load average at the start: {facts['load_at_start'][0]:.1f} (the machine is shared)."),  # fmt: skip
+        "",
+        "Command: `LEAPI_BENCH_SCALE_IMAGES=100000 .venv/bin/python -m tests.bench scale` (part of `make bench`).",
+    ]
+    if scale:
+        lines += ["", "### Targets", "", *_targets(scale), *_scale_tables(scale)]
+        if scale.get("dag"):
+            lines += _timeline(scale["dag"])
+    lines += _docs_section(docs) if docs else []
+    if BEFORE:
+        lines += ["", "### Before (main before issue #19, the same harness)", ""]
+        lines += [f"- {k}: {v}" for k, v in BEFORE.items()]
+    return "\n".join(lines)
