@@ -68,7 +68,9 @@ def _busy_seconds(pipelines: list[dict]) -> float:
     return total
 
 
-def _baseline(client, urls: list[str], operation: dict, *, in_order: bool = False) -> tuple[float, list[dict]]:
+def _baseline(
+    client, urls: list[str], operation: dict, *, in_order: bool = False
+) -> tuple[float, list[dict]]:
     """Submit, wait for and download ``urls`` with a plain client; ``(seconds, pipelines)``.
 
     :param in_order: each polling round reads the pending pipelines in submission order and stops at the

@@ -49,8 +49,13 @@ BUCKET = "bench"
 URLS_PER_PIPELINE = 10
 VARIANTS = 300
 OUTPUT_BOX = 128
-OPERATION = {"op": "preset/marketplace", "width": OUTPUT_BOX, "height": OUTPUT_BOX, "image_format": "JPEG",
-             "quality": 85}  # fmt: skip
+OPERATION = {
+    "op": "preset/marketplace",
+    "width": OUTPUT_BOX,
+    "height": OUTPUT_BOX,
+    "image_format": "JPEG",
+    "quality": 85,
+}
 POOL_SLOTS = 4
 
 
@@ -212,7 +217,9 @@ def _dag_facts(stack: Any, run_id: str, accesses: list[m.Access]) -> dict[str, A
         "task_states": sorted({f"{ti['task_id']}: {ti['state']}" for ti in tis}),
         "task_instances": len(tis),
         # (a task process's title names its task instance's id)
-        "ti_names": {ti["id"]: ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else "") for ti in tis},
+        "ti_names": {
+            ti["id"]: ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else "") for ti in tis
+        },
         "starts": times.starts,
         "deferrals": times.deferrals,
         "slot_s": times.slot_s,
@@ -253,14 +260,26 @@ def _result_table(stack: Any, moto: Any, run_id: str) -> dict[str, Any]:
         rows, size = rows + table.num_rows, size + len(body)
         for status in table["status"].to_pylist():
             statuses[status] = statuses.get(status, 0) + 1
-    return {"files": len(finalized.get("result_files", [])), "rows": rows, "bytes": size, "by_status": statuses}
+    return {
+        "files": len(finalized.get("result_files", [])),
+        "rows": rows,
+        "bytes": size,
+        "by_status": statuses,
+    }
 
 
 def run_fair_phase(bench: Bench, *, server: Any, moto: Any, rows: list[dict]) -> dict[str, Any]:
     offset = m.log_size(server.log_path)
     cpu_before, load_before = bench.cpu(), os.getloadavg()
-    outcome = scale_fair.fair_baseline(base_url=server.base_url, api_key=API_KEY, manifest=rows, operation=OPERATION,
-                            s3_endpoint=moto.endpoint_url, bucket=BUCKET, prefix="fair")  # fmt: skip
+    outcome = scale_fair.fair_baseline(
+        base_url=server.base_url,
+        api_key=API_KEY,
+        manifest=rows,
+        operation=OPERATION,
+        s3_endpoint=moto.endpoint_url,
+        bucket=BUCKET,
+        prefix="fair",
+    )
     cpu_after = bench.cpu()
     accesses, _ = m.read_access_log(server.log_path, offset)
     return {
@@ -279,13 +298,18 @@ def run_plain_phase(bench: Bench, *, server: Any, rows: list[dict]) -> dict[str,
     offset = m.log_size(server.log_path)
     cpu_before, load_before = bench.cpu(), os.getloadavg()
     with server.client(timeout=120) as client:
-        seconds, pipelines = bench_catalog_dag._baseline(client, [r["source_url"] for r in rows], OPERATION, in_order=True)
+        seconds, pipelines = bench_catalog_dag._baseline(
+            client, [r["source_url"] for r in rows], OPERATION, in_order=True
+        )
     cpu_after = bench.cpu()
     accesses, _ = m.read_access_log(server.log_path, offset)
     return {
         "seconds": seconds,
-        "done": sum(r.get("status") == "SUCCESS" or bool(r.get("output_object"))
-                    for p in pipelines for r in p["results"]),  # fmt: skip
+        "done": sum(
+            r.get("status") == "SUCCESS" or bool(r.get("output_object"))
+            for p in pipelines
+            for r in p["results"]
+        ),
         "requests": m.counts_by_kind(accesses),
         "cpu_s": {k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after},
         "load": [load_before[0], os.getloadavg()[0]],
@@ -297,7 +321,9 @@ def _start_airflow(bench: Bench, stack_home: Path, server: Any, moto: Any, exits
     from tests.e2e.stack import AirflowStack
 
     stack = exits.enter_context(
-        AirflowStack(home=stack_home, dags_folders=[REPO / "dags"], env=_stack_env(server.base_url, moto.endpoint_url))
+        AirflowStack(
+            home=stack_home, dags_folders=[REPO / "dags"], env=_stack_env(server.base_url, moto.endpoint_url)
+        )
     )
     stack.set_pool(LEAPI_POOL, POOL_SLOTS)
     stack.wait_for_dag(DAG_ID)
@@ -309,7 +335,9 @@ def _start_airflow(bench: Bench, stack_home: Path, server: Any, moto: Any, exits
 def _warm_up(server: Any, sources: str, variants: list[Variant]) -> None:
     """The server's workers load the engine first (not part of any phase)."""
     with server.client(timeout=120) as client:
-        bench_catalog_dag._baseline(client, [r["source_url"] for r in manifest_rows(sources, variants, 4, "warm")], OPERATION)
+        bench_catalog_dag._baseline(
+            client, [r["source_url"] for r in manifest_rows(sources, variants, 4, "warm")], OPERATION
+        )
 
 
 def scale_case(bench: Bench, *, source_server: Any, variants: list[Variant], moto: Any, images: int) -> None:
@@ -326,38 +354,56 @@ def scale_case(bench: Bench, *, source_server: Any, variants: list[Variant], mot
         stack = _start_airflow(bench, bench.work / "airflow-scale", server, moto, exits)
         _warm_up(server, sources, variants)
         facts["source_requests_before"] = source_server.stats()
-        facts["dag"] = run_dag_phase(bench, stack=stack, server=server, moto=moto,
-                                     rows=manifest_rows(sources, variants, images, "dag"), name="scale")  # fmt: skip
+        facts["dag"] = run_dag_phase(
+            bench,
+            stack=stack,
+            server=server,
+            moto=moto,
+            rows=manifest_rows(sources, variants, images, "dag"),
+            name="scale",
+        )
         facts["source_requests_after_dag"] = source_server.stats()
         bench.save()
         _reset_bucket(moto)
-        facts["fair"] = run_fair_phase(bench, server=server, moto=moto,
-                                       rows=manifest_rows(sources, variants, images, "fair"))  # fmt: skip
+        facts["fair"] = run_fair_phase(
+            bench, server=server, moto=moto, rows=manifest_rows(sources, variants, images, "fair")
+        )
         bench.save()
         _reset_bucket(moto)
-        facts["plain"] = run_plain_phase(bench, server=server, rows=manifest_rows(sources, variants, images, "plain"))
+        facts["plain"] = run_plain_phase(
+            bench, server=server, rows=manifest_rows(sources, variants, images, "plain")
+        )
         bench.save()
 
 
-def docs_case(bench: Bench, *, sources: str, variants: list[Variant], moto: Any, images: int, rate: int) -> None:
+def docs_case(
+    bench: Bench, *, sources: str, variants: list[Variant], moto: Any, images: int, rate: int
+) -> None:
     from tests.support.server import running_server
 
     facts = bench.facts.setdefault("docs", {"images": images, "rate_per_minute": rate})
     server_args = ("--workers", "2", "--rate-limit-per-minute", str(rate), "--monthly-quota", "0")
     with ExitStack() as exits:
         server = exits.enter_context(
-            running_server(data_dir=bench.work / "leapi-docs", api_keys=(API_KEY,), extra_args=server_args,
-                           compat="docs")  # fmt: skip
+            running_server(
+                data_dir=bench.work / "leapi-docs", api_keys=(API_KEY,), extra_args=server_args, compat="docs"
+            )
         )
         bench.cpu_pids["leapi-server"] = [server.process.pid]
         stack = _start_airflow(bench, bench.work / "airflow-docs", server, moto, exits)
         _warm_up(server, sources, variants)
         time.sleep(61)  # the warm-up's requests leave the server's sliding minute
         _reset_bucket(moto)
-        facts["dag"] = run_dag_phase(bench, stack=stack, server=server, moto=moto,
-                                     rows=manifest_rows(sources, variants, images, "docs"), name="docs",
-                                     # (the docs show no usage body, so a docs-only server's is unreadable)
-                                     quota_guard="off")  # fmt: skip
+        facts["dag"] = run_dag_phase(
+            bench,
+            stack=stack,
+            server=server,
+            moto=moto,
+            rows=manifest_rows(sources, variants, images, "docs"),
+            name="docs",
+            # (the docs show no usage body, so a docs-only server's is unreadable)
+            quota_guard="off",
+        )
         bench.save()
 
 
@@ -376,12 +422,22 @@ def measure(work: Path) -> dict[str, Any]:
             _reset_bucket(moto)
             bench.cpu_pids = {"moto": [moto.process.pid], "sources": [source_server.pid]}
             if "scale" in cases:
-                scale_case(bench, source_server=source_server, variants=variants, moto=moto,
-                           images=_env_int("LEAPI_BENCH_SCALE_IMAGES", 100_000))  # fmt: skip
+                scale_case(
+                    bench,
+                    source_server=source_server,
+                    variants=variants,
+                    moto=moto,
+                    images=_env_int("LEAPI_BENCH_SCALE_IMAGES", 100_000),
+                )
             if "docs" in cases:
-                docs_case(bench, sources=sources, variants=variants, moto=moto,
-                          images=_env_int("LEAPI_BENCH_SCALE_DOCS_IMAGES", 5000),
-                          rate=_env_int("LEAPI_BENCH_SCALE_DOCS_RATE", 300))  # fmt: skip
+                docs_case(
+                    bench,
+                    sources=sources,
+                    variants=variants,
+                    moto=moto,
+                    images=_env_int("LEAPI_BENCH_SCALE_DOCS_IMAGES", 5000),
+                    rate=_env_int("LEAPI_BENCH_SCALE_DOCS_RATE", 300),
+                )
         finally:
             moto.stop()
     bench.facts["finished"] = time.time()

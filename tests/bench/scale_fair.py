@@ -158,13 +158,27 @@ def _write_table(run: _Run) -> int:
     def stamp(value: float | None) -> datetime | None:
         return datetime.fromtimestamp(value, UTC) if value else None
 
-    columns = ("image_id", "source_url", "pipeline_id", "status", "error", "output_uri", "output_bytes",
-               "output_sha256", "output_width", "output_height")  # fmt: skip
+    columns = (
+        "image_id",
+        "source_url",
+        "pipeline_id",
+        "status",
+        "error",
+        "output_uri",
+        "output_bytes",
+        "output_sha256",
+        "output_width",
+        "output_height",
+    )
     table = pa.table(
         {name: [r.get(name) for r in run.rows] for name in columns}
         | {
-            "submitted_at": pa.array([stamp(r.get("submitted_at")) for r in run.rows], pa.timestamp("us", "UTC")),
-            "finished_at": pa.array([stamp(r.get("finished_at")) for r in run.rows], pa.timestamp("us", "UTC")),
+            "submitted_at": pa.array(
+                [stamp(r.get("submitted_at")) for r in run.rows], pa.timestamp("us", "UTC")
+            ),
+            "finished_at": pa.array(
+                [stamp(r.get("finished_at")) for r in run.rows], pa.timestamp("us", "UTC")
+            ),
         }
     )
     sink = io.BytesIO()
@@ -220,7 +234,9 @@ def fair_baseline(
             with ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="upload") as uploads:
                 run = _Run(api, s3, bucket, prefix, operation, settings, outcome, uploads)
                 await _fair(run, manifest)
-                outcome.table_bytes = await asyncio.get_running_loop().run_in_executor(uploads, _write_table, run)
+                outcome.table_bytes = await asyncio.get_running_loop().run_in_executor(
+                    uploads, _write_table, run
+                )
                 outcome.rows = len(run.rows)
                 outcome.done = sum(r["status"] == "done" for r in run.rows)
 

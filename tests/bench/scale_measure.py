@@ -124,8 +124,14 @@ def task_times(events: Iterable[dict[str, Any]]) -> TaskTimes:
     times = TaskTimes()
     running_since: dict[str, datetime] = {}
     for row in events:
-        if not row.get("task_id") or row["event"] not in ("running", "deferred", "success", "failed",
-                                                          "up_for_retry", "up_for_reschedule"):  # fmt: skip
+        if not row.get("task_id") or row["event"] not in (
+            "running",
+            "deferred",
+            "success",
+            "failed",
+            "up_for_retry",
+            "up_for_reschedule",
+        ):
             continue
         index = row.get("map_index")
         name = row["task_id"] + (f"[{index}]" if index is not None and index >= 0 else "")
@@ -160,14 +166,14 @@ def metadata_rows(db_path: Path, *, dag_id: str, run_id: str) -> dict[str, int]:
     uri = f"file:{db_path}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as db:
         for table in METADATA_TABLES:
-            columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}  # noqa: S608
+            columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
             if not columns:
                 continue
             if {"dag_id", "run_id"} <= columns:
-                query = f"SELECT count(*) FROM {table} WHERE dag_id = ? AND run_id = ?"  # noqa: S608
+                query = f"SELECT count(*) FROM {table} WHERE dag_id = ? AND run_id = ?"
                 found[table] = db.execute(query, (dag_id, run_id)).fetchone()[0]
             else:
-                found[table] = db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+                found[table] = db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     found["airflow.db bytes"] = sum(
         p.stat().st_size for p in db_path.parent.glob(db_path.name + "*") if p.is_file()
     )
@@ -319,5 +325,7 @@ def wait_for_run_end(stack: Any, dag_id: str, run_id: str, *, timeout: float, ev
         if state in ("success", "failed"):
             return state
         if time.monotonic() > deadline:
-            raise TimeoutError(f"run {run_id} still {state} after {timeout:.0f} s:\n{stack.run_report(dag_id, run_id)}")
+            raise TimeoutError(
+                f"run {run_id} still {state} after {timeout:.0f} s:\n{stack.run_report(dag_id, run_id)}"
+            )
         time.sleep(every_s)

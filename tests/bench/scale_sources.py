@@ -93,7 +93,9 @@ class SourceApp:
             return
         method, path = scope["method"], scope["path"]
         if path == STATS_PATH:
-            await _respond(send, 200, json.dumps(self.counts).encode(), [(b"content-type", b"application/json")])
+            await _respond(
+                send, 200, json.dumps(self.counts).encode(), [(b"content-type", b"application/json")]
+            )
             return
         self.counts[method if method in ("GET", "HEAD") else "other"] += 1
         variant = self.variants.get(path.rpartition("/")[2]) if path.startswith(SOURCE_PREFIX) else None
