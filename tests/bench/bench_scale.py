@@ -216,6 +216,7 @@ def _dag_facts(stack: Any, run_id: str, accesses: list[m.Access]) -> dict[str, A
         "plan_s": (plan["end"] - plan["start"]).total_seconds() if plan.get("end") else None,
         "task_states": sorted({f"{ti['task_id']}: {ti['state']}" for ti in tis}),
         "task_instances": len(tis),
+        "retried": sorted(ti["task_id"] for ti in tis if (ti.get("try_number") or 0) > 1),
         # (a task process's title names its task instance's id)
         "ti_names": {
             ti["id"]: ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else "") for ti in tis
@@ -456,4 +457,13 @@ def run() -> str:
 
 
 if __name__ == "__main__":
-    print(run())
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="The scale bench (make bench runs it as: tests.bench scale)."
+    )
+    parser.add_argument(
+        "--render", type=Path, help="print the report of a saved results.json; measure nothing"
+    )
+    args = parser.parse_args()
+    print(scale_report.render(json.loads(args.render.read_text())) if args.render else run())
