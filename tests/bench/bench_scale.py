@@ -219,7 +219,8 @@ def _dag_facts(stack: Any, run_id: str, accesses: list[m.Access]) -> dict[str, A
         "run_id": run_id,
         "dag_s": ended - queued,
         "ended_at": ended,
-        "plan_s": (plan["end"] - plan["start"]).total_seconds() if plan.get("end") else None,
+        # (its last try's: a try that died under load and its retry delay are not the plan's cost)
+        "plan_s": (plan["end"] - plan["try_start"]).total_seconds() if plan.get("end") else None,
         "task_states": sorted({f"{ti['task_id']}: {ti['state']}" for ti in tis}),
         "task_instances": len(tis),
         "retried": sorted(ti["task_id"] for ti in tis if (ti.get("try_number") or 0) > 1),

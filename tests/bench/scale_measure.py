@@ -115,7 +115,8 @@ class TaskTimes:
     starts: int = 0  # a worker started or resumed a try ("running" rows)
     deferrals: int = 0  # a try handed its wait to the triggerer (each defers with one new trigger)
     slot_s: float = 0.0  # sum of running spans: worker-slot time
-    #: per task instance (``plan``, ``batch[3]``, ...): first start, end, running seconds, deferrals.
+    #: per task instance (``plan``, ``batch[3]``, ...): first start, end, running seconds, deferrals, tries
+    #: and the start of the last try (``try_start``).
     spans: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -137,11 +138,14 @@ def task_times(events: Iterable[dict[str, Any]]) -> TaskTimes:
         name = row["task_id"] + (f"[{index}]" if index is not None and index >= 0 else "")
         when = datetime.fromisoformat(row["when"])
         span = times.spans.setdefault(
-            name, {"start": when, "end": None, "running_s": 0.0, "deferrals": 0, "state": None}
+            name, {"start": when, "end": None, "running_s": 0.0, "deferrals": 0, "state": None, "tries": 0}
         )
         if row["event"] == "running":
             times.starts += 1
             running_since[name] = when
+            if row.get("try_number") != span.get("try"):
+                span["try"], span["try_start"] = row.get("try_number"), when
+                span["tries"] += 1
             continue
         if name in running_since:
             seconds = (when - running_since.pop(name)).total_seconds()
