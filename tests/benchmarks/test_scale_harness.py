@@ -68,17 +68,21 @@ def test_max_per_sliding_window() -> None:
 
 
 def test_task_times_from_the_event_log() -> None:
-    def row(task: str, event: str, second: int, map_index: int = -1) -> dict:
+    def row(task: str, event: str, second: int, map_index: int = -1, try_number: int = 1) -> dict:
+        when = f"2026-12-01T12:00:{second:02d}+00:00"
         return {
             "task_id": task,
             "map_index": map_index,
             "event": event,
-            "when": f"2026-12-01T12:00:{second:02d}+00:00",
+            "when": when,
+            "try_number": try_number,
         }
 
     events = [
         row("plan", "running", 0),
-        row("plan", "success", 4),
+        row("plan", "up_for_retry", 1),
+        row("plan", "running", 2, try_number=2),
+        row("plan", "success", 5, try_number=2),
         row("batch", "running", 5, 0),
         row("batch", "deferred", 15, 0),
         row("batch", "running", 40, 0),
@@ -86,8 +90,10 @@ def test_task_times_from_the_event_log() -> None:
         {"task_id": None, "event": "trigger", "when": "2026-12-01T12:00:01+00:00"},
     ]
     times = m.task_times(events)
-    assert (times.starts, times.deferrals, times.slot_s) == (3, 1, 4 + 10 + 3)
+    assert (times.starts, times.deferrals, times.slot_s) == (4, 1, 1 + 3 + 10 + 3)
     assert times.spans["batch[0]"]["running_s"] == 13
+    assert (times.spans["batch[0]"]["tries"], times.spans["plan"]["tries"]) == (1, 2)
+    assert times.spans["plan"]["try_start"] == datetime.fromisoformat("2026-12-01T12:00:02+00:00")
     assert times.spans["batch[0]"]["end"] == datetime.fromisoformat("2026-12-01T12:00:43+00:00")
     assert times.spans["plan"]["state"] == "success"
 
