@@ -5,8 +5,8 @@ What a good engineer would write to enhance a manifest into a bucket, doing the 
 upload it to the same S3 bucket under the feed's key layout (``feed/{preset}/{image_id}/{sha256:.16}.jpg``),
 and write a Parquet result table with one row per image. One process, three stages running at once:
 
-* **submit**: ``submit_concurrency`` POSTs in flight (429 and 5xx answers are retried after
-  ``Retry-After`` or a short backoff);
+* **submit**: ``submit_concurrency`` POSTs in flight, each with an ``Idempotency-Key`` (429 and 5xx answers
+  and dropped connections are retried after ``Retry-After`` or a short backoff);
 * **wait**: one poller reads the pending pipelines in submission order every ``poll_interval_s`` and stops
   a round at the first one still PROCESSING (the server works through its queue in order), so status
   reads stay near one per pipeline;
@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import io
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from leapi.constants import API_KEY_HEADER
+from leapi.constants import API_KEY_HEADER, IDEMPOTENCY_KEY_HEADER
 
 _RETRYABLE = frozenset({429, 500, 502, 503, 504})
 
@@ -78,23 +79,32 @@ class _Run:
 
 
 async def _request(run: _Run, method: str, url: str, kind: str, **kwargs: Any) -> httpx.Response:
+    """One request, retried on 429/5xx (after ``Retry-After`` or a backoff) and on a dropped connection (a
+    keep-alive connection the server closed as it was reused; POSTs carry an ``Idempotency-Key``, so a
+    retried submit is not charged twice)."""
     for attempt in range(8):
+        delay = min(2.0**attempt * 0.25, 10.0)
         run.outcome.requests[kind] += 1
-        response = await run.api.request(method, url, **kwargs)
-        if response.status_code not in _RETRYABLE:
+        try:
+            response = await run.api.request(method, url, **kwargs)
+        except httpx.TransportError:
+            if attempt == 7:
+                raise
+            await asyncio.sleep(delay)
+            continue
+        if response.status_code not in _RETRYABLE or attempt == 7:
             response.raise_for_status()
             return response
-        delay = float(response.headers.get("Retry-After") or min(2.0**attempt * 0.25, 10.0))
-        await asyncio.sleep(delay)
-    response.raise_for_status()
-    return response
+        await asyncio.sleep(float(response.headers.get("Retry-After") or delay))
+    raise AssertionError("unreachable")
 
 
 async def _submit(run: _Run, chunks: deque[list[dict[str, Any]]]) -> None:
     while chunks:
         chunk = chunks.popleft()
         body = {"source": {"http": {"url": [r["source_url"] for r in chunk]}}, "operations": [run.operation]}
-        response = await _request(run, "POST", "/v1/pipeline", "POST /v1/pipeline", json=body)
+        key = {IDEMPOTENCY_KEY_HEADER: uuid.uuid4().hex}
+        response = await _request(run, "POST", "/v1/pipeline", "POST /v1/pipeline", json=body, headers=key)
         run.waiting.append((response.json()["pipeline"]["id"], chunk, time.time()))
 
 
