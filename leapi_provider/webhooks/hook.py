@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 from leapi.webhooks import DEFAULT_TOLERANCE_S
-from leapi_provider.exceptions import LeapiError
 from leapi_provider.get_provider_info import LEAPI_WEBHOOKS_UI_FIELD_BEHAVIOUR as UI_FIELD_BEHAVIOUR
 from leapi_provider.webhooks.tokens import notify_url
 
@@ -57,7 +56,9 @@ class RedisLocation:
         try:
             import redis.asyncio
         except ImportError as exc:
-            raise LeapiError(
+            from airflow.exceptions import AirflowOptionalProviderFeatureException
+
+            raise AirflowOptionalProviderFeatureException(
                 "LEAPI webhooks need redis-py: pip install 'airflow-provider-leapi[webhooks]'"
             ) from exc
         return redis.asyncio.Redis(
@@ -110,12 +111,12 @@ def webhook_settings(conn: Any, extras: dict[str, Any], redis: RedisLocation) ->
     """The settings of a ``leapi_webhooks`` connection (``redis`` read from its ``redis_conn_id``)."""
     base_url = (conn.host or "").strip()
     if not base_url.lower().startswith(("http://", "https://")):
-        raise LeapiError(
+        raise ValueError(
             f"Connection {conn.conn_id!r}: host must be the receiver's base URL, e.g. "
             f"https://airflow.example.com/leapi-webhooks (got {base_url!r})"
         )
     if not conn.password:
-        raise LeapiError(f"Connection {conn.conn_id!r} has no token secret: put one in its password.")
+        raise ValueError(f"Connection {conn.conn_id!r} has no token secret: put one in its password.")
     return WebhookSettings(
         base_url=base_url.rstrip("/"),
         token_secret=conn.password,
