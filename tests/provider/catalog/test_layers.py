@@ -19,6 +19,7 @@ LAYERS = [
         "leapi_provider.utils",
         "leapi_provider.get_provider_info",
         "leapi_provider.hooks",
+        "leapi_provider.webhooks",
     ],
     [
         "leapi_provider.results",
@@ -32,7 +33,12 @@ LAYERS = [
         "leapi_provider.sensors",
         "leapi_provider.transfers",
     ],
-    ["leapi_provider.catalog.tasks", "leapi_provider.catalog.__init__"],
+    [
+        "leapi_provider.catalog.tasks",
+        "leapi_provider.catalog.__init__",
+        "leapi_provider.catalog.dags",
+        "leapi_provider.events",
+    ],
 ]
 
 

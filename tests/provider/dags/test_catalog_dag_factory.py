@@ -36,7 +36,7 @@ def test_the_docs_dag_file_has_both_dags_with_its_locations(docs_dags: dict[str,
         "images": "s3://acme-cdn/images",
         "export": "s3://acme-feeds/leapi/export",
     }
-    assert catalog.params["manifest"] == "s3://acme-catalog/manifests/" and catalog.params["export"] == ""
+    assert catalog.params["manifest"] == "s3://acme-catalog/manifests/" and catalog.params["export"] is None
     assert (feed.schedule, catalog.schedule) == (None, "@daily")
     for dag in (feed, catalog):
         assert sorted(dag.task_ids) == ["batch", "finalize", "plan"]
