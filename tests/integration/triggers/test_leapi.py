@@ -61,6 +61,15 @@ def test_serialization_round_trip_is_json_and_rebuilds_the_same_trigger():
     assert kwargs["pipeline_ids"] == [3, 4]
     assert kwargs["end_time"] == 1_900_000_000.5
     assert (kwargs["not_before"], kwargs["started_at"], kwargs["min_finished"]) == (1.8e9, 1_799_999_990.0, 2)
+    assert (kwargs["webhook_hints"], kwargs["rearm_ids"]) == (None, [])
+    hinted = LeapiPipelineTrigger(
+        pipeline_ids=[5, 6], end_time=1.0, webhook_hints={"channel": "c", "conn_id": "h"}, rearm_ids=["6"]
+    )
+    _, hinted_kwargs = hinted.serialize()
+    assert (hinted_kwargs["webhook_hints"], hinted_kwargs["rearm_ids"]) == (
+        {"channel": "c", "conn_id": "h"},
+        [6],
+    )
     with pytest.raises(ValueError, match="min_finished"):
         LeapiPipelineTrigger(pipeline_ids=[1], end_time=1.0, min_finished=0)
     with pytest.raises(ValueError, match="no pipeline id"):
