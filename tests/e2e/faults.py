@@ -209,6 +209,8 @@ class Batches:
     states: dict[int, dict[str, Any]] = field(default_factory=dict)  # map index -> REST row
     deferred_streak: int = 0
     pipeline_batch: dict[int, int] = field(default_factory=dict)
+    #: Every pipeline id the harness has seen: read by anyone (a task, the triggerer) or in a batch's XCom.
+    known_pipelines: set[int] = field(default_factory=set)
     posts: Counter[int] = field(default_factory=Counter)
     downloads: Counter[int] = field(default_factory=Counter)
 
@@ -309,6 +311,7 @@ class FaultRun:
     ) -> None:
         batch_try = self.batches.by_ti_id.get(tasks.owner(request.port) or "")
         if match := _PIPELINE_PATH.match(request.path):
+            self.batches.known_pipelines.add(int(match[1]))
             if batch_try is not None and request.method == "GET":
                 self.batches.pipeline_batch.setdefault(int(match[1]), batch_try[0])
         elif request.path == "/v1/pipeline" and request.method == "POST" and batch_try is not None:
@@ -376,10 +379,16 @@ class FaultRun:
                         f"restarted on the same data dir and port {self.settings.server_down_s:g} s later")  # fmt: skip
 
     def _processing_pipelines(self) -> list[int]:
-        """Pipelines the batches polled that leapi-server still reports ``PROCESSING`` (asked directly)."""
+        """Pipelines of the run that leapi-server still reports ``PROCESSING`` (asked directly). The ids come
+        from the batches' ``pipeline_ids`` XCom (pushed as the API accepts them) and from every status read
+        (in-order and probe reads rarely meet a running pipeline, so reads alone would seldom name one)."""
+        for map_index, row in self.batches.states.items():
+            if row["state"] in ("deferred", "up_for_retry", "running"):
+                ids = self.stack.xcom_value(DAG_ID, self.run_id, "batch", "pipeline_ids", map_index)
+                self.batches.known_pipelines.update(int(i) for i in ids or ())
         processing = []
         with self.server.client(timeout=5) as client:
-            for pipeline_id in sorted(set(self.batches.pipeline_batch) - self._terminal_pipelines):
+            for pipeline_id in sorted(self.batches.known_pipelines - self._terminal_pipelines):
                 response = client.get(f"/v1/pipeline/{pipeline_id}")
                 if response.status_code != 200:
                     continue

@@ -172,6 +172,17 @@ class AirflowRestApi:
         entries = response.json().get("content", [])
         return "\n".join(_log_line(entry) if isinstance(entry, dict) else str(entry) for entry in entries)
 
+    def xcom_value(self, dag_id: str, run_id: str, task_id: str, key: str, map_index: int = -1) -> Any:
+        """The task instance's XCom ``key`` (``None`` while it has none)."""
+        response = self.api().get(
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+            params={"map_index": map_index, "deserialize": True},
+        )
+        if response.status_code == 404:
+            return None
+        _raise_for(response, f"read XCom {key!r} of {task_id}[{map_index}]")
+        return response.json().get("value")
+
     def event_log(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """The run's event-log rows in the order they were written."""
         params = {"dag_id": dag_id, "run_id": run_id, "order_by": "event_log_id"}
