@@ -20,12 +20,11 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from tests.e2e import put_manifest
-from tests.fixtures.airflow import leapi_connection_json
-from tests.fixtures.s3 import MotoS3Server, aws_connection_json
-from tests.support.catalog import sample_manifest, write_sample_images
+from devkit.airflow_dags import leapi_connection_json
+from devkit.catalog import put_manifest, sample_manifest, write_sample_images
+from devkit.s3 import MotoS3Server, aws_connection_json
+from devkit.server import RunningServer, running_server, serve_directory
 from tests.support.docs import snippet
-from tests.support.server import RunningServer, running_server, serve_directory
 
 pytestmark = pytest.mark.slow
 
