@@ -101,7 +101,7 @@ redis:
 
 # PostgreSQL from Debian when it is missing (we run as root). Only the binaries are used: the server tests
 # start their own cluster (as the postgres user: initdb refuses root) on a free loopback port, so the
-# package's system cluster is stopped if it started (tests/support/postgres.py).
+# package's system cluster is stopped if it started (devkit/postgres.py).
 postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql \

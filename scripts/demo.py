@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from tests.support.server import (
+from devkit.server import (
     quick_start_body,
     running_server,
     serve_directory,

@@ -74,7 +74,7 @@ os.environ.update(
 @contextlib.contextmanager
 def serve_sources(folder: Path, state_file: Path) -> Iterator[str]:
     """Serve ``folder`` on 127.0.0.1, on the port of the previous run when it is free (stable URLs)."""
-    from tests.support.server import serve_directory
+    from devkit.server import serve_directory
 
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     with contextlib.ExitStack() as stack:
@@ -116,7 +116,7 @@ def save_bucket(client, snapshot: Path) -> int:
 
 def upload_private_sources(s3, folder: Path) -> list:
     """The private photographs, in the bucket only (uploaded once: their ETags stay, so reruns skip them)."""
-    from tests.support.catalog import write_sample_images
+    from devkit.catalog import write_sample_images
 
     images = write_sample_images(folder, PRIVATE_COUNT, long_sides=(400,), prefix="vault", overwrite=False)
     present = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=PRIVATE_PREFIX).get("Contents", [])}
@@ -132,7 +132,7 @@ def demo_manifest(base_url: str, sources: Path, *, touch: int, private: list) ->
     import pyarrow as pa
     from PIL import Image
 
-    from tests.support.catalog import sample_manifest, write_sample_images
+    from devkit.catalog import sample_manifest, write_sample_images
 
     images = write_sample_images(
         sources, IMAGE_COUNT, long_sides=(480, 320), qualities=(90, 60, 30), prefix="sku", overwrite=False
@@ -204,11 +204,11 @@ def main(argv: list[str]) -> int:
     from airflow.models.pool import Pool
     from airflow.utils import db
 
+    from devkit.airflow_dags import leapi_connection_json, load_dag
+    from devkit.s3 import MotoS3Server, aws_connection_json
+    from devkit.server import running_server
     from leapi.constants import API_KEY_HEADER, USAGE_PATH
     from leapi_provider.catalog import LEAPI_POOL
-    from tests.fixtures.airflow import leapi_connection_json, load_dag
-    from tests.fixtures.s3 import MotoS3Server, aws_connection_json
-    from tests.support.server import running_server
 
     print(f"Airflow home {_shown(AIRFLOW_HOME)} (SQLite); preparing the metadata DB ...", flush=True)
     db.initdb()
@@ -262,8 +262,8 @@ def report_run(s3, dag_run, *, credits_used: int, usage: dict, started: float) -
     import pyarrow.compute as pc
     from airflow.sdk import ObjectStoragePath
 
+    from devkit.airflow_dags import xcom_value
     from leapi_provider import manifests
-    from tests.fixtures.airflow import xcom_value
 
     results_root = ObjectStoragePath(f"s3://{BUCKET}/results", conn_id="aws_default")
     everything = manifests.read_result_tables(results_root)

@@ -4,7 +4,7 @@
 
 Runs in the project's environment (onnxruntime, the engine), not the training one. Every validation photo
 that either model was trained on (per its metadata) is left out, so both are judged on photos neither has
-seen. Degradation and metrics are the engine benchmark's (``tests/bench/bench_engine.py``): x2, JPEG
+seen. Degradation and metrics are the engine benchmark's (``devkit/engine_quality.py``): x2, JPEG
 q20/40/75 and uncompressed, luma PSNR / SSIM against bicubic, through the whole engine at level 5 with light
 and tone off. The held-out photos are never read here.
 """
@@ -20,9 +20,9 @@ from pathlib import Path
 import onnxruntime
 from PIL import Image
 
+from devkit.engine_quality import QUALITIES, classical_upscale, degrade, engine_restore, y_metrics
 from leapi_server.engine.restoration import load_model
 from leapi_server.engine.restoration_spec import MODEL_PATH
-from tests.bench.bench_engine import QUALITIES, classical_upscale, degrade, engine_restore, y_metrics
 from train.photos import VALIDATION_PHOTOS, PhotoMissing, load_photo
 
 

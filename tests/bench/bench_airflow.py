@@ -1,7 +1,7 @@
 """Benchmark: ``marketplace_feed_etl`` under a real Airflow scheduler, against a plain client in the same run.
 
 The stack is what ``airflow standalone`` runs (api-server, scheduler with the LocalExecutor at its default
-parallelism, dag-processor, triggerer; SQLite), from :mod:`tests.e2e.stack`, with leapi-server (2 worker
+parallelism, dag-processor, triggerer; SQLite), from :mod:`devkit.airflow_stack`, with leapi-server (2 worker
 processes), moto's S3 server and a static source server, all on 127.0.0.1. Three cases:
 
 * **small**: 1,000 JPEGs of 96 px on the long side, enhanced x2;
@@ -102,8 +102,8 @@ DEFAULT_CASES = ("small", "marketplace", "marketplace-500")
 
 def _write_sources(case: Case, folder: Path) -> list[dict[str, Any]]:
     """The case's source images and their manifest rows (deterministic)."""
-    from tests.support.catalog import write_sample_images
-    from tests.support.server import SAMPLE_PHOTOS, sample_photo
+    from devkit.catalog import write_sample_images
+    from devkit.server import SAMPLE_PHOTOS, sample_photo
 
     if case.name.startswith("small"):
         images = write_sample_images(folder, case.images, long_sides=(96,), prefix=case.name)
@@ -290,11 +290,11 @@ def parse_times(env: dict[str, str]) -> dict[str, float]:
 def measure(work: Path) -> tuple[list[dict], dict[str, float]]:
     import os
 
+    from devkit.airflow_dags import leapi_connection_json
+    from devkit.airflow_stack import AirflowStack
+    from devkit.s3 import MotoS3Server, aws_connection_json
+    from devkit.server import running_server, serve_directory
     from leapi_provider.catalog.settings import LEAPI_POOL
-    from tests.e2e.stack import AirflowStack
-    from tests.fixtures.airflow import leapi_connection_json
-    from tests.fixtures.s3 import MotoS3Server, aws_connection_json
-    from tests.support.server import running_server, serve_directory
 
     sources = work / "sources"
     sources.mkdir()

@@ -22,8 +22,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
-from skimage.metrics import structural_similarity
 
+from devkit.engine_quality import (
+    BORDER,
+    QUALITIES,
+    classical_upscale,
+    decode,
+    degrade,
+    encode,
+    engine_restore,
+    y_metrics,
+)
 from leapi.models import MarketplacePreset
 from leapi_server.engine import enhance
 from leapi_server.engine.color import luma
@@ -36,68 +45,12 @@ from train.photos import MAX_SIDE, load_photo
 REPO = Path(__file__).resolve().parents[2]
 GRID_PATH = REPO / "docs" / "engine-levels.png"
 SCALES = (2, 4)
-QUALITIES: tuple[int | None, ...] = (20, 40, 75, None)
-BORDER = 8
 SPEED_REPEATS = 7
 
 # Targets (issue 12).
 TARGET_JPEG_GAIN_X2_DB = 0.7
 TARGET_CLEAN_GAIN_X2_DB = 2.3
 TARGET_MP_PER_S_PER_CORE = 4.0
-
-
-def encode(rgb: np.ndarray, quality: int | None) -> bytes:
-    buffer = io.BytesIO()
-    if quality is None:
-        Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)
-    else:
-        Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)  # Pillow's default 4:2:0
-    return buffer.getvalue()
-
-
-def decode(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def degrade(original: np.ndarray, scale: int, quality: int | None) -> tuple[np.ndarray, bytes]:
-    """(cropped original, degraded input file)."""
-    height, width = original.shape[:2]
-    original = original[: height - height % (scale * 8), : width - width % (scale * 8)]
-    height, width = original.shape[:2]
-    small = np.asarray(
-        Image.fromarray(original).resize((width // scale, height // scale), Image.Resampling.BICUBIC)
-    )
-    return original, encode(small, quality)
-
-
-def y_metrics(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
-    ref = luma(reference)[BORDER:-BORDER, BORDER:-BORDER].astype(np.float64)
-    out = luma(candidate)[BORDER:-BORDER, BORDER:-BORDER].astype(np.float64)
-    mse = float(np.mean((ref - out) ** 2))
-    psnr = 10 * np.log10(255.0**2 / max(mse, 1e-10))
-    ssim = structural_similarity(ref, out, data_range=255.0, gaussian_weights=True, sigma=1.5)
-    return psnr, float(ssim)
-
-
-def engine_restore(
-    data: bytes, size: tuple[int, int], *, level: int = 5, model: object = "default"
-) -> np.ndarray:
-    operation = MarketplacePreset(
-        width=size[0],
-        height=size[1],
-        restoration_level=level,
-        lightai_intensity=0.0,
-        toneai_intensity=0.0,
-        image_format="PNG",
-    )
-    kwargs = {} if model == "default" else {"model": model}
-    return decode(enhance(data, operation, **kwargs).data)
-
-
-def classical_upscale(data: bytes, size: tuple[int, int], method: Image.Resampling) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB").resize(size, method))
 
 
 @dataclass
@@ -489,7 +442,7 @@ def run() -> str:
                 "Marketplace level 5, a 25 MP JPEG output, one fresh process per model (peak RSS is that image's "
                 "alone), onnxruntime with every core of this machine (`threads`). The luma x2 network is the "
                 "engine's own trained model; as `--restoration-model` it is a one-input graph (its residual added "
-                "to a bicubic upscale inside the graph, `tests/server/engine/onnx_models.py`) run in tiles of "
+                "to a bicubic upscale inside the graph, `devkit/onnx_models.py`) run in tiles of "
                 "192 pixels, overlapping by 16 and blended. SRVGGNetCompact is Real-ESRGAN's compact "
                 "architecture (random weights: speed and memory do not depend on them)."
             ),

@@ -6,7 +6,7 @@ processes of their own (their CPU time read from ``/proc``):
 1. **Where the time went.** 20,000 ``HEAD`` requests, before (the plan's old code: ``httpx.AsyncClient``,
    32 at once) and after (:mod:`leapi_provider.catalog.http_fingerprints`), against the server the
    Airflow bench serves sources from (``serve_directory``: ``http.server``, HTTP/1.0, a thread and a TCP
-   connection per request) and against a fast keep-alive one (``tests/support/source_hosts.py``).
+   connection per request) and against a fast keep-alive one (``devkit/source_hosts.py``).
    Floor: a plain asyncio script doing the same ``HEAD`` requests over the same number of connections.
 2. **The plan.** ``plan_run`` end to end with ``incremental=True``, its phases as it logs them: a first run
    (no previous results) and a daily run (the previous results of every image, 10% of the sources
@@ -168,7 +168,7 @@ elif mode == "plan":
     result["phases"] = phases
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 elif mode == "serve-directory":
-    from tests.support.server import serve_directory
+    from devkit.server import serve_directory
     with serve_directory(args[0]) as base_url:
         print(base_url, flush=True)
         sys.stdin.read()
@@ -204,7 +204,7 @@ def _server(command: list[str]) -> Iterator[tuple[str, int]]:
 
 
 def _fast_host() -> contextlib.AbstractContextManager[tuple[str, int]]:
-    return _server([sys.executable, "-m", "tests.support.source_hosts"])
+    return _server([sys.executable, "-m", "devkit.source_hosts"])
 
 
 def _cpu_s(pid: int) -> float:
@@ -358,7 +358,7 @@ def _plans(work: Path) -> list[str]:
 def _s3(work: Path) -> list[str]:
     from concurrent.futures import ThreadPoolExecutor
 
-    from tests.fixtures.s3 import MotoS3Server, aws_connection_json
+    from devkit.s3 import MotoS3Server, aws_connection_json
 
     moto = MotoS3Server(work / "moto.log")
     moto.start()

@@ -5,7 +5,7 @@ under a real Airflow scheduler, against two baselines in the same run, and a doc
 image (and per phase, so no phase fetches another's URLs), each with its own bytes and ETag, from a uvicorn
 process of its own. Every image is enhanced to fit 128x128 (one operation, so pipelines hold exactly 10).
 
-**Stack.** What ``bench_airflow`` runs (:class:`tests.e2e.stack.AirflowStack`: LocalExecutor at its
+**Stack.** What ``bench_airflow`` runs (:class:`devkit.airflow_stack.AirflowStack`: LocalExecutor at its
 defaults, SQLite, api-server, scheduler, dag-processor, triggerer), pool ``leapi`` of 4 slots, leapi-server
 with 2 worker processes and no rate limit, moto's S3 server.
 
@@ -122,8 +122,8 @@ class Bench:
 
 
 def _stack_env(server_url: str, moto_url: str) -> dict[str, str]:
-    from tests.fixtures.airflow import leapi_connection_json
-    from tests.fixtures.s3 import aws_connection_json
+    from devkit.airflow_dags import leapi_connection_json
+    from devkit.s3 import aws_connection_json
 
     return {
         "AIRFLOW_CONN_LEAPI_DEFAULT": leapi_connection_json(server_url, API_KEY),
@@ -325,8 +325,8 @@ def run_plain_phase(bench: Bench, *, server: Any, rows: list[dict]) -> dict[str,
 
 
 def _start_airflow(bench: Bench, stack_home: Path, server: Any, moto: Any, exits: ExitStack) -> Any:
+    from devkit.airflow_stack import AirflowStack
     from leapi_provider.catalog.settings import LEAPI_POOL
-    from tests.e2e.stack import AirflowStack
 
     stack = exits.enter_context(
         AirflowStack(
@@ -349,7 +349,7 @@ def _warm_up(server: Any, sources: str, variants: list[Variant]) -> None:
 
 
 def scale_case(bench: Bench, *, source_server: Any, variants: list[Variant], moto: Any, images: int) -> None:
-    from tests.support.server import running_server
+    from devkit.server import running_server
 
     sources = source_server.base_url
     facts = bench.facts.setdefault("scale", {"images": images})
@@ -387,7 +387,7 @@ def scale_case(bench: Bench, *, source_server: Any, variants: list[Variant], mot
 def docs_case(
     bench: Bench, *, sources: str, variants: list[Variant], moto: Any, images: int, rate: int
 ) -> None:
-    from tests.support.server import running_server
+    from devkit.server import running_server
 
     facts = bench.facts.setdefault("docs", {"images": images, "rate_per_minute": rate})
     server_args = ("--workers", "2", "--rate-limit-per-minute", str(rate), "--monthly-quota", "0")
@@ -415,8 +415,8 @@ def docs_case(
 
 
 def measure(work: Path) -> dict[str, Any]:
+    from devkit.s3 import MotoS3Server
     from tests.bench.scale_sources import serve_scale_sources, write_variants
-    from tests.fixtures.s3 import MotoS3Server
 
     cases = os.environ.get("LEAPI_BENCH_SCALE_CASES", "scale,docs").split(",")
     bench = Bench(work, {"started": time.time(), "load_at_start": os.getloadavg(), "cases": cases})

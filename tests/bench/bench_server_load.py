@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import httpx
 import numpy as np
 
-from tests.support.server import (
+from devkit.server import (
     BackendSetup,
     RunningServer,
     ServerBackend,
@@ -46,8 +46,8 @@ from tests.support.server import (
 )
 
 if TYPE_CHECKING:
-    from tests.fixtures.s3 import MotoS3Server
-    from tests.support.postgres import PostgresCluster
+    from devkit.postgres import PostgresCluster
+    from devkit.s3 import MotoS3Server
 
 CLIENTS = int(os.environ.get("LEAPI_LOAD_CLIENTS", "500"))
 LOAD_SECONDS = float(os.environ.get("LEAPI_LOAD_SECONDS", "40"))
@@ -313,7 +313,7 @@ def _deployments(
     tmp: Path, cluster: PostgresCluster, moto: MotoS3Server
 ) -> list[tuple[str, int, BackendSetup]]:
     """(label, replicas, backend) of each deployment measured."""
-    from tests.fixtures.postgres import s3_environment
+    from devkit.s3 import s3_environment
 
     def postgres(name: str) -> BackendSetup:
         moto.client().create_bucket(Bucket=f"load-{name}")
@@ -331,8 +331,8 @@ def _deployments(
 
 
 def run() -> str:
-    from tests.fixtures.s3 import MotoS3Server
-    from tests.support.postgres import PostgresCluster
+    from devkit.postgres import PostgresCluster
+    from devkit.s3 import MotoS3Server
 
     cores = os.cpu_count() or 1
     results: list[Measured] = []

@@ -10,7 +10,7 @@ docs' defaults):
   per kind;
 * **keep moods**: the same measure on mood scenes: the real ones (``restoration_spec.HELD_OUT_MOODS``) and
   each well-exposed photo graded as blue hour, sunset, fog, black and white, toned and a product on a
-  one-colour backdrop (``tests.server.engine.moods``; other grades for the tuning photos than for the
+  one-colour backdrop (``devkit.moods``; other grades for the tuning photos than for the
   held-out ones);
 * **repair**: the well-exposed photos made one stop darker with a warm cast, both in linear light (what a
   wrong exposure and a tungsten white balance do), are corrected; the share of the Delta E to the original
@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from skimage.color import deltaE_cie76, rgb2lab
 
+from devkit.moods import MOODS, mood_scene
 from leapi_server.engine.color import linear_to_srgb, luma, srgb_to_linear
 from leapi_server.engine.light import apply_light
 from leapi_server.engine.presets import PRESETS
 from leapi_server.engine.restoration_spec import HELD_OUT_KINDS, HELD_OUT_MOODS
 from leapi_server.engine.tone import apply_tone
-from tests.server.engine.moods import MOODS, mood_scene
 
 #: The degradation to repair: one stop under (x0.5 in linear light) under a warm light (red up, blue down).
 UNDER_EXPOSURE = 0.5

@@ -217,7 +217,7 @@ def _parameters(path: Path) -> int:
 def models_section(extra: dict[ModelCase, Path] | None = None) -> tuple[str, list[str]]:
     """The built-in model, the same network as a user's model, and Real-ESRGAN's compact architecture
     (random weights, built with the onnx helper API); ``extra``: more exported models."""
-    from tests.server.engine import onnx_models
+    from devkit import onnx_models
 
     cores = usable_cores()
     with tempfile.TemporaryDirectory(prefix="leapi-bench-models-") as folder:

@@ -12,7 +12,7 @@ JPEG comment segment naming the URL's path, right after the start-of-image marke
 
 It runs as its own process (``python -m tests.bench.scale_sources``) under uvicorn (httptools and uvloop
 when installed), so that it shares no interpreter lock with the bench's clients: measured on 2 cores with
-wrk (keep-alive), about 10x the throughput of the thread-per-connection :func:`tests.support.server.serve_directory`
+wrk (keep-alive), about 10x the throughput of the thread-per-connection :func:`devkit.server.serve_directory`
 (see docs/benchmarks.md, the scale section). ``GET /_stats`` returns the ``GET``/``HEAD`` counts answered.
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.server import free_port
+from devkit.server import free_port
 
 #: URL path prefix of every source: ``/s/<n>/<variant file name>``.
 SOURCE_PREFIX = "/s/"
@@ -59,7 +59,7 @@ def write_variants(
     folder: Path, count: int, *, long_sides: tuple[int, ...] = (64, 80, 96), prefix: str = "v"
 ) -> list[Variant]:
     """Write ``count`` distinct small JPEGs (photo, size and quality cycling; deterministic) into ``folder``."""
-    from tests.support.catalog import write_sample_images
+    from devkit.catalog import write_sample_images
 
     images = write_sample_images(folder, count, long_sides=long_sides, prefix=prefix)
     return [Variant(i.file_name, i.width, i.height) for i in images]

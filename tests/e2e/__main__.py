@@ -6,7 +6,7 @@
   stays fast), so that the LEAPI pipelines outlast the batches' in-worker wait (``defer_after: 1`` in the
   conf) and the waits are deferred to the triggerer;
 * ``leapi-server`` (2 workers, no rate limit, private sources allowed) and moto's S3 server;
-* :class:`tests.e2e.stack.AirflowStack` on ``dags/`` (LocalExecutor, or CeleryExecutor with Redis and two
+* :class:`devkit.airflow_stack.AirflowStack` on ``dags/`` (LocalExecutor, or CeleryExecutor with Redis and two
   workers), the connections given as ``AIRFLOW_CONN_*`` variables, pool ``leapi`` of 4 slots.
 
 Then, through Airflow's REST API: (1) trigger ``marketplace_feed_etl`` and wait for success; (2) prove from
@@ -17,7 +17,7 @@ and the credits spent (one per photograph); (4) trigger again: every photograph 
 runs on the same Airflow (:mod:`tests.e2e.faults`: SIGKILLs of a batch task mid-submit and mid-transfer,
 of the triggerer and of leapi-server, then the checks that nothing was lost or paid twice and no resumed
 try was lost to Airflow's race); (7) stop everything and check, by process ancestry
-(:class:`tests.e2e.processes.ProcessFamily`), that no process survived the graceful stop. Exits 0 with a
+(:class:`devkit.airflow_processes.ProcessFamily`), that no process survived the graceful stop. Exits 0 with a
 summary of timings, non-zero with the reason and the relevant log tails. State in ``.work/e2e/<executor>/``
 (kept for a post-mortem, replaced by the next run).
 """
@@ -38,10 +38,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.e2e import API_KEY, BUCKET, REGION, catalog_conf, connection_env, put_manifest, sample_catalog
+from devkit.airflow_processes import ProcessFamily, describe_all
+from devkit.airflow_stack import AirflowStack, AirflowStackError
+from devkit.catalog import put_manifest, sample_catalog
+from tests.e2e import API_KEY, BUCKET, MANIFEST_KEY, REGION, catalog_conf, connection_env
 from tests.e2e.faults import FAULT_ENV, FAULT_LOCAL_SETTINGS, FAULT_MANIFEST_KEY, FaultRun, FaultSettings
-from tests.e2e.processes import ProcessFamily, describe_all
-from tests.e2e.stack import AirflowStack, AirflowStackError
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "marketplace_feed_etl"
@@ -94,7 +95,7 @@ class _SlowSourceHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def slow_sources(folder: Path, delay_s: float) -> contextlib.AbstractContextManager[str]:
-    from tests.support.server import serve_http
+    from devkit.server import serve_http
 
     handler = type("SlowSourceHandler", (_SlowSourceHandler,), {"delay_s": delay_s})
     return serve_http(functools.partial(handler, directory=str(folder)))
@@ -234,8 +235,8 @@ class Scenario:
 
 def start_servers(stack_: contextlib.ExitStack, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Sources, leapi-server and moto, stopped by ``stack_``; the manifest uploaded."""
-    from tests.fixtures.s3 import MotoS3Server
-    from tests.support.server import running_server
+    from devkit.s3 import MotoS3Server
+    from devkit.server import running_server
 
     base_url = stack_.enter_context(slow_sources(work / "sources", args.source_delay))
     server = stack_.enter_context(
@@ -251,11 +252,11 @@ def start_servers(stack_: contextlib.ExitStack, work: Path, args: argparse.Names
     stack_.callback(moto.stop)
     s3 = moto.client()
     table = sample_catalog(work / "sources", base_url, args.images)
-    put_manifest(s3, table)
+    put_manifest(s3, table, bucket=BUCKET, key=MANIFEST_KEY)
     fault_ids: list[str] = []
     if args.faults:  # (the same photographs and more: the files are written deterministically)
         faults = sample_catalog(work / "sources", base_url, FaultSettings().images)
-        put_manifest(s3, faults, key=FAULT_MANIFEST_KEY)
+        put_manifest(s3, faults, bucket=BUCKET, key=FAULT_MANIFEST_KEY)
         fault_ids = faults.column("image_id").to_pylist()
     print(f"  sources {base_url} ({args.source_delay:g} s per GET) | leapi-server {server.base_url} | "
           f"moto S3 {moto.endpoint_url} | manifest: {table.num_rows} rows"

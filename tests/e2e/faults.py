@@ -45,7 +45,7 @@ from typing import Any
 
 import psutil
 
-from tests.e2e.stack import AirflowStack
+from devkit.airflow_stack import AirflowStack
 
 FAULT_IMAGES = 48
 FAULT_MANIFEST_KEY = "manifests/faults.parquet"
@@ -228,7 +228,7 @@ class FaultRun:
 
     :param number: the run's number (its S3 prefixes).
     :param stack: the running Airflow.
-    :param server: the running leapi-server (``tests.support.server.RunningServer``).
+    :param server: the running leapi-server (``devkit.server.RunningServer``).
     :param credits: the account's credit counter (``tests.e2e.__main__.Credits``).
     :param results: the result-table reader (``tests.e2e.__main__.ResultTable``).
     :param manifest_ids: the fault manifest's ``image_id`` s.

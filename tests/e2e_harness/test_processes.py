@@ -1,4 +1,4 @@
-"""The e2e leftover check (:class:`tests.e2e.processes.ProcessFamily`) finds what the old one could not: an
+"""The e2e leftover check (:class:`devkit.airflow_processes.ProcessFamily`) finds what the old one could not: an
 orphaned grandchild renamed with ``setproctitle``, whose ``/proc/PID/environ`` reads blank."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.e2e.processes import ProcessFamily, processes_with_env
+from devkit.airflow_processes import ProcessFamily, processes_with_env
 
 MARKER = "LEAPI_HARNESS_TEST"
 #: The component: on ``go`` starts the grandchild, waits until it is ready, and on ``release`` exits

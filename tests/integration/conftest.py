@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.server import RunningServer
+from devkit.server import RunningServer
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 no process behind, a running task's included; and the leftover check it relies on can fail.
 
 The shell blocks are read from the docs and run as they are, so the page cannot drift from what is
-tested. Leftovers are found by ancestry and session id (:class:`tests.support.processes.ProcessTracker`),
+tested. Leftovers are found by ancestry and session id (:class:`devkit.processes.ProcessTracker`),
 not by name or environment: Airflow renames its processes.
 """
 
@@ -18,9 +18,9 @@ import httpx
 import psutil
 import pytest
 
+from devkit.processes import ProcessTracker
+from devkit.server import free_port
 from tests.support.docs import snippet
-from tests.support.processes import ProcessTracker
-from tests.support.server import free_port
 
 DOC = "docs/install.md"
 #: (about a minute each on a quiet machine; several when two cores are shared with other work)

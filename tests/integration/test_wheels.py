@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,12 +21,11 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from tests.e2e import put_manifest
-from tests.fixtures.airflow import leapi_connection_json
-from tests.fixtures.s3 import MotoS3Server, aws_connection_json
-from tests.support.catalog import sample_manifest, write_sample_images
+from devkit.airflow_dags import leapi_connection_json
+from devkit.catalog import put_manifest, sample_manifest, write_sample_images
+from devkit.s3 import MotoS3Server, aws_connection_json
+from devkit.server import RunningServer, running_server, serve_directory
 from tests.support.docs import snippet
-from tests.support.server import RunningServer, running_server, serve_directory
 
 pytestmark = pytest.mark.slow
 
@@ -118,6 +118,19 @@ def _import_all(venv_python: Path, package: str) -> dict[str, Any]:
     )
     assert len(report["modules"]) > 5, report["modules"]
     return report
+
+
+#: The one import package each wheel holds (next to its ``.dist-info``).
+_PACKAGES = {"leapi": "leapi", "airflow-provider-leapi": "leapi_provider", "leapi-server": "leapi_server"}
+
+
+def test_each_wheel_holds_its_package_alone(built_wheels: dict[str, Path]) -> None:
+    """No development code ships: not ``devkit``, ``tests``, ``train``, ``scripts`` nor the DAG folders."""
+    assert set(built_wheels) == set(_PACKAGES)
+    for distribution, wheel in built_wheels.items():
+        with zipfile.ZipFile(wheel) as archive:
+            tops = {name.split("/", 1)[0] for name in archive.namelist()}
+        assert {top for top in tops if not top.endswith(".dist-info")} == {_PACKAGES[distribution]}, tops
 
 
 def test_the_client_imports_alone(client_venv: Path) -> None:

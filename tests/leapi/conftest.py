@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 import leapi
+from devkit.server import RunningServer
 from leapi.idempotency import ADVERTISED
-from tests.support.server import RunningServer
 
 
 class SleepRecorder:

@@ -10,9 +10,9 @@ import pytest
 import respx
 
 import leapi
+from devkit.server import RunningServer
 from leapi.errors import LeapiAuthError, LeapiNotFoundError, LeapiPipelineFailedError
 from leapi.models import PipelineRequest, PipelineStatus
-from tests.support.server import RunningServer
 
 OPERATION = {"op": "preset/realestate", "width": 180, "image_format": "JPEG"}
 FAST = {"poll_interval": 0.3, "initial_poll_interval": 0.05, "timeout": 60}

@@ -15,6 +15,12 @@ import respx
 from PIL import Image
 
 import leapi
+from devkit.server import (
+    GatedPhotos,
+    RunningServer,
+    running_server,
+    serve_gated_photos,
+)
 from leapi.constants import IDEMPOTENT_REPLAY_HEADER
 from leapi.errors import (
     LeapiAuthError,
@@ -26,12 +32,6 @@ from leapi.errors import (
 )
 from leapi.idempotency import ADVERTISED
 from leapi.models import PipelineRequest, PipelineStatus
-from tests.support.server import (
-    GatedPhotos,
-    RunningServer,
-    running_server,
-    serve_gated_photos,
-)
 
 OPERATION = {"op": "preset/marketplace", "width": 200, "image_format": "JPEG", "quality": 80}
 #: Fast polls: the server finishes a 200 px image in well under a second.

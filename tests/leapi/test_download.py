@@ -18,10 +18,10 @@ import respx
 from PIL import Image
 
 import leapi
+from devkit.server import RunningServer
 from leapi.errors import LeapiHTTPError, LeapiResultExpiredError, LeapiResultVerificationError
 from leapi.imageinfo import ImageInfo
 from leapi.results import ResultFile
-from tests.support.server import RunningServer
 
 OPERATION = {"op": "preset/print", "width": 160, "image_format": "PNG"}
 

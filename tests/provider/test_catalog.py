@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from devkit.server import serve_http
 from leapi_provider.catalog.fingerprints import source_fingerprints
 from leapi_provider.catalog.report import SheetImage, contact_sheet_png, zoom_crops
 from leapi_provider.catalog.settings import CatalogSettings, check_key_template, safe_key_part
 from leapi_provider.catalog.storage import CatalogRun
 from leapi_provider.catalog.transfer import object_key
-from tests.support.server import serve_http
 
 BODY = b"\xff\xd8 not really a jpeg but bytes to hash"
 
@@ -91,7 +91,7 @@ def test_content_mode_always_hashes(origin: str) -> None:
 
 
 def test_unreachable_source_has_no_fingerprint() -> None:
-    from tests.support.server import free_port
+    from devkit.server import free_port
 
     found = source_fingerprints([f"http://127.0.0.1:{free_port()}/x.jpg"], timeout=2)
     (only,) = found.values()

@@ -1,4 +1,4 @@
-"""HTTP change detection against real local source hosts (``tests/support/source_hosts.py``): concurrency
+"""HTTP change detection against real local source hosts (``devkit/source_hosts.py``): concurrency
 per host measured at the server, a slow host beside a fast one, polite retries, gone sources, redirects, a
 dead host given up, and the plan's phase log."""
 
@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from devkit.server import free_port
+from devkit.source_hosts import SourceHost, SourceHostStats, serve_source_host, serve_source_hosts
 from leapi_provider.catalog.fingerprints import DetectionPolicy, source_fingerprints
 from leapi_provider.catalog.http_fingerprints import request_target
 from leapi_provider.catalog.http_head import HeadProtocolError, parse_head_answer
-from tests.support.server import free_port
-from tests.support.source_hosts import SourceHost, SourceHostStats, serve_source_host, serve_source_hosts
 
 #: Small backoffs so that retry tests take about a second, not a minute.
 QUICK = DetectionPolicy(backoff_base=0.1, backoff_max=0.4, timeout=5)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import SQLITE_BACKEND, RunningServer, ServerBackend, running_server, use_backend
+from devkit.server import SQLITE_BACKEND, RunningServer, ServerBackend, running_server, use_backend
 
 
 def png_bomb(width: int, height: int) -> bytes:

@@ -9,14 +9,14 @@ import httpx
 import pytest
 from PIL import Image
 
-from leapi.constants import IDEMPOTENCY_SUPPORT_HEADER
-from leapi.models import PipelineEnvelope, PipelineStatus, SubmitResponse, SubmitStatus, Usage
-from tests.support.server import (
+from devkit.server import (
     QUICK_START_OPERATION,
     RunningServer,
     wait_for_pipeline,
     write_sample_photo,
 )
+from leapi.constants import IDEMPOTENCY_SUPPORT_HEADER
+from leapi.models import PipelineEnvelope, PipelineStatus, SubmitResponse, SubmitStatus, Usage
 
 
 def body(urls: str | list[str], **operation: object) -> dict:

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leapi_server.config import DEFAULT_MAX_URLS_PER_PIPELINE
-from tests.server import hostile_images
-from tests.support.server import (
+from devkit.server import (
     QUICK_START_OPERATION,
     RunningServer,
     running_server,
     wait_for_pipeline,
 )
+from leapi_server.config import DEFAULT_MAX_URLS_PER_PIPELINE
+from tests.server import hostile_images
 
 GOOD = "https://example.com/a.jpg"
 

@@ -15,19 +15,19 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from leapi_server.config import (
-    DEFAULT_IDEMPOTENCY_TTL_S,
-    DEFAULT_TEMP_URL_TTL_S,
-    DEFAULT_WEBHOOK_RETRY_DELAYS_S,
-)
-from tests.fixtures.s3 import MotoS3Server
-from tests.support.server import (
+from devkit.s3 import MotoS3Server
+from devkit.server import (
     QUICK_START_OPERATION,
     FakeClock,
     InProcessServer,
     in_process_server,
     serve_http,
     wait_for_pipeline,
+)
+from leapi_server.config import (
+    DEFAULT_IDEMPOTENCY_TTL_S,
+    DEFAULT_TEMP_URL_TTL_S,
+    DEFAULT_WEBHOOK_RETRY_DELAYS_S,
 )
 
 

@@ -11,6 +11,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from devkit.server import (
+    FakeClock,
+    InProcessServer,
+    in_process_server,
+    quick_start_body,
+    used_credits_of,
+    wait_for_pipeline,
+)
 from leapi.constants import (
     IDEMPOTENCY_KEY_HEADER,
     IDEMPOTENCY_SUPPORT_HEADER,
@@ -19,14 +27,6 @@ from leapi.constants import (
 )
 from leapi.models import Usage
 from leapi_server.__main__ import build_parser, config_from_args
-from tests.support.server import (
-    FakeClock,
-    InProcessServer,
-    in_process_server,
-    quick_start_body,
-    used_credits_of,
-    wait_for_pipeline,
-)
 
 KEYS = ("docs-key", "rate-key", "quota-key")
 

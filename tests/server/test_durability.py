@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.server import QUICK_START_OPERATION, running_server, wait_for_pipeline
+from devkit.server import QUICK_START_OPERATION, running_server, wait_for_pipeline
 
 pytestmark = pytest.mark.sqlite_only(
     "reads the SQLite file and the local temp folder to check what a crash left (the PostgreSQL + S3 crash tests are tests/server/test_replicas.py)"

@@ -26,8 +26,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from leapi.webhooks import generate_secret, verify_webhook
-from tests.support.server import (
+from devkit.server import (
     QUICK_START_OPERATION,
     RunningServer,
     free_port,
@@ -35,6 +34,7 @@ from tests.support.server import (
     serve_http,
     wait_for_pipeline,
 )
+from leapi.webhooks import generate_secret, verify_webhook
 
 pytestmark = pytest.mark.sqlite_only(
     "checks the SQLite file and the local temp folder after worker and server crashes (the PostgreSQL + S3 crash tests are tests/server/test_replicas.py)"

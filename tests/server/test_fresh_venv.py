@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.support.server import quick_start_body, running_server, wait_for_pipeline
+from devkit.server import quick_start_body, running_server, wait_for_pipeline
 
 pytestmark = pytest.mark.sqlite_only(
     "installs the base wheels (no postgres/s3 extras) into a fresh venv; what it checks does not depend "

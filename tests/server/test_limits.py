@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
+from devkit.server import QUICK_START_OPERATION, running_server
 from leapi.constants import RATE_LIMIT_REASON
 from leapi.models import SubmitResponse
-from tests.support.server import QUICK_START_OPERATION, running_server
 
 
 def body(urls: list[str]) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import RunningServer, running_server
+from devkit.server import RunningServer, running_server
 
 pytestmark = pytest.mark.sqlite_only(
     "fuzzes the HTTP contract (validation before any store call); the store is not what it tests"

@@ -25,9 +25,9 @@ import httpx
 import psycopg
 import pytest
 
-from tests.fixtures.s3 import MotoS3Server
-from tests.support.postgres import PostgresCluster
-from tests.support.server import (
+from devkit.postgres import PostgresCluster
+from devkit.s3 import MotoS3Server
+from devkit.server import (
     QUICK_START_OPERATION,
     BackendSetup,
     RunningServer,
@@ -278,7 +278,7 @@ def test_s3_down_for_a_while(
     """S3 (its own moto server, stopped until the server has given up on an upload) refuses the uploads:
     images are re-queued, and end DONE once it is back, or FAILED saying that storing failed; nothing is
     charged twice."""
-    from tests.fixtures.postgres import s3_environment
+    from devkit.s3 import s3_environment
 
     moto = MotoS3Server(tmp_path_factory.mktemp("moto-outage") / "moto.log")
     moto.start()
@@ -318,8 +318,8 @@ def test_s3_down_for_a_while(
 def test_unreachable_database_or_bucket_refuses_to_start(
     tmp_path: Path, moto_s3: MotoS3Server, postgres_cluster: PostgresCluster
 ) -> None:
-    from tests.fixtures.postgres import s3_environment
-    from tests.support.server import free_port
+    from devkit.s3 import s3_environment
+    from devkit.server import free_port
 
     def start(*args: str) -> subprocess.CompletedProcess[str]:
         command = [

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.support.server import (
+from devkit.server import (
     QUICK_START_OPERATION,
     RunningServer,
     running_server,

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from devkit import onnx_models
+from devkit.server import free_port, running_server, wait_for_pipeline
 from leapi_server.engine.model_spec import ExternalModelSpec
 from leapi_server.engine.restoration_spec import MODEL_PATH
 from leapi_server.engine_check import EngineUnavailableError, check_engine
-from tests.server.engine import onnx_models
 from tests.server.engine.images import encode, scene
-from tests.support.server import free_port, running_server, wait_for_pipeline
 
 pytestmark = pytest.mark.sqlite_only(
     "checks the data-dir lock and the engine check, which come before the store is opened"

@@ -12,10 +12,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from devkit.postgres import PostgresCluster
+from devkit.s3 import MotoS3Server
 from leapi_server.store import Store, TaskState, open_database
 from leapi_server.store.schema import MIGRATIONS, POSTGRES_SCHEMA, SQLITE_SCHEMA
-from tests.fixtures.s3 import MotoS3Server
-from tests.support.postgres import PostgresCluster
 
 pytestmark = pytest.mark.own_backends
 

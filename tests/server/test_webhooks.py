@@ -16,6 +16,13 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
+from devkit.server import (
+    QUICK_START_OPERATION,
+    RunningServer,
+    running_server,
+    serve_http,
+    wait_for_pipeline,
+)
 from leapi.models import WebhookEvent
 from leapi.webhooks import (
     WebhookVerificationError,
@@ -23,13 +30,6 @@ from leapi.webhooks import (
     sign,
     signed_headers,
     verify_webhook,
-)
-from tests.support.server import (
-    QUICK_START_OPERATION,
-    RunningServer,
-    running_server,
-    serve_http,
-    wait_for_pipeline,
 )
 
 SECRET = generate_secret()

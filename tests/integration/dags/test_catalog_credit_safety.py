@@ -16,11 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from devkit.airflow_dags import task_states
+from devkit.catalog import sample_manifest
+from devkit.server import RunningServer, serve_http
 from leapi_provider import manifests
-from tests.fixtures.airflow import leapi_connection, task_states
+from tests.fixtures.airflow import leapi_connection
 from tests.fixtures.catalog import pipeline_count, run_dag
-from tests.support.catalog import sample_manifest
-from tests.support.server import RunningServer, serve_http
 
 pytestmark = pytest.mark.slow
 FANOUT = ("example_dags/example_leapi_manifest_fanout.py", "example_leapi_manifest_fanout")

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from devkit.airflow_dags import task_states
 from leapi_provider.manifests import MANIFEST_SCHEMA
-from tests.fixtures.airflow import task_states
 from tests.fixtures.catalog import pipeline_count, run_dag
 
 pytestmark = pytest.mark.slow

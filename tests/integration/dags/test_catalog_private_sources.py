@@ -21,9 +21,9 @@ import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
-from tests.fixtures.airflow import task_states
+from devkit.airflow_dags import task_states
+from devkit.catalog import sample_manifest, write_sample_images
 from tests.fixtures.catalog import pipeline_count, run_dag
-from tests.support.catalog import sample_manifest, write_sample_images
 
 pytestmark = pytest.mark.slow
 DAG = ("dags/catalog_reenhancement.py", "catalog_reenhancement")

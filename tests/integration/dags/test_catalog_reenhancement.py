@@ -9,10 +9,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from tests.fixtures.airflow import REPO, load_dag
+from devkit.airflow_dags import load_dag
+from devkit.catalog import sample_manifest
+from devkit.server import RunningServer, sample_photo
+from tests.fixtures.airflow import REPO
 from tests.fixtures.catalog import docs_only_params, pipeline_count, run_dag
-from tests.support.catalog import sample_manifest
-from tests.support.server import RunningServer, sample_photo
 
 pytestmark = pytest.mark.slow
 DAG = ("dags/catalog_reenhancement.py", "catalog_reenhancement")

@@ -24,10 +24,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.fixtures.airflow import REPO, leapi_connection, task_states
+from devkit.airflow_dags import task_states
+from devkit.server import running_server
+from tests.fixtures.airflow import REPO, leapi_connection
 from tests.fixtures.catalog import run_dag
 from tests.integration.dags.test_catalog_waits import one_operation_manifest
-from tests.support.server import running_server
 
 pytestmark = pytest.mark.slow
 FANOUT = ("example_dags/example_leapi_manifest_fanout.py", "example_leapi_manifest_fanout")

@@ -22,11 +22,12 @@ from datetime import datetime
 import pyarrow as pa
 import pytest
 
+from devkit.airflow_dags import task_states, xcom_value
+from devkit.catalog import SampleImage, sample_manifest
+from devkit.server import RunningServer, running_server
 from leapi_provider.manifests import MANIFEST_SCHEMA
-from tests.fixtures.airflow import leapi_connection, task_states, xcom_value
+from tests.fixtures.airflow import leapi_connection
 from tests.fixtures.catalog import run_dag
-from tests.support.catalog import SampleImage, sample_manifest
-from tests.support.server import RunningServer, running_server
 
 pytestmark = pytest.mark.slow
 FANOUT = ("example_dags/example_leapi_manifest_fanout.py", "example_leapi_manifest_fanout")

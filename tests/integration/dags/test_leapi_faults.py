@@ -19,9 +19,9 @@ import pytest
 import respx
 from PIL import Image
 
+from devkit.airflow_dags import load_dag, task_states, xcom_value
+from devkit.server import RunningServer, running_server
 from leapi.constants import RATE_LIMIT_REASON
-from tests.fixtures.airflow import load_dag, task_states, xcom_value
-from tests.support.server import RunningServer, running_server
 
 pytestmark = pytest.mark.slow
 

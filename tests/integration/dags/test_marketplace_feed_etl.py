@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from devkit.catalog import sample_manifest
+from devkit.server import RunningServer, running_server
 from tests.fixtures.airflow import leapi_connection
 from tests.fixtures.catalog import pipeline_count, run_dag
-from tests.support.catalog import sample_manifest
-from tests.support.server import RunningServer, running_server
 
 pytestmark = pytest.mark.slow
 DAG = ("dags/marketplace_feed_etl.py", "marketplace_feed_etl")

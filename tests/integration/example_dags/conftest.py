@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from devkit.server import RunningServer
 from tests.fixtures.catalog import catalog_bucket, catalog_env, catalog_site  # noqa: F401 - fixtures
-from tests.support.server import RunningServer
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.fixtures.airflow import REPO, load_dag, task_states, xcom_value
+from devkit.airflow_dags import load_dag, task_states, xcom_value
+from tests.fixtures.airflow import REPO
 
 EXAMPLES = REPO / "example_dags"
 MY_EXAMPLES = {

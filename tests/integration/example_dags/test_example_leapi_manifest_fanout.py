@@ -10,9 +10,10 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from tests.fixtures.airflow import REPO, load_dag
+from devkit.airflow_dags import load_dag
+from devkit.catalog import sample_manifest
+from tests.fixtures.airflow import REPO
 from tests.fixtures.catalog import pipeline_count, run_dag
-from tests.support.catalog import sample_manifest
 
 pytestmark = pytest.mark.slow
 FANOUT = ("example_dags/example_leapi_manifest_fanout.py", "example_leapi_manifest_fanout")

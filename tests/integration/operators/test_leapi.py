@@ -19,6 +19,7 @@ from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 from PIL import Image
 
+from devkit.server import running_server
 from leapi.errors import (
     LeapiError,
     LeapiPipelineFailedError,
@@ -39,7 +40,6 @@ from leapi_provider.operators.leapi import (
     LeapiSubmitPipelineOperator,
 )
 from leapi_provider.triggers.leapi import LeapiPipelineTrigger
-from tests.support.server import running_server
 
 FAKE = "https://leapi.operator.test"
 
@@ -323,7 +323,7 @@ def test_execute_complete_timeout_and_polling_failure(deferring):
 
 
 def submitted(server, urls: list[str], op: dict[str, Any]) -> int:
-    from tests.support.server import wait_for_pipeline
+    from devkit.server import wait_for_pipeline
 
     with server.client() as client:
         answer = client.post("/v1/pipeline", json={"source": {"http": {"url": urls}}, "operations": [op]})

@@ -9,10 +9,10 @@ import pytest
 from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowSensorTimeout, TaskDeferred
 
+from devkit.server import wait_for_pipeline
 from leapi.errors import LeapiError, LeapiPipelineFailedError
 from leapi_provider.sensors.leapi import LeapiPipelineSensor
 from leapi_provider.triggers.leapi import LeapiPipelineTrigger
-from tests.support.server import wait_for_pipeline
 
 
 def submit(server, url: str, *, wait: bool = True) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from devkit.server import wait_for_pipeline
 from leapi.errors import LeapiResultMissingError
 from leapi_provider.operators.leapi import XCOM_FILES_KEY
 from leapi_provider.transfers.leapi_to_s3 import (
@@ -15,7 +16,6 @@ from leapi_provider.transfers.leapi_to_s3 import (
     META_SHA256,
     LeapiResultToS3Operator,
 )
-from tests.support.server import wait_for_pipeline
 
 
 class FakeTI:

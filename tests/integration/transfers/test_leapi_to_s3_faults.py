@@ -21,10 +21,10 @@ import httpx
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
+from devkit.s3 import MotoS3Server
+from devkit.server import RunningServer, running_server, serve_http, wait_for_pipeline
 from leapi.errors import LeapiResultExpiredError
 from leapi_provider.transfers.leapi_to_s3 import LeapiResultToS3Operator
-from tests.fixtures.s3 import MotoS3Server
-from tests.support.server import RunningServer, running_server, serve_http, wait_for_pipeline
 
 #: botocore's own retries per request (standard mode): enough to ride out two failures, not an outage.
 BOTOCORE_MAX_ATTEMPTS = 3

@@ -19,10 +19,10 @@ import httpx
 import pytest
 import respx
 
+from devkit.server import RunningServer
 from leapi import AsyncClient
 from leapi_provider.exceptions import LeapiTriggerEventError
 from leapi_provider.triggers.leapi import LeapiPipelineTrigger, earliest_resume, validate_pipeline_event
-from tests.support.server import RunningServer
 
 FAKE = "https://leapi.trigger.test"
 

@@ -18,16 +18,16 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
-from leapi.models import MarketplacePreset
-from leapi_provider.operators.leapi import STATE_PIPELINE_ID_KEY, LeapiSubmitPipelineOperator
-from leapi_provider.triggers.leapi import LeapiPipelineTrigger, validate_pipeline_event
-from tests.integration.operators.test_leapi import make_context
-from tests.support.server import (
+from devkit.server import (
     GatedPhotos,
     RunningServer,
     running_server,
     serve_gated_photos,
 )
+from leapi.models import MarketplacePreset
+from leapi_provider.operators.leapi import STATE_PIPELINE_ID_KEY, LeapiSubmitPipelineOperator
+from leapi_provider.triggers.leapi import LeapiPipelineTrigger, validate_pipeline_event
+from tests.integration.operators.test_leapi import make_context
 
 OPERATION = {"op": "preset/marketplace", "width": 600, "height": 400, "restoration_level": 6}
 PHOTOS = ("coffee", "chelsea", "rocket")

@@ -1,5 +1,5 @@
 """Webhooks and manifest events under a real Airflow (api-server, scheduler, dag-processor, triggerer;
-LocalExecutor, and the CeleryExecutor for the operator's wait) started by :class:`tests.e2e.stack.AirflowStack`, with a real Redis, ``leapi-server`` signing
+LocalExecutor, and the CeleryExecutor for the operator's wait) started by :class:`devkit.airflow_stack.AirflowStack`, with a real Redis, ``leapi-server`` signing
 its webhooks and moto (S3 and SQS) on 127.0.0.1.
 
 1. The receiver is mounted on the api-server by installing the provider (its ``airflow.plugins`` entry
@@ -31,24 +31,24 @@ from typing import Any
 import httpx
 import pytest
 
-from leapi.webhooks import generate_secret, signed_headers
-from leapi_provider.webhooks.hints import WebhookHintSource, hint_keys
-from leapi_provider.webhooks.hook import RedisLocation, WebhookSettings
-from leapi_provider.webhooks.plugin import URL_PREFIX
-from leapi_provider.webhooks.tokens import channel_for_task
-from tests.e2e import connection_env
-from tests.e2e.stack import AirflowStack
-from tests.fixtures.airflow import REPO
-from tests.fixtures.s3 import _CREDENTIALS, REGION, MotoS3Server
-from tests.fixtures.webhooks import webhook_conn_env
-from tests.support.redis import RedisServer
-from tests.support.server import (
+from devkit.airflow_stack import AirflowStack
+from devkit.redis import RedisServer
+from devkit.s3 import CREDENTIALS, REGION, MotoS3Server
+from devkit.server import (
     GatedPhotos,
     RunningServer,
     running_server,
     serve_directory,
     serve_gated_photos,
 )
+from leapi.webhooks import generate_secret, signed_headers
+from leapi_provider.webhooks.hints import WebhookHintSource, hint_keys
+from leapi_provider.webhooks.hook import RedisLocation, WebhookSettings
+from leapi_provider.webhooks.plugin import URL_PREFIX
+from leapi_provider.webhooks.tokens import channel_for_task
+from tests.e2e import connection_env
+from tests.fixtures.airflow import REPO
+from tests.fixtures.webhooks import webhook_conn_env
 
 # (The first test of each executor also waits for the stack to start: minutes on a busy machine.)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -96,14 +96,14 @@ class World:
     def aws(self, service: str) -> Any:
         import boto3
 
-        return boto3.client(service, endpoint_url=self.moto.endpoint_url, region_name=REGION, **_CREDENTIALS)
+        return boto3.client(service, endpoint_url=self.moto.endpoint_url, region_name=REGION, **CREDENTIALS)
 
 
 def _queues(moto: MotoS3Server) -> tuple[str, str]:
     """The watched queue and a test's tap queue, both notified by the bucket for ``incoming/*.parquet``."""
     import boto3
 
-    kwargs = {"endpoint_url": moto.endpoint_url, "region_name": REGION, **_CREDENTIALS}
+    kwargs = {"endpoint_url": moto.endpoint_url, "region_name": REGION, **CREDENTIALS}
     sqs, s3 = boto3.client("sqs", **kwargs), boto3.client("s3", **kwargs)
     urls = [sqs.create_queue(QueueName=name)["QueueUrl"] for name in ("feed-manifests", "feed-manifests-tap")]
     arns = [
@@ -300,7 +300,7 @@ def test_the_webhook_resumes_the_deferred_operator_long_before_its_fallback_poll
 def _manifest_bytes(world: World, count: int, prefix: str) -> bytes:
     import pyarrow.parquet as pq
 
-    from tests.support.catalog import sample_manifest, write_sample_images
+    from devkit.catalog import sample_manifest, write_sample_images
 
     images = write_sample_images(_source_dir(world), count, long_sides=(96,), prefix=prefix)
     buffer = io.BytesIO()

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from devkit.server import GatedPhotos, RunningServer, running_server, serve_gated_photos
 from leapi.webhooks import generate_secret
 from leapi_provider.triggers.leapi import LeapiPipelineTrigger, validate_pipeline_event
 from leapi_provider.webhooks.hints import HintPublisher, WebhookHintSource
 from leapi_provider.webhooks.tokens import channel_for_task
 from tests.fixtures.webhooks import serve_receiver
-from tests.support.server import GatedPhotos, RunningServer, running_server, serve_gated_photos
 
 SIGNING_SECRET = generate_secret()
 PHOTOS = ("coffee", "chelsea", "astronaut")

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.airflow import REPO, load_dag
+from devkit.airflow_dags import load_dag
+from tests.fixtures.airflow import REPO
 from tests.support.docs import snippet
 
 DOC = "docs/install.md"

@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
+from devkit.airflow_dags import load_dag
 from leapi_provider.events.triggers import SqsQueueWatchTrigger
-from tests.fixtures.airflow import REPO, load_dag
+from tests.fixtures.airflow import REPO
 from tests.provider.dags.test_parse_cost import _PROBE, HEAVY_MODULES
 
 QUEUE = "https://sqs.eu-west-1.amazonaws.com/123456789012/leapi-feed-manifests"

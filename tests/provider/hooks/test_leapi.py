@@ -17,6 +17,7 @@ import respx
 from airflow.sdk.exceptions import AirflowFailException
 
 import leapi
+from devkit.server import free_port
 from leapi import errors
 from leapi.constants import RATE_LIMIT_REASON
 from leapi.idempotency import ADVERTISED
@@ -25,7 +26,6 @@ from leapi.results import ResultFile
 from leapi.transport import shared_tls_context
 from leapi_provider.exceptions import LeapiTriggerEventError, fail_on_permanent_errors, is_permanent
 from leapi_provider.hooks.leapi import USER_AGENT, LeapiHook
-from tests.support.server import free_port
 
 BASE = "https://leapi.test"
 KEY = "unit-secret-key-123"

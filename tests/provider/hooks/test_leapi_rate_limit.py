@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from devkit.server import RunningServer, docs_only_rate_limited_server, quick_start_body
 from leapi_provider.hooks.leapi import LeapiHook
-from tests.support.server import RunningServer, docs_only_rate_limited_server, quick_start_body
 
 pytestmark = pytest.mark.slow
 LIMIT_PER_MINUTE = 8

@@ -17,12 +17,12 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from devkit import onnx_models
 from leapi.models import MarketplacePreset
 from leapi_server.engine import enhance
 from leapi_server.engine.external import ExternalModel, ExternalModelError
 from leapi_server.engine.model_spec import ExternalModelSpec
 from leapi_server.engine.tiling import plan_axis
-from tests.server.engine import onnx_models
 from tests.server.engine.images import encode, scene
 
 #: Pure image functions: no server, so once, not once per server backend.

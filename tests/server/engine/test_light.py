@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from skimage.color import deltaE_cie76, rgb2lab
 
+from devkit.moods import mood_scene
 from leapi_server.engine.color import linear_to_srgb, srgb_to_linear
 from leapi_server.engine.light import LightTuning, apply_light, measure, thumbnail
 from tests.server.engine.images import neutral_scene
-from tests.server.engine.moods import mood_scene
 from train.photos import TRAIN_PHOTOS, load_photo
 
 #: Pure image functions: no server, so once, not once per server backend.

@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
+from devkit.moods import mood_scene
 from leapi_server.engine.tone import ToneTuning, apply_tone, contrast_curve, read, shadows_highlights_curve
 from tests.server.engine.images import scene
-from tests.server.engine.moods import mood_scene
 from train.photos import load_photo
 
 #: Pure image functions: no server, so once, not once per server backend.

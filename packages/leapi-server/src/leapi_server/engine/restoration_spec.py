@@ -133,7 +133,7 @@ HELD_OUT_KINDS = {
 }
 HELD_OUT_PHOTOS = tuple(HELD_OUT_KINDS)
 #: Held-out photographs with an intentional colour mood, which the light and tone stages must keep (the
-#: benchmark also grades the other held-out photos into moods; ``tests/server/engine/moods.py``).
+#: benchmark also grades the other held-out photos into moods; ``devkit/moods.py``).
 HELD_OUT_MOODS = {
     "skimage:rocket.jpg": "dusk",
     "lomiri-wallpapers-16.04:sunset_by_Aitzol_Berasategi.jpg": "sunset",

@@ -1,4 +1,4 @@
-"""The REST side of :class:`tests.e2e.stack.AirflowStack`: Airflow's public API (``/api/v2``) for DAGs,
+"""The REST side of :class:`devkit.airflow_stack.AirflowStack`: Airflow's public API (``/api/v2``) for DAGs,
 runs, pools, task instances, their logs and the event log.
 
 **Deferral, from Airflow's records.** :meth:`AirflowRestApi.deferred_task_instances` reads the **event
@@ -32,7 +32,7 @@ class AirflowStackError(RuntimeError):
 
 class AirflowRestApi:
     """Methods on the api-server at ``api_url``, for a class that also provides ``admin_password``,
-    :meth:`check_alive`, :meth:`log_tails` and :meth:`_worker_names` (:class:`~tests.e2e.stack.AirflowStack`).
+    :meth:`check_alive`, :meth:`log_tails` and :meth:`_worker_names` (:class:`~devkit.airflow_stack.AirflowStack`).
     """
 
     api_url: str

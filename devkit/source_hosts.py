@@ -10,7 +10,7 @@ Every path exists, with an ``ETag`` derived from the path and the host's ``versi
 every source) and ``Content-Length`` ``size``; ``gone`` paths answer 404 (or 410), ``script`` lists
 answers a path gives before its normal one (e.g. a 429 with ``Retry-After``), and ``delay_s`` makes a slow
 host. :func:`serve_source_host` runs one in a thread of the calling process (tests);
-``python -m tests.support.source_hosts --port N`` runs one in its own process (benches), where
+``python -m devkit.source_hosts --port N`` runs one in its own process (benches), where
 ``GET /__stats`` answers its counters as JSON.
 """
 

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.support.server import free_port
+from devkit.server import free_port
 
 #: Debian installs each major version's binaries here (not on PATH).
 _DEBIAN_BINARIES = "/usr/lib/postgresql/*/bin"

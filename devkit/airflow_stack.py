@@ -27,7 +27,7 @@ from disk. The scheduler's health-check server stays off (its default bind is ``
 **Processes.** Each component runs in its own session (process group) with stdout/stderr in
 ``home/logs/<component>.log``. Task processes put themselves in process groups of their own (in the
 component's session) and rename themselves with ``setproctitle``, which blanks what ``/proc/PID/environ``
-reads, so :meth:`stop` finds them by ancestry: a :class:`~tests.e2e.processes.ProcessFamily` samples every
+reads, so :meth:`stop` finds them by ancestry: a :class:`~devkit.airflow_processes.ProcessFamily` samples every
 component's descendants while they live and scans their sessions for orphans. :meth:`stop` sends SIGTERM
 to each component's group, gives the whole family a grace period, and reports (and SIGKILLs) every process
 that survived it. :meth:`kill` and :meth:`restart` crash and restart one component (fault runs).
@@ -39,10 +39,10 @@ its own working directory ``home/workers/<name>``, so no task can find another's
 
 **Deferral, from Airflow's records.** :meth:`deferred_task_instances` reads the event log, where the
 execution API records every ``deferred`` and ``running`` transition of a task instance (why that record,
-and not task-instance history, trigger rows or log lines: :mod:`tests.e2e.rest`).
+and not task-instance history, trigger rows or log lines: :mod:`devkit.airflow_rest`).
 
 The REST methods (:meth:`api`, :meth:`trigger`, :meth:`wait_for_run`, ...) live in
-:class:`tests.e2e.rest.AirflowRestApi`.
+:class:`devkit.airflow_rest.AirflowRestApi`.
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ from typing import Any, Self
 import httpx
 import psutil
 
-from tests.e2e.processes import ProcessFamily, describe_all, kill_tree, processes_with_env
-from tests.e2e.rest import ADMIN_USER, AirflowRestApi, AirflowStackError
-from tests.support.server import free_port
+from devkit.airflow_processes import ProcessFamily, describe_all, kill_tree, processes_with_env
+from devkit.airflow_rest import ADMIN_USER, AirflowRestApi, AirflowStackError
+from devkit.server import free_port
 
 # (processes_with_env: still imported from here by scripts/airflow_local.py)
 __all__ = ["AirflowStack", "AirflowStackError", "processes_with_env"]

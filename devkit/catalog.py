@@ -6,6 +6,7 @@ qualities so that a catalog has the variety of a real one.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tests.support.server import SAMPLE_PHOTOS, sample_photo
+from devkit.server import SAMPLE_PHOTOS, sample_photo
 
 #: scikit-image photographs that ship with the package (no download needed).
 PHOTOS = SAMPLE_PHOTOS
@@ -88,3 +89,30 @@ def sample_manifest(
 
     full = [{name: row.get(name) for name in MANIFEST_SCHEMA.names} for row in rows]
     return pa.Table.from_pylist(full, schema=MANIFEST_SCHEMA)
+
+
+def sample_catalog(folder: Path, base_url: str, count: int) -> Any:
+    """``count`` photographs written into ``folder`` (served at ``base_url``) and their manifest, plus a row
+    with an unknown preset (``rejected_row``) and a row whose source does not exist (``error``).
+
+    :returns: the manifest as a ``pyarrow.Table``.
+    """
+    images = write_sample_images(folder, count, long_sides=(320, 240), qualities=(90, 60, 30), prefix="sku")
+    table = sample_manifest(images, base_url)
+    rows = table.to_pylist()
+    rows.append({**rows[0], "image_id": "sku-bad-preset", "preset": "instagram"})
+    rows.append({**rows[1], "image_id": "sku-dead-link", "source_url": f"{base_url}/discontinued.jpg"})
+    return pa.Table.from_pylist(rows, schema=table.schema)
+
+
+def put_manifest(s3: Any, table: Any, *, bucket: str, key: str) -> str:
+    """Write ``table`` as Parquet to ``s3://bucket/key`` (creating the bucket); returns the URI."""
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    existing = {entry["Name"] for entry in s3.list_buckets().get("Buckets", [])}
+    if bucket not in existing:
+        s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
+    return f"s3://{bucket}/{key}"

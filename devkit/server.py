@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from unittest import mock
 
 import httpx
@@ -126,7 +126,7 @@ class RunningServer:
         self._extra_args = list(extra_args)
         self._env = dict(env or {})
         self._allow_private_sources = allow_private_sources
-        self._log_file = None
+        self._log_file: IO[bytes] | None = None
 
     @property
     def base_url(self) -> str:

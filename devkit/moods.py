@@ -103,7 +103,7 @@ def backdrop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     paper = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float64)
     box_h, box_w = int(height * rng.uniform(0.5, 0.65)), int(width * rng.uniform(0.3, 0.5))
     top, left = (height - box_h) // 2, (width - box_w) // 2
-    shadow = np.zeros((height, width))
+    shadow: np.ndarray = np.zeros((height, width))
     shadow[top + box_h // 8 : top + box_h + box_h // 10, left + box_w // 10 : left + box_w + box_w // 8] = 1
     shadow = cv2.GaussianBlur(shadow, (0, 0), max(2.0, box_w / 12))
     paper *= 1 - 0.35 * shadow[..., None]

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.server import free_port
+from devkit.server import free_port
 
 _START_TIMEOUT_S = 30.0
 
