@@ -148,7 +148,8 @@ def test_tracker_finds_orphans_and_session_members() -> None:
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         start_new_session=True,
     )  # fmt: skip
-    tracker = ProcessTracker()
+    # (rooted at the parent, not at pytest: the suite's own servers are pytest's children too)
+    tracker = ProcessTracker(root=parent.pid, sessions=[parent.pid])
     try:
         assert parent.stdout is not None and parent.stdin is not None
         orphan = int(parent.stdout.readline())
