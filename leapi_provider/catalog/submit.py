@@ -171,8 +171,14 @@ def _log_submits(
     resume_at: float | None,
 ) -> None:
     if submits:
-        waited = hook.get_conn().rate_limit_waited_s - waited_before
-        log.info("%s: %d submit(s); waited %.1fs on the LEAPI rate limit", batch, submits, waited)
+        client = hook.get_conn()
+        log.info(
+            "%s: %d submit(s); waited %.1fs on the LEAPI rate limit (longest single wait %.1fs)",
+            batch,
+            submits,
+            client.rate_limit_waited_s - waited_before,
+            client.rate_limit_longest_wait_s,
+        )
     if resume_at is not None:
         log.info(
             "%s: the LEAPI rate limit's next slot is %.0fs away: submitting resumes then",

@@ -84,8 +84,10 @@ def test_a_100_image_catalog_under_a_hard_limit_without_hints(
     assert len(pipelines) == IMAGES // URLS_PER_PIPELINE
     posts = strict_server.logs().count('"POST /v1/pipeline HTTP/1.1" 200')
     refused = posts - len(pipelines)
-    per_batch = re.compile(r"Batch (\d+): \d+ submit\(s\); waited ([\d.]+)s on the LEAPI rate limit")
-    waits: dict[str, float] = {}
+    per_batch = re.compile(
+        r"Batch (\d+): \d+ submit\(s\); waited [\d.]+s on the LEAPI rate limit \(longest single wait ([\d.]+)s\)"
+    )
+    waits: dict[str, float] = {}  # (each wait's own length: several waits under the bound may add up past it)
     for record in caplog.records:
         if match := per_batch.search(record.getMessage()):
             waits[match.group(1)] = float(match.group(2))
@@ -94,7 +96,9 @@ def test_a_100_image_catalog_under_a_hard_limit_without_hints(
     assert max(waits.values()) <= 5, f"no batch waited past its defer_after in a worker: {waits}"
     task_logs = caplog.text + capfd.readouterr().out  # (the operators log through the task's logger)
     deferred = re.findall(r"Deferring the rest of the submits (\d+)s", task_logs)
-    assert deferred and all(int(s) >= 30 for s in deferred), "the slot about a minute away: deferred"
+    # (the refused minute's slot is tens of seconds away; a paced slot just past defer_after defers too,
+    # and is logged with what is left of it once the task has written its records)
+    assert deferred and max(int(s) for s in deferred) >= 30, "the slot about a minute away: deferred"
     assert elapsed >= 50, "the run did wait for the limit's window (in the triggerer)"
     peak = _most_in_a_minute(strict_server.logs()[log_start:])
     assert peak <= LIMIT_PER_MINUTE + 2, f"the server saw {peak} submits in one minute"

@@ -84,6 +84,8 @@ class ClientBase:
         self.account_limiter = SHARED_LIMITERS.for_account(self.base_url, key)
         #: Seconds this client waited on the rate limit (booked slots and refused retries), for logs.
         self.rate_limit_waited_s = 0.0
+        #: The longest of those waits, in seconds (a planned slot, or a refused request's retry delay).
+        self.rate_limit_longest_wait_s = 0.0
         self._verify: ssl.SSLContext | bool = shared_tls_context() if verify is True else verify
         self.user_agent = user_agent or DEFAULT_USER_AGENT
         install_log_redaction()
@@ -140,6 +142,7 @@ class ClientBase:
                 self.account_limiter.cancel(booking)
                 raise
             self.rate_limit_waited_s += booking.wait
+            self.rate_limit_longest_wait_s = max(self.rate_limit_longest_wait_s, booking.wait)
             log.info(
                 "LEAPI: waiting %.1fs for a request slot of the account's learned rate limit", booking.wait
             )
@@ -156,6 +159,7 @@ class ClientBase:
                 self.account_limiter.accepted(booking)
         if delay is not None and outcome.rate_limited:
             self.rate_limit_waited_s += delay
+            self.rate_limit_longest_wait_s = max(self.rate_limit_longest_wait_s, delay)
 
     def _submit_parts(
         self, request: PipelineRequest | Mapping[str, Any], idempotency_key: str | None
