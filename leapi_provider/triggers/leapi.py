@@ -264,7 +264,10 @@ class LeapiPipelineTrigger(BaseTrigger):
         poll = InOrderPoll(self.pipeline_ids)
         probe = FinishProbe(self.pipeline_ids, want=self.min_finished) if self.min_finished else None
         await hints.rearm(self.rearm_ids)
-        hinted = (await hints.hinted()) & set(poll.pending)
+        # The queued hints first: they are all in the channel's seen set too, and read twice they would
+        # cost a second read of the same pipeline.
+        queued = await hints.wait_for_hints(0)
+        hinted = (queued | await hints.hinted()) & set(poll.pending)
         not_before = self.not_before or 0.0
         next_fallback = max(time.time() + self.poll_interval, not_before)
         while True:
