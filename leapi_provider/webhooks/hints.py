@@ -192,7 +192,7 @@ class WebhookHintSource:
             async with client.pipeline(transaction=True) as pipe:
                 pipe.srem(seen, *ids)
                 for pipeline_id in ids:
-                    pipe.lrem(hints, 0, pipeline_id)
+                    pipe.lrem(hints, 0, str(pipeline_id))
                 await asyncio.wait_for(pipe.execute(), timeout=_CALL_GRACE_S)
         except Exception as exc:  # noqa: BLE001 - then a true webhook may be dropped: the fallback poll remains
             log.warning("Could not re-arm LEAPI webhook hints for %s: %s", ids, exc)
