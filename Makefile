@@ -83,9 +83,10 @@ clean:
 EXECUTOR ?= local
 RUNS ?= 1
 .PHONY: e2e airflow redis postgres
-e2e: venv $(if $(filter celery,$(EXECUTOR)),redis)
+e2e: venv $(if $(filter celery,$(EXECUTOR))$(filter 1 yes true,$(WEBHOOKS)),redis)
 	$(PY) -m tests.e2e --executor $(EXECUTOR) $(if $(filter 1 yes true only,$(FAULTS)),--faults --runs $(RUNS)$(if \
-	  $(filter only,$(FAULTS)), --faults-only)$(if $(filter 1 yes true,$(KEEP_GOING)), --keep-going))
+	  $(filter only,$(FAULTS)), --faults-only)$(if $(filter 1 yes true,$(KEEP_GOING)), --keep-going))$(if \
+	  $(filter 1 yes true,$(WEBHOOKS)), --webhooks)$(if $(filter 1 yes true,$(EVENTS)), --events)
 
 # The same Airflow with its UI for a person (dags/ and example_dags/ on leapi-server and a local S3,
 # state in .work/airflow/); prints the URL, the login and how to trigger each DAG; Ctrl-C stops it.
