@@ -7,10 +7,12 @@ the receiver is the provider's plugin on the stack's api-server (installed with 
 access log, its webhook delivery records and Airflow's event log:
 
 * status reads per pipeline of the run (target <= 1.05);
-* per batch, the seconds from its last pipeline's webhook to the batch task running again (target <= 2 s).
+* per batch, the seconds from its last pipeline's webhook to its trigger firing, i.e. the batch resuming
+  (target <= 2 s; from the trigger's log in the task's log folder), and to the task running again (Airflow's
+  event log: the scheduler and the executor's task start come on top, reported, not held to the target).
   A batch cannot resume within Airflow's reporting window after it deferred
   (:func:`leapi_provider.triggers.leapi.earliest_resume`): a webhook that came inside the window is
-  measured from the window's end, and the report says how many did.
+  measured from the window's end, and the report says so.
 
 **Events** (``--events``): the bucket notifies an SQS queue (moto delivers S3 event notifications to SQS)
 of ``incoming/*.parquet``; ``LEAPI_FEED_SQS_QUEUE`` makes ``dags/marketplace_feed_etl.py`` define
@@ -21,6 +23,7 @@ of ``incoming/*.parquet``; ``LEAPI_FEED_SQS_QUEUE`` makes ``dags/marketplace_fee
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -68,16 +71,28 @@ class BatchResume:
     pipelines: int
     last_webhook: datetime
     window_end: datetime
-    resumed: datetime
+    fired: datetime
+    running: datetime | None
 
     @property
-    def after_webhook_s(self) -> float:
-        return (self.resumed - self.last_webhook).total_seconds()
+    def could_resume(self) -> datetime:
+        """When the batch could first resume on its last webhook."""
+        return max(self.last_webhook, self.window_end)
 
     @property
     def late_s(self) -> float:
-        """Seconds from when the batch could first resume on its last webhook to when it did."""
-        return (self.resumed - max(self.last_webhook, self.window_end)).total_seconds()
+        """Seconds from when the batch could first resume on its last webhook to its trigger firing."""
+        return (self.fired - self.could_resume).total_seconds()
+
+    def describe(self) -> str:
+        inside = self.last_webhook < self.window_end
+        text = f"batch[{self.map_index}]: {self.pipelines} pipelines; its trigger fired {self.late_s:.2f} s after "
+        text += "the end of the reporting window its last webhook came in" if inside else "its last webhook"
+        if self.running is not None:
+            text += (
+                f"; the task ran again {(self.running - self.could_resume).total_seconds():.2f} s after it"
+            )
+        return text
 
 
 def check_webhook_run(stack: AirflowStack, server: Any, run_id: str, *, log_start: int) -> list[str]:
@@ -96,10 +111,7 @@ def check_webhook_run(stack: AirflowStack, server: Any, run_id: str, *, log_star
     if per_pipeline > MAX_READS_PER_PIPELINE:
         failures.append(f"{per_pipeline:.3f} status reads per pipeline > {MAX_READS_PER_PIPELINE}")
     for resume in filter(None, resumes):
-        inside = resume.last_webhook < resume.window_end
-        print(f"  batch[{resume.map_index}]: {resume.pipelines} pipelines; running again "
-              f"{resume.after_webhook_s:.2f} s after its last webhook"
-              + (f" ({resume.late_s:.2f} s after the reporting window it came in)" if inside else ""))  # fmt: skip
+        print(f"  {resume.describe()}")
         if resume.late_s > MAX_RESUME_S:
             failures.append(f"batch[{resume.map_index}] resumed {resume.late_s:.2f} s after it could")
     return failures
@@ -124,21 +136,33 @@ def _batch_resume(
     if not pipeline_ids or None in delivered:
         return None
     last_webhook = max(d for d in delivered if d is not None)
-    deferred_at, resumed = None, None
-    for row in stack.event_log(DAG_ID, run_id):
-        if row.get("task_id") != "batch" or row.get("map_index", -1) != map_index:
-            continue
-        when = datetime.fromisoformat(row["when"])
-        if row["event"] == "deferred" and when <= last_webhook:
-            deferred_at, resumed = when, None
-        elif (
-            row["event"] == "running" and deferred_at is not None and resumed is None and when > last_webhook
-        ):
-            resumed = when
-    if deferred_at is None or resumed is None:
+    logs = _task_log(stack, run_id, map_index)
+    deferred = [when for when, event in logs if event.startswith("Deferring until") and when <= last_webhook]
+    fired = [when for when, event in logs if event == "Trigger fired event" and when > last_webhook]
+    if not deferred or not fired:
         return None
-    window_end = datetime.fromtimestamp(deferred_at.timestamp() + window, UTC)
-    return BatchResume(map_index, len(pipeline_ids), last_webhook, window_end, resumed)
+    window_end = datetime.fromtimestamp(max(deferred).timestamp() + window, UTC)
+    running = [
+        when
+        for row in stack.event_log(DAG_ID, run_id)
+        if row.get("task_id") == "batch" and row.get("map_index", -1) == map_index and row["event"] == "running"
+        and (when := datetime.fromisoformat(row["when"])) > min(fired)
+    ]  # fmt: skip
+    return BatchResume(
+        map_index, len(pipeline_ids), last_webhook, window_end, min(fired), min(running, default=None)
+    )
+
+
+def _task_log(stack: AirflowStack, run_id: str, map_index: int) -> list[tuple[datetime, str]]:
+    """``(timestamp, event)`` of the batch's task and trigger log lines (JSON lines), in time order."""
+    folder = stack.logs_dir / "tasks" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / "task_id=batch"
+    lines = []
+    for path in (folder / f"map_index={map_index}").glob("attempt=*.log*"):
+        for line in path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                entry = json.loads(line)
+                lines.append((datetime.fromisoformat(entry["timestamp"]), str(entry["event"])))
+    return sorted(lines)
 
 
 def delivery_ends(server: Any, pipeline_id: int) -> list[float]:
