@@ -183,6 +183,8 @@ def world(
                 "LEAPI_FEED_RESULTS": f"s3://{BUCKET}/results",
                 "LEAPI_FEED_IMAGES": f"s3://{BUCKET}/cdn",
                 "LEAPI_FEED_EXPORT": f"s3://{BUCKET}/export",
+                # (the feed runs' batches wake on webhooks too: the catalog's path under a real Airflow)
+                "LEAPI_FEED_WEBHOOKS_CONN_ID": "leapi_webhooks_default",
             }
         )
         cleanup.callback(stack.stop, raise_on_leftovers=False)
@@ -336,6 +338,27 @@ def _wait_until(condition, timeout: float, what: str, stack: AirflowStack):
     )
 
 
+def _assert_batches_used_webhooks(world: World, run_id: str) -> None:
+    """The run's pipelines carried the batch's notify_url, and LEAPI's webhooks were accepted."""
+    batches = [ti for ti in world.stack.task_instances(FEED_DAG, run_id) if ti["task_id"] == "batch"]
+    assert batches
+    for ti in batches:
+        ids = (
+            world.stack.api()
+            .get(
+                f"/dags/{FEED_DAG}/dagRuns/{run_id}/taskInstances/batch/xcomEntries/pipeline_ids",
+                params={"map_index": ti["map_index"]},
+            )
+            .json()["value"]
+        )
+        for pipeline_id in json.loads(ids) if isinstance(ids, str) else ids:
+            with world.leapi.client() as client:
+                pipeline = client.get(f"/v1/pipeline/{pipeline_id}").json()["pipeline"]
+                (delivery,) = client.get(f"/v1/pipeline/{pipeline_id}/webhooks").json()["deliveries"]
+            assert pipeline["notify_url"].startswith(f"{world.settings.base_url}/v1/ti-"), pipeline
+            assert delivery["attempts"][-1]["status_code"] == 202, delivery
+
+
 def test_each_manifest_write_starts_exactly_one_feed_run(world):
     local_only(world)
     stack, s3, sqs = world.stack, world.aws("s3"), world.aws("sqs")
@@ -371,5 +394,6 @@ def test_each_manifest_write_starts_exactly_one_feed_run(world):
     # proof (the other two follow the same path; ``make e2e EVENTS=1`` runs one more), not 3 runs' time.
     first = min(all_runs, key=lambda run_id: all_runs[run_id]["queued_at"] or "")
     assert stack.wait_for_run(FEED_DAG, first, timeout=600) == "success", stack.run_report(FEED_DAG, first)
+    _assert_batches_used_webhooks(world, first)
     dispatches = stack._paged(f"/dags/{ARRIVALS_DAG}/dagRuns", "dag_runs", {})
     assert all(run["state"] == "success" for run in dispatches), dispatches
