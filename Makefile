@@ -79,7 +79,11 @@ clean:
 # CeleryExecutor with a Redis broker and two Celery workers. FAULTS=1: then fault runs on the same Airflow
 # (SIGKILLs of the triggerer, leapi-server and batch tasks mid-submit and mid-transfer; tests/e2e/faults.py),
 # RUNS=n of them (default 1), stopping at the first failure unless KEEP_GOING=1; FAULTS=only: the fault runs
-# alone (no plain run first).
+# alone (no plain run first). WEBHOOKS=1: the batches wake on LEAPI's webhooks (receiver on the api-server,
+# Redis), checked for <= 1.05 status reads per pipeline and a resume within 2 s of the last webhook;
+# EVENTS=1: then a run started by a manifest landing in S3 (tests/e2e/modes.py). make test runs neither: the
+# same paths run under a real Airflow in tests/integration/webhooks/test_on_airflow.py (feed runs started by
+# S3 events, their batches woken by webhooks), and the 2 s figure is a measurement, not a gate for a loaded CI.
 EXECUTOR ?= local
 RUNS ?= 1
 .PHONY: e2e airflow redis postgres
