@@ -30,7 +30,8 @@ The measurement and report live in :mod:`tests.bench.scale_measure` and :mod:`te
 **The webhook case** (``webhooks``, :func:`webhooks_case`, issue #21 item 5): the DAG phase alone with
 webhooks on (a signing leapi-server, the receiver on the api-server, a redis-server); its report
 (:mod:`tests.bench.webhooks_report`) gives API requests per image and the seconds from the last webhook to
-the run's end.
+the run's end. ``python -m tests.bench scale_webhooks`` (:mod:`tests.bench.bench_scale_webhooks`) runs it
+alone into its own section of docs/benchmarks.md.
 
 **Another case** is one more function like :func:`docs_case`: start the
 leapi-server it needs, start Airflow with :func:`_start_airflow` (its ``env`` carries the connections),
@@ -470,11 +471,12 @@ def _webhook_deliveries(server: Any, stack: Any, run_id: str) -> dict[str, Any]:
     return {"pipelines": len(ids), "delivered": len(ends), "last_webhook_at": max(ends, default=None)}
 
 
-def measure(work: Path) -> dict[str, Any]:
+def measure(work: Path, cases: list[str] | None = None) -> dict[str, Any]:
+    """Run ``cases`` (default ``LEAPI_BENCH_SCALE_CASES``, else ``scale,docs``); the raw facts."""
     from tests.bench.scale_sources import serve_scale_sources, write_variants
     from tests.fixtures.s3 import MotoS3Server
 
-    cases = os.environ.get("LEAPI_BENCH_SCALE_CASES", "scale,docs").split(",")
+    cases = cases or os.environ.get("LEAPI_BENCH_SCALE_CASES", "scale,docs").split(",")
     bench = Bench(work, {"started": time.time(), "load_at_start": os.getloadavg(), "cases": cases})
     variants = write_variants(work / "variants", VARIANTS)
     moto = MotoS3Server(work / "moto.log")

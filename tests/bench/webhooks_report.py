@@ -36,8 +36,8 @@ def render(facts: dict[str, Any]) -> str:
         f"## The catalog at scale with webhooks: {dag['images']:,} images",
         "",
         (
-            f"Command: `LEAPI_BENCH_SCALE_CASES=webhooks LEAPI_BENCH_SCALE_WEBHOOK_IMAGES={dag['images']} "
-            ".venv/bin/python -m tests.bench scale`. The scale case's stack and sources, with "
+            f"Command: `LEAPI_BENCH_SCALE_WEBHOOK_IMAGES={dag['images']} "
+            ".venv/bin/python -m tests.bench scale_webhooks` (`make bench` runs it with 100,000). The scale case's stack and sources, with "
             "`LEAPI_FEED_WEBHOOKS_CONN_ID` set: leapi-server signs its webhooks, the receiver is the provider's "
             'plugin on the api-server, a redis-server hands them to the triggerer (docs/catalog.md, "Webhooks").'
         ),
