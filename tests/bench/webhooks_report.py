@@ -63,5 +63,43 @@ def render(facts: dict[str, Any]) -> str:
         ),
         f"- task starts {dag['starts']}, deferrals {dag['deferrals']}, worker-slot time {dag['slot_s']:.0f} s",
         "- requests by kind: " + ", ".join(f"{kind}: {count:,}" for kind, count in requests.items()),
+        *_timeline(dag, last, dag.get("load")),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _timeline(dag: dict[str, Any], last_webhook: float | None, load: list[float] | None) -> list[str]:
+    """Where the time after the last webhook went: seconds after the trigger, per batch."""
+    queued = dag["ended_at"] - dag["dag_s"]
+    marks = [
+        ("last webhook", last_webhook),
+        ("last result download", dag.get("last_download_at")),
+        ("run end", dag["ended_at"]),
+    ]
+    lines = [
+        "- timeline, s after the trigger: "
+        + ", ".join(f"{name} {at - queued:.1f}" for name, at in marks if at is not None)
+        + (
+            f"; load average (1 min) {load[0]:.1f} at the trigger, peak {load[-1]:.1f}, on 2 shared cores"
+            if load
+            else ""
+        ),
+        "- batches (start / first transfer / last transfer / end, s after the trigger; deferrals): "
+        + "; ".join(
+            f"[{index}] {_s(b.get('start'))} / {_s(b.get('first_transfer'))} / {_s(b.get('last_transfer'))} / "
+            f"{_s(b.get('end'))} ({b.get('deferrals')})"
+            for index, b in dag.get("batches", {}).items()
+        ),
+        "",
+        (
+            "After the last webhook the run waits on nothing but its own work: each batch resumes as soon as "
+            "its hinted pipelines allow (its trigger fires within a few hundred ms of the webhook, `make e2e "
+            "WEBHOOKS=1`), then needs a free slot of the `leapi` pool (4) and transfers its images (download, "
+            "S3 upload, result rows). The tail above is that transfer work on the shared cores."
+        ),
+    ]
+    return lines
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
