@@ -7,6 +7,11 @@ local bucket); a run's conf overrides them. See ``docs/catalog.md``.
 Event-driven (opt-in): with ``LEAPI_FEED_SQS_QUEUE`` set to the URL of an SQS queue the manifest bucket
 notifies, the DAG ``marketplace_feed_arrivals`` starts one run of this DAG per manifest written, with the
 manifest's ``s3://`` URI as its ``manifest`` (docs/provider.md, "Event-driven feed runs").
+
+Webhook-driven waits (opt-in): with ``LEAPI_FEED_WEBHOOKS_CONN_ID`` naming a ``leapi_webhooks`` connection
+(read when the file is parsed, like the locations), each batch's pipelines carry a ``notify_url`` on the
+receiver the provider mounts on the api-server, and the batches resume on LEAPI's webhooks instead of
+polling (docs/catalog.md, "Webhooks").
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ dag = marketplace_feed_etl_dag(
     results=os.environ.get("LEAPI_FEED_RESULTS", "s3://my-marketplace/leapi/feed/results"),
     images=os.environ.get("LEAPI_FEED_IMAGES", "s3://my-marketplace-cdn/images"),
     export=os.environ.get("LEAPI_FEED_EXPORT", "s3://my-marketplace/leapi/feed/export"),
+    webhook_conn_id=os.environ.get("LEAPI_FEED_WEBHOOKS_CONN_ID") or None,
 )
 
 if SQS_QUEUE := os.environ.get("LEAPI_FEED_SQS_QUEUE"):

@@ -5,7 +5,8 @@ Each read that finds a pipeline finished is also the read its transfer uses (fre
 pipeline costs one status read, plus one per poll round that found the head of the queue still running
 (:class:`leapi.polling.InOrderPoll`). The deferred part of the wait reads one pipeline per round
 (:class:`leapi.polling.FinishProbe`, in the trigger) and resumes the task to read and transfer the
-finished ones here.
+finished ones here. With webhooks (:meth:`BatchCollector.read_hinted`), the task reads exactly the
+pipelines LEAPI's webhooks said are done, and none past them.
 """
 
 from __future__ import annotations
@@ -47,16 +48,20 @@ class BatchCollector:
         transferred = results.transferred
         self.poll = InOrderPoll([pid for pid in pipeline_ids if pid not in transferred])
         self.started_at = _first_submit(batch)
+        #: The ids the last round read and found still running.
+        self.still_running: list[int] = []
 
     @property
     def pending(self) -> list[int]:
         return self.poll.pending
 
-    def round(self, *, through: int | None = None) -> int:
-        """One round: read in order (every pipeline up to ``through``, then while finished), transfer what
-        finished; the images copied."""
+    def round(self, *, through: int | None = None, beyond: bool = True) -> int:
+        """One round: read in order (every pipeline up to ``through``, then, if ``beyond``, on while
+        finished), transfer what finished; the images copied. :attr:`still_running` lists the ids this
+        round read and found running."""
         finished: list[Pipeline] = []
-        for pipeline_id in self.poll.round(through=through):
+        self.still_running = []
+        for pipeline_id in self.poll.round(through=through, beyond=beyond):
             try:
                 pipeline = self.hook.get_pipeline(pipeline_id)
             except LeapiNotFoundError:
@@ -64,6 +69,8 @@ class BatchCollector:
             self.poll.record(pipeline)
             if self.poll.is_finished(pipeline_id):
                 finished.append(pipeline)
+            else:
+                self.still_running.append(pipeline_id)
         if not finished:
             return 0
         copied = transfer_pipelines(self.batch, self.hook, finished, self.results)
@@ -76,6 +83,13 @@ class BatchCollector:
             len(self.pipeline_ids),
         )
         return copied
+
+    def read_hinted(self, through: int) -> list[int]:
+        """Read the pending pipelines up to ``through`` (webhooks said they are done) and none past it,
+        transfer the finished ones; the ids found still running (their hints were premature: they must be
+        re-armed, so that their true webhooks count)."""
+        self.round(through=through, beyond=False)
+        return list(self.still_running)
 
     def wait(
         self, seconds: float, *, poll_interval: float, initial_poll_interval: float, resume_cost: float = 0.0

@@ -87,6 +87,7 @@ def marketplace_feed_etl_dag(
     leapi_conn_id: str = "leapi_default",
     aws_conn_id: str | None = "aws_default",
     deferrable: bool = True,
+    webhook_conn_id: str | None = None,
     **dag_kwargs: Any,
 ) -> DAG:
     """The ``marketplace_feed_etl`` DAG: feed key layout, export of the final image URL per ``image_id``,
@@ -103,6 +104,8 @@ def marketplace_feed_etl_dag(
     :param leapi_conn_id: the LEAPI connection (fixed by the DAG author: a run's conf cannot change it).
     :param aws_conn_id: the connection of ``s3://`` locations.
     :param deferrable: wait in the triggerer (a catalog's waits are long: on by default here).
+    :param webhook_conn_id: wake the batches with LEAPI's webhooks through this ``leapi_webhooks``
+        connection (see :func:`~leapi_provider.catalog.add_catalog_tasks`); ``None``: poll only.
     :param dag_kwargs: more ``DAG`` arguments (``tags``, ``default_args``, ``start_date``, ...).
     """
     return _catalog_dag(
@@ -113,7 +116,12 @@ def marketplace_feed_etl_dag(
         outlet=FEED_RESULTS,
         export_feed=True,
         fileloc=_caller_file(),
-        task_args={"leapi_conn_id": leapi_conn_id, "aws_conn_id": aws_conn_id, "deferrable": deferrable},
+        task_args={
+            "leapi_conn_id": leapi_conn_id,
+            "aws_conn_id": aws_conn_id,
+            "deferrable": deferrable,
+            "webhook_conn_id": webhook_conn_id,
+        },
         params={
             "manifest": manifest,
             "results": results,
@@ -141,6 +149,7 @@ def catalog_reenhancement_dag(
     leapi_conn_id: str = "leapi_default",
     aws_conn_id: str | None = "aws_default",
     deferrable: bool = True,
+    webhook_conn_id: str | None = None,
     **dag_kwargs: Any,
 ) -> DAG:
     """The ``catalog_reenhancement`` DAG: daily, incremental (only changed images are paid for).
@@ -155,6 +164,8 @@ def catalog_reenhancement_dag(
     :param leapi_conn_id: the LEAPI connection (fixed by the DAG author: a run's conf cannot change it).
     :param aws_conn_id: the connection of ``s3://`` locations.
     :param deferrable: wait in the triggerer (a catalog's waits are long: on by default here).
+    :param webhook_conn_id: wake the batches with LEAPI's webhooks through this ``leapi_webhooks``
+        connection (see :func:`~leapi_provider.catalog.add_catalog_tasks`); ``None``: poll only.
     :param dag_kwargs: more ``DAG`` arguments (``tags``, ``default_args``, ``start_date``, ...).
     """
     return _catalog_dag(
@@ -165,7 +176,12 @@ def catalog_reenhancement_dag(
         outlet=CATALOG_RESULTS,
         export_feed=False,
         fileloc=_caller_file(),
-        task_args={"leapi_conn_id": leapi_conn_id, "aws_conn_id": aws_conn_id, "deferrable": deferrable},
+        task_args={
+            "leapi_conn_id": leapi_conn_id,
+            "aws_conn_id": aws_conn_id,
+            "deferrable": deferrable,
+            "webhook_conn_id": webhook_conn_id,
+        },
         params={
             "manifest": manifest,
             "results": results,

@@ -95,7 +95,9 @@ class _Records:
         manifests.write_parquet_atomic(table, self.batch.submitted_path)
 
 
-def submit_batch(batch: CatalogBatch, hook: LeapiHook, *, max_wait: float | None = None) -> SubmitOutcome:
+def submit_batch(
+    batch: CatalogBatch, hook: LeapiHook, *, max_wait: float | None = None, notify_url: str | None = None
+) -> SubmitOutcome:
     """Submit the pipelines of ``batch`` not accepted yet, recording each id as soon as the API accepts it.
 
     A pipeline the API REJECTED (for another reason than its rate limit) marks its images with the reason
@@ -105,6 +107,8 @@ def submit_batch(batch: CatalogBatch, hook: LeapiHook, *, max_wait: float | None
         step stops and :attr:`SubmitOutcome.resume_at` says when the next slot is (the hook's
         ``rate_limit_budget`` should be the same, so that a refused submit is not retried past it either).
         ``None``: wait as long as the hook's budget allows.
+    :param notify_url: the webhook URL every pipeline carries (the batch task's channel: the same on every
+        try, so the idempotency keys, which cover it, do not change).
     """
     records = _Records(batch)
     if records.by_row:
@@ -125,7 +129,7 @@ def submit_batch(batch: CatalogBatch, hook: LeapiHook, *, max_wait: float | None
             resume_at = time.time() + limiter.next_wait()
             break
         try:
-            pipeline_id = _submit(batch, hook, presigned, pipeline_index, todo)
+            pipeline_id = _submit(batch, hook, presigned, pipeline_index, todo, notify_url)
         except LeapiRejectedError as exc:
             if isinstance(exc, LeapiRateLimitError) and max_wait is not None:
                 resume_at = time.time() + max(limiter.next_wait(), 1.0)
@@ -150,13 +154,14 @@ def _submit(
     presigned: PresignedUrls,
     pipeline_index: int,
     todo: list[dict[str, Any]],
+    notify_url: str | None = None,
 ) -> int:
     """Submit one pipeline of ``todo``'s images; its id."""
     operation = json.loads(todo[0]["operation_json"])
     sources = [r["source_url"] for r in todo]
-    request = PipelineRequest.build(presigned.urls_for(sources), [operation])
+    request = PipelineRequest.build(presigned.urls_for(sources), [operation], notify_url=notify_url)
     # The key names what is asked (the s3:// URIs), not this attempt's signatures.
-    stable_request = PipelineRequest.build(sources, [operation])
+    stable_request = PipelineRequest.build(sources, [operation], notify_url=notify_url)
     run = batch.run
     key = derive_idempotency_key(stable_request, run.dag_id, run.key, batch.index, pipeline_index)
     return hook.submit_pipeline(request, idempotency_key=key)

@@ -31,6 +31,7 @@ def add_catalog_tasks(
     wait_timeout: float = DEFAULT_BATCH_TIMEOUT_S,
     poll_interval: float = DEFAULT_BATCH_POLL_INTERVAL_S,
     deferrable: bool | None = None,
+    webhook_conn_id: str | None = None,
 ) -> dict[str, Any]:
     """Add the catalog tasks to the DAG being defined; returns them by name (``plan``, ``batch``, ``finalize``).
 
@@ -47,6 +48,10 @@ def add_catalog_tasks(
     :param poll_interval: the longest gap between polls of a batch's pipelines, in seconds.
     :param deferrable: wait in the triggerer (after the run's ``defer_after`` seconds in the worker);
         ``None``: ``[operators] default_deferrable``.
+    :param webhook_conn_id: opt-in webhook-driven waits (deferrable batches only): the ``leapi_webhooks``
+        connection of the receiver on the api-server. Each pipeline then carries a ``notify_url``, and a
+        batch defers right after submitting and resumes on LEAPI's webhooks; polling remains a fallback
+        at a gap of 60 s or more. Fixed here, like the other connections. docs/catalog.md, "Webhooks".
     """
     if deferrable is None:
         deferrable = conf.getboolean("operators", "default_deferrable", fallback=False)
@@ -60,6 +65,7 @@ def add_catalog_tasks(
         timeout=wait_timeout,
         leapi_conn_id=leapi_conn_id,
         aws_conn_id=aws_conn_id,
+        webhook_conn_id=webhook_conn_id,
     ).expand(batch_uri=plan.output)
     finalize = LeapiCatalogFinalizeOperator(
         task_id="finalize",

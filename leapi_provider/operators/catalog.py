@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,32 @@ TASK_START_S = 5.0
 #: A deferred wait first reads when this fraction of the time its pipelines need (at the rate seen so
 #: far) has passed: a little early, as the rate is an estimate.
 DUE_FRACTION = 0.8
+
+
+@dataclass(frozen=True)
+class _Webhooks:
+    """A batch task instance's webhook channel: the ``notify_url`` its pipelines carry, and the trigger's
+    hint source (``WebhookHintSource.serialize()``)."""
+
+    notify_url: str
+    hints: dict[str, str]
+
+    @classmethod
+    def of_task(cls, context: Context, conn_id: str | None) -> _Webhooks | None:
+        """The channel of the task instance in ``context`` (the same for each try); ``None`` without
+        ``conn_id``."""
+        if not conn_id:
+            return None
+        from leapi_provider.webhooks.hints import WebhookHintSource
+        from leapi_provider.webhooks.hook import LeapiWebhooksHook
+        from leapi_provider.webhooks.tokens import channel_for_task
+
+        ti = context["ti"]
+        map_index = -1 if ti.map_index is None else ti.map_index
+        channel = channel_for_task(ti.dag_id, ti.run_id, ti.task_id, map_index)
+        settings = LeapiWebhooksHook(conn_id).get_settings()
+        hints = WebhookHintSource(channel=channel, conn_id=conn_id).serialize()
+        return cls(notify_url=settings.notify_url(channel), hints=hints)
 
 
 class _CatalogOperator(BaseOperator):
@@ -83,6 +110,12 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
     (:func:`~leapi_provider.triggers.leapi.earliest_resume`). ERROR pipelines do not fail the task: their
     images get ``error`` rows. A wait that times out fails the task; its retry reconnects.
 
+    With ``webhook_conn_id`` (and ``deferrable``), every pipeline carries the ``notify_url`` of the task
+    instance's channel (the same on every try), and the batch defers right after submitting: its trigger
+    wakes on LEAPI's webhooks, and each resume reads exactly the pipelines they said are done (those
+    found still running are handed back, ``rearm_ids``, so that their true webhooks count). Polling goes
+    on as a fallback, at least ``WEBHOOK_FALLBACK_POLL_INTERVAL_S`` apart. docs/catalog.md, "Webhooks".
+
     :param batch_uri: the batch file the plan wrote (templated; the plan's output is mapped over it).
     :param leapi_conn_id: the LEAPI connection (fixed by the DAG author).
     :param aws_conn_id: the connection of ``s3://`` locations (fixed by the DAG author).
@@ -92,6 +125,9 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
         ``defer_after`` param.
     :param poll_interval: the longest gap between polls, in seconds.
     :param timeout: how long to wait for the batch's pipelines, in seconds, from its first submit.
+    :param webhook_conn_id: opt-in webhook-driven waits: the ``leapi_webhooks`` connection of the receiver
+        mounted on the api-server (:mod:`leapi_provider.webhooks`); ``None``: poll only. Ignored when not
+        ``deferrable`` (the worker then polls).
     """
 
     template_fields: Sequence[str] = ("batch_uri",)
@@ -104,6 +140,7 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
         defer_after: float | None = None,
         poll_interval: float = DEFAULT_BATCH_POLL_INTERVAL_S,
         timeout: float = DEFAULT_BATCH_TIMEOUT_S,
+        webhook_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -112,6 +149,8 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
         self.defer_after = defer_after
         self.poll_interval = poll_interval
         self.timeout = timeout
+        self.webhook_conn_id = webhook_conn_id
+        self._webhooks: _Webhooks | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
         return self._work(context, waited=False)
@@ -139,7 +178,9 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
         if event["pending_ids"] and event["ready_through"] is None:
             raise LeapiError(f"Waiting for the batch's LEAPI pipelines failed: {event['message']}")
         self.log.info("Resumed from the triggerer: %s", event["message"])
-        return self._work(context, waited=True, ready_through=event["ready_through"])
+        return self._work(
+            context, waited=True, ready_through=event["ready_through"], hinted=bool(event.get("hinted"))
+        )
 
     def _work(
         self,
@@ -148,11 +189,13 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
         waited: bool,
         rate_limit: dict[str, Any] | None = None,
         ready_through: int | None = None,
+        hinted: bool = False,
     ) -> dict[str, Any]:
         """One execution: submit what is left, collect and transfer what finished, defer or finish.
 
         :param waited: the batch already waited in the triggerer: this execution transfers what finished
             and waits in the worker only if the rest is due sooner than a deferral would take.
+        :param hinted: ``ready_through`` comes from webhooks: read up to it and no further.
         """
         from leapi_provider.catalog.batch import CatalogBatch
         from leapi_provider.catalog.collect import BatchCollector
@@ -164,42 +207,62 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
         settings, run = self.run_context(context)
         batch = CatalogBatch.of(settings, run, self.batch_uri)
         in_worker = settings.defer_after if self.defer_after is None else self.defer_after
+        self._webhooks = _Webhooks.of_task(context, self.webhook_conn_id) if self.deferrable else None
+        notify_url = self._webhooks.notify_url if self._webhooks else None
         # A deferrable batch never waits longer than defer_after for a rate-limit slot: it defers.
         budget = in_worker if self.deferrable else None
         with fail_on_permanent_errors(), LeapiHook(self.leapi_conn_id, rate_limit_budget=budget) as hook:
             if rate_limit:
                 hook.get_conn().account_limiter.restore(rate_limit)
-            outcome = submit_batch(batch, hook, max_wait=in_worker if self.deferrable else None)
+            outcome = submit_batch(
+                batch, hook, max_wait=in_worker if self.deferrable else None, notify_url=notify_url
+            )
             context["ti"].xcom_push(key=XCOM_PIPELINE_IDS_KEY, value=outcome.pipeline_ids)
             if outcome.resume_at is not None:
                 self._defer_submit(hook, outcome.resume_at)
             results = BatchResults(batch)
             collector = BatchCollector(batch, hook, outcome.pipeline_ids, results)
-            self._wait(batch, collector, 0.0 if waited else in_worker, ready_through=ready_through)
+            self._wait(
+                batch,
+                collector,
+                0.0 if waited or self._webhooks else in_worker,
+                ready_through=ready_through,
+                hinted=hinted,
+            )
             transfer_pipelines(batch, hook, [], results)  # (the REJECTED images' rows, if none was written)
         return {"batch": batch.index, "pipelines": len(outcome.pipeline_ids), "results_uri": results.uri}
 
     def _wait(
-        self, batch: CatalogBatch, collector: BatchCollector, in_worker: float, *, ready_through: int | None
+        self,
+        batch: CatalogBatch,
+        collector: BatchCollector,
+        in_worker: float,
+        *,
+        ready_through: int | None,
+        hinted: bool = False,
     ) -> None:
-        """Collect what the trigger found ready (``ready_through``), wait in the worker (``in_worker``
-        seconds, or the whole timeout when not deferrable), then defer for the rest; raises when the
-        batch's time is up."""
+        """Collect what the trigger found ready (``ready_through``; with ``hinted``, exactly the pipelines
+        up to it), wait in the worker (``in_worker`` seconds, or the whole timeout when not deferrable;
+        never with webhooks), then defer for the rest; raises when the batch's time is up."""
         from leapi.errors import LeapiRateLimitError, LeapiWaitTimeoutError
         from leapi_provider.triggers.leapi import earliest_resume
 
         end_time = collector.started_at + self.timeout
         seconds = min(in_worker, end_time - time.time()) if self.deferrable else end_time - time.time()
         resume_cost = earliest_resume() - time.time() + TASK_START_S
+        rearm: list[int] = []
         try:
-            if ready_through is not None:
+            if ready_through is not None and hinted:
+                rearm = collector.read_hinted(ready_through)
+            elif ready_through is not None:
                 collector.round(through=ready_through)
-            collector.wait(
-                seconds,
-                poll_interval=self.poll_interval,
-                initial_poll_interval=INITIAL_BATCH_POLL_INTERVAL_S,
-                resume_cost=resume_cost if self.deferrable else 0.0,
-            )
+            if self._webhooks is None:
+                collector.wait(
+                    seconds,
+                    poll_interval=self.poll_interval,
+                    initial_poll_interval=INITIAL_BATCH_POLL_INTERVAL_S,
+                    resume_cost=resume_cost if self.deferrable else 0.0,
+                )
         except LeapiRateLimitError as exc:
             if not self.deferrable:
                 raise
@@ -207,7 +270,7 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
         if not collector.pending:
             return
         if self.deferrable and time.time() < end_time:
-            self._defer_wait(collector, end_time)
+            self._defer_wait(collector, end_time, rearm_ids=rearm)
         raise LeapiWaitTimeoutError(
             f"{len(collector.pending)} of {len(collector.pipeline_ids)} LEAPI pipeline(s) of this batch still "
             f"PROCESSING after {self.timeout:.0f}s; a retry of this task reconnects to them (nothing is "
@@ -215,7 +278,7 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
             pending_ids=collector.pending,
         )
 
-    def _defer_wait(self, collector: BatchCollector, end_time: float) -> None:
+    def _defer_wait(self, collector: BatchCollector, end_time: float, *, rearm_ids: list[int]) -> None:
         from leapi_provider.catalog.sizing import RESUMES_PER_BATCH
         from leapi_provider.operators.leapi import deferral_timeout
         from leapi_provider.triggers.leapi import LeapiPipelineTrigger, earliest_resume
@@ -224,8 +287,9 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
         wanted = collector.min_finished(RESUMES_PER_BATCH)
         now = time.time()
         # No read before the wanted pipelines are due at the rate seen so far (an early read is wasted),
-        # nor within Airflow's reporting window.
-        due = collector.due_in(wanted) or 0.0
+        # nor within Airflow's reporting window. With webhooks the trigger reads nothing (the hints
+        # decide when to resume): only the window holds it.
+        due = 0.0 if self._webhooks else collector.due_in(wanted) or 0.0
         not_before = max(earliest_resume(now), now + min(due, end_time - now) * DUE_FRACTION)
         self.log.info(
             "Deferring until %d more of %d pending pipeline(s) finish (of %d); first read in %.0fs",
@@ -239,15 +303,27 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
                 pipeline_ids=collector.pending,
                 end_time=end_time,
                 leapi_conn_id=self.leapi_conn_id,
-                poll_interval=self.poll_interval,
                 initial_poll_interval=INITIAL_BATCH_POLL_INTERVAL_S,
                 not_before=not_before,
                 started_at=collector.started_at,
                 min_finished=wanted,
+                **self._trigger_wait_kwargs(rearm_ids),
             ),
             method_name="execute_complete",
             timeout=deferral_timeout(end_time, self.poll_interval),
         )
+
+    def _trigger_wait_kwargs(self, rearm_ids: list[int]) -> dict[str, Any]:
+        """The trigger's polling gap and, with webhooks, its hint source and the hints to hand back."""
+        if self._webhooks is None:
+            return {"poll_interval": self.poll_interval}
+        from leapi_provider.operators.leapi import WEBHOOK_FALLBACK_POLL_INTERVAL_S
+
+        return {
+            "poll_interval": max(self.poll_interval, WEBHOOK_FALLBACK_POLL_INTERVAL_S),
+            "webhook_hints": self._webhooks.hints,
+            "rearm_ids": rearm_ids,
+        }
 
     def _defer_submit(self, hook: LeapiHook, resume_at: float) -> None:
         from airflow.providers.standard.triggers.temporal import DateTimeTrigger

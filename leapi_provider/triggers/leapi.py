@@ -205,6 +205,7 @@ class LeapiPipelineTrigger(BaseTrigger):
             raise ValueError(f"min_finished must be 1 or more (or None), got {min_finished!r}")
         self.min_finished = None if min_finished is None else int(min_finished)
         self.webhook_hints = dict(webhook_hints) if webhook_hints else None
+        # (coerce_pipeline_ids refuses an empty list: none to hand back is the usual case)
         self.rearm_ids = coerce_pipeline_ids(list(rearm_ids)) if rearm_ids else []
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -263,7 +264,10 @@ class LeapiPipelineTrigger(BaseTrigger):
         poll = InOrderPoll(self.pipeline_ids)
         probe = FinishProbe(self.pipeline_ids, want=self.min_finished) if self.min_finished else None
         await hints.rearm(self.rearm_ids)
-        hinted = (await hints.hinted()) & set(poll.pending)
+        # The queued hints first: they are all in the channel's seen set too, and read twice they would
+        # cost a second read of the same pipeline.
+        queued = await hints.wait_for_hints(0)
+        hinted = (queued | await hints.hinted()) & set(poll.pending)
         not_before = self.not_before or 0.0
         next_fallback = max(time.time() + self.poll_interval, not_before)
         while True:
@@ -288,6 +292,9 @@ class LeapiPipelineTrigger(BaseTrigger):
                 )
                 return self._event(EVENT_TIMEOUT, watch, pending, message=message)
             wake_at = min(self.end_time, next_fallback, not_before if not_before > now else next_fallback)
+            if self.min_finished is None and hinted and now >= not_before:
+                # (hinted pipelines left unread by a transient error: read again soon, not at the fallback)
+                wake_at = min(wake_at, now + self.initial_poll_interval)
             hinted |= await hints.wait_for_hints(wake_at - time.time()) & set(poll.pending)
 
     async def _act_on_hints(

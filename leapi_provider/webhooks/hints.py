@@ -181,14 +181,19 @@ class WebhookHintSource:
 
     async def rearm(self, pipeline_ids: Iterable[int]) -> None:
         """Forget that ``pipeline_ids`` were hinted: their read found them still running, so the hint was
-        premature and the next webhook for them must not be dropped as a duplicate. Best effort."""
+        premature and the next webhook for them must not be dropped as a duplicate, nor the premature hint
+        still queued be read again. Best effort."""
         ids = [int(pid) for pid in pipeline_ids]
         if not ids:
             return
         try:
             client = await self._redis()
-            seen, _ = hint_keys(self.channel)
-            await asyncio.wait_for(client.srem(seen, *ids), timeout=_CALL_GRACE_S)
+            seen, hints = hint_keys(self.channel)
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.srem(seen, *ids)
+                for pipeline_id in ids:
+                    pipe.lrem(hints, 0, str(pipeline_id))
+                await asyncio.wait_for(pipe.execute(), timeout=_CALL_GRACE_S)
         except Exception as exc:  # noqa: BLE001 - then a true webhook may be dropped: the fallback poll remains
             log.warning("Could not re-arm LEAPI webhook hints for %s: %s", ids, exc)
             await self._discard_client()

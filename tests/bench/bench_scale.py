@@ -21,12 +21,19 @@ so each starts on an empty bucket):
 own Airflow; every request the server saw (status reads and usage included) is counted per sliding minute.
 
 Sizes: ``LEAPI_BENCH_SCALE_IMAGES`` (default 100,000), ``LEAPI_BENCH_SCALE_DOCS_IMAGES`` (5,000),
-``LEAPI_BENCH_SCALE_DOCS_RATE`` (300); ``LEAPI_BENCH_SCALE_CASES=scale,docs`` picks cases;
+``LEAPI_BENCH_SCALE_DOCS_RATE`` (300), ``LEAPI_BENCH_SCALE_WEBHOOK_IMAGES`` (100,000);
+``LEAPI_BENCH_SCALE_CASES=scale,docs`` picks cases (``webhooks`` adds the webhook case, below);
 ``LEAPI_BENCH_SCALE_WORKDIR`` keeps the work folder (logs, airflow.db, the raw ``results.json``).
 The measurement and report live in :mod:`tests.bench.scale_measure` and :mod:`tests.bench.scale_report`;
 ``python -m tests.bench.bench_scale --render results.json`` prints the report of a saved run.
 
-**Another case** (issue #21's webhook variant, say) is one more function like :func:`docs_case`: start the
+**The webhook case** (``webhooks``, :func:`webhooks_case`, issue #21 item 5): the DAG phase alone with
+webhooks on (a signing leapi-server, the receiver on the api-server, a redis-server); its report
+(:mod:`tests.bench.webhooks_report`) gives API requests per image and the seconds from the last webhook to
+the run's end. ``python -m tests.bench scale_webhooks`` (:mod:`tests.bench.bench_scale_webhooks`) runs it
+alone into its own section of docs/benchmarks.md.
+
+**Another case** is one more function like :func:`docs_case`: start the
 leapi-server it needs, start Airflow with :func:`_start_airflow` (its ``env`` carries the connections),
 call :func:`run_dag_phase` with the run's extra params, and add its own facts (e.g. the last webhook's time
 from the server's log) to the case's dict; the report reads the same keys for every DAG run.
@@ -324,15 +331,19 @@ def run_plain_phase(bench: Bench, *, server: Any, rows: list[dict]) -> dict[str,
     }
 
 
-def _start_airflow(bench: Bench, stack_home: Path, server: Any, moto: Any, exits: ExitStack) -> Any:
+def _start_airflow(
+    bench: Bench, stack_home: Path, server: Any, moto: Any, exits: ExitStack, *, more_env: Any = None
+) -> Any:
+    """Airflow on ``dags/``; ``more_env(stack)``: more environment, made once the stack's URL is known."""
     from devkit.airflow_stack import AirflowStack
     from leapi_provider.catalog.settings import LEAPI_POOL
 
-    stack = exits.enter_context(
-        AirflowStack(
-            home=stack_home, dags_folders=[REPO / "dags"], env=_stack_env(server.base_url, moto.endpoint_url)
-        )
+    stack = AirflowStack(
+        home=stack_home, dags_folders=[REPO / "dags"], env=_stack_env(server.base_url, moto.endpoint_url)
     )
+    if more_env is not None:
+        stack.extra_env.update(more_env(stack))
+    exits.enter_context(stack)
     stack.set_pool(LEAPI_POOL, POOL_SLOTS)
     stack.wait_for_dag(DAG_ID)
     stack.unpause(DAG_ID)
@@ -414,11 +425,58 @@ def docs_case(
         bench.save()
 
 
-def measure(work: Path) -> dict[str, Any]:
+def webhooks_case(bench: Bench, *, sources: str, variants: list[Variant], moto: Any, images: int) -> None:
+    """The DAG with ``LEAPI_FEED_WEBHOOKS_CONN_ID`` set: a signing leapi-server, the receiver on the
+    api-server, a real redis-server (issue #21 item 5). Adds, per run: the webhook deliveries the server
+    made and when the last one ended (so the report can give the time from the last webhook to the
+    run's end)."""
+    from devkit.redis import running_redis
+    from devkit.server import running_server
+    from tests.e2e import modes
+
+    facts = bench.facts.setdefault("webhooks", {"images": images})
+    server_args = ("--workers", "2", "--rate-limit-per-minute", "0", "--monthly-quota", "0",
+                   *modes.webhook_server_args())  # fmt: skip
+    with ExitStack() as exits:
+        server = exits.enter_context(
+            running_server(
+                data_dir=bench.work / "leapi-webhooks", api_keys=(API_KEY,), extra_args=server_args
+            )
+        )
+        redis = exits.enter_context(running_redis(bench.work / "redis"))
+        bench.cpu_pids["leapi-server"] = [server.process.pid]
+        stack = _start_airflow(
+            bench, bench.work / "airflow-webhooks", server, moto, exits,
+            more_env=lambda stack: modes.webhook_env(stack, redis),
+        )  # fmt: skip
+        _warm_up(server, sources, variants)
+        _reset_bucket(moto)
+        rows = manifest_rows(sources, variants, images, "hooks")
+        facts["dag"] = run_dag_phase(bench, stack=stack, server=server, moto=moto, rows=rows, name="webhooks")
+        facts["webhooks"] = _webhook_deliveries(server, stack, facts["dag"]["run_id"])
+        bench.save()
+
+
+def _webhook_deliveries(server: Any, stack: Any, run_id: str) -> dict[str, Any]:
+    """The run's pipelines' webhooks as leapi-server recorded them: counts by outcome, the last one's end."""
+    from tests.e2e.modes import delivery_ends
+
+    ids = [
+        pid
+        for ti in stack.task_instances(DAG_ID, run_id)
+        if ti["task_id"] == "batch"
+        for pid in _xcom(stack, run_id, "batch", "pipeline_ids", ti["map_index"]) or []
+    ]
+    ends = [end for pid in ids for end in delivery_ends(server, pid)]
+    return {"pipelines": len(ids), "delivered": len(ends), "last_webhook_at": max(ends, default=None)}
+
+
+def measure(work: Path, cases: list[str] | None = None) -> dict[str, Any]:
+    """Run ``cases`` (default ``LEAPI_BENCH_SCALE_CASES``, else ``scale,docs``); the raw facts."""
     from devkit.s3 import MotoS3Server
     from tests.bench.scale_sources import serve_scale_sources, write_variants
 
-    cases = os.environ.get("LEAPI_BENCH_SCALE_CASES", "scale,docs").split(",")
+    cases = cases or os.environ.get("LEAPI_BENCH_SCALE_CASES", "scale,docs").split(",")
     bench = Bench(work, {"started": time.time(), "load_at_start": os.getloadavg(), "cases": cases})
     variants = write_variants(work / "variants", VARIANTS)
     moto = MotoS3Server(work / "moto.log")
@@ -445,6 +503,14 @@ def measure(work: Path) -> dict[str, Any]:
                     images=_env_int("LEAPI_BENCH_SCALE_DOCS_IMAGES", 5000),
                     rate=_env_int("LEAPI_BENCH_SCALE_DOCS_RATE", 300),
                 )
+            if "webhooks" in cases:
+                webhooks_case(
+                    bench,
+                    sources=sources,
+                    variants=variants,
+                    moto=moto,
+                    images=_env_int("LEAPI_BENCH_SCALE_WEBHOOK_IMAGES", 100_000),
+                )
         finally:
             moto.stop()
     bench.facts["finished"] = time.time()
@@ -453,7 +519,12 @@ def measure(work: Path) -> dict[str, Any]:
 
 
 def run() -> str:
-    render = scale_report.render
+    def render(facts: dict[str, Any]) -> str:
+        from tests.bench import webhooks_report
+
+        ran = facts.get("scale") or facts.get("docs")
+        return (scale_report.render(facts) if ran else "") + webhooks_report.render(facts)
+
     kept = os.environ.get("LEAPI_BENCH_SCALE_WORKDIR")
     if kept:
         Path(kept).mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ and the credits spent (one per photograph); (4) trigger again: every photograph 
 0 credits; (5) clear the first run and wait for it again: 0 credits; (6) with ``--faults``, ``--runs`` fault
 runs on the same Airflow (:mod:`tests.e2e.faults`: SIGKILLs of a batch task mid-submit and mid-transfer,
 of the triggerer and of leapi-server, then the checks that nothing was lost or paid twice and no resumed
-try was lost to Airflow's race); (7) stop everything and check, by process ancestry
+try was lost to Airflow's race); with ``--webhooks`` or ``--events``, the checks of
+:mod:`tests.e2e.modes` (webhook-driven batches; a run started by a manifest landing in S3); (7) stop everything and check, by process ancestry
 (:class:`devkit.airflow_processes.ProcessFamily`), that no process survived the graceful stop. Exits 0 with a
 summary of timings, non-zero with the reason and the relevant log tails. State in ``.work/e2e/<executor>/``
 (kept for a post-mortem, replaced by the next run).
@@ -41,7 +42,7 @@ from typing import Any
 from devkit.airflow_processes import ProcessFamily, describe_all
 from devkit.airflow_stack import AirflowStack, AirflowStackError
 from devkit.catalog import put_manifest, sample_catalog
-from tests.e2e import API_KEY, BUCKET, MANIFEST_KEY, REGION, catalog_conf, connection_env
+from tests.e2e import API_KEY, BUCKET, MANIFEST_KEY, REGION, catalog_conf, connection_env, modes
 from tests.e2e.faults import FAULT_ENV, FAULT_LOCAL_SETTINGS, FAULT_MANIFEST_KEY, FaultRun, FaultSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -243,7 +244,13 @@ def start_servers(stack_: contextlib.ExitStack, work: Path, args: argparse.Names
         running_server(
             data_dir=work / "leapi-server",
             api_keys=(API_KEY,),
-            extra_args=("--workers", "2", "--rate-limit-per-minute", "0"),
+            extra_args=(
+                "--workers",
+                "2",
+                "--rate-limit-per-minute",
+                "0",
+                *(modes.webhook_server_args() if args.webhooks else ()),
+            ),
             allow_private_sources=True,
         )
     )
@@ -253,6 +260,13 @@ def start_servers(stack_: contextlib.ExitStack, work: Path, args: argparse.Names
     s3 = moto.client()
     table = sample_catalog(work / "sources", base_url, args.images)
     put_manifest(s3, table, bucket=BUCKET, key=MANIFEST_KEY)
+    extras: dict[str, Any] = {}
+    if args.webhooks:
+        from devkit.redis import running_redis
+
+        extras["redis"] = stack_.enter_context(running_redis(work / "redis"))
+    if args.events:
+        extras["queue_url"] = modes.event_queue(s3, modes.sqs_client(moto.endpoint_url))
     fault_ids: list[str] = []
     if args.faults:  # (the same photographs and more: the files are written deterministically)
         faults = sample_catalog(work / "sources", base_url, FaultSettings().images)
@@ -261,7 +275,7 @@ def start_servers(stack_: contextlib.ExitStack, work: Path, args: argparse.Names
     print(f"  sources {base_url} ({args.source_delay:g} s per GET) | leapi-server {server.base_url} | "
           f"moto S3 {moto.endpoint_url} | manifest: {table.num_rows} rows"
           + (f", fault manifest: {len(fault_ids)} rows" if fault_ids else ""))  # fmt: skip
-    return {"server": server, "moto": moto, "s3": s3, "fault_ids": fault_ids}
+    return {"server": server, "moto": moto, "s3": s3, "fault_ids": fault_ids, "sources": base_url, **extras}
 
 
 def run(args: argparse.Namespace, timings: Timings) -> None:
@@ -282,17 +296,27 @@ def run(args: argparse.Namespace, timings: Timings) -> None:
             env={**env, **(FAULT_ENV if args.faults else {})},
             local_settings=FAULT_LOCAL_SETTINGS if args.faults else None,
         )
+        if args.webhooks:
+            stack.extra_env.update(modes.webhook_env(stack, started["redis"]))
+        if args.events:
+            stack.extra_env.update(modes.events_env(started["queue_url"]))
         # Also when start() fails half-way; leftovers are reported by main(), not raised over the error.
         servers.callback(functools.partial(stack.stop, raise_on_leftovers=False))
         try:
             with timings.step(f"start Airflow ({executor})"):
                 stack.start()
                 stack.set_pool("leapi", 4)
-                stack.wait_for_dag(DAG_ID)
-                stack.unpause(DAG_ID)
+                for dag_id in (DAG_ID, *([modes.ARRIVALS_DAG_ID] if args.events else [])):
+                    stack.wait_for_dag(dag_id)
+                    stack.unpause(dag_id)
             print(f"  api-server {stack.api_url}; logs in {stack.logs_dir.relative_to(REPO)}")
             if not args.faults_only:
                 scenario_steps(stack, started, args, timings)
+            if args.events:
+                with timings.step("event-driven start: a manifest lands in S3"):
+                    modes.check_event_start(
+                        stack, started["s3"], work / "sources", started["sources"], timeout=RUN_TIMEOUT_S
+                    )
             if args.faults:
                 with timings.step(f"6. {args.runs} fault run(s)"):
                     fault_runs(stack, started, args)
@@ -348,8 +372,13 @@ def scenario_steps(
 ) -> None:
     results = ResultTable(endpoint_url=started["moto"].endpoint_url, s3=started["s3"])
     scenario = Scenario(stack=stack, credits=Credits(started["server"]), results=results, images=args.images)
+    log_start = len(started["server"].logs())
     with timings.step("1. first run (REST trigger)"):
         first = scenario.first_run()
+    if args.webhooks:
+        with timings.step("webhooks: status reads, resumes after the last webhook"):
+            failures = modes.check_webhook_run(stack, started["server"], first, log_start=log_start)
+            check(not failures, "webhook targets missed: " + "; ".join(failures))
     with timings.step("2. deferrals from the event log"):
         scenario.check_deferrals(first)
     with timings.step("3. result table, contact sheet, credits"):
@@ -374,6 +403,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=1, help="fault runs back to back (with --faults)")
     parser.add_argument("--keep-going", action="store_true", help="run every fault run, failed or not")
     parser.add_argument("--faults-only", action="store_true", help="skip steps 1-5 (with --faults)")
+    parser.add_argument(
+        "--webhooks", action="store_true", help="batches woken by webhooks (tests/e2e/modes.py)"
+    )
+    parser.add_argument(
+        "--events", action="store_true", help="then a run started by a manifest landing in S3"
+    )
     args = parser.parse_args(argv)
     # Everything started from here on descends from this process: the final check finds any that survived.
     family = ProcessFamily.of_this_process()
@@ -394,6 +429,8 @@ def main(argv: list[str]) -> int:
         print(f"\nE2E INTERRUPTED; processes left: {_leftovers(family) or 'none'}", file=sys.stderr)
         return 130
     faults = f", {args.runs} fault run(s)" if args.faults else ""
+    faults += ", webhooks" if args.webhooks else ""
+    faults += ", event-driven start" if args.events else ""
     print(f"\nE2E PASSED ({args.executor}, {args.images} photographs{faults}); no process left. Timings:")
     print(timings.summary())
     return 0

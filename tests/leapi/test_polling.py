@@ -121,3 +121,14 @@ def test_a_round_through_a_probed_pipeline_reads_every_one_before_it() -> None:
         poll.record(Pipeline(id=pipeline_id, status=PipelineStatus(statuses[pipeline_id])))
     assert read == [1, 2, 3, 4, 5, 6], "through 4 whatever 2 says, then on while finished"
     assert poll.pending == [2, 6]
+
+
+def test_a_round_through_hinted_pipelines_reads_none_past_them() -> None:
+    poll = InOrderPoll([1, 2, 3, 4, 5, 6])
+    statuses = {1: "DONE", 2: "PROCESSING", 3: "DONE", 4: "DONE", 5: "DONE", 6: "PROCESSING"}
+    read = []
+    for pipeline_id in poll.round(through=4, beyond=False):
+        read.append(pipeline_id)
+        poll.record(Pipeline(id=pipeline_id, status=PipelineStatus(statuses[pipeline_id])))
+    assert read == [1, 2, 3, 4], "5 is done too, but no webhook said so: not read"
+    assert poll.pending == [2, 5, 6] and poll.reads == 4

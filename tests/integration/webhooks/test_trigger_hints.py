@@ -168,3 +168,82 @@ async def test_redis_down_during_the_wait_falls_back_to_polling(
     finally:
         redis_server.start()
     assert event["status"] == "success", event
+
+
+# -- waiting for enough (the catalog's batches): hints alone decide, no read -----------------------------
+
+
+def enough_trigger(
+    pipeline_ids: list[int], channel: str, *, min_finished: int, rearm_ids=(), not_before=None
+) -> LeapiPipelineTrigger:
+    return LeapiPipelineTrigger(
+        pipeline_ids=pipeline_ids,
+        end_time=time.time() + 120,
+        poll_interval=60,
+        min_finished=min_finished,
+        not_before=not_before,
+        webhook_hints=WebhookHintSource(channel=channel).serialize(),
+        rearm_ids=rearm_ids,
+    )
+
+
+async def publish(settings, channel: str, *pipeline_ids: int) -> list[bool]:
+    publisher = HintPublisher(location=settings.redis, ttl_s=60)
+    try:
+        return [await publisher.publish(channel, pipeline_id) for pipeline_id in pipeline_ids]
+    finally:
+        await publisher.aclose()
+
+
+async def next_event(trigger: LeapiPipelineTrigger, timeout: float) -> dict | None:
+    events = trigger.run()
+    try:
+        event = await asyncio.wait_for(anext(events), timeout=timeout)
+    except TimeoutError:
+        return None
+    finally:
+        await events.aclose()
+    return validate_pipeline_event(event.payload)
+
+
+async def test_waiting_for_enough_fires_on_the_hinted_prefix_without_a_read(
+    signing_server, conns, webhook_settings
+):
+    channel = channel_for_task("feed", "enough", "batch", 0)
+    ids = [900_001, 900_002, 900_003, 900_004, 900_005]  # unknown to the server: a read would show
+    await publish(webhook_settings, channel, 900_001, 900_003, 900_004)
+    assert await next_event(enough_trigger(ids, channel, min_finished=3), 2) is None, "a gap at 900_002"
+    events = asyncio.ensure_future(next_event(enough_trigger(ids, channel, min_finished=3), 30))
+    await asyncio.sleep(0.5)
+    published = time.monotonic()
+    await publish(webhook_settings, channel, 900_002)
+    event = await events
+    assert event is not None and time.monotonic() - published < 1.5
+    assert event["status"] == "ready" and event["hinted"] is True
+    assert event["ready_through"] == 900_004, "the longest hinted prefix, not just min_finished"
+    assert event["pending_ids"] == ids
+    assert sum(status_reads(signing_server, pid) for pid in ids) == 0, "hints alone: no status read"
+
+
+async def test_the_last_few_pending_need_only_be_all_hinted(signing_server, conns, webhook_settings):
+    channel = channel_for_task("feed", "last_few", "batch", 0)
+    await publish(webhook_settings, channel, 900_011, 900_012)
+    event = await next_event(enough_trigger([900_011, 900_012], channel, min_finished=5), 10)
+    assert event is not None and event["ready_through"] == 900_012 and event["hinted"]
+
+
+async def test_rearmed_hints_count_again_and_not_before_holds_the_event(
+    signing_server, conns, webhook_settings
+):
+    channel = channel_for_task("feed", "rearm", "batch", 0)
+    ids = [900_021, 900_022]
+    assert await publish(webhook_settings, channel, 900_021, 900_022) == [True, True]
+    # The task read 900_022 and found it running: handed back, its hint no longer counts ...
+    trigger = enough_trigger(ids, channel, min_finished=2, rearm_ids=[900_022])
+    assert await next_event(trigger, 2) is None
+    # ... and its true webhook is queued again, not dropped as a duplicate.
+    assert await publish(webhook_settings, channel, 900_022) == [True]
+    started = time.time()
+    event = await next_event(enough_trigger(ids, channel, min_finished=2, not_before=started + 2), 10)
+    assert event is not None and event["ready_through"] == 900_022
+    assert time.time() - started >= 2, "no event before not_before"

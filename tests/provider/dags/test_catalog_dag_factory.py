@@ -96,3 +96,19 @@ def _shape(dag: Any) -> dict[str, Any]:
         "default_args": dag.default_args,
         "outlets": [o.name for o in dag.get_task("finalize").outlets],
     }
+
+
+def test_the_webhook_connection_is_fixed_by_the_dag_author(monkeypatch: pytest.MonkeyPatch) -> None:
+    from leapi_provider.catalog.dags import catalog_reenhancement_dag
+
+    plain = catalog_reenhancement_dag(manifest="s3://m/", results="s3://r", images="s3://i")
+    hooked = catalog_reenhancement_dag(
+        manifest="s3://m/", results="s3://r", images="s3://i", webhook_conn_id="acme_webhooks"
+    )
+    assert plain.get_task("batch").partial_kwargs["webhook_conn_id"] is None
+    assert hooked.get_task("batch").partial_kwargs["webhook_conn_id"] == "acme_webhooks"
+    assert "webhook_conn_id" not in hooked.params, "a run's conf cannot choose it"
+    # dags/marketplace_feed_etl.py reads LEAPI_FEED_WEBHOOKS_CONN_ID when parsed (unset: no webhooks).
+    monkeypatch.setenv("LEAPI_FEED_WEBHOOKS_CONN_ID", "leapi_webhooks_default")
+    feed = load_dag(REPO / "dags/marketplace_feed_etl.py", "marketplace_feed_etl")
+    assert feed.get_task("batch").partial_kwargs["webhook_conn_id"] == "leapi_webhooks_default"

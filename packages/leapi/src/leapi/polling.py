@@ -147,11 +147,14 @@ class InOrderPoll:
         """Count ``pipeline_id`` as finished without an answer to keep (e.g. the API no longer knows it)."""
         self._finished[pipeline_id] = None
 
-    def round(self, *, through: int | None = None) -> Iterator[int]:
+    def round(self, *, through: int | None = None, beyond: bool = True) -> Iterator[int]:
         """The ids to read this round, one at a time (record each answer before the next ``next()``).
 
         :param through: read every pending pipeline up to this one, running or not (it is known to have
             finished, e.g. from a :class:`FinishProbe`), then go on as usual.
+        :param beyond: with ``through``, whether to go on past it; ``False`` reads exactly the pending
+            pipelines up to ``through`` (e.g. the ones webhooks said are done: a read past them would
+            find the rest still running, and their webhooks will say when they are not).
         """
         pending = self.pending
         if not pending:
@@ -160,6 +163,8 @@ class InOrderPoll:
             for pipeline_id in [pid for pid in pending if self._order[pid] <= self._order[through]]:
                 self.reads += 1
                 yield pipeline_id
+            if not beyond:
+                return
             pending = [pid for pid in self.pending if self._order[pid] > self._order[through]]
         stop = yield from self._walk(pending)
         if stop is None:
