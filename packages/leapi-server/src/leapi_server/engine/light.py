@@ -2,7 +2,8 @@
 
 It reads the photo (on a thumbnail) and corrects only what is evidently wrong; the correction is applied
 to the full image as one lookup table per channel (one table lookup per pixel). A photo that is right,
-or dark, cool or toned on purpose, comes back (nearly) unchanged: no global target is imposed.
+or dark, cool or toned on purpose, comes back (nearly) unchanged: no global target is imposed. A black and
+white image (no pixel with colour to speak of) is a rendering, not a camera's mistake, and is left alone.
 
 1. **Colour cast.** The illuminant is estimated three times in linear light, as log-chromaticities
    (``log R/G``, ``log B/G``): shades-of-grey (Finlayson & Trezzi 2004), grey-edge (van de Weijer et al.
@@ -18,7 +19,8 @@ or dark, cool or toned on purpose, comes back (nearly) unchanged: no global targ
    ``target_highlight``, beyond a dead zone, and it is only as sure as the evidence:
 
    * it never lifts the photo's key (log-average luminance) above ``max_key``, about middle grey: a photo
-     without highlights that is not dark overall (a texture, fur, a grey day) is not under-exposed;
+     without highlights that is not dark overall (a texture, fur, a grey day) is not under-exposed; a little
+     more when the brightest tones are smooth, neutral whites (paper, sky: not an orange cat's fur);
    * it is weaker when the brightest tones are coloured surfaces (a green leaf) rather than whites,
      since those sit well below white when exposed right;
    * it fades out in low-key scenes (most of the frame near black: night, a dark stage) and in cool, dim
