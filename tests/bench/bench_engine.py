@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import statistics
 import time
 from collections.abc import Iterable
@@ -39,7 +40,7 @@ from leapi_server.engine.color import luma
 from leapi_server.engine.restoration import BACKENDS, blockiness, load_model, run_tiled
 from leapi_server.engine.restoration_spec import HELD_OUT_KINDS, HELD_OUT_PHOTOS, MODEL_PATH
 from tests.bench.engine_colour import colour_section
-from tests.bench.engine_speed import models_section, threads_section
+from tests.bench.engine_speed import load_average, models_section, threads_section
 from train.photos import MAX_SIDE, load_photo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -294,6 +295,7 @@ def speed_section(photos: dict[str, np.ndarray]) -> tuple[str, list[str]]:
         backend: _median_seconds(lambda m=model: run_tiled(m, lowres, 0.7, (0, 0)))
         for backend, model in models.items()
     }
+    load = load_average()
     base = results["baseline (decode, bicubic, encode)"]
     lines = [
         "| pipeline (1 thread) | ms per image | output MP/s per core | x baseline time |",
@@ -306,6 +308,7 @@ def speed_section(photos: dict[str, np.ndarray]) -> tuple[str, list[str]]:
     lines.append("|---|---|")
     for backend, seconds in model_only.items():
         lines.append(f"| {backend} | {seconds * 1000:.0f} |")
+    lines += ["", f"Load average (1 / 5 / 15 min) at the end: {load}, on {os.cpu_count()} cores."]
     best = min(
         (v for k, v in results.items() if k.startswith("marketplace level 5, ") and "classical" not in k),
     )

@@ -133,6 +133,7 @@ def threads_section(photo: np.ndarray) -> tuple[str, list[str]]:
         for pool in pools.values():
             pool.shutdown()
     rates = {setting: statistics.median(values) for setting, values in rounds.items()}
+    load = load_average()
     default = default_setting(cores)
     lines = [
         f"| setting ({cores} cores) | images/s (median of {ROUNDS} rounds of {BATCH}) | output MP/s | x default |",
@@ -151,6 +152,7 @@ def threads_section(photo: np.ndarray) -> tuple[str, list[str]]:
         f"tried ({rates[default]:.2f} images/s; best {best.label}, {rates[best]:.2f}): "
         + ("met" if fastest else "**NOT met**")
     )
+    lines += ["", f"Load average (1 / 5 / 15 min) at the end: {load}, on {os.cpu_count()} cores."]
     return "\n".join(lines), [verdict]
 
 
@@ -195,8 +197,14 @@ class ModelCase:
     parameters: int = 0
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, for the record beside timings on a shared machine."""
+    return " / ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
 def _probe(case: ModelCase, path: Path) -> dict[str, float]:
     threads = str(usable_cores())  # one process using every core it may, as a lone worker would
+    load = os.getloadavg()[0]
     completed = subprocess.run(
         [sys.executable, "-c", _MODEL_PROBE, case.kind, str(path), str(case.scale)],
         capture_output=True,
@@ -205,7 +213,7 @@ def _probe(case: ModelCase, path: Path) -> dict[str, float]:
         cwd=REPO,
         env={**os.environ, "LEAPI_ENGINE_THREADS": threads, "OMP_NUM_THREADS": threads},
     )
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return {**json.loads(completed.stdout.strip().splitlines()[-1]), "load": load}
 
 
 def _parameters(path: Path) -> int:
@@ -235,21 +243,23 @@ def models_section(extra: dict[ModelCase, Path] | None = None) -> tuple[str, lis
         sizes = {case: _parameters(path) for case, path in cases.items()}
     lines = [
         (
-            "| model | parameters | input -> output | threads | seconds | output MP/s per core | peak RSS (MB) "
-            "| of which the image's |"
+            "| model | parameters | input -> output | threads | seconds | output MP/s per core | x built-in speed "
+            "| peak RSS (MB) | of which the image's | load average at its start |"
         ),
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    built_in = next(probe for case, probe in results.items() if case.kind == "built-in")
     for case, probe in results.items():
         (w, h), (out_w, out_h) = probe["input"], probe["output"]
         megapixels = out_w * out_h / 1e6
         per_core = megapixels / probe["seconds"] / min(cores, probe["threads"])
         lines.append(
             f"| {case.label} | {sizes[case]:,} | {w}x{h} -> {out_w}x{out_h} ({megapixels:.1f} MP) | "
-            f"{probe['threads']} | {probe['seconds']:.1f} | {per_core:.2f} | {probe['peak_mb']:.0f} | "
-            f"{probe['peak_mb'] - probe['before_mb']:.0f} |"
+            f"{probe['threads']} | {probe['seconds']:.1f} | {per_core:.2f} | "
+            f"{built_in['seconds'] / probe['seconds']:.2f} | {probe['peak_mb']:.0f} | "
+            f"{probe['peak_mb'] - probe['before_mb']:.0f} | {probe['load']:.1f} |"
         )
-    built_in = next(probe for case, probe in results.items() if case.kind == "built-in")
+    lines += ["", f"Load average (1 / 5 / 15 min) at the end: {load_average()}, on {os.cpu_count()} cores."]
     verdict = (
         f"- peak RSS for a 25 MP output, built-in model: {built_in['peak_mb']:.0f} MB (target <= "
         f"{TARGET_PEAK_RSS_MB} MB): "

@@ -169,13 +169,31 @@ def test_a_texture_without_highlights_is_not_brightened(name):
     assert _delta_e(apply_light(texture, intensity=1.0, tuning=TUNING), texture) < 6.0
 
 
+#: A faint warm tint, as a photograph of paper or stones under a lamp shows (a photograph, not a greyscale scan).
+_LAMP = (1.04, 1.0, 0.94)
+
+
 def test_grey_paper_is_brightened_a_grey_texture_of_the_same_key_is_not():
     """The brightest tones of a page are one smooth area: grey paper is white paper under-exposed. Those of
     gravel are specks in a texture: no evidence. Both have the same key once the page is one stop under."""
-    page = _expose(_colour(_photo("skimage:page.png")), 0.5)
-    gravel = _colour(_photo("skimage:gravel.png"))
+    page = _expose(_cast(_colour(_photo("skimage:page.png")), _LAMP), 0.5)
+    gravel = _cast(_colour(_photo("skimage:gravel.png")), _LAMP)
     assert measure(thumbnail(page), TUNING).exposure_ev > 0.6
     assert measure(thumbnail(gravel), TUNING).exposure_ev < 0.1
+
+
+def test_smooth_but_coloured_brightest_tones_are_no_evidence_of_whites():
+    """An orange cat's light fur is as smooth as paper, but it is fur: only neutral smooth whites raise the
+    key brightening may reach. The same page, one stop under, printed orange, is not brightened past it."""
+    orange_page = _expose(_cast(_colour(_photo("skimage:page.png")), (1.9, 1.0, 0.45)), 0.5)
+    assert measure(thumbnail(orange_page), TUNING).exposure_ev < 0.1
+
+
+def test_a_greyscale_image_is_left_to_tone_even_when_dim():
+    """Black and white is a rendering, not a camera's mistake: no colour to balance, no exposure to repair
+    (the same page with a lamp's faint tint is brightened, above)."""
+    page = _expose(_colour(_photo("skimage:page.png")), 0.5)
+    assert measure(thumbnail(page), TUNING).is_identity
 
 
 def test_coloured_highlights_are_weaker_evidence_than_grey_ones():

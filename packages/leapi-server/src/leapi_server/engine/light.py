@@ -2,7 +2,8 @@
 
 It reads the photo (on a thumbnail) and corrects only what is evidently wrong; the correction is applied
 to the full image as one lookup table per channel (one table lookup per pixel). A photo that is right,
-or dark, cool or toned on purpose, comes back (nearly) unchanged: no global target is imposed.
+or dark, cool or toned on purpose, comes back (nearly) unchanged: no global target is imposed. A black and
+white image (no pixel with colour to speak of) is a rendering, not a camera's mistake, and is left alone.
 
 1. **Colour cast.** The illuminant is estimated three times in linear light, as log-chromaticities
    (``log R/G``, ``log B/G``): shades-of-grey (Finlayson & Trezzi 2004), grey-edge (van de Weijer et al.
@@ -18,7 +19,8 @@ or dark, cool or toned on purpose, comes back (nearly) unchanged: no global targ
    ``target_highlight``, beyond a dead zone, and it is only as sure as the evidence:
 
    * it never lifts the photo's key (log-average luminance) above ``max_key``, about middle grey: a photo
-     without highlights that is not dark overall (a texture, fur, a grey day) is not under-exposed;
+     without highlights that is not dark overall (a texture, fur, a grey day) is not under-exposed; a little
+     more when the brightest tones are smooth, neutral whites (paper, sky: not an orange cat's fur);
    * it is weaker when the brightest tones are coloured surfaces (a green leaf) rather than whites,
      since those sit well below white when exposed right;
    * it fades out in low-key scenes (most of the frame near black: night, a dark stage) and in cool, dim
@@ -75,8 +77,8 @@ class LightTuning:
     coloured_evidence: float = 0.5
     #: A dim scene this cool (warm-cool component of the estimated light, log units) is dusk, blue hour or
     #: night, dim on purpose: the brightening fades out from ``cool_scene_from`` to ``cool_scene_full``.
-    cool_scene_from: float = 0.1
-    cool_scene_full: float = 0.3
+    cool_scene_from: float = 0.0
+    cool_scene_full: float = 0.2
     #: The brightest unclipped tones (white-patch estimate) must carry at least this share of the cast: a
     #: light tints white surfaces most of all; a toning or grade that leaves the whites neutral is not a light.
     min_white_patch_share: float = 0.5
@@ -101,6 +103,14 @@ class LightTuning:
     max_key_smooth_whites: float = 0.35
     smooth_whites: float = 0.02
     textured_whites: float = 0.06
+    #: ... and only when those smooth whites are neutral once balanced (log-chromaticity distance from grey of
+    #: the brightest 5 %): whole up to ``neutral_whites``, none from ``tinted_whites`` (an orange cat's
+    #: light fur is smooth, but it is fur, not paper).
+    neutral_whites: float = 0.1
+    tinted_whites: float = 0.3
+    #: A monochrome image (99th percentile of each pixel's channel spread at most this many sRGB levels:
+    #: black and white, a greyscale scan) is a rendering, not a camera's mistake: light leaves it alone.
+    monochrome_spread: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -223,8 +233,7 @@ def exposure_ev_for(linear: np.ndarray, tuning: LightTuning) -> float:
     brightest = linear.max(axis=2)
     highlight = float(np.percentile(brightest, 99.5))
     luminance = linear @ _REC709_LUMINANCE
-    top = np.maximum(linear[luminance >= np.percentile(luminance, 98)], 1e-4)
-    chroma = np.log(top[:, [0, 2]] / top[:, 1:2])
+    chroma = _pixel_log_chromaticities(linear[luminance >= np.percentile(luminance, 98)])
     # Off the warm-cool axis: a light tints whites along it only (tungsten, shade).
     off_axis = chroma - np.outer(chroma @ _WARM_COOL_AXIS, _WARM_COOL_AXIS)
     saturation = float(np.median(np.linalg.norm(off_axis, axis=1)))
@@ -234,15 +243,16 @@ def exposure_ev_for(linear: np.ndarray, tuning: LightTuning) -> float:
     missing_ev = math.log2(tuning.target_highlight / max(highlight, 1e-4))
     dead = tuning.exposure_dead_zone_ev
     ev = float(np.clip(3.0 * (missing_ev - dead), 0.0, missing_ev)) if missing_ev > dead else 0.0
-    ev = min(ev, tuning.max_brighten_ev, max(0.0, math.log2(_max_key(luminance, tuning) / max(key, 1e-4))))
+    ceiling = _max_key(linear, luminance, tuning)
+    ev = min(ev, tuning.max_brighten_ev, max(0.0, math.log2(ceiling / max(key, 1e-4))))
     near_black = float(np.mean(luminance < 0.01))
     span = tuning.low_key_full - tuning.low_key_from
     brighten_share = float(np.clip((tuning.low_key_full - near_black) / span, 0.0, 1.0))
     return ev * brighten_share * whites
 
 
-def _max_key(luminance: np.ndarray, tuning: LightTuning) -> float:
-    """How bright (key) a photo may be made: more when its brightest tones are smooth (whites)."""
+def _max_key(linear: np.ndarray, luminance: np.ndarray, tuning: LightTuning) -> float:
+    """How bright (key) a photo may be made: more when its brightest tones are smooth, neutral whites."""
     plane = luminance.astype(np.float32)
     mean = cv2.blur(plane, (5, 5))
     spread = np.sqrt(np.maximum(cv2.blur(plane * plane, (5, 5)) - mean * mean, 0.0))
@@ -250,12 +260,29 @@ def _max_key(luminance: np.ndarray, tuning: LightTuning) -> float:
     contrast = float(np.median(spread[top] / np.maximum(mean[top], 1e-4)))
     span = tuning.textured_whites - tuning.smooth_whites
     smooth = float(np.clip((tuning.textured_whites - contrast) / span, 0.0, 1.0))
-    return tuning.max_key + (tuning.max_key_smooth_whites - tuning.max_key) * smooth
+    tint = float(np.linalg.norm(np.median(_pixel_log_chromaticities(linear[top]), axis=0)))
+    span = tuning.tinted_whites - tuning.neutral_whites
+    neutral = float(np.clip((tuning.tinted_whites - tint) / span, 0.0, 1.0))
+    return tuning.max_key + (tuning.max_key_smooth_whites - tuning.max_key) * smooth * neutral
+
+
+def _pixel_log_chromaticities(pixels: np.ndarray) -> np.ndarray:
+    """``N x 2``: (log R/G, log B/G) of each linear pixel."""
+    pixels = np.maximum(pixels, 1e-4)
+    return np.log(pixels[:, [0, 2]] / pixels[:, 1:2])
+
+
+def is_monochrome(image: np.ndarray, tuning: LightTuning) -> bool:
+    """Black and white (or a greyscale scan): next to no pixel has colour (sRGB uint8 ``HxWx3``)."""
+    spread = image.max(axis=2).astype(np.int16) - image.min(axis=2)
+    return float(np.percentile(spread, 99)) <= tuning.monochrome_spread
 
 
 def measure(rgb_thumbnail: np.ndarray, tuning: LightTuning) -> LightCorrection:
     """Estimate the full correction from a (thumbnail) sRGB uint8 image (``HxWx3`` or greyscale)."""
     image = rgb_thumbnail if rgb_thumbnail.ndim == 3 else np.repeat(rgb_thumbnail[..., None], 3, axis=2)
+    if is_monochrome(image, tuning):
+        return LightCorrection(white_balance_gains=(1.0, 1.0, 1.0), exposure_ev=0.0)
     linear = srgb_to_linear(image / 255.0)
 
     # 1. Colour cast -> per-channel gains that undo it, luminance kept.
