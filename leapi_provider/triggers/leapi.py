@@ -205,7 +205,8 @@ class LeapiPipelineTrigger(BaseTrigger):
             raise ValueError(f"min_finished must be 1 or more (or None), got {min_finished!r}")
         self.min_finished = None if min_finished is None else int(min_finished)
         self.webhook_hints = dict(webhook_hints) if webhook_hints else None
-        self.rearm_ids = coerce_pipeline_ids(list(rearm_ids))
+        # (none is the usual case: coerce_pipeline_ids refuses an empty list)
+        self.rearm_ids = coerce_pipeline_ids(list(rearm_ids)) if rearm_ids else []
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
