@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from leapi_provider import manifests
+from leapi_provider.catalog.batch import read_submitted
 from leapi_provider.catalog.html_report import write_html_report
 from leapi_provider.catalog.plan import status_rows
 from leapi_provider.catalog.report import contact_sheet, write_feed_export
@@ -137,8 +138,7 @@ def _summary(table: pa.Table, *, credits_used: int) -> dict[str, Any]:
 def _credits_used(folder: RunFolder, batch_uris: Iterable[str]) -> int:
     total = 0
     for uri in batch_uris:
-        path = folder.submitted(batch_index_of(uri))
-        if path.exists():
-            records = manifests.read_parquet(path)
+        records = read_submitted(folder.submitted(batch_index_of(uri)))
+        if records is not None:
             total += int(pc.sum(pc.cast(records["newly_submitted"], pa.int64())).as_py() or 0)
     return total

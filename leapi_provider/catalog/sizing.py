@@ -27,6 +27,11 @@ STATUS_READS_PER_PIPELINE = 1.2
 RESUMES_PER_BATCH = 4
 #: Bytes one row of the result table takes in Parquet, about (measured by the airflow bench).
 RESULT_ROW_BYTES = 260
+#: Seconds of a transfer thread one small image takes (a verified download and an upload; measured
+#: 0.05-0.2 s on the scale bench's 2 loaded cores): the transfers' share of the worker slots.
+TRANSFER_S_PER_IMAGE = 0.1
+#: Tasks a run starts once each whatever its size, one after another: the plan, the first batch, finalize.
+SERIAL_TASK_STARTS = 3
 
 
 def batch_count(
@@ -89,13 +94,21 @@ class RunEstimate:
     #: Partial-completion deferrals of all batches (each resume transfers what finished).
     wait_deferrals: int
     task_starts: int
-    #: Hours of worker slots spent on task starts and in-worker waits (transfers come on top:
-    #: images x the time to copy one).
+    #: Hours of worker slots spent on task starts and in-worker waits (transfers: the next figure).
     worker_slot_hours: float
+    #: Hours of worker slots spent transferring (images x :data:`TRANSFER_S_PER_IMAGE` /
+    #: ``transfer_concurrency``).
+    transfer_slot_hours: float
+    #: What the run cannot beat: the account's rate limit for its requests (when it is limited) or the
+    #: engine for its images (when its speed is given), whichever is longer, plus the tasks that run one
+    #: after another (:data:`SERIAL_TASK_STARTS`).
+    run_seconds: float
     triggers: int
     task_instances: int
     xcom_rows: int
     result_rows: int
+    #: Result downloads (``GET`` of the temporary URLs: not API requests), one per image that succeeds.
+    downloads: int
     result_table_mb: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -108,12 +121,19 @@ def estimate_run(
     *,
     task_start_s: float = 3.0,
     status_reads_per_pipeline: float = STATUS_READS_PER_PIPELINE,
+    rate_limited: bool = True,
+    engine_images_per_s: float | None = None,
 ) -> RunEstimate:
     """The cost model for a run of ``images`` (one operation, every image to submit) under ``settings``.
 
     :param task_start_s: seconds a task start costs a worker slot (process, DAG parse, connections).
     :param status_reads_per_pipeline: what the wait costs per pipeline (measure it: docs/benchmarks.md).
+    :param rate_limited: the API enforces ``settings.api_requests_per_minute`` (``False``: an account or a
+        server without a limit; the batches are still sized by that figure, but nothing waits for it).
+    :param engine_images_per_s: how fast the API enhances the images (``None``: not modelled); bounds
+        :attr:`RunEstimate.run_seconds` when the rate limit does not.
     """
+    rate = settings.api_requests_per_minute
     pipelines = math.ceil(images / settings.urls_per_pipeline)
     batches = batch_count(
         images=images,
@@ -121,20 +141,20 @@ def estimate_run(
         parallel_batches=settings.parallel_batches,
         min_images_per_batch=settings.min_images_per_batch,
         max_batches=settings.max_batches,
-        requests_per_minute=settings.api_requests_per_minute,
+        requests_per_minute=rate,
         batch_api_minutes=settings.batch_api_minutes,
     )
     status_reads = round(pipelines * status_reads_per_pipeline)
     requests = pipelines + status_reads + 1
-    api_minutes = requests / settings.api_requests_per_minute
-    # The pool's batches share the rate; one batch submits at rate / parallel, and defers once per window.
-    per_batch_rate = settings.api_requests_per_minute / max(min(settings.parallel_batches, batches), 1)
-    submit_minutes_per_batch = pipelines / batches / per_batch_rate
-    rate_limit_deferrals = batches * max(0, math.ceil(submit_minutes_per_batch) - 1)
+    rate_limit_deferrals = _rate_limit_deferrals(pipelines, batches, settings) if rate_limited else 0
     wait_deferrals = batches * RESUMES_PER_BATCH
     starts = 2 + batches + rate_limit_deferrals + wait_deferrals
     executions = batches + rate_limit_deferrals + wait_deferrals
     slot_seconds = starts * task_start_s + executions * settings.defer_after
+    bound_s = max(
+        requests / rate * 60 if rate_limited else 0.0,
+        images / engine_images_per_s if engine_images_per_s else 0.0,
+    )
     return RunEstimate(
         images=images,
         pipelines=pipelines,
@@ -144,14 +164,25 @@ def estimate_run(
         usage_reads=1,
         api_requests=requests,
         requests_per_image=round(requests / max(images, 1), 3),
-        api_minutes=round(api_minutes, 1),
+        api_minutes=round(requests / rate, 1),
         rate_limit_deferrals=rate_limit_deferrals,
         wait_deferrals=wait_deferrals,
         task_starts=starts,
         worker_slot_hours=round(slot_seconds / 3600, 2),
+        transfer_slot_hours=round(images * TRANSFER_S_PER_IMAGE / settings.transfer_concurrency / 3600, 3),
+        run_seconds=round(bound_s + SERIAL_TASK_STARTS * task_start_s, 1),
         triggers=rate_limit_deferrals + wait_deferrals,
         task_instances=batches + 2,
         xcom_rows=3 + 2 * batches + 1,
         result_rows=images,
+        downloads=images,
         result_table_mb=round(images * RESULT_ROW_BYTES / 1e6, 1),
     )
+
+
+def _rate_limit_deferrals(pipelines: int, batches: int, settings: CatalogSettings) -> int:
+    """The pool's batches share the rate; one batch submits at rate / parallel a minute, and defers once
+    per minute of its submitting."""
+    per_batch_rate = settings.api_requests_per_minute / max(min(settings.parallel_batches, batches), 1)
+    submit_minutes_per_batch = pipelines / batches / per_batch_rate
+    return batches * max(0, math.ceil(submit_minutes_per_batch) - 1)

@@ -410,6 +410,8 @@ def docs_case(
             name="docs",
             # (the docs show no usage body, so a docs-only server's is unreadable)
             quota_guard="off",
+            # (what a user with this account says: the plan sizes the batches by it)
+            api_requests_per_minute=rate,
         )
         bench.save()
 

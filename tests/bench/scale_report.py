@@ -1,8 +1,9 @@
 """The scale bench's report: targets with verdicts, each measured quantity beside the batch-size model's
 figure, the baselines, CPU by component, the batch timeline and the docs-only run.
 
-:func:`expected_from_model` is the hook for the catalog's batch-size model (issue #19 item 4): point it at
-the model's function and the "model" column fills in; until then it says "-".
+The "model" column is :func:`leapi_provider.catalog.sizing.estimate_run` asked about the run
+(:func:`expected_from_model`), and :func:`model_checks` says, quantity by quantity, whether the run stayed
+within :data:`MODEL_TOLERANCE` of it: the bench is what shows the model of docs/catalog.md holds.
 """
 
 from __future__ import annotations
@@ -56,16 +57,96 @@ BEFORE: dict[str, str] = {
 }
 
 
-def expected_from_model(
-    images: int, urls_per_pipeline: int, rate_per_minute: int | None
-) -> dict[str, float] | None:
-    """The batch-size model's figures for a run (keys: :data:`MODEL_KEYS`), or ``None`` while there is no
-    model to ask. ``rate_per_minute`` ``None``: no rate limit.
+#: How far a measured quantity may be from the model's figure, as a fraction of it (``run_s``: the model
+#: is a lower bound, so only above it). Counts fixed by the plan must match; what depends on timing (how
+#: many rounds, resumes, reads) has room.
+MODEL_TOLERANCE: dict[str, float] = {
+    "posts": 0.0,
+    "usage_reads": 0.0,
+    "downloads": 0.0,
+    "task_instance_rows": 0.0,
+    "xcom_rows": 0.0,
+    "status_reads": 0.25,
+    "task_starts": 0.5,
+    "triggers": 0.5,
+    "worker_slot_s": 0.5,
+    "result_table_bytes": 0.5,
+    "run_s": 0.5,
+}
 
-    Point this at the catalog's model once it exists (issue #19 item 4), e.g.
-    ``return leapi_provider.catalog.model.expected_run(images=..., ...)`` mapped to :data:`MODEL_KEYS`.
+
+def expected_from_model(
+    images: int,
+    urls_per_pipeline: int,
+    rate_per_minute: int | None,
+    *,
+    engine_images_per_s: float | None = None,
+) -> dict[str, float]:
+    """The batch-size model's figures for a run (keys: :data:`MODEL_KEYS`, ``log_rows`` not modelled).
+
+    :param rate_per_minute: the limit the server enforces, which the run's ``api_requests_per_minute``
+        param then also says (``None``: no limit; the DAG sizes its batches by the param's default).
+    :param engine_images_per_s: the server's speed for these images (the fair baseline's images per
+        second): what bounds the run's time when no rate limit does.
     """
-    return None
+    from leapi_provider.catalog.settings import CatalogSettings
+    from leapi_provider.catalog.sizing import estimate_run
+
+    settings = CatalogSettings(urls_per_pipeline=urls_per_pipeline)
+    if rate_per_minute:
+        settings = CatalogSettings(
+            urls_per_pipeline=urls_per_pipeline, api_requests_per_minute=rate_per_minute
+        )
+    model = estimate_run(
+        images, settings, rate_limited=bool(rate_per_minute), engine_images_per_s=engine_images_per_s
+    )
+    return {
+        "run_s": model.run_seconds,
+        "posts": model.submits,
+        "status_reads": model.status_reads,
+        "usage_reads": model.usage_reads,
+        "downloads": model.downloads,
+        "task_starts": model.task_starts,
+        "triggers": model.triggers,
+        "worker_slot_s": (model.worker_slot_hours + model.transfer_slot_hours) * 3600,
+        "task_instance_rows": model.task_instances,
+        "xcom_rows": model.xcom_rows,
+        "result_table_bytes": model.result_table_mb * 1e6,
+    }
+
+
+def measured_for_model(dag: dict[str, Any]) -> dict[str, float]:
+    """The DAG run's figures under :data:`MODEL_KEYS` (those the bench measures)."""
+    requests, meta = dag["requests"], dag["metadata"]
+    return {
+        "run_s": dag["dag_s"],
+        "posts": requests[m.POST_PIPELINE],
+        "status_reads": requests[m.GET_PIPELINE],
+        "usage_reads": requests[m.GET_USAGE],
+        "downloads": requests[m.GET_TMP],
+        "task_starts": dag["starts"],
+        "triggers": dag["deferrals"],
+        "worker_slot_s": dag["slot_s"],
+        "task_instance_rows": meta.get("task_instance", 0),
+        "xcom_rows": meta.get("xcom", 0),
+        "log_rows": meta.get("log", 0),
+        "result_table_bytes": dag["result_table"]["bytes"],
+    }
+
+
+def model_checks(measured: dict[str, float], model: dict[str, float]) -> dict[str, bool]:
+    """Per quantity of :data:`MODEL_TOLERANCE` that both sides have: whether the measured figure is within
+    the tolerance of the model's."""
+    checks = {}
+    for key, tolerance in MODEL_TOLERANCE.items():
+        if key not in measured or key not in model:
+            continue
+        expected, got = model[key], measured[key]
+        if key == "run_s":
+            checks[key] = expected <= got <= expected * (1 + tolerance)
+        else:
+            checks[key] = abs(got - expected) <= tolerance * expected + 1e-9
+    return checks
 
 
 def _verdict(ok: bool) -> str:
@@ -153,13 +234,17 @@ def _targets(scale: dict[str, Any]) -> list[str]:
     ]
 
 
-def _model_rows(dag: dict[str, Any], model: dict[str, float] | None) -> list[tuple[str, str, str]]:
-    """``(quantity, measured, model)`` for the DAG run."""
+def _model_rows(dag: dict[str, Any], model: dict[str, float]) -> list[tuple[str, str, str]]:
+    """``(quantity, measured, model)`` for the DAG run; the model's cell says whether the run held to it."""
     requests, meta, table = dag["requests"], dag["metadata"], dag["result_table"]
     x = _ratios(dag)
+    checks = model_checks(measured_for_model(dag), model)
 
-    def modelled(key: str, digits: int = 0) -> str:
-        return _num(model.get(key), digits) if model else "-"
+    def modelled(key: str, digits: int = 0, scale: float = 1.0) -> str:
+        if key not in model:
+            return "-"
+        verdict = "" if key not in checks else " (holds)" if checks[key] else " (**off**)"
+        return _num(model[key] * scale, digits) + verdict
 
     waits, waited_s = dag["rate_limit_waits"]
     return [
@@ -177,12 +262,12 @@ def _model_rows(dag: dict[str, Any], model: dict[str, float] | None) -> list[tup
         ),
         ("HTTP 429 answers", _num(dag["responses_429"]), "-"),
         ("plan task (s)", _num(dag.get("plan_s"), 1), "-"),
-        ("task instances", _num(dag["task_instances"]), "-"),
+        ("task instances", _num(dag["task_instances"]), modelled("task_instance_rows")),
         ("task starts (a worker started or resumed a try)", _num(dag["starts"]), modelled("task_starts")),
         ("deferrals (= triggers created)", _num(dag["deferrals"]), modelled("triggers")),
         ("worker-slot time (s, sum of running spans)", _num(dag["slot_s"], 1), modelled("worker_slot_s", 1)),
         ("rate-limit waits logged (count / s)", f"{waits} / {waited_s:.1f}", "-"),
-        ("metadata rows: task_instance", _num(meta.get("task_instance")), modelled("task_instance_rows")),
+        ("metadata rows: task_instance", _num(meta.get("task_instance")), "-"),
         ("metadata rows: xcom", _num(meta.get("xcom")), modelled("xcom_rows")),
         ("metadata rows: log (event log)", _num(meta.get("log")), modelled("log_rows")),
         ("metadata rows: trigger (left at the end)", _num(meta.get("trigger")), "-"),
@@ -191,7 +276,7 @@ def _model_rows(dag: dict[str, Any], model: dict[str, float] | None) -> list[tup
         (
             "result table (files / rows / MB)",
             f"{table['files']} / {table['rows']:,} / {table['bytes'] / 1e6:.2f}",
-            modelled("result_table_bytes"),
+            f"- / {dag['images']:,} / {modelled('result_table_bytes', 2, 1e-6)}",
         ),
         ("peak PSS, largest task process (GiB)", f"{x['pss_max'] / 2**30:.2f}", "-"),
         (
@@ -207,13 +292,31 @@ def _model_rows(dag: dict[str, Any], model: dict[str, float] | None) -> list[tup
     ]
 
 
+def _model_table(dag: dict[str, Any], model: dict[str, float]) -> list[str]:
+    """The DAG run's quantities beside the model's (``sizing.estimate_run``), and which held."""
+    checks = model_checks(measured_for_model(dag), model)
+    off = [key for key, ok in checks.items() if not ok]
+    summary = (
+        f"The model (`leapi_provider.catalog.sizing.estimate_run`, docs/catalog.md) holds for "
+        f"{len(checks) - len(off)} of {len(checks)} quantities"
+        + (f"; off: {', '.join(off)}." if off else ".")
+        + " Tolerances: "
+        + ", ".join(f"{k} {'exact' if t == 0 else f'±{t:.0%}'}" for k, t in MODEL_TOLERANCE.items())
+        + " (run_s: the model is a lower bound, the run may take up to that much more)."
+    )
+    rows = _model_rows(dag, model)
+    return ["", summary, "", "| quantity (DAG run) | measured | model |", "|---|---:|---:|"] + [
+        f"| {q} | {v} | {e} |" for q, v, e in rows
+    ]
+
+
 def _scale_tables(scale: dict[str, Any]) -> list[str]:
     dag = scale.get("dag")
     lines: list[str] = []
     if dag:
-        model = expected_from_model(dag["images"], 10, None)
-        lines += ["", "| quantity (DAG run) | measured | model |", "|---|---:|---:|"]
-        lines += [f"| {q} | {v} | {e} |" for q, v, e in _model_rows(dag, model)]
+        fair = scale.get("fair")
+        speed = dag["images"] / fair["seconds"] if fair and fair.get("seconds") else None
+        lines += _model_table(dag, expected_from_model(dag["images"], 10, None, engine_images_per_s=speed))
     phases = [
         (name, scale[key])
         for name, key in (("DAG", "dag"), ("fair baseline", "fair"), ("plain baseline", "plain"))
@@ -306,6 +409,7 @@ def _docs_section(docs: dict[str, Any]) -> list[str]:
             f"- task starts {dag['starts']}, deferrals {dag['deferrals']}, worker-slot time {dag['slot_s']:.0f} s, "
             f"plan {_num(dag.get('plan_s'), 1)} s, {dag['objects']:,} objects written"
         ),
+        *_model_table(dag, expected_from_model(dag["images"], 10, rate)),
     ]
 
 
