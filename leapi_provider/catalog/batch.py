@@ -55,7 +55,7 @@ SUBMITTED_SCHEMA = pa.schema(
 #: rewriting only the part it falls in: recording n pipelines writes O(n) rows in all, where rewriting one
 #: whole file per submit wrote O(n^2) (a batch of 1,250 pipelines slowed from 340 to 120 submits a
 #: minute). A reader reads ceil(n / this) small files, once per task execution.
-RECORD_PART_PIPELINES = 50
+RECORD_PART_PIPELINES = 100
 
 
 @dataclass(frozen=True)
