@@ -183,6 +183,7 @@ def run_dag_phase(
         "metadata": m.metadata_rows(stack.home / "airflow.db", dag_id=DAG_ID, run_id=run_id),
         "rate_limit_waits": m.rate_limit_waits(stack.logs_dir / "tasks"),
         "result_table": _result_table(stack, moto, run_id),
+        "params": {k: v for k, v in conf.items() if not isinstance(v, str) or not v.startswith("s3://")},
     }
     return facts
 
@@ -237,8 +238,20 @@ def _dag_facts(stack: Any, run_id: str, accesses: list[m.Access]) -> dict[str, A
         "last_download_at": max((a.at for a in downloads), default=None),
         "batches": dict(sorted(batches.items())),
         "max_per_minute": m.max_per_window([a.at for a in accesses if a.kind != m.GET_TMP])[0],
+        "submit_s": _submit_s(accesses, batches=len(batches)),
         "max_per_minute_all": m.max_per_window([a.at for a in accesses])[0],
     }
+
+
+def _submit_s(accesses: list[m.Access], *, batches: int) -> float | None:
+    """Seconds one submit held its batch's worker: the median gap between the run's accepted submits,
+    times the batches that submit at once (the model's ``submit_s``)."""
+    import itertools
+    import statistics
+
+    times = sorted(a.at for a in accesses if a.kind == m.POST_PIPELINE and a.status == 200)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    return statistics.median(gaps) * min(POOL_SLOTS, max(batches, 1)) if gaps else None
 
 
 def _xcom(stack: Any, run_id: str, task_id: str, key: str, map_index: int = -1) -> Any:

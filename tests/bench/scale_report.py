@@ -8,6 +8,7 @@ within :data:`MODEL_TOLERANCE` of it: the bench is what shows the model of docs/
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,28 +78,32 @@ MODEL_TOLERANCE: dict[str, float] = {
 
 def expected_from_model(
     images: int,
-    urls_per_pipeline: int,
-    rate_per_minute: int | None,
     *,
+    params: Mapping[str, Any],
+    rate_limited: bool,
     engine_images_per_s: float | None = None,
+    submit_s: float | None = None,
 ) -> dict[str, float]:
     """The batch-size model's figures for a run (keys: :data:`MODEL_KEYS`, ``log_rows`` not modelled).
 
-    :param rate_per_minute: the limit the server enforces, which the run's ``api_requests_per_minute``
-        param then also says (``None``: no limit; the DAG sizes its batches by the param's default).
+    :param params: the run's params (as triggered: ``urls_per_pipeline``, ``api_requests_per_minute``,
+        ``quota_guard`` ...; the rest at their defaults).
+    :param rate_limited: the server enforces the params' ``api_requests_per_minute``.
     :param engine_images_per_s: the server's speed for these images (the fair baseline's images per
-        second): what bounds the run's time when no rate limit does.
+        second): what bounds the run's time when no rate limit does, and how long a batch waits.
+    :param submit_s: seconds one submit held its batch's worker in this run (``None``: the model's figure).
     """
     from leapi_provider.catalog.settings import CatalogSettings
-    from leapi_provider.catalog.sizing import estimate_run
+    from leapi_provider.catalog.sizing import SUBMIT_S, estimate_run
 
-    settings = CatalogSettings(urls_per_pipeline=urls_per_pipeline)
-    if rate_per_minute:
-        settings = CatalogSettings(
-            urls_per_pipeline=urls_per_pipeline, api_requests_per_minute=rate_per_minute
-        )
+    known = set(CatalogSettings.__dataclass_fields__)
+    settings = CatalogSettings(**{k: v for k, v in params.items() if k in known})
     model = estimate_run(
-        images, settings, rate_limited=bool(rate_per_minute), engine_images_per_s=engine_images_per_s
+        images,
+        settings,
+        rate_limited=rate_limited,
+        engine_images_per_s=engine_images_per_s,
+        submit_s=submit_s or SUBMIT_S,
     )
     return {
         "run_s": model.run_seconds,
@@ -113,6 +118,23 @@ def expected_from_model(
         "xcom_rows": model.xcom_rows,
         "result_table_bytes": model.result_table_mb * 1e6,
     }
+
+
+def _model_of(
+    dag: dict[str, Any], *, engine_images_per_s: float | None = None, rate: int | None = None
+) -> dict[str, float]:
+    """The model for a DAG run of the bench (its params as recorded; older results: the bench's own)."""
+    params = dag.get("params") or {
+        "urls_per_pipeline": 10,
+        **({"api_requests_per_minute": rate, "quota_guard": "off"} if rate else {}),
+    }
+    return expected_from_model(
+        dag["images"],
+        params=params,
+        rate_limited=rate is not None,
+        engine_images_per_s=engine_images_per_s,
+        submit_s=dag.get("submit_s"),
+    )
 
 
 def measured_for_model(dag: dict[str, Any]) -> dict[str, float]:
@@ -316,7 +338,7 @@ def _scale_tables(scale: dict[str, Any]) -> list[str]:
     if dag:
         fair = scale.get("fair")
         speed = dag["images"] / fair["seconds"] if fair and fair.get("seconds") else None
-        lines += _model_table(dag, expected_from_model(dag["images"], 10, None, engine_images_per_s=speed))
+        lines += _model_table(dag, _model_of(dag, engine_images_per_s=speed))
     phases = [
         (name, scale[key])
         for name, key in (("DAG", "dag"), ("fair baseline", "fair"), ("plain baseline", "plain"))
@@ -409,7 +431,7 @@ def _docs_section(docs: dict[str, Any]) -> list[str]:
             f"- task starts {dag['starts']}, deferrals {dag['deferrals']}, worker-slot time {dag['slot_s']:.0f} s, "
             f"plan {_num(dag.get('plan_s'), 1)} s, {dag['objects']:,} objects written"
         ),
-        *_model_table(dag, expected_from_model(dag["images"], 10, rate)),
+        *_model_table(dag, _model_of(dag, rate=rate)),
     ]
 
 

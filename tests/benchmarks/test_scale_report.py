@@ -14,24 +14,39 @@ from tests.bench import scale_report as r
 
 
 def test_the_model_column_is_the_cost_model() -> None:
-    model = r.expected_from_model(20_000, 10, None, engine_images_per_s=50.0)
-    estimate = estimate_run(20_000, CatalogSettings(urls_per_pipeline=10), rate_limited=False)
+    model = r.expected_from_model(
+        20_000, params={"urls_per_pipeline": 10}, rate_limited=False, engine_images_per_s=50.0
+    )
+    estimate = estimate_run(
+        20_000, CatalogSettings(urls_per_pipeline=10), rate_limited=False, engine_images_per_s=50.0
+    )
     assert model["posts"] == estimate.submits == 2_000
     assert model["status_reads"] == estimate.status_reads
     assert model["downloads"] == 20_000 and model["usage_reads"] == 1
     assert model["task_instance_rows"] == estimate.batches + 2
-    # No rate limit: only the partial-completion deferrals; the engine bounds the run.
-    assert model["triggers"] == estimate.batches * RESUMES_PER_BATCH
+    # No rate limit: only the partial-completion deferrals (a batch's 250 pipelines take 200 s, 75 of them
+    # submitting, 10 waiting in the worker: 3 deferrals of a quarter each); the engine bounds the run.
+    assert model["triggers"] == estimate.wait_deferrals == 3 * estimate.batches
+    assert (
+        estimate.rate_limit_deferrals == 0 and estimate.wait_deferrals <= RESUMES_PER_BATCH * estimate.batches
+    )
     assert model["run_s"] >= 20_000 / 50.0
+    fast = r.expected_from_model(
+        20_000, params={"urls_per_pipeline": 10}, rate_limited=False, engine_images_per_s=5000
+    )
+    assert fast["triggers"] == 0, "a batch whose pipelines end while it submits never defers"
     assert set(model) <= set(r.MODEL_KEYS)
 
 
 def test_a_rate_limit_sizes_the_batches_and_bounds_the_run() -> None:
-    limited = r.expected_from_model(5_000, 10, 300)
-    estimate = estimate_run(5_000, CatalogSettings(urls_per_pipeline=10, api_requests_per_minute=300))
-    assert limited["triggers"] == estimate.triggers
-    # 500 submits, 600 reads and the usage read at 300 a minute: 3.7 minutes at least.
-    assert limited["run_s"] >= (500 + 600 + 1) / 300 * 60
+    params = {"urls_per_pipeline": 10, "api_requests_per_minute": 300, "quota_guard": "off"}
+    limited = r.expected_from_model(5_000, params=params, rate_limited=True)
+    estimate = estimate_run(
+        5_000, CatalogSettings(urls_per_pipeline=10, api_requests_per_minute=300, quota_guard="off")
+    )
+    assert limited["triggers"] == estimate.triggers and limited["usage_reads"] == 0
+    # 500 submits and 600 reads at 300 a minute: 3.7 minutes at least.
+    assert limited["run_s"] >= (500 + 600) / 300 * 60
 
 
 def _run_like(model: dict[str, float], **changes: float) -> dict[str, Any]:
@@ -77,7 +92,9 @@ def _run_like(model: dict[str, float], **changes: float) -> dict[str, Any]:
 
 @pytest.fixture
 def model() -> dict[str, float]:
-    return r.expected_from_model(2_000, 10, None, engine_images_per_s=20.0)
+    return r.expected_from_model(
+        2_000, params={"urls_per_pipeline": 10}, rate_limited=False, engine_images_per_s=20.0
+    )
 
 
 def test_a_run_that_did_what_the_model_says_holds_everywhere(model: dict[str, float]) -> None:
