@@ -467,6 +467,20 @@ def measure(work: Path) -> dict[str, Any]:
     return bench.facts
 
 
+def merged_results(paths: list[Path]) -> dict[str, Any]:
+    """One report's facts from the ``results.json`` of runs that measured different cases (the first
+    run's start and load head the report; each case keeps its own)."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        facts = json.loads(path.read_text())
+        cases = {case: facts[case] for case in ("scale", "docs") if case in facts}
+        merged = {**facts, **merged, **cases}
+        merged.setdefault("runs", []).append(
+            {"cases": list(cases), "started": facts["started"], "load_at_start": facts["load_at_start"]}
+        )
+    return merged
+
+
 def run() -> str:
     render = scale_report.render
     kept = os.environ.get("LEAPI_BENCH_SCALE_WORKDIR")
@@ -484,7 +498,10 @@ if __name__ == "__main__":
         description="The scale bench (make bench runs it as: tests.bench scale)."
     )
     parser.add_argument(
-        "--render", type=Path, help="print the report of a saved results.json; measure nothing"
+        "--render",
+        type=Path,
+        nargs="+",
+        help="print the report of saved results.json files (cases run apart: their cases merged); measure nothing",
     )
     args = parser.parse_args()
-    print(scale_report.render(json.loads(args.render.read_text())) if args.render else run())
+    print(scale_report.render(merged_results(args.render)) if args.render else run())

@@ -76,6 +76,61 @@ MODEL_TOLERANCE: dict[str, float] = {
 }
 
 
+#: The targets' figures on main before issue #19's changes (1fcffbe, this harness, 2026-12-04 15:02 UTC:
+#: 5,000 images, load average 14-20), beside each run's own in the report.
+BEFORE_TARGETS: dict[str, str] = {
+    "fair": "2.07x",
+    "plain": "1.75x",
+    "api_per_image": "0.502",
+    "status_per_pipeline": "4.02",
+    "plan_s": "53.2 s",
+    "pss": "0.19 GiB",
+    "tail_s": "13.8 s",
+    "docs_max_per_minute": "1,359 (limit 300)",
+    "docs_failed": "0",
+}
+
+
+def _before_after(scale: dict[str, Any], docs: dict[str, Any]) -> list[str]:
+    """The targets, before (:data:`BEFORE_TARGETS`) and in this run, side by side."""
+    dag, fair, plain = scale.get("dag"), scale.get("fair"), scale.get("plain")
+    after: dict[str, str] = {}
+    if dag:
+        x, tail = _ratios(dag), _tail_s(dag)
+        for name, baseline in (("fair", fair), ("plain", plain)):
+            if baseline:
+                after[name] = f"{dag['dag_s'] / baseline['seconds']:.2f}x"
+        after |= {
+            "api_per_image": f"{x['api_per_image']:.3f}",
+            "status_per_pipeline": f"{x['status_per_pipeline']:.2f}",
+            "plan_s": f"{_num(dag.get('plan_s'), 1)} s",
+            "pss": f"{x['pss_max'] / 2**30:.2f} GiB",
+            "tail_s": f"{_num(tail, 1)} s",
+        }
+    docs_dag = docs.get("dag")
+    if docs_dag:
+        failed = [s for s in docs_dag["task_states"] if not s.endswith(": success")] + docs_dag.get(
+            "retried", []
+        )
+        after["docs_max_per_minute"] = f"{docs_dag['max_per_minute']:,} (limit {docs['rate_per_minute']})"
+        after["docs_failed"] = str(len(failed))
+    labels = {
+        "fair": f"DAG / fair baseline (<= {TARGET_VS_FAIR}x)",
+        "plain": f"DAG / plain baseline (<= {TARGET_VS_PLAIN}x)",
+        "api_per_image": f"API requests per image (<= {TARGET_API_PER_IMAGE})",
+        "status_per_pipeline": f"status reads per pipeline (<= {TARGET_STATUS_PER_PIPELINE})",
+        "plan_s": f"plan task (<= {TARGET_PLAN_S:.0f} s)",
+        "pss": "peak PSS of one task process (<= 1 GiB)",
+        "tail_s": f"last transfer to the run's end (<= {TARGET_TAIL_S:.0f} s)",
+        "docs_max_per_minute": "docs-only: most API requests in a minute (under the limit)",
+        "docs_failed": "docs-only: failed or retried tasks (0)",
+    }
+    images = f"{scale['images']:,} images" if scale else "-"
+    lines = ["", f"| target | before (main, 5,000 images) | after ({images}; docs-only: see below) |"]
+    lines.append("|---|---:|---:|")
+    return lines + [f"| {labels[k]} | {BEFORE_TARGETS[k]} | {after.get(k, '-')} |" for k in labels]
+
+
 def expected_from_model(
     images: int,
     *,
@@ -501,17 +556,29 @@ def render(facts: dict[str, Any]) -> str:
         if scale
         else "a docs-only server under a rate limit"
     )
+    runs = facts.get("runs") or []
+    if len(runs) > 1:
+        # (cases measured by separate invocations, one LEAPI_BENCH_SCALE_CASES each; merged by --render)
+        settings.append(
+            "(" + " then ".join(f"LEAPI_BENCH_SCALE_CASES={','.join(r['cases'])}" for r in runs) + ")"
+        )
+        loads = "; ".join(
+            f"{','.join(r['cases'])} run {_stamp(r['started'])}: {', '.join(f'{v:.1f}' for v in r['load_at_start'])}"
+            for r in runs
+        )
+    else:
+        loads = ", ".join(f"{v:.1f}" for v in load)
     lines = [
         f"## The catalog at scale: {title}",
         "",
         (
             f"Command: `{' '.join(settings)} .venv/bin/python -m tests.bench scale` (`make bench` runs it with "
-            "100,000 images, and 5,000 under 300 requests a minute). Load average (1, 5, 15 min) at the start: "
-            f"{', '.join(f'{v:.1f}' for v in load)} (the machine is shared: compare ratios)."
+            f"100,000 images, and 5,000 under 300 requests a minute). Load average (1, 5, 15 min) at the start: "
+            f"{loads} (the machine is shared: compare ratios)."
         ),
     ]
     if scale:
-        lines += ["", "### Targets", "", *_targets(scale), *_scale_tables(scale)]
+        lines += ["", "### Targets", "", *_targets(scale), *_before_after(scale, docs), *_scale_tables(scale)]
         if scale.get("dag"):
             lines += _timeline(scale["dag"])
     lines += _docs_section(docs) if docs else []
