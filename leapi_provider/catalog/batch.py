@@ -19,11 +19,13 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from leapi_provider import manifests
 from leapi_provider.catalog.settings import CatalogSettings
 from leapi_provider.catalog.storage import CatalogRun, RunFolder, batch_index_of
 from leapi_provider.manifests import RESULT_SCHEMA
+from leapi_provider.manifests.locations import is_local_filesystem
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -165,4 +167,13 @@ class SubmissionRecord:
 
     def _save_part(self) -> None:
         table = pa.Table.from_pylist(self._part_records, schema=SUBMITTED_SCHEMA)
-        manifests.write_parquet_atomic(table, self.folder / f"part-{self._part:05d}.parquet")
+        path = self.folder / f"part-{self._part:05d}.parquet"
+        fs, key = manifests.resolve_location(path)
+        if is_local_filesystem(fs):
+            manifests.write_parquet_atomic(table, path)
+            return
+        # An object store never shows a partial object: one PUT, where the temporary object, its copy and
+        # its delete of write_parquet_atomic would make this submit's record cost three requests more.
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        fs.pipe_file(key, sink.getvalue().to_pybytes())

@@ -10,8 +10,6 @@ from typing import Any
 import pytest
 from airflow.sdk import ObjectStoragePath
 
-from leapi_provider import manifests
-from leapi_provider.catalog import batch as batch_module
 from leapi_provider.catalog.batch import (
     RECORD_PART_PIPELINES,
     SUBMITTED_SCHEMA,
@@ -29,22 +27,26 @@ def _records(pipeline_id: int | None, first_row: int, images: int = 10) -> list[
     ]
 
 
-@pytest.fixture
-def folder(tmp_path: Path) -> ObjectStoragePath:
-    return ObjectStoragePath(f"file://{tmp_path}/submitted/batch-00000")
+@pytest.fixture(params=["local", "s3"])
+def folder(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStoragePath:
+    """A record's folder on a local disk and in a bucket (moto's S3 server: one PUT per save there)."""
+    if request.param == "local":
+        return ObjectStoragePath(f"file://{tmp_path}/submitted/batch-00000")
+    bucket, conn_id = request.getfixturevalue("s3_bucket"), request.getfixturevalue("aws_conn")
+    return ObjectStoragePath(f"s3://{bucket}/run/submitted/batch-00000", conn_id=conn_id)
 
 
 @pytest.fixture
 def written_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Rows each save wrote (the record's cost)."""
     sizes: list[int] = []
-    write = manifests.write_parquet_atomic
+    save = SubmissionRecord._save_part
 
-    def counting(table: Any, location: Any, **kwargs: Any) -> str:
-        sizes.append(table.num_rows)
-        return write(table, location, **kwargs)
+    def counting(record: SubmissionRecord) -> None:
+        sizes.append(len(record._part_records))
+        save(record)
 
-    monkeypatch.setattr(batch_module.manifests, "write_parquet_atomic", counting)
+    monkeypatch.setattr(SubmissionRecord, "_save_part", counting)
     return sizes
 
 
