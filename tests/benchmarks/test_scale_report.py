@@ -10,11 +10,12 @@ import pytest
 from leapi_provider.catalog.settings import CatalogSettings
 from leapi_provider.catalog.sizing import RESUMES_PER_BATCH, estimate_run
 from tests.bench import scale_measure as m
+from tests.bench import scale_model as sm
 from tests.bench import scale_report as r
 
 
 def test_the_model_column_is_the_cost_model() -> None:
-    model = r.expected_from_model(
+    model = sm.expected_from_model(
         20_000, params={"urls_per_pipeline": 10}, rate_limited=False, engine_images_per_s=50.0
     )
     estimate = estimate_run(
@@ -31,16 +32,16 @@ def test_the_model_column_is_the_cost_model() -> None:
         estimate.rate_limit_deferrals == 0 and estimate.wait_deferrals <= RESUMES_PER_BATCH * estimate.batches
     )
     assert model["run_s"] >= 20_000 / 50.0
-    fast = r.expected_from_model(
+    fast = sm.expected_from_model(
         20_000, params={"urls_per_pipeline": 10}, rate_limited=False, engine_images_per_s=5000
     )
     assert fast["triggers"] == 0, "a batch whose pipelines end while it submits never defers"
-    assert set(model) <= set(r.MODEL_KEYS)
+    assert set(model) <= set(sm.MODEL_KEYS)
 
 
 def test_a_rate_limit_sizes_the_batches_and_bounds_the_run() -> None:
     params = {"urls_per_pipeline": 10, "api_requests_per_minute": 300, "quota_guard": "off"}
-    limited = r.expected_from_model(5_000, params=params, rate_limited=True)
+    limited = sm.expected_from_model(5_000, params=params, rate_limited=True)
     estimate = estimate_run(
         5_000, CatalogSettings(urls_per_pipeline=10, api_requests_per_minute=300, quota_guard="off")
     )
@@ -92,16 +93,16 @@ def _run_like(model: dict[str, float], **changes: float) -> dict[str, Any]:
 
 @pytest.fixture
 def model() -> dict[str, float]:
-    return r.expected_from_model(
+    return sm.expected_from_model(
         2_000, params={"urls_per_pipeline": 10}, rate_limited=False, engine_images_per_s=20.0
     )
 
 
 def test_a_run_that_did_what_the_model_says_holds_everywhere(model: dict[str, float]) -> None:
-    checks = r.model_checks(r.measured_for_model(_run_like(model)), model)
-    assert set(checks) == set(r.MODEL_TOLERANCE) and all(checks.values())
+    checks = sm.model_checks(sm.measured_for_model(_run_like(model)), model)
+    assert set(checks) == set(sm.MODEL_TOLERANCE) and all(checks.values())
     table = "\n".join(r._model_table(_run_like(model), model))
-    assert f"holds for {len(r.MODEL_TOLERANCE)} of {len(r.MODEL_TOLERANCE)} quantities." in table
+    assert f"holds for {len(sm.MODEL_TOLERANCE)} of {len(sm.MODEL_TOLERANCE)} quantities." in table
     assert "**off**" not in table
 
 
@@ -123,7 +124,7 @@ def test_each_quantity_is_judged_by_its_tolerance(
     model: dict[str, float], key: str, factor: float, holds: bool
 ) -> None:
     run = _run_like(model, **{key: model[key] * factor + (1 if key == "posts" else 0)})
-    checks = r.model_checks(r.measured_for_model(run), model)
+    checks = sm.model_checks(sm.measured_for_model(run), model)
     assert checks[key] is holds
     assert all(ok for other, ok in checks.items() if other != key)
     table = "\n".join(r._model_table(run, model))
