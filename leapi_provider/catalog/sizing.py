@@ -213,7 +213,7 @@ def _batch_span(
     """``(span, submitting)``: seconds from a batch's first submit to its last pipeline's end, and of
     its submitting, for a batch of ``pipelines`` running beside ``parallel - 1`` others."""
     share = settings.api_requests_per_minute / parallel / 60  # (requests a second of one batch)
-    submitting = pipelines / submits_per_minute(settings) * 60 if rate_limited else pipelines * submit_s
+    submitting = pipelines / share if rate_limited else pipelines * submit_s
     engine = (
         pipelines * settings.urls_per_pipeline / (engine_images_per_s / parallel)
         if engine_images_per_s
@@ -233,16 +233,9 @@ def _wait_deferrals(span_s: float, submitting_s: float, defer_after: float) -> i
     return min(RESUMES_PER_BATCH, math.ceil(rest / max(span_s / RESUMES_PER_BATCH, RESUME_S)))
 
 
-def submits_per_minute(settings: CatalogSettings) -> int:
-    """A batch's share of the account's rate for its submits: the ``parallel_batches`` batches that run at
-    once share ``api_requests_per_minute``, and every submit brings :data:`STATUS_READS_PER_PIPELINE` reads
-    after it, so that submits and reads together stay under the limit (a docs-only API refuses nothing but
-    submits, so a client cannot learn the limit from the reads)."""
-    share = settings.api_requests_per_minute / settings.parallel_batches / (1 + STATUS_READS_PER_PIPELINE)
-    return max(1, math.floor(share))
-
-
 def _rate_limit_deferrals(pipelines: int, batches: int, settings: CatalogSettings) -> int:
-    """One batch submits at :func:`submits_per_minute`, and defers once per minute of its submitting."""
-    submit_minutes_per_batch = pipelines / batches / submits_per_minute(settings)
+    """The pool's batches share the rate; one batch submits at rate / parallel a minute, and defers once
+    per minute of its submitting."""
+    per_batch_rate = settings.api_requests_per_minute / max(min(settings.parallel_batches, batches), 1)
+    submit_minutes_per_batch = pipelines / batches / per_batch_rate
     return batches * max(0, math.ceil(submit_minutes_per_batch) - 1)

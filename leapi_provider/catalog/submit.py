@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import deque
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +27,6 @@ from leapi.errors import LeapiRateLimitError, LeapiRejectedError
 from leapi.idempotency import derive_idempotency_key
 from leapi.models import PipelineRequest
 from leapi_provider.catalog.batch import SUBMITTED_SCHEMA, CatalogBatch, pipeline_ids_of
-from leapi_provider.catalog.sizing import submits_per_minute
 from leapi_provider.catalog.sources import PresignedUrls, restore_source_uris
 from leapi_provider.hooks.leapi import LeapiHook
 
@@ -72,16 +69,12 @@ def submit_batch(batch: CatalogBatch, hook: LeapiHook, *, max_wait: float | None
     settings = batch.settings
     presigned = PresignedUrls(aws_conn_id=settings.aws_conn_id, expires_in=settings.presign_expires_in)
     limiter = hook.get_conn().account_limiter
-    pace = SubmitPace(submits_per_minute(settings), _recent_submits(records.by_row.values()))
     waited_before = hook.get_conn().rate_limit_waited_s
     submits, resume_at = 0, None
     for pipeline_index, todo in groups.items():
-        wait = max(limiter.next_wait(), pace.wait())
-        if max_wait is not None and wait > max_wait:
-            resume_at = time.time() + wait
+        if max_wait is not None and limiter.next_wait() > max_wait:
+            resume_at = time.time() + limiter.next_wait()
             break
-        time.sleep(pace.wait())
-        pace.record()
         try:
             pipeline_id = _submit(batch, hook, presigned, pipeline_index, todo)
         except LeapiRejectedError as exc:
@@ -99,38 +92,6 @@ def submit_batch(batch: CatalogBatch, hook: LeapiHook, *, max_wait: float | None
     records.mark_empty()
     _log_submits(batch, hook, presigned, submits, waited_before, resume_at)
     return SubmitOutcome(pipeline_ids_of(list(records.by_row.values())), resume_at)
-
-
-class SubmitPace:
-    """At most ``per_minute`` submits of this batch in any 60 s (wall clock, so that the submits an earlier
-    execution recorded count too).
-
-    :param per_minute: the batch's share (:func:`~leapi_provider.catalog.sizing.submits_per_minute`).
-    :param recent: times of the batch's submits so far (Unix seconds).
-    """
-
-    WINDOW_S = 60.0
-
-    def __init__(self, per_minute: int, recent: Iterable[float] = ()) -> None:
-        self.per_minute = per_minute
-        self._times = deque(sorted(recent)[-per_minute:])
-
-    def wait(self) -> float:
-        """Seconds until the next submit may start."""
-        if len(self._times) < self.per_minute:
-            return 0.0
-        return max(0.0, self._times[-self.per_minute] + self.WINDOW_S - time.time())
-
-    def record(self) -> None:
-        self._times.append(time.time())
-        if len(self._times) > self.per_minute:
-            self._times.popleft()
-
-
-def _recent_submits(records: Iterable[Mapping[str, Any]]) -> list[float]:
-    """Times of the accepted submits in ``records`` (one per pipeline)."""
-    stamps = {r["pipeline_id"]: r["submitted_at"] for r in records if r["pipeline_id"] is not None}
-    return [(t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() for t in stamps.values() if t is not None]
 
 
 def _submit(

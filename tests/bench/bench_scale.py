@@ -63,8 +63,6 @@ OPERATION = {
     "quality": 85,
 }
 POOL_SLOTS = 4
-#: The ``api_requests_per_minute`` of the scale case's server, which has no rate limit.
-UNLIMITED_PER_MINUTE = 1_000_000
 
 
 def _env_int(name: str, default: int) -> int:
@@ -384,8 +382,6 @@ def scale_case(bench: Bench, *, source_server: Any, variants: list[Variant], mot
             moto=moto,
             rows=manifest_rows(sources, variants, images, "dag"),
             name="scale",
-            # (what a user of an account without a limit says: the batches pace nothing)
-            api_requests_per_minute=UNLIMITED_PER_MINUTE,
         )
         facts["source_requests_after_dag"] = source_server.stats()
         bench.save()

@@ -94,22 +94,3 @@ def test_an_empty_batch_leaves_an_empty_record(folder: ObjectStoragePath) -> Non
     table = read_submitted(folder)
     assert table is not None and table.num_rows == 0
     assert SubmissionRecord(folder).existed
-
-
-def test_a_batch_paces_its_submits_by_its_share_of_the_rate(monkeypatch: pytest.MonkeyPatch) -> None:
-    from leapi_provider.catalog import submit
-    from leapi_provider.catalog.settings import CatalogSettings
-    from leapi_provider.catalog.sizing import STATUS_READS_PER_PIPELINE, submits_per_minute
-
-    # 4 batches at once share 300 requests a minute with the reads their submits bring: 34 submits each.
-    share = submits_per_minute(CatalogSettings(api_requests_per_minute=300, parallel_batches=4))
-    assert share == int(300 / 4 / (1 + STATUS_READS_PER_PIPELINE)) == 34
-    now = [1_000.0]
-    monkeypatch.setattr(submit.time, "time", lambda: now[0])
-    # An earlier execution's submits of the last minute count: 3 of 4 slots are taken.
-    pace = submit.SubmitPace(4, recent=[950.0, 960.0, 970.0, 900.0])
-    assert pace.wait() == 0.0
-    pace.record()
-    assert pace.wait() == pytest.approx(10.0), "the fifth submit waits for the first of the window to age out"
-    now[0] = 1_010.0
-    assert pace.wait() == 0.0
