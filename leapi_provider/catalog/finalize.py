@@ -10,6 +10,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from leapi_provider import manifests
+from leapi_provider.catalog.batch import read_submitted
 from leapi_provider.catalog.html_report import write_html_report
 from leapi_provider.catalog.plan import status_rows
 from leapi_provider.catalog.report import contact_sheet, write_feed_export
@@ -25,6 +27,9 @@ from leapi_provider.catalog.storage import CatalogRun, RunFolder, batch_index_of
 from leapi_provider.manifests import ResultStatus
 
 log = logging.getLogger(__name__)
+
+#: Files of the run's folder read at once (each read mostly waits on the object store).
+_READERS = 8
 
 
 def finalize_run(settings: CatalogSettings, run: CatalogRun, *, export_feed: bool = False) -> dict[str, Any]:
@@ -53,9 +58,18 @@ def finalize_run(settings: CatalogSettings, run: CatalogRun, *, export_feed: boo
     written = manifests.write_result_table(
         table, results_root, dag_run_id=run.dag_run_id, run_date=run.run_date, file_key=run.key
     )
-    sheet_uri = _write_contact_sheet(settings, run, table, results_root)
-    exported = write_feed_export(settings, table, folder, run) if export_feed and settings.export else []
-    summary = _summary(table, credits_used=_credits_used(folder, plan["batches"]))
+    # (the reports are independent of each other, and mostly wait on storage: the run ends sooner)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        sheet = pool.submit(_write_contact_sheet, settings, run, table, results_root)
+        export = (
+            pool.submit(write_feed_export, settings, table, folder, run)
+            if export_feed and settings.export
+            else None
+        )
+        credits = pool.submit(_credits_used, folder, plan["batches"])
+        summary = _summary(table, credits_used=credits.result())
+        sheet_uri = sheet.result()
+        exported = export.result() if export else []
     report = write_html_report(settings, run, table, summary, contact_sheet_uri=sheet_uri)
     result = {
         "result_files": written.files,
@@ -85,11 +99,10 @@ def _assemble(folder: RunFolder, plan: dict[str, Any], run: CatalogRun) -> tuple
 
     parts = [manifests.read_parquet(folder.carried)]
     incomplete: list[int] = []
-    for batch_uri in plan["batches"]:
-        index = batch_index_of(batch_uri)
-        expected = manifests.read_parquet(folder.batch(index))
-        results_path = folder.results(index)
-        got = manifests.read_parquet(results_path) if results_path.exists() else manifests.empty_results()
+    indexes = [batch_index_of(uri) for uri in plan["batches"]]
+    with ThreadPoolExecutor(max_workers=_READERS) as pool:
+        read = list(pool.map(lambda index: _batch_files(folder, index), indexes))
+    for index, (expected, got) in zip(indexes, read, strict=True):
         parts.append(got)
         missing = expected.filter(pc.invert(pc.is_in(expected["manifest_row"], got["manifest_row"])))
         if missing.num_rows:
@@ -107,11 +120,18 @@ def _assemble(folder: RunFolder, plan: dict[str, Any], run: CatalogRun) -> tuple
     return table, incomplete
 
 
+def _batch_files(folder: RunFolder, index: int) -> tuple[pa.Table, pa.Table]:
+    """A batch's images (as planned) and its result rows so far."""
+    results_path = folder.results(index)
+    got = manifests.read_parquet(results_path) if results_path.exists() else manifests.empty_results()
+    return manifests.read_parquet(folder.batch(index)), got
+
+
 def _write_contact_sheet(
     settings: CatalogSettings, run: CatalogRun, table: pa.Table, results_root: Any
 ) -> str | None:
     done = table.filter(pc.equal(table["status"], ResultStatus.DONE.value))
-    sheet = contact_sheet(settings, done)
+    sheet = contact_sheet(settings, _sheet_candidates(done, settings.contact_sheet_images))
     if sheet is not None:
         target = results_root / f"run_date={run.run_date}" / f"_contact_sheet-{run.key}.png"
         return manifests.write_bytes_atomic(sheet, target)
@@ -119,6 +139,23 @@ def _write_contact_sheet(
         # (say so: a reader must not take an earlier run's sheet for this one's)
         log.info("This run enhanced no image, so no new contact sheet was written")
     return None
+
+
+def _sheet_candidates(done: pa.Table, count: int) -> pa.Table:
+    """The first ``count`` ``done`` rows of each preset by ``image_id``: all the contact sheet may pick
+    (it picks fewer, in that order), so that it never turns a catalog's whole table into Python rows."""
+    done = done.filter(pc.is_valid(done["output_uri"])).sort_by(
+        [("preset", "ascending"), ("image_id", "ascending")]
+    )
+    presets = pc.unique(done["preset"]).to_pylist()
+    return pa.concat_tables(
+        [
+            done.filter(pc.equal(done["preset"], preset)).slice(0, count)
+            for preset in presets
+            if preset is not None
+        ]
+        or [done.slice(0, 0)]
+    )
 
 
 def _summary(table: pa.Table, *, credits_used: int) -> dict[str, Any]:
@@ -135,10 +172,11 @@ def _summary(table: pa.Table, *, credits_used: int) -> dict[str, Any]:
 
 
 def _credits_used(folder: RunFolder, batch_uris: Iterable[str]) -> int:
-    total = 0
-    for uri in batch_uris:
-        path = folder.submitted(batch_index_of(uri))
-        if path.exists():
-            records = manifests.read_parquet(path)
-            total += int(pc.sum(pc.cast(records["newly_submitted"], pa.int64())).as_py() or 0)
-    return total
+    def paid(uri: str) -> int:
+        records = read_submitted(folder.submitted(batch_index_of(uri)))
+        if records is None:
+            return 0
+        return int(pc.sum(pc.cast(records["newly_submitted"], pa.int64())).as_py() or 0)
+
+    with ThreadPoolExecutor(max_workers=_READERS) as pool:
+        return sum(pool.map(paid, batch_uris))

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from leapi_provider import manifests
+from leapi_provider.catalog.batch import read_submitted
 from leapi_provider.catalog.fingerprints import DetectionPolicy, source_fingerprints
 from leapi_provider.catalog.settings import CatalogSettings
 from leapi_provider.catalog.sizing import batch_count
@@ -26,7 +27,6 @@ from leapi_provider.catalog.storage import (
     CatalogRun,
     RunFolder,
     batch_index_of,
-    read_parquet_if_exists,
     storage_path,
     uri_of,
 )
@@ -474,7 +474,7 @@ def _resume_plan(settings: CatalogSettings, folder: RunFolder) -> dict[str, Any]
     for uri in plan["batches"]:
         index = batch_index_of(uri)
         planned = manifests.read_parquet(folder.batch(index)).num_rows
-        recorded = read_parquet_if_exists(folder.submitted(index))
+        recorded = read_submitted(folder.submitted(index))
         pending += planned - (recorded.num_rows if recorded is not None else 0)
     log.info(
         "Resuming the plan of an earlier attempt of this run (%d batches); %d image(s) not submitted yet",

@@ -25,8 +25,22 @@ STATUS_READS_PER_PIPELINE = 1.2
 #: A deferred wait resumes its batch when about this fraction of its pending pipelines finished (the
 #: trigger's ``min_finished``), so a batch transfers in at most about this many rounds plus the last.
 RESUMES_PER_BATCH = 4
-#: Bytes one row of the result table takes in Parquet, about (measured by the airflow bench).
-RESULT_ROW_BYTES = 260
+#: Bytes one row of the result table takes in Parquet (zstd), about: measured 33-35 by the scale bench
+#: (distinct ids and URLs, one preset), so 40 leaves room for longer ids and URLs.
+RESULT_ROW_BYTES = 40
+#: Seconds a task start costs a worker slot (a process, the DAG parse, the imports and connections): the
+#: operators' figure (``TASK_START_S``); several times more on an overloaded machine.
+TASK_START_S = 5.0
+#: Seconds one submit holds its batch's worker (the request, and the record of the accepted pipeline).
+SUBMIT_S = 0.3
+#: Seconds a deferral costs before its task runs again: Airflow's reporting window (10 s, the trigger's
+#: ``earliest_resume``) and a task start.
+RESUME_S = 15.0
+#: Seconds of a transfer thread one small image takes (a verified download and an upload; measured
+#: 0.05-0.2 s on the scale bench's 2 loaded cores): the transfers' share of the worker slots.
+TRANSFER_S_PER_IMAGE = 0.1
+#: Tasks a run starts once each whatever its size, one after another: the plan, the first batch, finalize.
+SERIAL_TASK_STARTS = 3
 
 
 def batch_count(
@@ -89,13 +103,21 @@ class RunEstimate:
     #: Partial-completion deferrals of all batches (each resume transfers what finished).
     wait_deferrals: int
     task_starts: int
-    #: Hours of worker slots spent on task starts and in-worker waits (transfers come on top:
-    #: images x the time to copy one).
+    #: Hours of worker slots spent on task starts and in-worker waits (transfers: the next figure).
     worker_slot_hours: float
+    #: Hours of worker slots spent transferring (images x :data:`TRANSFER_S_PER_IMAGE` /
+    #: ``transfer_concurrency``).
+    transfer_slot_hours: float
+    #: What the run cannot beat: the account's rate limit for its requests (when it is limited) or the
+    #: engine for its images (when its speed is given), whichever is longer, plus the tasks that run one
+    #: after another (:data:`SERIAL_TASK_STARTS`).
+    run_seconds: float
     triggers: int
     task_instances: int
     xcom_rows: int
     result_rows: int
+    #: Result downloads (``GET`` of the temporary URLs: not API requests), one per image that succeeds.
+    downloads: int
     result_table_mb: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -106,14 +128,23 @@ def estimate_run(
     images: int,
     settings: CatalogSettings,
     *,
-    task_start_s: float = 3.0,
+    task_start_s: float = TASK_START_S,
+    submit_s: float = SUBMIT_S,
     status_reads_per_pipeline: float = STATUS_READS_PER_PIPELINE,
+    rate_limited: bool = True,
+    engine_images_per_s: float | None = None,
 ) -> RunEstimate:
     """The cost model for a run of ``images`` (one operation, every image to submit) under ``settings``.
 
     :param task_start_s: seconds a task start costs a worker slot (process, DAG parse, connections).
+    :param submit_s: seconds one submit holds the batch's worker.
     :param status_reads_per_pipeline: what the wait costs per pipeline (measure it: docs/benchmarks.md).
+    :param rate_limited: the API enforces ``settings.api_requests_per_minute`` (``False``: an account or a
+        server without a limit; the batches are still sized by that figure, but nothing waits for it).
+    :param engine_images_per_s: how fast the API enhances the images (``None``: not modelled); bounds
+        :attr:`RunEstimate.run_seconds` when the rate limit does not, and sets how long a batch waits.
     """
+    rate = settings.api_requests_per_minute
     pipelines = math.ceil(images / settings.urls_per_pipeline)
     batches = batch_count(
         images=images,
@@ -121,37 +152,90 @@ def estimate_run(
         parallel_batches=settings.parallel_batches,
         min_images_per_batch=settings.min_images_per_batch,
         max_batches=settings.max_batches,
-        requests_per_minute=settings.api_requests_per_minute,
+        requests_per_minute=rate,
         batch_api_minutes=settings.batch_api_minutes,
     )
     status_reads = round(pipelines * status_reads_per_pipeline)
-    requests = pipelines + status_reads + 1
-    api_minutes = requests / settings.api_requests_per_minute
-    # The pool's batches share the rate; one batch submits at rate / parallel, and defers once per window.
-    per_batch_rate = settings.api_requests_per_minute / max(min(settings.parallel_batches, batches), 1)
-    submit_minutes_per_batch = pipelines / batches / per_batch_rate
-    rate_limit_deferrals = batches * max(0, math.ceil(submit_minutes_per_batch) - 1)
-    wait_deferrals = batches * RESUMES_PER_BATCH
+    requests = pipelines + status_reads + (0 if settings.quota_guard == "off" else 1)
+    rate_limit_deferrals = _rate_limit_deferrals(pipelines, batches, settings) if rate_limited else 0
+    span_s, submitting_s = _batch_span(
+        pipelines / batches,
+        settings,
+        parallel=min(settings.parallel_batches, batches),
+        submit_s=submit_s,
+        reads_per_pipeline=status_reads_per_pipeline,
+        rate_limited=rate_limited,
+        engine_images_per_s=engine_images_per_s,
+    )
+    wait_deferrals = batches * _wait_deferrals(span_s, submitting_s, settings.defer_after)
     starts = 2 + batches + rate_limit_deferrals + wait_deferrals
-    executions = batches + rate_limit_deferrals + wait_deferrals
-    slot_seconds = starts * task_start_s + executions * settings.defer_after
+    # Every start; every submit; each batch's first wait in its worker (resumes transfer and defer again).
+    slot_seconds = starts * task_start_s + pipelines * submit_s + batches * settings.defer_after
+    bound_s = max(
+        requests / rate * 60 if rate_limited else 0.0,
+        images / engine_images_per_s if engine_images_per_s else 0.0,
+    )
     return RunEstimate(
         images=images,
         pipelines=pipelines,
         batches=batches,
         submits=pipelines,
         status_reads=status_reads,
-        usage_reads=1,
+        usage_reads=0 if settings.quota_guard == "off" else 1,
         api_requests=requests,
         requests_per_image=round(requests / max(images, 1), 3),
-        api_minutes=round(api_minutes, 1),
+        api_minutes=round(requests / rate, 1),
         rate_limit_deferrals=rate_limit_deferrals,
         wait_deferrals=wait_deferrals,
         task_starts=starts,
-        worker_slot_hours=round(slot_seconds / 3600, 2),
+        worker_slot_hours=round(slot_seconds / 3600, 3),
+        transfer_slot_hours=round(images * TRANSFER_S_PER_IMAGE / settings.transfer_concurrency / 3600, 3),
+        run_seconds=round(bound_s + SERIAL_TASK_STARTS * task_start_s, 1),
         triggers=rate_limit_deferrals + wait_deferrals,
         task_instances=batches + 2,
         xcom_rows=3 + 2 * batches + 1,
         result_rows=images,
-        result_table_mb=round(images * RESULT_ROW_BYTES / 1e6, 1),
+        downloads=images,
+        result_table_mb=round(images * RESULT_ROW_BYTES / 1e6, 2),
     )
+
+
+def _batch_span(
+    pipelines: float,
+    settings: CatalogSettings,
+    *,
+    parallel: int,
+    submit_s: float,
+    reads_per_pipeline: float,
+    rate_limited: bool,
+    engine_images_per_s: float | None,
+) -> tuple[float, float]:
+    """``(span, submitting)``: seconds from a batch's first submit to its last pipeline's end, and of
+    its submitting, for a batch of ``pipelines`` running beside ``parallel - 1`` others."""
+    share = settings.api_requests_per_minute / parallel / 60  # (requests a second of one batch)
+    submitting = pipelines / share if rate_limited else pipelines * submit_s
+    engine = (
+        pipelines * settings.urls_per_pipeline / (engine_images_per_s / parallel)
+        if engine_images_per_s
+        else 0.0
+    )
+    api = pipelines * (1 + reads_per_pipeline) / share if rate_limited else 0.0
+    return max(submitting, engine, api), submitting
+
+
+def _wait_deferrals(span_s: float, submitting_s: float, defer_after: float) -> int:
+    """A batch's partial-completion deferrals: what it still waits for after submitting and its first
+    ``defer_after`` in the worker, a quarter of the batch (``RESUMES_PER_BATCH``) per deferral, or what
+    a deferral costs (:data:`RESUME_S`) when that is longer."""
+    rest = span_s - submitting_s - defer_after
+    if rest <= 0:
+        return 0
+    return min(RESUMES_PER_BATCH, math.ceil(rest / max(span_s / RESUMES_PER_BATCH, RESUME_S)))
+
+
+def _rate_limit_deferrals(pipelines: int, batches: int, settings: CatalogSettings) -> int:
+    """The pool's batches share the rate; one batch submits at rate / parallel a minute, and defers once
+    per minute of its submitting."""
+    per_batch_rate = settings.api_requests_per_minute / max(min(settings.parallel_batches, batches), 1)
+    submit_minutes_per_batch = pipelines / batches / per_batch_rate
+    return batches * max(0, math.ceil(submit_minutes_per_batch) - 1)

@@ -93,7 +93,9 @@ class RunFolder:
         return self.root / "batches" / f"batch-{index:05d}.parquet"
 
     def submitted(self, index: int) -> ObjectStoragePath:
-        return self.root / "submitted" / f"batch-{index:05d}.parquet"
+        """The folder of a batch's submission record: one ``part-NNNNN.parquet`` per part
+        (:class:`~leapi_provider.catalog.batch.SubmissionRecord`)."""
+        return self.root / "submitted" / f"batch-{index:05d}"
 
     def results(self, index: int) -> ObjectStoragePath:
         return self.root / "results" / f"batch-{index:05d}.parquet"

@@ -19,47 +19,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import pyarrow as pa
-
 from leapi.errors import LeapiRateLimitError, LeapiRejectedError
 from leapi.idempotency import derive_idempotency_key
 from leapi.models import PipelineRequest
-from leapi_provider import manifests
-from leapi_provider.catalog.batch import CatalogBatch, pipeline_ids_of
+from leapi_provider.catalog.batch import SUBMITTED_SCHEMA, CatalogBatch, pipeline_ids_of
 from leapi_provider.catalog.sources import PresignedUrls, restore_source_uris
 from leapi_provider.hooks.leapi import LeapiHook
-from leapi_provider.manifests import RESULT_SCHEMA
 
 log = logging.getLogger(__name__)
-
-#: What a batch records per submitted image: the result table's own columns, plus the bookkeeping below.
-SUBMITTED_SCHEMA = pa.schema(
-    [
-        *(
-            RESULT_SCHEMA.field(name)
-            for name in (
-                "manifest_row",
-                "image_id",
-                "source_url",
-                "preset",
-                "operation_json",
-                "operation_hash",
-                "source_fingerprint",
-                "pipeline_id",
-            )
-        ),
-        pa.field("result_index", pa.int32()),
-        RESULT_SCHEMA.field("submitted_at"),
-        #: Whether this run paid for it (False: reused after a re-run).
-        pa.field("newly_submitted", pa.bool_()),
-        pa.field("submit_error", pa.string()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -73,26 +44,6 @@ class SubmitOutcome:
 
     pipeline_ids: list[int]
     resume_at: float | None = None
-
-
-class _Records:
-    """The batch's submission records (by manifest row, in submission order), saved after each change."""
-
-    def __init__(self, batch: CatalogBatch) -> None:
-        self.batch = batch
-        self.by_row = {r["manifest_row"]: r for r in batch.submitted_records()}
-        self.existed = bool(self.by_row)
-
-    def add(self, rows: list[dict[str, Any]], pipeline_id: int | None, error: str | None) -> None:
-        base = {"submitted_at": datetime.now(UTC), "newly_submitted": pipeline_id is not None}
-        for position, row in enumerate(rows):
-            index = position if pipeline_id is not None else None
-            self.by_row[row["manifest_row"]] = _submitted_record(row, pipeline_id, index, base, error)
-        self.save()
-
-    def save(self) -> None:
-        table = pa.Table.from_pylist(list(self.by_row.values()), schema=SUBMITTED_SCHEMA)
-        manifests.write_parquet_atomic(table, self.batch.submitted_path)
 
 
 def submit_batch(
@@ -110,7 +61,7 @@ def submit_batch(
     :param notify_url: the webhook URL every pipeline carries (the batch task's channel: the same on every
         try, so the idempotency keys, which cover it, do not change).
     """
-    records = _Records(batch)
+    records = batch.submissions
     if records.by_row:
         log.info(
             "%s: %d image(s) already submitted by an earlier attempt of this run", batch, len(records.by_row)
@@ -138,12 +89,11 @@ def submit_batch(
                 raise
             reason = restore_source_uris(str(exc.reason), presigned.uri_of)
             log.error("%s pipeline %d REJECTED: %s", batch, pipeline_index, reason)
-            records.add(todo, None, f"REJECTED: {reason}")
+            records.add(_submitted_records(todo, None, f"REJECTED: {reason}"))
             continue
         submits += 1
-        records.add(todo, pipeline_id, None)
-    if not records.existed and not records.by_row:
-        records.save()  # (an empty record: the batch had nothing to submit)
+        records.add(_submitted_records(todo, pipeline_id, None))
+    records.mark_empty()
     _log_submits(batch, hook, presigned, submits, waited_before, resume_at)
     return SubmitOutcome(pipeline_ids_of(list(records.by_row.values())), resume_at)
 
@@ -199,17 +149,19 @@ def _log_submits(
         )
 
 
-def _submitted_record(
-    row: Mapping[str, Any],
-    pipeline_id: int | None,
-    position: int | None,
-    base: Mapping[str, Any],
-    error: str | None,
-) -> dict[str, Any]:
-    return {
-        **{name: row.get(name) for name in SUBMITTED_SCHEMA.names},
-        **base,
-        "pipeline_id": pipeline_id,
-        "result_index": position,
-        "submit_error": error,
-    }
+def _submitted_records(
+    rows: list[dict[str, Any]], pipeline_id: int | None, error: str | None
+) -> list[dict[str, Any]]:
+    """The records of one group of images: submitted as ``pipeline_id`` (their positions in it), or not
+    (``None``, with the ``error``)."""
+    base = {"submitted_at": datetime.now(UTC), "newly_submitted": pipeline_id is not None}
+    return [
+        {
+            **{name: row.get(name) for name in SUBMITTED_SCHEMA.names},
+            **base,
+            "pipeline_id": pipeline_id,
+            "result_index": position if pipeline_id is not None else None,
+            "submit_error": error,
+        }
+        for position, row in enumerate(rows)
+    ]

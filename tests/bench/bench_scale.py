@@ -190,6 +190,7 @@ def run_dag_phase(
         "metadata": m.metadata_rows(stack.home / "airflow.db", dag_id=DAG_ID, run_id=run_id),
         "rate_limit_waits": m.rate_limit_waits(stack.logs_dir / "tasks"),
         "result_table": _result_table(stack, moto, run_id),
+        "params": {k: v for k, v in conf.items() if not isinstance(v, str) or not v.startswith("s3://")},
     }
     return facts
 
@@ -244,8 +245,20 @@ def _dag_facts(stack: Any, run_id: str, accesses: list[m.Access]) -> dict[str, A
         "last_download_at": max((a.at for a in downloads), default=None),
         "batches": dict(sorted(batches.items())),
         "max_per_minute": m.max_per_window([a.at for a in accesses if a.kind != m.GET_TMP])[0],
+        "submit_s": _submit_s(accesses, batches=len(batches)),
         "max_per_minute_all": m.max_per_window([a.at for a in accesses])[0],
     }
+
+
+def _submit_s(accesses: list[m.Access], *, batches: int) -> float | None:
+    """Seconds one submit held its batch's worker: the median gap between the run's accepted submits,
+    times the batches that submit at once (the model's ``submit_s``)."""
+    import itertools
+    import statistics
+
+    times = sorted(a.at for a in accesses if a.kind == m.POST_PIPELINE and a.status == 200)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    return statistics.median(gaps) * min(POOL_SLOTS, max(batches, 1)) if gaps else None
 
 
 def _xcom(stack: Any, run_id: str, task_id: str, key: str, map_index: int = -1) -> Any:
@@ -421,6 +434,8 @@ def docs_case(
             name="docs",
             # (the docs show no usage body, so a docs-only server's is unreadable)
             quota_guard="off",
+            # (what a user with this account says: the plan sizes the batches by it)
+            api_requests_per_minute=rate,
         )
         bench.save()
 
@@ -518,6 +533,20 @@ def measure(work: Path, cases: list[str] | None = None) -> dict[str, Any]:
     return bench.facts
 
 
+def merged_results(paths: list[Path]) -> dict[str, Any]:
+    """One report's facts from the ``results.json`` of runs that measured different cases (the first
+    run's start and load head the report; each case keeps its own)."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        facts = json.loads(path.read_text())
+        cases = {case: facts[case] for case in ("scale", "docs") if case in facts}
+        merged = {**facts, **merged, **cases}
+        merged.setdefault("runs", []).append(
+            {"cases": list(cases), "started": facts["started"], "load_at_start": facts["load_at_start"]}
+        )
+    return merged
+
+
 def run() -> str:
     def render(facts: dict[str, Any]) -> str:
         from tests.bench import webhooks_report
@@ -540,7 +569,10 @@ if __name__ == "__main__":
         description="The scale bench (make bench runs it as: tests.bench scale)."
     )
     parser.add_argument(
-        "--render", type=Path, help="print the report of a saved results.json; measure nothing"
+        "--render",
+        type=Path,
+        nargs="+",
+        help="print the report of saved results.json files (cases run apart: their cases merged); measure nothing",
     )
     args = parser.parse_args()
-    print(scale_report.render(json.loads(args.render.read_text())) if args.render else run())
+    print(scale_report.render(merged_results(args.render)) if args.render else run())

@@ -1,8 +1,8 @@
 """The scale bench's report: targets with verdicts, each measured quantity beside the batch-size model's
 figure, the baselines, CPU by component, the batch timeline and the docs-only run.
 
-:func:`expected_from_model` is the hook for the catalog's batch-size model (issue #19 item 4): point it at
-the model's function and the "model" column fills in; until then it says "-".
+The "model" column is :mod:`tests.bench.scale_model`: the catalog's cost model asked about the run, and
+whether the run held to it, quantity by quantity.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tests.bench import scale_measure as m
+from tests.bench.scale_model import MODEL_TOLERANCE, expected_from_model, measured_for_model, model_checks
 
 TARGET_VS_FAIR = 1.15
 TARGET_VS_PLAIN = 1.25
@@ -19,22 +20,6 @@ TARGET_STATUS_PER_PIPELINE = 1.3
 TARGET_PLAN_S = 30.0
 TARGET_PSS_BYTES = 2**30
 TARGET_TAIL_S = 10.0
-
-#: What the model is asked for, by key: the report's "model" column (seconds, counts, bytes).
-MODEL_KEYS = (
-    "run_s",  # the DAG run's wall time
-    "posts",  # POST /v1/pipeline
-    "status_reads",  # GET /v1/pipeline/{id}
-    "usage_reads",  # GET /v1/me/usage/
-    "downloads",  # GET /v1/tmp/... (not API requests)
-    "task_starts",
-    "triggers",
-    "worker_slot_s",
-    "task_instance_rows",
-    "xcom_rows",
-    "log_rows",
-    "result_table_bytes",
-)
 
 #: The same harness on main before issue #19's changes (2026-12-04, on a machine shared with other
 #: engineers' test runs: load average 5-37 on 2 cores; counts are exact, times are inflated by the load).
@@ -56,16 +41,76 @@ BEFORE: dict[str, str] = {
 }
 
 
-def expected_from_model(
-    images: int, urls_per_pipeline: int, rate_per_minute: int | None
-) -> dict[str, float] | None:
-    """The batch-size model's figures for a run (keys: :data:`MODEL_KEYS`), or ``None`` while there is no
-    model to ask. ``rate_per_minute`` ``None``: no rate limit.
+#: The targets' figures on main before issue #19's changes (1fcffbe, this harness, 2026-12-04 15:02 UTC:
+#: 5,000 images, load average 14-20), beside each run's own in the report.
+BEFORE_TARGETS: dict[str, str] = {
+    "fair": "2.07x",
+    "plain": "1.75x",
+    "api_per_image": "0.502",
+    "status_per_pipeline": "4.02",
+    "plan_s": "53.2 s",
+    "pss": "0.19 GiB",
+    "tail_s": "13.8 s",
+    "docs_max_per_minute": "1,359 (limit 300)",
+    "docs_failed": "0",
+}
 
-    Point this at the catalog's model once it exists (issue #19 item 4), e.g.
-    ``return leapi_provider.catalog.model.expected_run(images=..., ...)`` mapped to :data:`MODEL_KEYS`.
-    """
-    return None
+
+def _before_after(scale: dict[str, Any], docs: dict[str, Any]) -> list[str]:
+    """The targets, before (:data:`BEFORE_TARGETS`) and in this run, side by side."""
+    dag, fair, plain = scale.get("dag"), scale.get("fair"), scale.get("plain")
+    after: dict[str, str] = {}
+    if dag:
+        x, tail = _ratios(dag), _tail_s(dag)
+        for name, baseline in (("fair", fair), ("plain", plain)):
+            if baseline:
+                after[name] = f"{dag['dag_s'] / baseline['seconds']:.2f}x"
+        after |= {
+            "api_per_image": f"{x['api_per_image']:.3f}",
+            "status_per_pipeline": f"{x['status_per_pipeline']:.2f}",
+            "plan_s": f"{_num(dag.get('plan_s'), 1)} s",
+            "pss": f"{x['pss_max'] / 2**30:.2f} GiB",
+            "tail_s": f"{_num(tail, 1)} s",
+        }
+    docs_dag = docs.get("dag")
+    if docs_dag:
+        failed = [s for s in docs_dag["task_states"] if not s.endswith(": success")] + docs_dag.get(
+            "retried", []
+        )
+        after["docs_max_per_minute"] = f"{docs_dag['max_per_minute']:,} (limit {docs['rate_per_minute']})"
+        after["docs_failed"] = str(len(failed))
+    labels = {
+        "fair": f"DAG / fair baseline (<= {TARGET_VS_FAIR}x)",
+        "plain": f"DAG / plain baseline (<= {TARGET_VS_PLAIN}x)",
+        "api_per_image": f"API requests per image (<= {TARGET_API_PER_IMAGE})",
+        "status_per_pipeline": f"status reads per pipeline (<= {TARGET_STATUS_PER_PIPELINE})",
+        "plan_s": f"plan task (<= {TARGET_PLAN_S:.0f} s)",
+        "pss": "peak PSS of one task process (<= 1 GiB)",
+        "tail_s": f"last transfer to the run's end (<= {TARGET_TAIL_S:.0f} s)",
+        "docs_max_per_minute": "docs-only: most API requests in a minute (under the limit)",
+        "docs_failed": "docs-only: failed or retried tasks (0)",
+    }
+    images = f"{scale['images']:,} images" if scale else "-"
+    lines = ["", f"| target | before (main, 5,000 images) | after ({images}; docs-only: see below) |"]
+    lines.append("|---|---:|---:|")
+    return lines + [f"| {labels[k]} | {BEFORE_TARGETS[k]} | {after.get(k, '-')} |" for k in labels]
+
+
+def _model_of(
+    dag: dict[str, Any], *, engine_images_per_s: float | None = None, rate: int | None = None
+) -> dict[str, float]:
+    """The model for a DAG run of the bench (its params as recorded; older results: the bench's own)."""
+    params = dag.get("params") or {
+        "urls_per_pipeline": 10,
+        **({"api_requests_per_minute": rate, "quota_guard": "off"} if rate else {}),
+    }
+    return expected_from_model(
+        dag["images"],
+        params=params,
+        rate_limited=rate is not None,
+        engine_images_per_s=engine_images_per_s,
+        submit_s=dag.get("submit_s"),
+    )
 
 
 def _verdict(ok: bool) -> str:
@@ -153,13 +198,17 @@ def _targets(scale: dict[str, Any]) -> list[str]:
     ]
 
 
-def _model_rows(dag: dict[str, Any], model: dict[str, float] | None) -> list[tuple[str, str, str]]:
-    """``(quantity, measured, model)`` for the DAG run."""
+def _model_rows(dag: dict[str, Any], model: dict[str, float]) -> list[tuple[str, str, str]]:
+    """``(quantity, measured, model)`` for the DAG run; the model's cell says whether the run held to it."""
     requests, meta, table = dag["requests"], dag["metadata"], dag["result_table"]
     x = _ratios(dag)
+    checks = model_checks(measured_for_model(dag), model)
 
-    def modelled(key: str, digits: int = 0) -> str:
-        return _num(model.get(key), digits) if model else "-"
+    def modelled(key: str, digits: int = 0, scale: float = 1.0) -> str:
+        if key not in model:
+            return "-"
+        verdict = "" if key not in checks else " (holds)" if checks[key] else " (**off**)"
+        return _num(model[key] * scale, digits) + verdict
 
     waits, waited_s = dag["rate_limit_waits"]
     return [
@@ -177,12 +226,12 @@ def _model_rows(dag: dict[str, Any], model: dict[str, float] | None) -> list[tup
         ),
         ("HTTP 429 answers", _num(dag["responses_429"]), "-"),
         ("plan task (s)", _num(dag.get("plan_s"), 1), "-"),
-        ("task instances", _num(dag["task_instances"]), "-"),
+        ("task instances", _num(dag["task_instances"]), modelled("task_instance_rows")),
         ("task starts (a worker started or resumed a try)", _num(dag["starts"]), modelled("task_starts")),
         ("deferrals (= triggers created)", _num(dag["deferrals"]), modelled("triggers")),
         ("worker-slot time (s, sum of running spans)", _num(dag["slot_s"], 1), modelled("worker_slot_s", 1)),
         ("rate-limit waits logged (count / s)", f"{waits} / {waited_s:.1f}", "-"),
-        ("metadata rows: task_instance", _num(meta.get("task_instance")), modelled("task_instance_rows")),
+        ("metadata rows: task_instance", _num(meta.get("task_instance")), "-"),
         ("metadata rows: xcom", _num(meta.get("xcom")), modelled("xcom_rows")),
         ("metadata rows: log (event log)", _num(meta.get("log")), modelled("log_rows")),
         ("metadata rows: trigger (left at the end)", _num(meta.get("trigger")), "-"),
@@ -191,7 +240,7 @@ def _model_rows(dag: dict[str, Any], model: dict[str, float] | None) -> list[tup
         (
             "result table (files / rows / MB)",
             f"{table['files']} / {table['rows']:,} / {table['bytes'] / 1e6:.2f}",
-            modelled("result_table_bytes"),
+            f"- / {dag['images']:,} / {modelled('result_table_bytes', 2, 1e-6)}",
         ),
         ("peak PSS, largest task process (GiB)", f"{x['pss_max'] / 2**30:.2f}", "-"),
         (
@@ -207,13 +256,31 @@ def _model_rows(dag: dict[str, Any], model: dict[str, float] | None) -> list[tup
     ]
 
 
+def _model_table(dag: dict[str, Any], model: dict[str, float]) -> list[str]:
+    """The DAG run's quantities beside the model's (``sizing.estimate_run``), and which held."""
+    checks = model_checks(measured_for_model(dag), model)
+    off = [key for key, ok in checks.items() if not ok]
+    summary = (
+        f"The model (`leapi_provider.catalog.sizing.estimate_run`, docs/catalog.md) holds for "
+        f"{len(checks) - len(off)} of {len(checks)} quantities"
+        + (f"; off: {', '.join(off)}." if off else ".")
+        + " Tolerances: "
+        + ", ".join(f"{k} {'exact' if t == 0 else f'±{t:.0%}'}" for k, t in MODEL_TOLERANCE.items())
+        + " (run_s: the model is a lower bound, the run may take up to that much more)."
+    )
+    rows = _model_rows(dag, model)
+    return ["", summary, "", "| quantity (DAG run) | measured | model |", "|---|---:|---:|"] + [
+        f"| {q} | {v} | {e} |" for q, v, e in rows
+    ]
+
+
 def _scale_tables(scale: dict[str, Any]) -> list[str]:
     dag = scale.get("dag")
     lines: list[str] = []
     if dag:
-        model = expected_from_model(dag["images"], 10, None)
-        lines += ["", "| quantity (DAG run) | measured | model |", "|---|---:|---:|"]
-        lines += [f"| {q} | {v} | {e} |" for q, v, e in _model_rows(dag, model)]
+        fair = scale.get("fair")
+        speed = dag["images"] / fair["seconds"] if fair and fair.get("seconds") else None
+        lines += _model_table(dag, _model_of(dag, engine_images_per_s=speed))
     phases = [
         (name, scale[key])
         for name, key in (("DAG", "dag"), ("fair baseline", "fair"), ("plain baseline", "plain"))
@@ -306,6 +373,33 @@ def _docs_section(docs: dict[str, Any]) -> list[str]:
             f"- task starts {dag['starts']}, deferrals {dag['deferrals']}, worker-slot time {dag['slot_s']:.0f} s, "
             f"plan {_num(dag.get('plan_s'), 1)} s, {dag['objects']:,} objects written"
         ),
+        *_model_table(dag, _model_of(dag, rate=rate)),
+    ]
+
+
+#: The size ``make bench`` measures (bench_scale's default).
+FULL_SIZE = 100_000
+
+
+def _full_size_note(scale: dict[str, Any]) -> list[str]:
+    """What a smaller run says about the full size: each phase's time scaled by the images (their costs
+    per image do not grow with the run: the model's counts are linear, the plan is per-row)."""
+    images = scale["images"]
+    phases = [
+        scale[k].get("dag_s", scale[k].get("seconds")) for k in ("dag", "fair", "plain") if scale.get(k)
+    ]
+    if images >= FULL_SIZE or not phases:
+        return []
+    factor = FULL_SIZE / images
+    hours = sum(phases) * factor / 3600
+    return [
+        "",
+        (
+            f"**Size.** This run measured {images:,} images, not the {FULL_SIZE:,} `make bench` runs: on this "
+            f"machine at this load the three phases would take about {hours:.1f} h at {FULL_SIZE:,} "
+            f"({' + '.join(f'{p * factor / 60:.0f}' for p in phases)} min: each phase's time here times "
+            f"{factor:g}), which the session's time did not allow."
+        ),
     ]
 
 
@@ -375,17 +469,30 @@ def render(facts: dict[str, Any]) -> str:
         if scale
         else "a docs-only server under a rate limit"
     )
+    runs = facts.get("runs") or []
+    if len(runs) > 1:
+        # (cases measured by separate invocations, one LEAPI_BENCH_SCALE_CASES each; merged by --render)
+        settings.append(
+            "(" + " then ".join(f"LEAPI_BENCH_SCALE_CASES={','.join(r['cases'])}" for r in runs) + ")"
+        )
+        loads = "; ".join(
+            f"{','.join(r['cases'])} run {_stamp(r['started'])}: {', '.join(f'{v:.1f}' for v in r['load_at_start'])}"
+            for r in runs
+        )
+    else:
+        loads = ", ".join(f"{v:.1f}" for v in load)
     lines = [
         f"## The catalog at scale: {title}",
         "",
         (
             f"Command: `{' '.join(settings)} .venv/bin/python -m tests.bench scale` (`make bench` runs it with "
-            "100,000 images, and 5,000 under 300 requests a minute). Load average (1, 5, 15 min) at the start: "
-            f"{', '.join(f'{v:.1f}' for v in load)} (the machine is shared: compare ratios)."
+            f"100,000 images, and 5,000 under 300 requests a minute). Load average (1, 5, 15 min) at the start: "
+            f"{loads} (the machine is shared: compare ratios)."
         ),
     ]
     if scale:
-        lines += ["", "### Targets", "", *_targets(scale), *_scale_tables(scale)]
+        lines += _full_size_note(scale)
+        lines += ["", "### Targets", "", *_targets(scale), *_before_after(scale, docs), *_scale_tables(scale)]
         if scale.get("dag"):
             lines += _timeline(scale["dag"])
     lines += _docs_section(docs) if docs else []
