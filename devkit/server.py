@@ -5,6 +5,9 @@ subprocess on a free port, waits until it answers, and always stops it (and its 
 exit. ``in_process_server`` serves the same application from a thread of the calling process on a
 :class:`FakeClock`, for tests that move time instead of waiting for it. ``serve_directory`` serves a
 folder of source images over HTTP from a thread. None of them needs the internet.
+
+(Just over 600 lines, kept as one module: it was moved here from tests/support unchanged, so that the
+branches editing it merged by rename; splitting the source-image servers out is the next tidy-up.)
 """
 
 from __future__ import annotations
