@@ -101,7 +101,8 @@ def test_documented_stop_leaves_no_process_of_airflow_standalone(tmp_path: Path)
         ["bash", "-c", snippet(DOC, "standalone-start")], cwd=home, env=env, check=True, timeout=30
     )
     session = int(pid_file.read_text())
-    tracker = ProcessTracker(sessions=[session])
+    # (rooted at the standalone's session leader: pytest's other children, the suite's servers, are not its)
+    tracker = ProcessTracker(root=session, sessions=[session])
     try:
         # The pid written becomes the leader of a session of its own once setsid has run (milliseconds).
         _wait_for(lambda: os.getsid(session) == session, timeout=10, what="setsid", log=log)
