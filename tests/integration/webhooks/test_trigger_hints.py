@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from devkit.server import GatedPhotos, RunningServer, running_server, serve_gated_photos
+from devkit.server import RunningServer, running_server
+from devkit.sources import GatedPhotos, serve_gated_photos
 from leapi.webhooks import generate_secret
 from leapi_provider.triggers.leapi import LeapiPipelineTrigger, validate_pipeline_event
 from leapi_provider.webhooks.hints import HintPublisher, WebhookHintSource
