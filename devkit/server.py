@@ -5,8 +5,9 @@ subprocess on a free port, waits until it answers, and always stops it (and its 
 exit; ``use_backend`` chooses where the servers started meanwhile keep their state. ``in_process_server``
 serves the same application from a thread of the calling process on a :class:`FakeClock`, for tests that
 move time instead of waiting for it. ``wait_for_pipeline``, ``quick_start_body`` and ``used_credits_of``
-are the requests and answers tests share; ``free_port`` is the port every devkit server binds. None of
-them needs the internet; the source images a server fetches are served by :mod:`devkit.sources`.
+are the requests and answers tests share. ``free_port``, ``wait_until_answering`` and ``stop_process``
+serve every devkit server (Redis and moto's S3 too). None of them needs the internet; the source images
+a server fetches are served by :mod:`devkit.sources`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,44 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def wait_until_answering(
+    probe: Callable[[], object],
+    *,
+    process: subprocess.Popen[bytes] | None = None,
+    timeout: float,
+    errors: tuple[type[Exception], ...] = (),
+    interval: float = 0.05,
+) -> bool:
+    """Call ``probe`` every ``interval`` seconds until it returns a true value: a server just started
+    answers.
+
+    :param probe: one request to the server; an exception of ``errors`` counts as no answer yet.
+    :param process: the server's process: its exit ends the wait at once.
+    :param timeout: seconds to wait at the most.
+    :returns: ``True`` once it answers; ``False`` when ``process`` exited or ``timeout`` passed.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        with contextlib.suppress(*errors):
+            if probe():
+                return True
+        time.sleep(interval)
+    return False
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, *, timeout: float = 10.0) -> None:
+    """SIGTERM ``process`` if it still runs, and SIGKILL it if it has not exited ``timeout`` seconds later."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,17 +247,14 @@ class RunningServer:
             # Own process group: kill() takes the worker processes down with the server, like a crash.
             start_new_session=True,
         )
-        deadline = time.monotonic() + _START_TIMEOUT_S
         with httpx.Client(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    break
-                try:
-                    if client.get(self.base_url + HEALTH_PATH).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.05)
+            if wait_until_answering(
+                lambda: client.get(self.base_url + HEALTH_PATH).status_code == 200,
+                process=self.process,
+                timeout=_START_TIMEOUT_S,
+                errors=(httpx.HTTPError,),
+            ):
+                return
         tail = self.logs()[log_offset:][-4000:]
         self.stop()
         raise ServerStartError(f"leapi-server did not start on {self.base_url}:\n{tail}")
