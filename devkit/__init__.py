@@ -3,7 +3,9 @@ training tools run against, on this machine and on loopback only. No wheel ships
 ``leapi_provider`` alone; ``leapi`` and ``leapi-server`` are built from ``packages/``).
 
 * :mod:`devkit.server`: ``leapi-server`` on a free 127.0.0.1 port (a subprocess, or in-process on a fake
-  clock), static source-image servers, the sample photographs;
+  clock);
+* :mod:`devkit.sources`: the sample photographs, and ``http.server`` servers for them (a folder, a gate)
+  or for any request handler;
 * :mod:`devkit.source_hosts`: a fast, scriptable keep-alive source host (ETags, gone paths, scripted
   answers, delays) that counts what it was asked;
 * :mod:`devkit.s3`: moto's S3 server and the AWS connection pointing at it;

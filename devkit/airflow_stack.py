@@ -65,7 +65,7 @@ import psutil
 
 from devkit.airflow_processes import ProcessFamily, describe_all, kill_tree, processes_with_env
 from devkit.airflow_rest import ADMIN_USER, AirflowRestApi, AirflowStackError
-from devkit.server import free_port
+from devkit.server import free_port, wait_until_answering
 
 # (processes_with_env: still imported from here by scripts/airflow_local.py)
 __all__ = ["AirflowStack", "AirflowStackError", "processes_with_env"]
@@ -347,14 +347,14 @@ class AirflowStack(AirflowRestApi):
         process = self._spawn("redis", args, cwd=data, airflow=False)
         import redis
 
-        deadline = time.monotonic() + 30
         client = redis.Redis(host="127.0.0.1", port=self.redis_port, socket_timeout=1)
-        while time.monotonic() < deadline and process.poll() is None:
-            with contextlib.suppress(redis.RedisError):
-                if client.ping():
-                    client.close()
-                    return
-            time.sleep(0.1)
+        try:
+            if wait_until_answering(
+                client.ping, process=process, timeout=30, errors=(redis.RedisError,), interval=0.1
+            ):
+                return
+        finally:
+            client.close()
         raise AirflowStackError(f"redis-server did not start:\n{self.log_tail('redis')}")
 
     def _start_celery_worker(self, name: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from devkit.server import SAMPLE_PHOTOS, sample_photo
+from devkit.sources import SAMPLE_PHOTOS, sample_photo
 
 #: scikit-image photographs that ship with the package (no download needed).
 PHOTOS = SAMPLE_PHOTOS

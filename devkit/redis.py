@@ -10,11 +10,10 @@ import contextlib
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from devkit.server import free_port
+from devkit.server import free_port, stop_process, wait_until_answering
 
 _START_TIMEOUT_S = 30.0
 
@@ -51,26 +50,18 @@ class RedisServer:
         import redis
 
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
-        deadline = time.monotonic() + _START_TIMEOUT_S
         try:
-            while time.monotonic() < deadline and self.process.poll() is None:
-                with contextlib.suppress(redis.RedisError):
-                    if client.ping():
-                        return
-                time.sleep(0.05)
+            if wait_until_answering(
+                client.ping, process=self.process, timeout=_START_TIMEOUT_S, errors=(redis.RedisError,)
+            ):
+                return
         finally:
             client.close()
         self.stop()
         raise RuntimeError(f"redis-server did not start: {(self.folder / 'redis.log').read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
         self.process = None
 
     def restart(self) -> None:

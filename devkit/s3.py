@@ -8,20 +8,19 @@ credential can leak into a test, a bench or the demo.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from devkit.server import free_port
+from devkit.server import free_port, stop_process, wait_until_answering
 
 REGION = "us-east-1"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+_START_TIMEOUT_S = 30.0
 
 
 class MotoS3Server:
@@ -50,23 +49,18 @@ class MotoS3Server:
                     stdin=subprocess.DEVNULL,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 )
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and self.process.poll() is None:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{self.endpoint_url}/moto-api/", timeout=1).status_code == 200:
-                        return
-                time.sleep(0.05)
+            if wait_until_answering(
+                lambda: httpx.get(f"{self.endpoint_url}/moto-api/", timeout=1).status_code == 200,
+                process=self.process,
+                timeout=_START_TIMEOUT_S,
+                errors=(httpx.HTTPError,),
+            ):
+                return
             self.stop()
         raise RuntimeError(f"moto S3 server did not start: {self.log_path.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
         self.process = None
 
     def restart(self) -> None:

@@ -1,20 +1,18 @@
-"""Run a real ``leapi-server`` (and a static source-image server) on 127.0.0.1 for tests, demos and benches.
+"""Run a real ``leapi-server`` on 127.0.0.1 for tests, demos and benches, and talk to it.
 
 ``running_server`` starts ``python -m leapi_server`` (or another ``leapi-server`` command) as a
 subprocess on a free port, waits until it answers, and always stops it (and its worker processes) on
-exit. ``in_process_server`` serves the same application from a thread of the calling process on a
-:class:`FakeClock`, for tests that move time instead of waiting for it. ``serve_directory`` serves a
-folder of source images over HTTP from a thread. None of them needs the internet.
-
-(Just over 600 lines, kept as one module: it was moved here from tests/support unchanged, so that the
-branches editing it merged by rename; splitting the source-image servers out is the next tidy-up.)
+exit; ``use_backend`` chooses where the servers started meanwhile keep their state. ``in_process_server``
+serves the same application from a thread of the calling process on a :class:`FakeClock`, for tests that
+move time instead of waiting for it. ``wait_for_pipeline``, ``quick_start_body`` and ``used_credits_of``
+are the requests and answers tests share. ``free_port``, ``wait_until_answering`` and ``stop_process``
+serve every devkit server (Redis and moto's S3 too). None of them needs the internet; the source images
+a server fetches are served by :mod:`devkit.sources`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import http.server
 import os
 import shutil
 import signal
@@ -43,6 +41,44 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def wait_until_answering(
+    probe: Callable[[], object],
+    *,
+    process: subprocess.Popen[bytes] | None = None,
+    timeout: float,
+    errors: tuple[type[Exception], ...] = (),
+    interval: float = 0.05,
+) -> bool:
+    """Call ``probe`` every ``interval`` seconds until it returns a true value: a server just started
+    answers.
+
+    :param probe: one request to the server; an exception of ``errors`` counts as no answer yet.
+    :param process: the server's process: its exit ends the wait at once.
+    :param timeout: seconds to wait at the most.
+    :returns: ``True`` once it answers; ``False`` when ``process`` exited or ``timeout`` passed.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        with contextlib.suppress(*errors):
+            if probe():
+                return True
+        time.sleep(interval)
+    return False
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, *, timeout: float = 10.0) -> None:
+    """SIGTERM ``process`` if it still runs, and SIGKILL it if it has not exited ``timeout`` seconds later."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,17 +247,14 @@ class RunningServer:
             # Own process group: kill() takes the worker processes down with the server, like a crash.
             start_new_session=True,
         )
-        deadline = time.monotonic() + _START_TIMEOUT_S
         with httpx.Client(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    break
-                try:
-                    if client.get(self.base_url + HEALTH_PATH).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.05)
+            if wait_until_answering(
+                lambda: client.get(self.base_url + HEALTH_PATH).status_code == 200,
+                process=self.process,
+                timeout=_START_TIMEOUT_S,
+                errors=(httpx.HTTPError,),
+            ):
+                return
         tail = self.logs()[log_offset:][-4000:]
         self.stop()
         raise ServerStartError(f"leapi-server did not start on {self.base_url}:\n{tail}")
@@ -427,58 +460,6 @@ def in_process_server(
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
-#: scikit-image sample photographs (shipped with the package, nothing downloaded) by short name.
-SAMPLE_PHOTOS = (
-    "coffee",
-    "chelsea",
-    "astronaut",
-    "rocket",
-    "motorcycle",
-    "hubble_deep_field",
-    "retina",
-    "camera",
-    "clock",
-    "coins",
-    "moon",
-    "immunohistochemistry",
-)
-
-
-def sample_photo(name: str = "coffee", *, size: tuple[int, int] | None = (900, 600)) -> Any:
-    """A real photograph from scikit-image as a Pillow RGB image, resized to ``size`` (width, height).
-
-    ``coffee`` is 600x400 (3:2, so 900x600 keeps its shape, like the docs' reference image).
-    Needs scikit-image (dev dependency).
-    """
-    from PIL import Image
-    from skimage import data
-
-    if name not in SAMPLE_PHOTOS:
-        raise ValueError(f"unknown sample photo {name!r}; choose from {SAMPLE_PHOTOS}")
-    pixels = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
-    image = Image.fromarray(pixels).convert("RGB")
-    if size is not None and image.size != size:
-        image = image.resize(size, Image.Resampling.LANCZOS)
-    return image
-
-
-def write_sample_photo(
-    path: str | os.PathLike[str],
-    name: str = "coffee",
-    *,
-    size: tuple[int, int] | None = (900, 600),
-    image_format: str = "JPEG",
-    quality: int = 80,
-) -> Path:
-    """Save :func:`sample_photo` to ``path`` (JPEG with ``quality``, or any Pillow format)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    image = sample_photo(name, size=size)
-    options: dict[str, Any] = {"quality": quality} if image_format.upper() == "JPEG" else {}
-    image.save(target, format=image_format, **options)
-    return target
-
-
 def wait_for_pipeline(
     client: httpx.Client, pipeline_id: int, *, timeout: float = 60.0, interval: float = 0.1
 ) -> dict[str, Any]:
@@ -518,76 +499,6 @@ def quick_start_body(url: str | list[str]) -> dict[str, Any]:
         "operations": [dict(QUICK_START_OPERATION)],
         "sink": {"temp_store": True},
     }
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    # Many concurrent fetches from the worker pool: don't refuse connections under load.
-    request_queue_size = 128
-
-
-@contextlib.contextmanager
-def serve_http(handler: Callable[..., http.server.BaseHTTPRequestHandler], *, port: int = 0) -> Iterator[str]:
-    """Run ``handler`` in a threaded HTTP server on 127.0.0.1; yields the base URL (no trailing /).
-
-    :param port: the port to bind (0: a free one). A taken port raises ``OSError`` on entering.
-    """
-    server = _Server(("127.0.0.1", port), handler)
-    thread = threading.Thread(target=server.serve_forever, name="serve-http", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
-def serve_directory(path: str | os.PathLike[str], *, port: int = 0) -> contextlib.AbstractContextManager[str]:
-    """Serve ``path`` read-only over HTTP on 127.0.0.1 (``serve_http``); yields the base URL."""
-    return serve_http(functools.partial(_QuietHandler, directory=str(path)), port=port)
-
-
-class GatedPhotos:
-    """Sample photographs served from ``serve_gated_photos`` only once :meth:`open` is called.
-
-    Until then every fetch blocks, so their pipelines stay PROCESSING for as long as a test needs, however
-    fast the machine is.
-    """
-
-    def __init__(self, base_url: str, gate: threading.Event) -> None:
-        self.base_url = base_url
-        self._gate = gate
-
-    def url(self, name: str) -> str:
-        return f"{self.base_url}/{name}.jpg"
-
-    def open(self) -> None:
-        self._gate.set()
-
-
-@contextlib.contextmanager
-def serve_gated_photos(directory: Path, photos: Sequence[str]) -> Iterator[GatedPhotos]:
-    """Write ``photos`` (scikit-image names, 300x200) to ``directory`` and serve them behind a gate."""
-    for name in photos:
-        write_sample_photo(directory / f"{name}.jpg", name, size=(300, 200))
-    gate = threading.Event()
-
-    class GatedHandler(_QuietHandler):
-        def do_GET(self) -> None:
-            gate.wait(timeout=60)
-            super().do_GET()
-
-    with serve_http(functools.partial(GatedHandler, directory=str(directory))) as base_url:
-        try:
-            yield GatedPhotos(base_url, gate)
-        finally:
-            gate.set()  # blocked fetches must return before the server can shut down
 
 
 @contextlib.contextmanager

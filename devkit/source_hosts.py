@@ -1,9 +1,9 @@
 """A fast, scriptable source host for change-detection tests and benches: an asyncio HTTP/1.1 server on
 127.0.0.1 that answers ``HEAD`` (and ``GET``) for any path, with keep-alive, the way a CDN answers.
 
-``serve_directory`` (``http.server``) speaks HTTP/1.0 and spends a thread and a TCP connection on every
-request, so a benchmark against it measures that server. This one answers a ``HEAD`` in a few tens of
-microseconds, and counts what a test wants to assert at the server: requests by method and path, and the
+:func:`devkit.sources.serve_directory` (``http.server``) speaks HTTP/1.0 and spends a thread and a TCP
+connection on every request, so a benchmark against it measures that server. This one answers a ``HEAD`` in
+a few tens of microseconds, and counts what a test wants to assert at the server: requests by method and path, and the
 most requests it was answering at once (the client's real concurrency against this host).
 
 Every path exists, with an ``ETag`` derived from the path and the host's ``version`` (bump it to "change"

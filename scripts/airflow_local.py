@@ -112,7 +112,8 @@ def dag_ids() -> list[str]:
 def start_servers(servers: contextlib.ExitStack) -> dict[str, Any]:
     """Sources, leapi-server and moto (stopped by ``servers``); the manifests and buckets in place."""
     from devkit.s3 import MotoS3Server
-    from devkit.server import running_server, serve_directory
+    from devkit.server import running_server
+    from devkit.sources import serve_directory
 
     sources = servers.enter_context(serve_directory(STATE / "sources"))
     server = servers.enter_context(

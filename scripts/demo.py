@@ -17,12 +17,8 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from devkit.server import (
-    quick_start_body,
-    running_server,
-    serve_directory,
-    write_sample_photo,
-)
+from devkit.server import quick_start_body, running_server
+from devkit.sources import serve_directory, write_sample_photo
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT_DIR = REPO / ".cache" / "demo"  # git-ignored

@@ -74,7 +74,7 @@ os.environ.update(
 @contextlib.contextmanager
 def serve_sources(folder: Path, state_file: Path) -> Iterator[str]:
     """Serve ``folder`` on 127.0.0.1, on the port of the previous run when it is free (stable URLs)."""
-    from devkit.server import serve_directory
+    from devkit.sources import serve_directory
 
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     with contextlib.ExitStack() as stack:

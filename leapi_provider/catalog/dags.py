@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -74,6 +75,28 @@ DAGs can be scheduled on. Connections: ``leapi_default``, ``aws_default``; pool 
 """
 
 
+@dataclass(frozen=True, kw_only=True)
+class _DagKind:
+    """What sets one catalog DAG apart from the other, whatever its factory's arguments."""
+
+    doc_md: str
+    tags: tuple[str, ...]
+    outlet: Asset
+    export_feed: bool
+    #: Param defaults of this kind (the factory's locations and ``params`` come over them).
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+_FEED = _DagKind(
+    doc_md=_FEED_DOC,
+    tags=("leapi", "catalog", "feed"),
+    outlet=FEED_RESULTS,
+    export_feed=True,
+    params={"key_template": FEED_KEY_TEMPLATE},
+)
+_CATALOG = _DagKind(doc_md=_CATALOG_DOC, tags=("leapi", "catalog"), outlet=CATALOG_RESULTS, export_feed=False)
+
+
 def marketplace_feed_etl_dag(
     *,
     manifest: str,
@@ -109,31 +132,24 @@ def marketplace_feed_etl_dag(
     :param dag_kwargs: more ``DAG`` arguments (``tags``, ``default_args``, ``start_date``, ...).
     """
     return _catalog_dag(
+        _FEED,
+        fileloc=_caller_file(),
         dag_id=dag_id,
         schedule=schedule,
-        doc_md=_FEED_DOC,
-        tags=["leapi", "catalog", "feed"],
-        outlet=FEED_RESULTS,
-        export_feed=True,
-        fileloc=_caller_file(),
-        task_args={
-            "leapi_conn_id": leapi_conn_id,
-            "aws_conn_id": aws_conn_id,
-            "deferrable": deferrable,
-            "webhook_conn_id": webhook_conn_id,
-        },
         params={
             "manifest": manifest,
             "results": results,
             "images": images,
             "export": export,
-            "key_template": FEED_KEY_TEMPLATE,
-            "incremental": True,
-            "preset_defaults": preset_defaults
-            or {"marketplace": {"width": 1200, "height": 1600, "image_format": "JPEG", "quality": 85}},
             **(params or {}),
         },
+        preset_defaults=preset_defaults
+        or {"marketplace": {"width": 1200, "height": 1600, "image_format": "JPEG", "quality": 85}},
         dag_kwargs=dag_kwargs,
+        leapi_conn_id=leapi_conn_id,
+        aws_conn_id=aws_conn_id,
+        deferrable=deferrable,
+        webhook_conn_id=webhook_conn_id,
     )
 
 
@@ -169,56 +185,46 @@ def catalog_reenhancement_dag(
     :param dag_kwargs: more ``DAG`` arguments (``tags``, ``default_args``, ``start_date``, ...).
     """
     return _catalog_dag(
+        _CATALOG,
+        fileloc=_caller_file(),
         dag_id=dag_id,
         schedule=schedule,
-        doc_md=_CATALOG_DOC,
-        tags=["leapi", "catalog"],
-        outlet=CATALOG_RESULTS,
-        export_feed=False,
-        fileloc=_caller_file(),
-        task_args={
-            "leapi_conn_id": leapi_conn_id,
-            "aws_conn_id": aws_conn_id,
-            "deferrable": deferrable,
-            "webhook_conn_id": webhook_conn_id,
-        },
-        params={
-            "manifest": manifest,
-            "results": results,
-            "images": images,
-            "incremental": True,
-            "preset_defaults": preset_defaults
-            or {"marketplace": {"width": 1600, "height": 1600, "image_format": "JPEG", "quality": 85}},
-            **(params or {}),
-        },
+        params={"manifest": manifest, "results": results, "images": images, **(params or {})},
+        preset_defaults=preset_defaults
+        or {"marketplace": {"width": 1600, "height": 1600, "image_format": "JPEG", "quality": 85}},
         dag_kwargs=dag_kwargs,
+        leapi_conn_id=leapi_conn_id,
+        aws_conn_id=aws_conn_id,
+        deferrable=deferrable,
+        webhook_conn_id=webhook_conn_id,
     )
 
 
 def _catalog_dag(
+    kind: _DagKind,
     *,
+    fileloc: str,
     dag_id: str,
     schedule: Any,
-    doc_md: str,
-    tags: list[str],
-    outlet: Asset,
-    export_feed: bool,
-    fileloc: str,
-    params: dict[str, Any],
-    task_args: dict[str, Any],
-    dag_kwargs: dict[str, Any],
+    params: Mapping[str, Any],
+    preset_defaults: Mapping[str, Mapping[str, Any]],
+    dag_kwargs: Mapping[str, Any],
+    **task_args: Any,
 ) -> DAG:
+    """One catalog DAG of ``kind``: ``params`` (the locations, then the author's params) come over its param
+    defaults, ``dag_kwargs`` over its ``DAG`` arguments; ``task_args`` go to :func:`add_catalog_tasks`."""
     settings = {
         "start_date": _START_DATE,
         "catchup": False,
         "max_active_runs": 1,
-        "tags": tags,
-        "doc_md": doc_md,
+        "tags": list(kind.tags),
+        "doc_md": kind.doc_md,
         "default_args": dict(_DEFAULT_ARGS),
         **dag_kwargs,
     }
+    params = {**kind.params, "incremental": True, "preset_defaults": preset_defaults, **params}
     with DAG(dag_id=dag_id, schedule=schedule, params=catalog_params(**params), **settings) as dag:
-        add_catalog_tasks(export_feed=export_feed, outlets=[outlet], **task_args)
+        add_catalog_tasks(export_feed=kind.export_feed, outlets=[kind.outlet], **task_args)
     dag.fileloc = fileloc
     return dag
 

@@ -39,10 +39,6 @@ CHANGE_DETECTION_MODES = ("headers", "content")
 #: per domain, and close to a browser's 6: enough to read a CDN-hosted catalog at thousands of sources a
 #: second on a fast link, little enough that a merchant's own image server does not mistake it for abuse.
 DEFAULT_CHANGE_DETECTION_PER_HOST = 8
-#: Change detection's requests at once per source host (``change_detection_per_host``). Scrapy's default
-#: per domain, and close to a browser's 6: enough to read a CDN-hosted catalog at thousands of sources a
-#: second on a fast link, little enough that a merchant's own image server does not mistake it for abuse.
-DEFAULT_CHANGE_DETECTION_PER_HOST = 8
 QUOTA_SHORTFALL_MODES = ("fail", "process_what_fits")
 #: ``quota_guard``: "on" fails a plan whose usage answer has no readable credits figure; "off" (explicit
 #: only) plans without reading ``/v1/me/usage/`` at all (servers whose usage body the client cannot read).

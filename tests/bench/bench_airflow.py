@@ -103,7 +103,7 @@ DEFAULT_CASES = ("small", "marketplace", "marketplace-500")
 def _write_sources(case: Case, folder: Path) -> list[dict[str, Any]]:
     """The case's source images and their manifest rows (deterministic)."""
     from devkit.catalog import write_sample_images
-    from devkit.server import SAMPLE_PHOTOS, sample_photo
+    from devkit.sources import SAMPLE_PHOTOS, sample_photo
 
     if case.name.startswith("small"):
         images = write_sample_images(folder, case.images, long_sides=(96,), prefix=case.name)
@@ -293,7 +293,8 @@ def measure(work: Path) -> tuple[list[dict], dict[str, float]]:
     from devkit.airflow_dags import leapi_connection_json
     from devkit.airflow_stack import AirflowStack
     from devkit.s3 import MotoS3Server, aws_connection_json
-    from devkit.server import running_server, serve_directory
+    from devkit.server import running_server
+    from devkit.sources import serve_directory
     from leapi_provider.catalog.settings import LEAPI_POOL
 
     sources = work / "sources"

@@ -109,7 +109,8 @@ def child(work: Path) -> dict:
     from devkit.airflow_dags import leapi_connection_json, load_dag
     from devkit.catalog import write_sample_images
     from devkit.s3 import MotoS3Server, aws_connection_json
-    from devkit.server import running_server, serve_directory
+    from devkit.server import running_server
+    from devkit.sources import serve_directory
 
     db.initdb()
     images = write_sample_images(work / "sources", IMAGES, long_sides=(96, 80, 64), prefix="b")

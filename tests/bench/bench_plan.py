@@ -168,7 +168,7 @@ elif mode == "plan":
     result["phases"] = phases
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 elif mode == "serve-directory":
-    from devkit.server import serve_directory
+    from devkit.sources import serve_directory
     with serve_directory(args[0]) as base_url:
         print(base_url, flush=True)
         sys.stdin.read()

@@ -36,14 +36,8 @@ from typing import TYPE_CHECKING
 import httpx
 import numpy as np
 
-from devkit.server import (
-    BackendSetup,
-    RunningServer,
-    ServerBackend,
-    running_server,
-    serve_directory,
-    write_sample_photo,
-)
+from devkit.server import BackendSetup, RunningServer, ServerBackend, running_server
+from devkit.sources import serve_directory, write_sample_photo
 
 if TYPE_CHECKING:
     from devkit.postgres import PostgresCluster

@@ -130,7 +130,8 @@ def _measure(mode: str, base_url: str, api_key: str, source: str) -> dict:
 
 
 def run() -> str:
-    from devkit.server import free_port, running_server, write_sample_photo
+    from devkit.server import free_port, running_server
+    from devkit.sources import write_sample_photo
 
     with tempfile.TemporaryDirectory() as tmp:
         write_sample_photo(Path(tmp) / "photo.jpg", "coffee", size=(160, 107), quality=80)

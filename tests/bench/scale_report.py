@@ -422,7 +422,7 @@ SETUP = (
         "`tests/bench/scale_sources.py`: each URL gets its own bytes (a JPEG comment naming the URL) and its own "
         "ETag, so change detection HEADs and leapi-server GETs see a catalog of distinct images. It is a "
         "uvicorn process of its own: on this machine with wrk (8 keep-alive connections) it answers about "
-        "16,000 requests/s, where `devkit/server.serve_directory` (HTTP/1.0, a thread per connection, in "
+        "16,000 requests/s, where `devkit/sources.serve_directory` (HTTP/1.0, a thread per connection, in "
         "the bench's own interpreter) answers about 1,100. Each image is enhanced to fit 128x128 (one operation, "
         "so every pipeline holds 10 images)."
     ),

@@ -12,7 +12,7 @@ JPEG comment segment naming the URL's path, right after the start-of-image marke
 
 It runs as its own process (``python -m tests.bench.scale_sources``) under uvicorn (httptools and uvloop
 when installed), so that it shares no interpreter lock with the bench's clients: measured on 2 cores with
-wrk (keep-alive), about 10x the throughput of the thread-per-connection :func:`devkit.server.serve_directory`
+wrk (keep-alive), about 10x the throughput of the thread-per-connection :func:`devkit.sources.serve_directory`
 (see docs/benchmarks.md, the scale section). ``GET /_stats`` returns the ``GET``/``HEAD`` counts answered.
 """
 

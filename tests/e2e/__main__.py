@@ -96,7 +96,7 @@ class _SlowSourceHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def slow_sources(folder: Path, delay_s: float) -> contextlib.AbstractContextManager[str]:
-    from devkit.server import serve_http
+    from devkit.sources import serve_http
 
     handler = type("SlowSourceHandler", (_SlowSourceHandler,), {"delay_s": delay_s})
     return serve_http(functools.partial(handler, directory=str(folder)))

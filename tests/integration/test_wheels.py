@@ -24,7 +24,8 @@ import pytest
 from devkit.airflow_dags import leapi_connection_json
 from devkit.catalog import put_manifest, sample_manifest, write_sample_images
 from devkit.s3 import MotoS3Server, aws_connection_json
-from devkit.server import RunningServer, running_server, serve_directory
+from devkit.server import RunningServer, running_server
+from devkit.sources import serve_directory
 from tests.support.docs import snippet
 
 pytestmark = pytest.mark.slow

@@ -15,12 +15,8 @@ import respx
 from PIL import Image
 
 import leapi
-from devkit.server import (
-    GatedPhotos,
-    RunningServer,
-    running_server,
-    serve_gated_photos,
-)
+from devkit.server import RunningServer, running_server
+from devkit.sources import GatedPhotos, serve_gated_photos
 from leapi.constants import IDEMPOTENT_REPLAY_HEADER
 from leapi.errors import (
     LeapiAuthError,

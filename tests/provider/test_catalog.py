@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from devkit.server import serve_http
+from devkit.sources import serve_http
 from leapi_provider.catalog.fingerprints import source_fingerprints
 from leapi_provider.catalog.report import SheetImage, contact_sheet_png, zoom_crops
 from leapi_provider.catalog.settings import CatalogSettings, check_key_template, safe_key_part

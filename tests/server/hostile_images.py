@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from devkit.server import sample_photo
+from devkit.sources import sample_photo
 
 FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
 #: Red and blue as the frames of the animated samples: the output's colour tells which frame was used.

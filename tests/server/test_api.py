@@ -9,12 +9,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from devkit.server import (
-    QUICK_START_OPERATION,
-    RunningServer,
-    wait_for_pipeline,
-    write_sample_photo,
-)
+from devkit.server import QUICK_START_OPERATION, RunningServer, wait_for_pipeline
+from devkit.sources import write_sample_photo
 from leapi.constants import IDEMPOTENCY_SUPPORT_HEADER
 from leapi.models import PipelineEnvelope, PipelineStatus, SubmitResponse, SubmitStatus, Usage
 

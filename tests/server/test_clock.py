@@ -21,9 +21,9 @@ from devkit.server import (
     FakeClock,
     InProcessServer,
     in_process_server,
-    serve_http,
     wait_for_pipeline,
 )
+from devkit.sources import serve_http
 from leapi_server.config import (
     DEFAULT_IDEMPOTENCY_TTL_S,
     DEFAULT_TEMP_URL_TTL_S,

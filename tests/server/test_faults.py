@@ -26,14 +26,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from devkit.server import (
-    QUICK_START_OPERATION,
-    RunningServer,
-    free_port,
-    running_server,
-    serve_http,
-    wait_for_pipeline,
-)
+from devkit.server import QUICK_START_OPERATION, RunningServer, free_port, running_server, wait_for_pipeline
+from devkit.sources import serve_http
 from leapi.webhooks import generate_secret, verify_webhook
 
 pytestmark = pytest.mark.sqlite_only(

@@ -33,9 +33,9 @@ from devkit.server import (
     RunningServer,
     ServerBackend,
     running_server,
-    serve_http,
     wait_for_pipeline,
 )
+from devkit.sources import serve_http
 
 pytestmark = [pytest.mark.postgres_only("replicas need the shared PostgreSQL + S3 backend"), pytest.mark.slow]
 

@@ -13,13 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from devkit.server import (
-    QUICK_START_OPERATION,
-    RunningServer,
-    running_server,
-    serve_http,
-    wait_for_pipeline,
-)
+from devkit.server import QUICK_START_OPERATION, RunningServer, running_server, wait_for_pipeline
+from devkit.sources import serve_http
 
 STRICT_KEY = "sk-strict-SECRET-0001"
 WRONG_KEY = "sk-wrong-SECRET-0002"

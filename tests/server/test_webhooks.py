@@ -16,13 +16,8 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from devkit.server import (
-    QUICK_START_OPERATION,
-    RunningServer,
-    running_server,
-    serve_http,
-    wait_for_pipeline,
-)
+from devkit.server import QUICK_START_OPERATION, RunningServer, running_server, wait_for_pipeline
+from devkit.sources import serve_http
 from leapi.models import WebhookEvent
 from leapi.webhooks import (
     WebhookVerificationError,

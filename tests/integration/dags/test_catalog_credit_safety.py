@@ -18,7 +18,8 @@ import pytest
 
 from devkit.airflow_dags import task_states
 from devkit.catalog import sample_manifest
-from devkit.server import RunningServer, serve_http
+from devkit.server import RunningServer
+from devkit.sources import serve_http
 from leapi_provider import manifests
 from tests.fixtures.airflow import leapi_connection
 from tests.fixtures.catalog import pipeline_count, run_dag

@@ -11,7 +11,8 @@ import pytest
 
 from devkit.airflow_dags import load_dag
 from devkit.catalog import sample_manifest
-from devkit.server import RunningServer, sample_photo
+from devkit.server import RunningServer
+from devkit.sources import sample_photo
 from tests.fixtures.airflow import REPO
 from tests.fixtures.catalog import docs_only_params, pipeline_count, run_dag
 

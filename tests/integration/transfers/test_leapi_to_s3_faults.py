@@ -22,7 +22,8 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from devkit.s3 import MotoS3Server
-from devkit.server import RunningServer, running_server, serve_http, wait_for_pipeline
+from devkit.server import RunningServer, running_server, wait_for_pipeline
+from devkit.sources import serve_http
 from leapi.errors import LeapiResultExpiredError
 from leapi_provider.transfers.leapi_to_s3 import LeapiResultToS3Operator
 

@@ -18,12 +18,8 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
-from devkit.server import (
-    GatedPhotos,
-    RunningServer,
-    running_server,
-    serve_gated_photos,
-)
+from devkit.server import RunningServer, running_server
+from devkit.sources import GatedPhotos, serve_gated_photos
 from leapi.models import MarketplacePreset
 from leapi_provider.operators.leapi import STATE_PIPELINE_ID_KEY, LeapiSubmitPipelineOperator
 from leapi_provider.triggers.leapi import LeapiPipelineTrigger, validate_pipeline_event

@@ -38,17 +38,16 @@ import pytest
 from fastapi import FastAPI, Request, Response
 
 from devkit.airflow_dags import load_dag
-from devkit.server import RunningServer, free_port, running_server
+from devkit.server import RunningServer, free_port
 from leapi.webhooks import generate_secret, signed_headers
 from leapi_provider.webhooks.hints import KEY_PREFIX, HintPublisher
 from leapi_provider.webhooks.hook import WebhookSettings
 from tests.fixtures.airflow import leapi_connection
-from tests.fixtures.webhooks import serve_receiver, webhook_conn_env
+from tests.fixtures.webhooks import SIGNING_SECRET, serve_receiver, webhook_conn_env
 from tests.integration.dags.test_catalog_waits import one_operation_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-SIGNING_SECRET = generate_secret()
 DAG_ID = "leapi_catalog_webhooks"
 IMAGES = 16
 URLS_PER_PIPELINE = 2
@@ -69,25 +68,10 @@ with DAG(dag_id="{DAG_ID}", schedule=None, start_date=datetime(2026, 1, 1), catc
 
 
 @pytest.fixture(scope="module")
-def signing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """A leapi-server that signs its webhooks and retries a refused one after 1 s; it holds each pipeline
-    back a random 0-3 s, so that they finish out of order and over a few seconds."""
-    with running_server(
-        data_dir=tmp_path_factory.mktemp("leapi-catalog-webhooks"),
-        extra_args=(
-            "--workers",
-            "1",
-            "--rate-limit-per-minute",
-            "0",
-            "--webhook-secret",
-            SIGNING_SECRET,
-            "--webhook-retry-delays",
-            "1,1",
-            "--test-finish-shuffle",
-            "3",
-        ),
-    ) as server:
-        yield server
+def signing_server_args() -> tuple[str, ...]:
+    """``signing_server`` holds each pipeline back a random 0-3 s, so that they finish out of order and over a
+    few seconds."""
+    return ("--test-finish-shuffle", "3")
 
 
 @pytest.fixture(scope="session")

@@ -34,13 +34,8 @@ import pytest
 from devkit.airflow_stack import AirflowStack
 from devkit.redis import RedisServer
 from devkit.s3 import CREDENTIALS, REGION, MotoS3Server
-from devkit.server import (
-    GatedPhotos,
-    RunningServer,
-    running_server,
-    serve_directory,
-    serve_gated_photos,
-)
+from devkit.server import RunningServer, running_server
+from devkit.sources import GatedPhotos, serve_directory, serve_gated_photos
 from leapi.webhooks import generate_secret, signed_headers
 from leapi_provider.webhooks.hints import WebhookHintSource, hint_keys
 from leapi_provider.webhooks.hook import RedisLocation, WebhookSettings

@@ -15,34 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from devkit.server import GatedPhotos, RunningServer, running_server, serve_gated_photos
-from leapi.webhooks import generate_secret
+from devkit.server import RunningServer
+from devkit.sources import GatedPhotos, serve_gated_photos
 from leapi_provider.triggers.leapi import LeapiPipelineTrigger, validate_pipeline_event
 from leapi_provider.webhooks.hints import HintPublisher, WebhookHintSource
 from leapi_provider.webhooks.tokens import channel_for_task
-from tests.fixtures.webhooks import serve_receiver
+from tests.fixtures.webhooks import SIGNING_SECRET, serve_receiver
 
-SIGNING_SECRET = generate_secret()
 PHOTOS = ("coffee", "chelsea", "astronaut")
-
-
-@pytest.fixture(scope="module")
-def signing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """A leapi-server that signs its webhooks with ``SIGNING_SECRET`` and retries them after 1 s."""
-    with running_server(
-        data_dir=tmp_path_factory.mktemp("leapi-webhooks-server"),
-        extra_args=(
-            "--workers",
-            "1",
-            "--rate-limit-per-minute",
-            "0",
-            "--webhook-secret",
-            SIGNING_SECRET,
-            "--webhook-retry-delays",
-            "1,1",
-        ),
-    ) as server:
-        yield server
 
 
 @pytest.fixture
