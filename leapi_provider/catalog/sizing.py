@@ -192,10 +192,13 @@ def estimate_run(
         rate_limited=rate_limited,
         engine_images_per_s=engine_images_per_s,
     )
-    wait_deferrals = batches * _wait_deferrals(span_s, submitting_s, settings.defer_after)
+    rest_s = span_s - submitting_s - settings.defer_after
+    wait_deferrals = batches * _wait_deferrals(span_s, rest_s)
     starts = 2 + batches + rate_limit_deferrals + wait_deferrals
-    # Every start; every submit; each batch's first wait in its worker (resumes transfer and defer again).
-    slot_seconds = starts * task_start_s + pipelines * submit_s + batches * settings.defer_after
+    # Every start; every submit; each batch's first wait in its worker (resumes transfer and defer again),
+    # and the rest of it when that is due sooner than a deferral would cost.
+    in_worker_s = settings.defer_after + (max(rest_s, 0.0) if not wait_deferrals else 0.0)
+    slot_seconds = starts * task_start_s + pipelines * submit_s + batches * in_worker_s
     bound_s = max(
         requests / usable_rate * 60 if rate_limited else 0.0,
         images / engine_images_per_s if engine_images_per_s else 0.0,
@@ -249,12 +252,12 @@ def _batch_span(
     return max(submitting, engine, api), submitting
 
 
-def _wait_deferrals(span_s: float, submitting_s: float, defer_after: float) -> int:
-    """A batch's partial-completion deferrals: what it still waits for after submitting and its first
-    ``defer_after`` in the worker, a quarter of the batch (``RESUMES_PER_BATCH``) per deferral, or what
-    a deferral costs (:data:`RESUME_S`) when that is longer."""
-    rest = span_s - submitting_s - defer_after
-    if rest <= 0:
+def _wait_deferrals(span_s: float, rest: float) -> int:
+    """A batch's partial-completion deferrals: the ``rest`` it still waits for after submitting and its
+    first ``defer_after`` in the worker, a quarter of the batch (``RESUMES_PER_BATCH``) per deferral, or
+    what a deferral costs (:data:`RESUME_S`) when that is longer. A rest due within what a deferral costs
+    is waited in the worker (the operator's ``resume_cost``)."""
+    if rest <= RESUME_S:
         return 0
     return min(RESUMES_PER_BATCH, math.ceil(rest / max(span_s / RESUMES_PER_BATCH, RESUME_S)))
 
