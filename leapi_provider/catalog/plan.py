@@ -416,7 +416,7 @@ def write_plan(
         parallel_batches=settings.parallel_batches,
         min_images_per_batch=settings.min_images_per_batch,
         max_batches=max(1, max_batches),
-        requests_per_minute=settings.api_requests_per_minute,
+        requests_per_minute=settings.sizing_requests_per_minute,
         batch_api_minutes=settings.batch_api_minutes,
     )
     plan = manifests.plan_batches(

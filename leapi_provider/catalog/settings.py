@@ -27,6 +27,9 @@ LEAPI_POOL = "leapi"
 DEFAULT_URLS_PER_PIPELINE = 10
 #: Batch sizing (see :mod:`leapi_provider.catalog.sizing`): batches planned per slot that runs batches.
 BATCHES_PER_SLOT = 2
+#: The account's rate the batches are sized by when ``api_requests_per_minute`` is not declared (the
+#: LEAPI docs give no figure).
+SIZING_REQUESTS_PER_MINUTE = 120
 
 #: Fields a ``key_template`` may use (``str.format`` syntax; ``{sha256:.12}`` keeps 12 characters).
 KEY_TEMPLATE_FIELDS = ("image_id", "preset", "ext", "sha256", "operation_hash", "pipeline_id", "run_date")
@@ -84,7 +87,7 @@ class CatalogSettings:
     max_batches: int = setting(1024, "Mapped batches at most (also capped by [core] max_map_length).", type="integer", minimum=1)
     parallel_batches: int = setting(4, f"Batches that run at once (the {LEAPI_POOL!r} pool's slots); the plan makes {BATCHES_PER_SLOT} batches per slot at least.", type="integer", minimum=1)
     min_images_per_batch: int = setting(100, "Fewest images per batch when the manifest is big enough (a batch task has a fixed cost of seconds).", type="integer", minimum=1)
-    api_requests_per_minute: int = setting(120, "The LEAPI account's rate limit (requests per minute, status reads included): batches are sized by the API time they need.", type="integer", minimum=1)
+    api_requests_per_minute: int | None = setting(None, f"The LEAPI account's rate limit if you know it (requests a minute, status reads included): the batches and their waits then pace every request to a share of it, so the run stays under it even where the API refuses only some requests. Null: learn it from the API's refusals (batches are sized as if it were {SIZING_REQUESTS_PER_MINUTE}).", type=["null", "integer"], minimum=1)
     batch_api_minutes: float = setting(10.0, "API time one batch needs at most, in minutes at api_requests_per_minute: a failed batch redoes little and progress shows in the UI.", type="number", exclusiveMinimum=0)
     defer_after: float = setting(10.0, "Seconds a batch waits in its worker (for its pipelines, or for a rate-limit slot) before deferring to the triggerer (0: defer at once).", type="number", minimum=0)
     preset_defaults: dict[str, dict[str, Any]] = setting({}, 'Per preset default options, e.g. {"marketplace": {"width": 1600}}; manifest rows override them.', type="object")  # noqa: RUF009 - a field with a default_factory
@@ -142,6 +145,12 @@ class CatalogSettings:
             if values.get(name) == "":
                 values[name] = None
         return cls(**values, leapi_conn_id=leapi_conn_id, aws_conn_id=aws_conn_id or None)
+
+    @property
+    def sizing_requests_per_minute(self) -> int:
+        """The account's rate the batches are sized by: the declared one, else
+        :data:`SIZING_REQUESTS_PER_MINUTE`."""
+        return self.api_requests_per_minute or SIZING_REQUESTS_PER_MINUTE
 
 
 def param_fields() -> dict[str, dataclasses.Field[Any]]:

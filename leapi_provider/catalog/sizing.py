@@ -41,6 +41,27 @@ RESUME_S = 15.0
 TRANSFER_S_PER_IMAGE = 0.1
 #: Tasks a run starts once each whatever its size, one after another: the plan, the first batch, finalize.
 SERIAL_TASK_STARTS = 3
+#: The triggerer's share of a declared ``api_requests_per_minute``: the reads of the deferred batches'
+#: waits (a probe a round each). The batches running in the pool's slots share the rest, submits and
+#: reads alike (:func:`batch_pace`).
+TRIGGERER_RATE_SHARE = 0.2
+
+
+def batch_pace(settings: CatalogSettings) -> float | None:
+    """Requests a minute one running batch may send, its submits and its reads alike: its share of a
+    declared ``api_requests_per_minute`` (at most ``parallel_batches`` run at once: the pool's slots);
+    ``None`` when none is declared (the client learns the limit from the API's refusals)."""
+    if settings.api_requests_per_minute is None:
+        return None
+    return settings.api_requests_per_minute * (1 - TRIGGERER_RATE_SHARE) / settings.parallel_batches
+
+
+def triggerer_pace(settings: CatalogSettings) -> float | None:
+    """Requests a minute the triggerer may send for the deferred batches' waits (one limiter per account in
+    the triggerer, shared by all of them); ``None`` when no limit is declared."""
+    if settings.api_requests_per_minute is None:
+        return None
+    return settings.api_requests_per_minute * TRIGGERER_RATE_SHARE
 
 
 def batch_count(
@@ -139,12 +160,16 @@ def estimate_run(
     :param task_start_s: seconds a task start costs a worker slot (process, DAG parse, connections).
     :param submit_s: seconds one submit holds the batch's worker.
     :param status_reads_per_pipeline: what the wait costs per pipeline (measure it: docs/benchmarks.md).
-    :param rate_limited: the API enforces ``settings.api_requests_per_minute`` (``False``: an account or a
-        server without a limit; the batches are still sized by that figure, but nothing waits for it).
+    :param rate_limited: the API enforces the account's rate (``settings.sizing_requests_per_minute``;
+        ``False``: an account or a server without a limit; the batches are still sized by that figure, but
+        nothing waits for it). Declared (``api_requests_per_minute``), the batches pace themselves at
+        :func:`batch_pace`; not declared, they learn it from refusals and defer for it.
     :param engine_images_per_s: how fast the API enhances the images (``None``: not modelled); bounds
         :attr:`RunEstimate.run_seconds` when the rate limit does not, and sets how long a batch waits.
     """
-    rate = settings.api_requests_per_minute
+    rate = settings.sizing_requests_per_minute
+    # (paced, a batch's workers get their share of what the triggerer does not use)
+    usable_rate = rate * (1 - TRIGGERER_RATE_SHARE) if batch_pace(settings) else rate
     pipelines = math.ceil(images / settings.urls_per_pipeline)
     batches = batch_count(
         images=images,
@@ -167,12 +192,15 @@ def estimate_run(
         rate_limited=rate_limited,
         engine_images_per_s=engine_images_per_s,
     )
-    wait_deferrals = batches * _wait_deferrals(span_s, submitting_s, settings.defer_after)
+    rest_s = span_s - submitting_s - settings.defer_after
+    wait_deferrals = batches * _wait_deferrals(span_s, rest_s)
     starts = 2 + batches + rate_limit_deferrals + wait_deferrals
-    # Every start; every submit; each batch's first wait in its worker (resumes transfer and defer again).
-    slot_seconds = starts * task_start_s + pipelines * submit_s + batches * settings.defer_after
+    # Every start; every submit; each batch's first wait in its worker (resumes transfer and defer again),
+    # and the rest of it when that is due sooner than a deferral would cost.
+    in_worker_s = settings.defer_after + (max(rest_s, 0.0) if not wait_deferrals else 0.0)
+    slot_seconds = starts * task_start_s + pipelines * submit_s + batches * in_worker_s
     bound_s = max(
-        requests / rate * 60 if rate_limited else 0.0,
+        requests / usable_rate * 60 if rate_limited else 0.0,
         images / engine_images_per_s if engine_images_per_s else 0.0,
     )
     return RunEstimate(
@@ -212,7 +240,8 @@ def _batch_span(
 ) -> tuple[float, float]:
     """``(span, submitting)``: seconds from a batch's first submit to its last pipeline's end, and of
     its submitting, for a batch of ``pipelines`` running beside ``parallel - 1`` others."""
-    share = settings.api_requests_per_minute / parallel / 60  # (requests a second of one batch)
+    # (requests a second of one batch)
+    share = (batch_pace(settings) or settings.sizing_requests_per_minute / parallel) / 60
     submitting = pipelines / share if rate_limited else pipelines * submit_s
     engine = (
         pipelines * settings.urls_per_pipeline / (engine_images_per_s / parallel)
@@ -223,19 +252,26 @@ def _batch_span(
     return max(submitting, engine, api), submitting
 
 
-def _wait_deferrals(span_s: float, submitting_s: float, defer_after: float) -> int:
-    """A batch's partial-completion deferrals: what it still waits for after submitting and its first
-    ``defer_after`` in the worker, a quarter of the batch (``RESUMES_PER_BATCH``) per deferral, or what
-    a deferral costs (:data:`RESUME_S`) when that is longer."""
-    rest = span_s - submitting_s - defer_after
-    if rest <= 0:
+def _wait_deferrals(span_s: float, rest: float) -> int:
+    """A batch's partial-completion deferrals: the ``rest`` it still waits for after submitting and its
+    first ``defer_after`` in the worker, a quarter of the batch (``RESUMES_PER_BATCH``) per deferral, or
+    what a deferral costs (:data:`RESUME_S`) when that is longer. A rest due within what a deferral costs
+    is waited in the worker (the operator's ``resume_cost``)."""
+    if rest <= RESUME_S:
         return 0
     return min(RESUMES_PER_BATCH, math.ceil(rest / max(span_s / RESUMES_PER_BATCH, RESUME_S)))
 
 
 def _rate_limit_deferrals(pipelines: int, batches: int, settings: CatalogSettings) -> int:
     """The pool's batches share the rate; one batch submits at rate / parallel a minute, and defers once
-    per minute of its submitting."""
-    per_batch_rate = settings.api_requests_per_minute / max(min(settings.parallel_batches, batches), 1)
+    per minute of its submitting: a limit learned from refusals lets a minute's requests go at once and
+    then waits. Paced at a declared rate, no wait is longer than ``defer_after`` (requests are
+    ``60 / batch_pace`` s apart), so nothing defers for it."""
+    pace = batch_pace(settings)
+    if pace is not None and 60 / pace <= settings.defer_after:
+        return 0
+    per_batch_rate = pace or settings.sizing_requests_per_minute / max(
+        min(settings.parallel_batches, batches), 1
+    )
     submit_minutes_per_batch = pipelines / batches / per_batch_rate
     return batches * max(0, math.ceil(submit_minutes_per_batch) - 1)

@@ -104,6 +104,9 @@ class LeapiHook(BaseHook):
     :param rate_limit_budget: seconds one request may spend refused by the API's rate limit before the
         task fails (overrides the ``rate_limit_budget`` extra; default 600).
     :param rate_limit_per_minute: client-side limit on API requests (overrides the extra); 0 disables.
+    :param paced_per_minute: this process's declared share of the account's rate: its requests of the
+        account are spaced evenly at it from the first one (:meth:`leapi.ratelimit.AdaptiveRateLimiter.pace`);
+        ``None``: leave the process's pacing as it is.
     :param idempotency: ``auto`` / ``always`` / ``never`` (overrides the extra), see :class:`IdempotencyMode`.
     :param backoff_base: first backoff in seconds; it doubles each retry (with jitter) up to ``backoff_max``.
     :param backoff_max: the longest backoff in seconds.
@@ -122,6 +125,7 @@ class LeapiHook(BaseHook):
         max_retries: int | None = None,
         rate_limit_budget: float | None = None,
         rate_limit_per_minute: int | None = None,
+        paced_per_minute: float | None = None,
         idempotency: IdempotencyMode | str | None = None,
         backoff_base: float = DEFAULT_BACKOFF_BASE_S,
         backoff_max: float = DEFAULT_BACKOFF_MAX_S,
@@ -133,6 +137,7 @@ class LeapiHook(BaseHook):
         self._max_retries_override = max_retries
         self._rate_limit_budget_override = rate_limit_budget
         self._rate_limit_override = rate_limit_per_minute
+        self.paced_per_minute = paced_per_minute
         self._idempotency_override = IdempotencyMode(idempotency.lower()) if idempotency is not None else None
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -234,6 +239,7 @@ class LeapiHook(BaseHook):
         with self._lock:
             if self._client is None:
                 self._client = leapi.Client(**self._client_kwargs(settings))
+                self._declare_pace(self._client)
             return self._client
 
     async def aget_conn(self) -> leapi.AsyncClient:
@@ -241,7 +247,12 @@ class LeapiHook(BaseHook):
         settings = await self.aget_settings()
         if self._async_client is None:
             self._async_client = leapi.AsyncClient(**self._client_kwargs(settings))
+            self._declare_pace(self._async_client)
         return self._async_client
+
+    def _declare_pace(self, client: leapi.Client | leapi.AsyncClient) -> None:
+        if self.paced_per_minute is not None:
+            client.account_limiter.pace(self.paced_per_minute)
 
     def close(self) -> None:
         if self._client is not None:

@@ -199,6 +199,7 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
         """
         from leapi_provider.catalog.batch import CatalogBatch
         from leapi_provider.catalog.collect import BatchCollector
+        from leapi_provider.catalog.sizing import batch_pace
         from leapi_provider.catalog.submit import submit_batch
         from leapi_provider.catalog.transfer import BatchResults, transfer_pipelines
         from leapi_provider.exceptions import fail_on_permanent_errors
@@ -211,7 +212,12 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
         notify_url = self._webhooks.notify_url if self._webhooks else None
         # A deferrable batch never waits longer than defer_after for a rate-limit slot: it defers.
         budget = in_worker if self.deferrable else None
-        with fail_on_permanent_errors(), LeapiHook(self.leapi_conn_id, rate_limit_budget=budget) as hook:
+        with (
+            fail_on_permanent_errors(),
+            LeapiHook(
+                self.leapi_conn_id, rate_limit_budget=budget, paced_per_minute=batch_pace(settings)
+            ) as hook,
+        ):
             if rate_limit:
                 hook.get_conn().account_limiter.restore(rate_limit)
             outcome = submit_batch(
@@ -279,7 +285,7 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
         )
 
     def _defer_wait(self, collector: BatchCollector, end_time: float, *, rearm_ids: list[int]) -> None:
-        from leapi_provider.catalog.sizing import RESUMES_PER_BATCH
+        from leapi_provider.catalog.sizing import RESUMES_PER_BATCH, triggerer_pace
         from leapi_provider.operators.leapi import deferral_timeout
         from leapi_provider.triggers.leapi import LeapiPipelineTrigger, earliest_resume
 
@@ -307,6 +313,7 @@ class LeapiCatalogBatchOperator(_CatalogOperator):
                 not_before=not_before,
                 started_at=collector.started_at,
                 min_finished=wanted,
+                paced_per_minute=triggerer_pace(collector.batch.settings),
                 **self._trigger_wait_kwargs(rearm_ids),
             ),
             method_name="execute_complete",

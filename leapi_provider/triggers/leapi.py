@@ -174,6 +174,9 @@ class LeapiPipelineTrigger(BaseTrigger):
         wait for LEAPI's webhooks (then ``poll_interval`` is the fallback polling's gap). See the module docs.
     :param rearm_ids: pipelines hinted done that the task read and found still running: their hints are
         handed back before the wait (so their true webhooks count).
+    :param paced_per_minute: the triggerer's declared share of the account's rate: its reads of the account
+        are spaced evenly at it (:class:`~leapi_provider.hooks.leapi.LeapiHook`'s ``paced_per_minute``);
+        ``None``: not declared.
     """
 
     def __init__(
@@ -190,6 +193,7 @@ class LeapiPipelineTrigger(BaseTrigger):
         min_finished: int | None = None,
         webhook_hints: Mapping[str, Any] | None = None,
         rearm_ids: Sequence[int] = (),
+        paced_per_minute: float | None = None,
     ) -> None:
         super().__init__()
         # (kwargs cross Airflow's serialization boundary: refuse bad ones before they are stored)
@@ -207,6 +211,7 @@ class LeapiPipelineTrigger(BaseTrigger):
         self.webhook_hints = dict(webhook_hints) if webhook_hints else None
         # (coerce_pipeline_ids refuses an empty list: none to hand back is the usual case)
         self.rearm_ids = coerce_pipeline_ids(list(rearm_ids)) if rearm_ids else []
+        self.paced_per_minute = None if paced_per_minute is None else float(paced_per_minute)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -223,6 +228,7 @@ class LeapiPipelineTrigger(BaseTrigger):
                 "min_finished": self.min_finished,
                 "webhook_hints": self.webhook_hints,
                 "rearm_ids": list(self.rearm_ids),
+                "paced_per_minute": self.paced_per_minute,
             },
         )
 
@@ -238,7 +244,12 @@ class LeapiPipelineTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # One quick in-request retry; lasting trouble is counted across rounds (max_consecutive_errors). A
         # rate-limited poll waits at most one poll interval: the next round asks again anyway.
-        hook = LeapiHook(self.leapi_conn_id, max_retries=1, rate_limit_budget=self.poll_interval)
+        hook = LeapiHook(
+            self.leapi_conn_id,
+            max_retries=1,
+            rate_limit_budget=self.poll_interval,
+            paced_per_minute=self.paced_per_minute,
+        )
         hints = self._hint_source()
         try:
             if hints is None:

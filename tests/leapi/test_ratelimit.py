@@ -68,7 +68,10 @@ def test_refusals_of_one_burst_decrease_once_and_a_quiet_minute_adds_one() -> No
     assert rates.limit == 9, "additive increase after a minute without refusals"
     clock.now += 1
     rates.refused(rates.book())
-    assert rates.limit == 1, "only one submit was accepted in the last minute: at most that"
+    assert rates.limit == 4, "one accepted in the last minute, but one decision at most halves the limit"
+    clock.now += 1
+    rates.refused(rates.book())
+    assert rates.limit == 2, "refused again after that decision: halved again"
 
 
 def test_probing_past_the_limit_falls_back_to_what_was_accepted() -> None:
@@ -97,6 +100,38 @@ def test_refused_at_the_learned_limit_halves_it() -> None:
     # process took a share), so halve (multiplicative decrease).
     rates.refused(rates.book())
     assert rates.limit == 5
+
+
+def test_a_resumed_process_refused_at_once_keeps_half_the_rate_it_took_over() -> None:
+    """The docs-only scale run's crawl: a batch resumed after a deferral restored 75/min, its first submit
+    was refused (the other batches had the minute) with nothing accepted in this process yet, and it
+    concluded 1/min for the rest of the run."""
+    clock, wall = Clock(), Clock()
+    earlier = AdaptiveRateLimiter(clock=clock, wall_clock=wall, margin_s=0.5, jitter_s=0.0)
+    for _ in range(75):
+        earlier.accepted(earlier.book())
+    earlier.refused(earlier.book())
+    assert earlier.limit == 75
+    snapshot = earlier.snapshot()
+    wall.now += 120  # the deferral: nothing of the snapshot's minute is left
+    resumed = AdaptiveRateLimiter(clock=Clock(), wall_clock=wall, margin_s=0.5, jitter_s=0.0)
+    resumed.restore(snapshot)
+    resumed.refused(resumed.book())
+    assert resumed.limit == 37
+
+
+def test_a_declared_pace_spaces_every_request_evenly_from_the_first() -> None:
+    clock = Clock()
+    rates = limiter(clock)
+    rates.pace(30)
+    waits = [rates.book().wait for _ in range(5)]
+    assert waits == pytest.approx([0, 2, 4, 6, 8]), "two seconds apart, no burst, nothing refused yet"
+    clock.now += 100
+    assert rates.next_wait() == 0, "an idle gap is not saved up into a burst"
+    rates.pace(None)
+    assert [rates.book().wait for _ in range(3)] == [0, 0, 0]
+    with pytest.raises(ValueError, match="more than 0"):
+        rates.pace(0)
 
 
 def test_one_limiter_per_account_shared_by_sync_and_async_clients() -> None:

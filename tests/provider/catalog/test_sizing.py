@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from leapi_provider.catalog.settings import CatalogSettings
-from leapi_provider.catalog.sizing import STATUS_READS_PER_PIPELINE, batch_count, estimate_run
+from leapi_provider.catalog.settings import SIZING_REQUESTS_PER_MINUTE, CatalogSettings
+from leapi_provider.catalog.sizing import (
+    STATUS_READS_PER_PIPELINE,
+    TRIGGERER_RATE_SHARE,
+    batch_count,
+    batch_pace,
+    estimate_run,
+    triggerer_pace,
+)
 
 RATE = {"requests_per_minute": 120, "batch_api_minutes": 10}
 
@@ -68,3 +75,22 @@ def test_the_cost_model_at_100k_images() -> None:
     assert estimate.task_instances == 21 and estimate.result_rows == 100_000
     assert estimate.triggers == estimate.rate_limit_deferrals + estimate.wait_deferrals
     assert estimate.task_starts == 2 + 19 + estimate.triggers
+
+
+def test_a_declared_rate_is_shared_by_the_running_batches_and_the_triggerer() -> None:
+    declared = CatalogSettings(api_requests_per_minute=300, parallel_batches=4)
+    assert triggerer_pace(declared) + batch_pace(declared) * 4 == pytest.approx(300), (
+        "the whole rate, no more"
+    )
+    assert triggerer_pace(declared) == pytest.approx(300 * TRIGGERER_RATE_SHARE)
+    assert batch_pace(CatalogSettings()) is None and triggerer_pace(CatalogSettings()) is None, "learned"
+    assert CatalogSettings().sizing_requests_per_minute == 120 == SIZING_REQUESTS_PER_MINUTE
+
+
+def test_paced_batches_never_defer_for_the_rate_limit_and_take_their_share_of_time() -> None:
+    learned = estimate_run(100_000, CatalogSettings())
+    paced = estimate_run(100_000, CatalogSettings(api_requests_per_minute=120))
+    assert learned.rate_limit_deferrals > 0, "a learned limit lets a minute's requests go, then defers"
+    assert paced.rate_limit_deferrals == 0, "paced, a batch's requests are 2.5 s apart: below defer_after"
+    assert paced.batches == learned.batches, "sized by the same rate"
+    assert paced.run_seconds > learned.run_seconds, "the triggerer's share is held back from the batches"

@@ -14,14 +14,21 @@ limiter counts "requests received"), AIMD style:
   dropped: the server says when;
 * a refusal without a hint sets the limit to the requests this process got accepted in the last minute
   (what it measurably gets). When that is already the limit, the account's limit shrank or other
-  processes took a share: the limit halves (multiplicative decrease). Refusals of requests sent before
-  that decision do not decrease it again (they could not have known);
+  processes took a share: the limit halves (multiplicative decrease). One decision never more than
+  halves a learned limit: a process that has just taken a job over (:meth:`AdaptiveRateLimiter.restore`)
+  has accepted next to nothing in its minute yet, and must not conclude one request a minute from that.
+  Refusals of requests sent before that decision do not decrease it again (they could not have known);
 * each minute without a refusal raises the limit by one (additive increase);
 * requests are booked in a sliding one-minute window: once ``limit`` requests (refused ones included,
   since the server counts them) went out in the last minute, the next waits until the oldest of them is
   a minute old, plus a small margin and jitter (and its turn behind requests already waiting: first
   come, first served). No slot is more than about a minute after the one ``limit`` places ahead of it:
   no burst of quick retries, no idle minutes.
+
+A caller that knows its share of the account's rate declares it (:meth:`AdaptiveRateLimiter.pace`): the
+requests are then spaced evenly at that rate from the first one, refused or not. That is the only way to
+stay under a limit the API enforces on some requests only (a server that refuses submits but never a
+status read teaches nothing about the reads), and it never bursts.
 
 What it cannot see: requests of the same account from other processes (other Airflow workers, the
 triggerer, other machines). Their refusals still reach each process, which then lowers its own rate;
@@ -94,6 +101,8 @@ class AdaptiveRateLimiter:
         self.jitter_s = jitter_s
         #: Requests allowed per window; ``None`` until the API refused one.
         self.limit: int | None = None
+        #: The declared rate (:meth:`pace`): requests at least ``window_s / paced_per_minute`` apart.
+        self.paced_per_minute: float | None = None
         self._sent: deque[float] = deque()  # start times (booked slots) of requests, refused ones too
         self._accepted: deque[float] = deque()
         self._sequence = 0
@@ -124,8 +133,19 @@ class AdaptiveRateLimiter:
             self._forget(now)
             return max(self._next_slot(now, jitter=0.0) - now, 0.0)
 
+    def pace(self, per_minute: float | None) -> None:
+        """Space this process's requests of the account evenly at ``per_minute`` (its declared share of
+        the account's rate), from now on, whatever the API refuses or not; ``None``: stop pacing. The
+        learned limit still applies on top. The last declaration wins."""
+        if per_minute is not None and per_minute <= 0:
+            raise ValueError(f"per_minute must be more than 0 (or None), got {per_minute!r}")
+        with self._lock:
+            self.paced_per_minute = per_minute
+
     def _next_slot(self, now: float, *, jitter: float) -> float:
         slot = now
+        if self.paced_per_minute is not None and self._sent:
+            slot = max(slot, self._sent[-1] + self.window_s / self.paced_per_minute)
         if self.limit is not None and len(self._sent) >= self.limit:
             oldest_in_the_way = self._sent[-self.limit]
             slot = oldest_in_the_way + self.window_s + self.margin_s + jitter
@@ -157,7 +177,7 @@ class AdaptiveRateLimiter:
             if self.limit is not None and accepted_last_minute >= self.limit:
                 learned = max(1, self.limit // 2)
             elif self.limit is not None:
-                learned = max(1, min(learned, self.limit - 1))
+                learned = max(1, self.limit // 2, min(learned, self.limit - 1))
             self.limit = learned
             self._decided_at_sequence = self._sequence
             self._changed_at = now
