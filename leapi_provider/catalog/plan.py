@@ -83,7 +83,7 @@ def status_rows(
         constants["error"] = error
     table = rows.drop_columns([name for name in constants if name in rows.column_names])
     for name, value in constants.items():
-        table = table.append_column(name, pa.array([value] * n, pa.string()))
+        table = table.append_column(name, pa.repeat(pa.scalar(value, pa.string()), n))
     return manifests.conform_results(table)
 
 

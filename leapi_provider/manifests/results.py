@@ -183,7 +183,10 @@ def latest_results(results: pa.Table, *, statuses: Iterable[ResultStatus | str] 
         return -values.to_numpy().astype(np.float64)  # (float: negating int64 min would overflow)
 
     ids = pc.dictionary_encode(results["image_id"].combine_chunks())
-    rank = np.argsort(np.argsort(np.array(ids.dictionary.to_pylist(), dtype=object)))
+    # (each distinct id's rank in id order, sorted by Arrow: the output is in image_id order)
+    by_id = pc.sort_indices(ids.dictionary).to_numpy()
+    rank = np.empty(len(by_id), dtype=np.int64)
+    rank[by_id] = np.arange(len(by_id))
     group = rank[ids.indices.to_numpy(zero_copy_only=False)]
     order = np.lexsort((newest_first("finished_at"), newest_first("recorded_at"), group))
     first = np.r_[True, group[order][1:] != group[order][:-1]]
