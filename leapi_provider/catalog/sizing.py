@@ -183,7 +183,7 @@ def estimate_run(
     status_reads = round(pipelines * status_reads_per_pipeline)
     requests = pipelines + status_reads + (0 if settings.quota_guard == "off" else 1)
     rate_limit_deferrals = _rate_limit_deferrals(pipelines, batches, settings) if rate_limited else 0
-    span_s, submitting_s = _batch_span(
+    span_s, submitting_s, reading_s = _batch_span(
         pipelines / batches,
         settings,
         parallel=min(settings.parallel_batches, batches),
@@ -195,10 +195,14 @@ def estimate_run(
     rest_s = span_s - submitting_s - settings.defer_after
     wait_deferrals = batches * _wait_deferrals(span_s, rest_s)
     starts = 2 + batches + rate_limit_deferrals + wait_deferrals
-    # Every start; every submit; each batch's first wait in its worker (resumes transfer and defer again),
-    # and the rest of it when that is due sooner than a deferral would cost.
+    # Every start; every submit (paced: the batch's whole submitting); each batch's first wait in its
+    # worker (resumes transfer and defer again), and the rest of it when that is due sooner than a
+    # deferral would cost; its status reads, at its share of the rate.
     in_worker_s = settings.defer_after + (max(rest_s, 0.0) if not wait_deferrals else 0.0)
-    slot_seconds = starts * task_start_s + pipelines * submit_s + batches * in_worker_s
+    if rate_limited and _paced_evenly(settings):
+        slot_seconds = starts * task_start_s + batches * (submitting_s + in_worker_s + reading_s)
+    else:  # (a learned limit's waits, or a pace's bursts, past defer_after are deferred)
+        slot_seconds = starts * task_start_s + pipelines * submit_s + batches * in_worker_s
     bound_s = max(
         requests / usable_rate * 60 if rate_limited else 0.0,
         images / engine_images_per_s if engine_images_per_s else 0.0,
@@ -237,9 +241,11 @@ def _batch_span(
     reads_per_pipeline: float,
     rate_limited: bool,
     engine_images_per_s: float | None,
-) -> tuple[float, float]:
-    """``(span, submitting)``: seconds from a batch's first submit to its last pipeline's end, and of
-    its submitting, for a batch of ``pipelines`` running beside ``parallel - 1`` others."""
+) -> tuple[float, float, float]:
+    """``(span, submitting, reading)``: seconds from a batch's first submit to its last pipeline's end,
+    of its submitting, and of its status reads at its share of the rate (a rate-limited batch reads in its
+    worker as its pipelines finish; unlimited, the reads take no time worth counting), for a batch of
+    ``pipelines`` running beside ``parallel - 1`` others."""
     # (requests a second of one batch)
     share = (batch_pace(settings) or settings.sizing_requests_per_minute / parallel) / 60
     submitting = pipelines / share if rate_limited else pipelines * submit_s
@@ -248,8 +254,8 @@ def _batch_span(
         if engine_images_per_s
         else 0.0
     )
-    api = pipelines * (1 + reads_per_pipeline) / share if rate_limited else 0.0
-    return max(submitting, engine, api), submitting
+    reading = pipelines * reads_per_pipeline / share if rate_limited else 0.0
+    return max(submitting, engine), submitting, reading
 
 
 def _wait_deferrals(span_s: float, rest: float) -> int:
@@ -262,13 +268,20 @@ def _wait_deferrals(span_s: float, rest: float) -> int:
     return min(RESUMES_PER_BATCH, math.ceil(rest / max(span_s / RESUMES_PER_BATCH, RESUME_S)))
 
 
+def _paced_evenly(settings: CatalogSettings) -> bool:
+    """A declared rate whose even gap a batch waits in its worker (no longer than ``defer_after``; a
+    longer one goes in bursts of a minute's share, and defers between them)."""
+    pace = batch_pace(settings)
+    return pace is not None and 60 / pace <= settings.defer_after
+
+
 def _rate_limit_deferrals(pipelines: int, batches: int, settings: CatalogSettings) -> int:
     """The pool's batches share the rate; one batch submits at rate / parallel a minute, and defers once
     per minute of its submitting: a limit learned from refusals lets a minute's requests go at once and
     then waits. Paced at a declared rate, no wait is longer than ``defer_after`` (requests are
     ``60 / batch_pace`` s apart), so nothing defers for it."""
     pace = batch_pace(settings)
-    if pace is not None and 60 / pace <= settings.defer_after:
+    if _paced_evenly(settings):
         return 0
     per_batch_rate = pace or settings.sizing_requests_per_minute / max(
         min(settings.parallel_batches, batches), 1

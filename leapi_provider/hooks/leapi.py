@@ -105,7 +105,8 @@ class LeapiHook(BaseHook):
         task fails (overrides the ``rate_limit_budget`` extra; default 600).
     :param rate_limit_per_minute: client-side limit on API requests (overrides the extra); 0 disables.
     :param paced_per_minute: this process's declared share of the account's rate: its requests of the
-        account are spaced evenly at it from the first one (:meth:`leapi.ratelimit.AdaptiveRateLimiter.pace`);
+        account are spaced evenly at it from the first one, or sent in bursts of a window's share when
+        that gap is longer than ``rate_limit_budget`` (:meth:`leapi.ratelimit.AdaptiveRateLimiter.pace`);
         ``None``: leave the process's pacing as it is.
     :param idempotency: ``auto`` / ``always`` / ``never`` (overrides the extra), see :class:`IdempotencyMode`.
     :param backoff_base: first backoff in seconds; it doubles each retry (with jitter) up to ``backoff_max``.
@@ -252,7 +253,9 @@ class LeapiHook(BaseHook):
 
     def _declare_pace(self, client: leapi.Client | leapi.AsyncClient) -> None:
         if self.paced_per_minute is not None:
-            client.account_limiter.pace(self.paced_per_minute)
+            # (a gap longer than a request may wait would stop the caller at every request: bursts then)
+            budget = client.retry_policy.rate_limit_budget
+            client.account_limiter.pace(self.paced_per_minute, max_gap_s=budget)
 
     def close(self) -> None:
         if self._client is not None:

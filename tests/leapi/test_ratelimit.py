@@ -260,3 +260,17 @@ def test_a_slot_beyond_the_rate_limit_budget_is_not_waited_for(slept) -> None:
             client.get_pipeline(3)
         assert route.call_count == 2, "not sent"
         assert limiter.next_wait() == pytest.approx(waiting, abs=1), "its slot was given back"
+
+
+def test_a_pace_slower_than_the_callers_budget_goes_in_bursts_of_a_window() -> None:
+    """A share of 4 a minute is a request every 15 s: a batch that waits at most 10 s for a slot would
+    stop (and defer) before every single request. In bursts, it sends four, then waits for the window."""
+    clock = Clock()
+    rates = limiter(clock)
+    rates.pace(4, max_gap_s=10)
+    waits = [rates.book().wait for _ in range(5)]
+    assert waits[:4] == [0, 0, 0, 0]
+    assert waits[4] == pytest.approx(60.5), "the fifth waits for the first to leave the window"
+    rates.pace(4, max_gap_s=20)
+    clock.now += 120
+    assert [rates.book().wait for _ in range(2)] == pytest.approx([0, 15]), "within the budget: even"

@@ -101,8 +101,10 @@ class AdaptiveRateLimiter:
         self.jitter_s = jitter_s
         #: Requests allowed per window; ``None`` until the API refused one.
         self.limit: int | None = None
-        #: The declared rate (:meth:`pace`): requests at least ``window_s / paced_per_minute`` apart.
+        #: The declared rate (:meth:`pace`): requests at least ``window_s / paced_per_minute`` apart, or
+        #: in bursts of at most that many a window when that gap is longer than ``_pace_max_gap_s``.
         self.paced_per_minute: float | None = None
+        self._pace_max_gap_s: float | None = None
         self._sent: deque[float] = deque()  # start times (booked slots) of requests, refused ones too
         self._accepted: deque[float] = deque()
         self._sequence = 0
@@ -133,19 +135,32 @@ class AdaptiveRateLimiter:
             self._forget(now)
             return max(self._next_slot(now, jitter=0.0) - now, 0.0)
 
-    def pace(self, per_minute: float | None) -> None:
+    def pace(self, per_minute: float | None, *, max_gap_s: float | None = None) -> None:
         """Space this process's requests of the account evenly at ``per_minute`` (its declared share of
         the account's rate), from now on, whatever the API refuses or not; ``None``: stop pacing. The
-        learned limit still applies on top. The last declaration wins."""
+        learned limit still applies on top. The last declaration wins.
+
+        :param max_gap_s: the longest a caller will wait for one slot (its rate-limit budget). When the
+            even gap is longer, requests go in bursts instead, at most ``per_minute`` of them in any
+            window: a caller that stops for the next slot then gets a window's worth when it comes back,
+            not a single request.
+        """
         if per_minute is not None and per_minute <= 0:
             raise ValueError(f"per_minute must be more than 0 (or None), got {per_minute!r}")
         with self._lock:
             self.paced_per_minute = per_minute
+            self._pace_max_gap_s = max_gap_s
 
     def _next_slot(self, now: float, *, jitter: float) -> float:
         slot = now
         if self.paced_per_minute is not None and self._sent:
-            slot = max(slot, self._sent[-1] + self.window_s / self.paced_per_minute)
+            gap = self.window_s / self.paced_per_minute
+            if self._pace_max_gap_s is None or gap <= self._pace_max_gap_s:
+                slot = max(slot, self._sent[-1] + gap)
+            else:
+                per_window = max(1, int(self.paced_per_minute))
+                if len(self._sent) >= per_window:
+                    slot = max(slot, self._sent[-per_window] + self.window_s + self.margin_s)
         if self.limit is not None and len(self._sent) >= self.limit:
             oldest_in_the_way = self._sent[-self.limit]
             slot = oldest_in_the_way + self.window_s + self.margin_s + jitter
