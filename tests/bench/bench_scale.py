@@ -356,7 +356,10 @@ def _start_airflow(
     )
     if more_env is not None:
         stack.extra_env.update(more_env(stack))
-    exits.enter_context(stack)
+    # (a scheduler that outlives the graceful stop is killed all the same; its leftovers must not throw
+    # away the measurements of a run that took an hour)
+    exits.callback(stack.stop, raise_on_leftovers=False)
+    stack.start()
     stack.set_pool(LEAPI_POOL, POOL_SLOTS)
     stack.wait_for_dag(DAG_ID)
     stack.unpause(DAG_ID)
