@@ -53,24 +53,25 @@ def finalize_run(settings: CatalogSettings, run: CatalogRun, *, export_feed: boo
             f"the plan of run {run.dag_run_id} is missing ({uri_of(folder.plan)}): the plan task failed"
         )
     plan = manifests.read_json(folder.plan)
-    table, incomplete = _assemble(folder, plan, run)
-    results_root = storage_path(settings.results, settings.aws_conn_id)
-    written = manifests.write_result_table(
-        table, results_root, dag_run_id=run.dag_run_id, run_date=run.run_date, file_key=run.key
-    )
-    # (the reports are independent of each other, and mostly wait on storage: the run ends sooner)
+    # (every step after the plan mostly waits on storage: the independent ones run at once, the many small
+    # record reads beside the batch files' reads rather than beside the large writes)
     with ThreadPoolExecutor(max_workers=3) as pool:
+        credits = pool.submit(_credits_used, folder, plan["batches"])
+        table, incomplete = _assemble(folder, plan, run)
+        results_root = storage_path(settings.results, settings.aws_conn_id)
+        written = manifests.write_result_table(
+            table, results_root, dag_run_id=run.dag_run_id, run_date=run.run_date, file_key=run.key
+        )
         sheet = pool.submit(_write_contact_sheet, settings, run, table, results_root)
         export = (
             pool.submit(write_feed_export, settings, table, folder, run)
             if export_feed and settings.export
             else None
         )
-        credits = pool.submit(_credits_used, folder, plan["batches"])
         summary = _summary(table, credits_used=credits.result())
         sheet_uri = sheet.result()
+        report = write_html_report(settings, run, table, summary, contact_sheet_uri=sheet_uri)
         exported = export.result() if export else []
-    report = write_html_report(settings, run, table, summary, contact_sheet_uri=sheet_uri)
     result = {
         "result_files": written.files,
         "commit_marker": written.commit_marker,

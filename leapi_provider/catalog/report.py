@@ -7,9 +7,10 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -156,10 +157,34 @@ def contact_sheet(settings: CatalogSettings, done: pa.Table) -> bytes | None:
     return contact_sheet_png(images) if images else None
 
 
+#: The feed export's columns (Parquet types; the CSV has the same columns, as text).
+FEED_SCHEMA = pa.schema(
+    [("image_id", pa.string()), ("image_url", pa.string()), ("preset", pa.string()), ("width", pa.int32()),
+     ("height", pa.int32()), ("format", pa.string()), ("bytes", pa.int64()), ("sha256", pa.string()),
+     ("status", pa.string()), ("enhanced_at", pa.timestamp("us", tz="UTC")), ("attributes", pa.string())]
+)  # fmt: skip
+#: The feed export's columns taken as they are from the result table.
+_FEED_COLUMNS = {
+    "image_id": "image_id",
+    "preset": "preset",
+    "width": "output_width",
+    "height": "output_height",
+    "format": "output_format",
+    "bytes": "output_bytes",
+    "sha256": "output_sha256",
+    "status": "status",
+    "enhanced_at": "finished_at",
+}
+
+
 def write_feed_export(
     settings: CatalogSettings, table: pa.Table, folder: RunFolder, run: CatalogRun
 ) -> list[str]:
-    """Final image URL per ``image_id`` (``done`` and ``skipped_unchanged`` rows), as Parquet and CSV."""
+    """Final image URL per ``image_id`` (``done`` and ``skipped_unchanged`` rows), as Parquet and CSV.
+
+    Built column by column (a catalog's feed has as many rows as images), and its four files (the run's
+    and ``latest``, each in both forms) written at once.
+    """
     assert settings.export
     rows = table.filter(
         pc.and_(
@@ -169,64 +194,63 @@ def write_feed_export(
             pc.is_valid(table["output_uri"]),
         )
     ).sort_by("manifest_row")
-    attributes: dict[int, Any] = {}
-    if folder.attributes.exists():
-        extra = manifests.read_parquet(folder.attributes)
-        attributes = dict(
-            zip(extra["manifest_row"].to_pylist(), extra["attributes"].to_pylist(), strict=True)
-        )
+    columns = {name: rows[source] for name, source in _FEED_COLUMNS.items()}
+    columns["image_url"] = pa.array(_feed_urls(settings, rows["output_uri"].to_pylist()), pa.string())
+    columns["attributes"] = _feed_attributes(folder, rows["manifest_row"])
+    export_table = pa.table([columns[name].cast(FEED_SCHEMA.field(name).type) for name in FEED_SCHEMA.names],
+                            schema=FEED_SCHEMA)  # fmt: skip
     images_root = uri_of(storage_path(settings.images, settings.aws_conn_id)).rstrip("/")
-    feed = []
-    for row in rows.to_pylist():
-        uri = row["output_uri"]
-        bucket, _, key = uri.split("://", 1)[-1].partition("/")
-        url = (
-            settings.feed_url_template.format(key=key, bucket=bucket, uri=uri)
-            if settings.feed_url_template
-            else uri
-        )
-        attrs = attributes.get(row["manifest_row"])
-        feed.append(
-            {
-                "image_id": row["image_id"],
-                "image_url": url,
-                "preset": row["preset"],
-                "width": row["output_width"],
-                "height": row["output_height"],
-                "format": row["output_format"],
-                "bytes": row["output_bytes"],
-                "sha256": row["output_sha256"],
-                "status": row["status"],
-                "enhanced_at": row["finished_at"],
-                "attributes": json.dumps(dict(attrs) if isinstance(attrs, list) else attrs, default=str)
-                if attrs is not None
-                else None,
-            }
-        )
-    log.info("Feed export: %d images (images under %s)", len(feed), images_root)
-    schema = pa.schema(
-        [("image_id", pa.string()), ("image_url", pa.string()), ("preset", pa.string()), ("width", pa.int32()),
-         ("height", pa.int32()), ("format", pa.string()), ("bytes", pa.int64()), ("sha256", pa.string()),
-         ("status", pa.string()), ("enhanced_at", pa.timestamp("us", tz="UTC")), ("attributes", pa.string())]
-    )  # fmt: skip
-    export_table = pa.Table.from_pylist(feed, schema=schema)
-    csv_buffer = io.StringIO()
-    writer = csv.DictWriter(csv_buffer, fieldnames=schema.names)
-    writer.writeheader()
-    for item in feed:
-        writer.writerow(
-            {
-                k: ("" if v is None else v.isoformat() if isinstance(v, datetime) else v)
-                for k, v in item.items()
-            }
-        )
-    csv_bytes = csv_buffer.getvalue().encode()
+    log.info("Feed export: %d images (images under %s)", export_table.num_rows, images_root)
+    csv_bytes = _feed_csv(export_table)
     export_root = storage_path(settings.export, settings.aws_conn_id)
-    written = []
+    writes: list[Callable[[], str]] = []
     for target, stem in (
         (export_root / f"run_date={run.run_date}", f"feed-{run.key}"),
         (export_root / "latest", "feed"),
     ):
-        written.append(manifests.write_parquet_atomic(export_table, target / f"{stem}.parquet"))
-        written.append(manifests.write_bytes_atomic(csv_bytes, target / f"{stem}.csv"))
-    return written
+        writes.append(partial(manifests.write_parquet_atomic, export_table, target / f"{stem}.parquet"))
+        writes.append(partial(manifests.write_bytes_atomic, csv_bytes, target / f"{stem}.csv"))
+    with ThreadPoolExecutor(max_workers=len(writes)) as pool:
+        return list(pool.map(lambda write: write(), writes))
+
+
+def _feed_urls(settings: CatalogSettings, uris: list[str]) -> list[str]:
+    """The public URL of each result object (``feed_url_template``), or its URI."""
+    template = settings.feed_url_template
+    if not template:
+        return uris
+    urls = []
+    for uri in uris:
+        bucket, _, key = uri.split("://", 1)[-1].partition("/")
+        urls.append(template.format(key=key, bucket=bucket, uri=uri))
+    return urls
+
+
+def _feed_attributes(folder: RunFolder, manifest_rows: pa.ChunkedArray) -> pa.Array:
+    """Each row's manifest attributes as a JSON object (null without any)."""
+    if not folder.attributes.exists():
+        return pa.nulls(len(manifest_rows), pa.string())
+    extra = manifests.read_parquet(folder.attributes)
+    as_json = [
+        json.dumps(dict(attrs) if isinstance(attrs, list) else attrs, default=str)
+        if attrs is not None
+        else None
+        for attrs in extra["attributes"].to_pylist()
+    ]
+    position = pc.index_in(manifest_rows, value_set=extra["manifest_row"].combine_chunks())
+    return pa.array(as_json, pa.string()).take(position)
+
+
+def _feed_csv(export_table: pa.Table) -> bytes:
+    """The feed as CSV (``csv`` module dialect: quoted where needed, CRLF), times in ISO 8601."""
+    text_columns = []
+    for name in export_table.column_names:
+        values = export_table[name].to_pylist()
+        if name == "enhanced_at":
+            values = [None if v is None else v.isoformat() for v in values]
+        text_columns.append(["" if v is None else v for v in values])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(export_table.column_names)
+    writer.writerows(zip(*text_columns, strict=True))
+    return buffer.getvalue().encode()
