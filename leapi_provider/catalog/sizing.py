@@ -183,26 +183,17 @@ def estimate_run(
     status_reads = round(pipelines * status_reads_per_pipeline)
     requests = pipelines + status_reads + (0 if settings.quota_guard == "off" else 1)
     rate_limit_deferrals = _rate_limit_deferrals(pipelines, batches, settings) if rate_limited else 0
-    span_s, submitting_s, reading_s = _batch_span(
-        pipelines / batches,
+    wait_deferrals, batch_work_s = _batch_waits(
+        pipelines,
+        batches,
         settings,
-        parallel=min(settings.parallel_batches, batches),
         submit_s=submit_s,
-        reads_per_pipeline=status_reads_per_pipeline,
+        status_reads_per_pipeline=status_reads_per_pipeline,
         rate_limited=rate_limited,
         engine_images_per_s=engine_images_per_s,
     )
-    rest_s = span_s - submitting_s - settings.defer_after
-    wait_deferrals = batches * _wait_deferrals(span_s, rest_s)
     starts = 2 + batches + rate_limit_deferrals + wait_deferrals
-    # Every start; every submit (paced: the batch's whole submitting); each batch's first wait in its
-    # worker (resumes transfer and defer again), and the rest of it when that is due sooner than a
-    # deferral would cost; its status reads, at its share of the rate.
-    in_worker_s = settings.defer_after + (max(rest_s, 0.0) if not wait_deferrals else 0.0)
-    if rate_limited and _paced_evenly(settings):
-        slot_seconds = starts * task_start_s + batches * (submitting_s + in_worker_s + reading_s)
-    else:  # (a learned limit's waits, or a pace's bursts, past defer_after are deferred)
-        slot_seconds = starts * task_start_s + pipelines * submit_s + batches * in_worker_s
+    slot_seconds = starts * task_start_s + batch_work_s
     bound_s = max(
         requests / usable_rate * 60 if rate_limited else 0.0,
         images / engine_images_per_s if engine_images_per_s else 0.0,
@@ -230,6 +221,40 @@ def estimate_run(
         downloads=images,
         result_table_mb=round(images * RESULT_ROW_BYTES / 1e6, 2),
     )
+
+
+def _batch_waits(
+    pipelines: int,
+    batches: int,
+    settings: CatalogSettings,
+    *,
+    submit_s: float,
+    status_reads_per_pipeline: float,
+    rate_limited: bool,
+    engine_images_per_s: float | None,
+) -> tuple[int, float]:
+    """``(partial-completion deferrals, worker-slot seconds besides task starts)`` of all the batches.
+
+    Each batch holds its slot for every submit (paced: its whole submitting), its first wait in the
+    worker (resumes transfer and defer again) and the rest of that wait when it is due sooner than a
+    deferral would cost; paced, also for its status reads at its share of the rate.
+    """
+    span_s, submitting_s, reading_s = _batch_span(
+        pipelines / batches,
+        settings,
+        parallel=min(settings.parallel_batches, batches),
+        submit_s=submit_s,
+        reads_per_pipeline=status_reads_per_pipeline,
+        rate_limited=rate_limited,
+        engine_images_per_s=engine_images_per_s,
+    )
+    rest_s = span_s - submitting_s - settings.defer_after
+    wait_deferrals = batches * _wait_deferrals(span_s, rest_s)
+    in_worker_s = settings.defer_after + (max(rest_s, 0.0) if not wait_deferrals else 0.0)
+    if rate_limited and _paced_evenly(settings):
+        return wait_deferrals, batches * (submitting_s + in_worker_s + reading_s)
+    # (a learned limit's waits, or a pace's bursts, past defer_after are deferred)
+    return wait_deferrals, pipelines * submit_s + batches * in_worker_s
 
 
 def _batch_span(
