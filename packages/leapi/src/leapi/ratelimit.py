@@ -28,7 +28,8 @@ limiter counts "requests received"), AIMD style:
 A caller that knows its share of the account's rate declares it (:meth:`AdaptiveRateLimiter.pace`): the
 requests are then spaced evenly at that rate from the first one, refused or not. That is the only way to
 stay under a limit the API enforces on some requests only (a server that refuses submits but never a
-status read teaches nothing about the reads), and it never bursts.
+status read teaches nothing about the reads). Only when that even gap is longer than the caller will wait
+for a slot do the requests go in bursts, of at most the declared rate in any window.
 
 What it cannot see: requests of the same account from other processes (other Airflow workers, the
 triggerer, other machines). Their refusals still reach each process, which then lowers its own rate;
