@@ -121,13 +121,15 @@ def _record_parts(folder: ObjectStoragePath) -> list[ObjectStoragePath]:
     return [folder / name for name in names]
 
 
+def _read_parts(parts: list[ObjectStoragePath]) -> pa.Table | None:
+    """The records of ``parts`` in order, or ``None`` when there is none."""
+    return pa.concat_tables([manifests.read_parquet(part) for part in parts]) if parts else None
+
+
 def read_submitted(folder: ObjectStoragePath) -> pa.Table | None:
     """A batch's submission record (``folder``: :meth:`RunFolder.submitted`), or ``None`` before its first
     submit."""
-    parts = _record_parts(folder)
-    if not parts:
-        return None
-    return pa.concat_tables([manifests.read_parquet(part) for part in parts])
+    return _read_parts(_record_parts(folder))
 
 
 class SubmissionRecord:
@@ -141,7 +143,7 @@ class SubmissionRecord:
     def __init__(self, folder: ObjectStoragePath) -> None:
         self.folder = folder
         parts = _record_parts(folder)
-        table = pa.concat_tables([manifests.read_parquet(part) for part in parts]) if parts else None
+        table = _read_parts(parts)
         self.by_row: dict[int, dict[str, Any]] = {
             r["manifest_row"]: r for r in (table.to_pylist() if table is not None else [])
         }
