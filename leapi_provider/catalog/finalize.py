@@ -8,28 +8,36 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from functools import partial
+from typing import Any, TypeVar
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from leapi_provider import manifests
 from leapi_provider.catalog.batch import read_submitted
-from leapi_provider.catalog.html_report import write_html_report
+from leapi_provider.catalog.html_report import REPORT_THUMBNAILS, write_html_report
 from leapi_provider.catalog.plan import status_rows
-from leapi_provider.catalog.report import contact_sheet, write_feed_export
+from leapi_provider.catalog.report import FeedExportWriter, contact_sheet
 from leapi_provider.catalog.settings import CatalogSettings
 from leapi_provider.catalog.storage import CatalogRun, RunFolder, batch_index_of, storage_path, uri_of
+from leapi_provider.catalog.tally import RunTally, first_done_per_preset
 from leapi_provider.manifests import ResultStatus
 
 log = logging.getLogger(__name__)
 
 #: Files of the run's folder read at once (each read mostly waits on the object store).
 _READERS = 8
+
+#: Rows of the plan's own result rows (rejected, skipped, deferred: all of a catalog that did not change)
+#: passed on at a time.
+_CARRIED_PART_ROWS = 65_536
+
+_T = TypeVar("_T")
 
 
 def finalize_run(settings: CatalogSettings, run: CatalogRun, *, export_feed: bool = False) -> dict[str, Any]:
@@ -53,25 +61,31 @@ def finalize_run(settings: CatalogSettings, run: CatalogRun, *, export_feed: boo
             f"the plan of run {run.dag_run_id} is missing ({uri_of(folder.plan)}): the plan task failed"
         )
     plan = manifests.read_json(folder.plan)
-    # (every step after the plan mostly waits on storage: the independent ones run at once, the many small
-    # record reads beside the batch files' reads rather than beside the large writes)
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    results_root = storage_path(settings.results, settings.aws_conn_id)
+    tally = RunTally(picks_per_preset=max(settings.contact_sheet_images, REPORT_THUMBNAILS))
+    # (the submission records are read beside the streamed rows: both mostly wait on the object store)
+    with ThreadPoolExecutor(max_workers=1) as pool, ExitStack() as files:
         credits = pool.submit(_credits_used, folder, plan["batches"])
-        table, incomplete = _assemble(folder, plan, run)
-        results_root = storage_path(settings.results, settings.aws_conn_id)
-        written = manifests.write_result_table(
-            table, results_root, dag_run_id=run.dag_run_id, run_date=run.run_date, file_key=run.key
+        table = files.enter_context(
+            manifests.ResultTableWriter(
+                results_root, dag_run_id=run.dag_run_id, run_date=run.run_date, file_key=run.key
+            )
         )
-        sheet = pool.submit(_write_contact_sheet, settings, run, table, results_root)
-        export = (
-            pool.submit(write_feed_export, settings, table, folder, run)
+        feed = (
+            files.enter_context(FeedExportWriter(settings, folder, run))
             if export_feed and settings.export
             else None
         )
-        summary = _summary(table, credits_used=credits.result())
-        sheet_uri = sheet.result()
-        report = write_html_report(settings, run, table, summary, contact_sheet_uri=sheet_uri)
-        exported = export.result() if export else []
+        sinks = [table.write, tally.add] + ([feed.write] if feed else [])
+        incomplete = _stream_rows(folder, plan, run, sinks)
+        mismatch = tally.mismatch(plan["counts"]["manifest_rows"])
+        if mismatch:
+            raise AirflowFailException(mismatch)
+        written = table.commit()
+        exported = feed.commit() if feed else []
+        summary = tally.summary(credits_used=credits.result())
+    sheet_uri = _write_contact_sheet(settings, run, tally, results_root)
+    report = write_html_report(settings, run, tally, summary, contact_sheet_uri=sheet_uri)
     result = {
         "result_files": written.files,
         "commit_marker": written.commit_marker,
@@ -90,35 +104,48 @@ def finalize_run(settings: CatalogSettings, run: CatalogRun, *, export_feed: boo
     return result
 
 
-def _assemble(folder: RunFolder, plan: dict[str, Any], run: CatalogRun) -> tuple[pa.Table, list[int]]:
-    """One row per manifest row: the plan's own rows, each batch's rows, ``error`` rows for the images of
-    batches that did not complete; and those batches.
+def _stream_rows(
+    folder: RunFolder, plan: dict[str, Any], run: CatalogRun, sinks: list[Callable[[pa.Table], None]]
+) -> list[int]:
+    """Pass the run's result rows to each of ``sinks``, part by part, each part in manifest order: the
+    plan's own rows, then each batch's rows, with ``error`` rows for the images of a batch that did not
+    complete; returns those batches.
 
-    :raises AirflowFailException: the rows do not match the manifest one for one.
+    The batches' files are read a few ahead of the writes, never all at once: memory stays that of a few
+    batches, whatever the size of the catalog.
     """
-    from airflow.sdk.exceptions import AirflowFailException
 
-    parts = [manifests.read_parquet(folder.carried)]
+    def emit(part: pa.Table) -> None:
+        part = manifests.conform_results(part).sort_by("manifest_row")
+        for sink in sinks:
+            sink(part)
+
+    for carried in manifests.read_parquet_parts(folder.carried, rows=_CARRIED_PART_ROWS):
+        emit(carried)
     incomplete: list[int] = []
     indexes = [batch_index_of(uri) for uri in plan["batches"]]
-    with ThreadPoolExecutor(max_workers=_READERS) as pool:
-        read = list(pool.map(lambda index: _batch_files(folder, index), indexes))
-    for index, (expected, got) in zip(indexes, read, strict=True):
-        parts.append(got)
+    for index, (expected, got) in zip(
+        indexes, _read_ahead(partial(_batch_files, folder), indexes), strict=True
+    ):
+        emit(got)
         missing = expected.filter(pc.invert(pc.is_in(expected["manifest_row"], got["manifest_row"])))
         if missing.num_rows:
             incomplete.append(index)
             error = f"batch {index} did not complete (a task of it failed); re-run the DAG run"
-            parts.append(status_rows(missing, ResultStatus.ERROR, error=error, run=run))
-    table = pa.concat_tables([manifests.conform_results(p) for p in parts]).sort_by("manifest_row")
-    rows = table["manifest_row"].to_numpy()
-    expected_rows = plan["counts"]["manifest_rows"]
-    if len(rows) != expected_rows or len(np.unique(rows)) != expected_rows:
-        raise AirflowFailException(
-            f"result rows do not match the manifest: {len(rows)} rows for {expected_rows} manifest rows "
-            f"({len(rows) - len(np.unique(rows))} duplicated)"
-        )
-    return table, incomplete
+            emit(status_rows(missing, ResultStatus.ERROR, error=error, run=run))
+    return incomplete
+
+
+def _read_ahead(read: Callable[[int], _T], indexes: list[int]) -> Iterator[_T]:
+    """``read(index)`` for each index, in order, up to :data:`_READERS` of them in flight at once."""
+    with ThreadPoolExecutor(max_workers=_READERS) as pool:
+        pending: deque[Future[_T]] = deque()
+        for index in indexes:
+            pending.append(pool.submit(read, index))
+            if len(pending) >= _READERS:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _batch_files(folder: RunFolder, index: int) -> tuple[pa.Table, pa.Table]:
@@ -129,47 +156,16 @@ def _batch_files(folder: RunFolder, index: int) -> tuple[pa.Table, pa.Table]:
 
 
 def _write_contact_sheet(
-    settings: CatalogSettings, run: CatalogRun, table: pa.Table, results_root: Any
+    settings: CatalogSettings, run: CatalogRun, tally: RunTally, results_root: Any
 ) -> str | None:
-    done = table.filter(pc.equal(table["status"], ResultStatus.DONE.value))
-    sheet = contact_sheet(settings, _sheet_candidates(done, settings.contact_sheet_images))
+    sheet = contact_sheet(settings, first_done_per_preset(tally.picks(), settings.contact_sheet_images))
     if sheet is not None:
         target = results_root / f"run_date={run.run_date}" / f"_contact_sheet-{run.key}.png"
         return manifests.write_bytes_atomic(sheet, target)
-    if done.num_rows == 0:
+    if not tally.by_status.get(ResultStatus.DONE.value):
         # (say so: a reader must not take an earlier run's sheet for this one's)
         log.info("This run enhanced no image, so no new contact sheet was written")
     return None
-
-
-def _sheet_candidates(done: pa.Table, count: int) -> pa.Table:
-    """The first ``count`` ``done`` rows of each preset by ``image_id``: all the contact sheet may pick
-    (it picks fewer, in that order), so that it never turns a catalog's whole table into Python rows."""
-    done = done.filter(pc.is_valid(done["output_uri"])).sort_by(
-        [("preset", "ascending"), ("image_id", "ascending")]
-    )
-    presets = pc.unique(done["preset"]).to_pylist()
-    return pa.concat_tables(
-        [
-            done.filter(pc.equal(done["preset"], preset)).slice(0, count)
-            for preset in presets
-            if preset is not None
-        ]
-        or [done.slice(0, 0)]
-    )
-
-
-def _summary(table: pa.Table, *, credits_used: int) -> dict[str, Any]:
-    pairs = Counter(zip(table["status"].to_pylist(), table["preset"].to_pylist(), strict=True))
-    return {
-        "rows": table.num_rows,
-        "by_status": dict(sorted(Counter(table["status"].to_pylist()).items())),
-        "by_status_and_preset": [
-            [status, preset, n]
-            for (status, preset), n in sorted(pairs.items(), key=lambda i: (i[0][0], i[0][1] or ""))
-        ],
-        "credits_used": credits_used,
-    }
 
 
 def _credits_used(folder: RunFolder, batch_uris: Iterable[str]) -> int:

@@ -14,17 +14,14 @@ import html
 import io
 import logging
 import posixpath
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from leapi_provider.catalog.settings import CatalogSettings
 from leapi_provider.catalog.storage import CatalogRun, storage_path
+from leapi_provider.catalog.tally import ErrorReason, RunTally
 from leapi_provider.manifests import ResultStatus
 
 log = logging.getLogger(__name__)
@@ -32,9 +29,8 @@ log = logging.getLogger(__name__)
 #: Thumbnails on the report at most (each is one read of a written image).
 REPORT_THUMBNAILS = 48
 THUMBNAIL_PX = 160
-#: Errors: distinct reasons listed, and image ids named per reason.
+#: Error reasons listed at most (each names :data:`~leapi_provider.catalog.tally.EXAMPLES_PER_REASON` image ids).
 _MAX_REASONS = 50
-_EXAMPLES_PER_REASON = 5
 
 _STYLE = """
 body{font:14px system-ui,sans-serif;margin:24px;color:#222}
@@ -72,35 +68,28 @@ def _thumbnail(settings: CatalogSettings, uri: str) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _status_table(table: pa.Table) -> str:
-    pairs = Counter(zip(table["status"].to_pylist(), table["preset"].to_pylist(), strict=True))
-    presets = sorted({p or "(none)" for _, p in pairs})
-    statuses = sorted({s for s, _ in pairs})
+def _status_table(by_status_and_preset: Sequence[Sequence[Any]]) -> str:
+    """``[status, preset, count]`` triples as a table of statuses by preset."""
+    counts = {(status, preset or "(none)"): n for status, preset, n in by_status_and_preset}
+    presets = sorted({p for _, p in counts})
+    statuses = sorted({s for s, _ in counts})
     head = "".join(f"<th>{html.escape(p)}</th>" for p in presets)
     rows = []
     for status in statuses:
-        cells = [
-            sum(n for (s, p), n in pairs.items() if s == status and (p or "(none)") == name)
-            for name in presets
-        ]
+        cells = [counts.get((status, name), 0) for name in presets]
         rows.append(
             f"<tr><td>{html.escape(status)}</td>{''.join(f'<td>{n}</td>' for n in cells)}<td>{sum(cells)}</td></tr>"
         )
     return f"<table><tr><th>status</th>{head}<th>total</th></tr>{''.join(rows)}</table>"
 
 
-def _errors_table(table: pa.Table) -> str:
-    failed = table.filter(pc.is_valid(table["error"]))
-    if failed.num_rows == 0:
+def _errors_table(ranked: Sequence[tuple[str, ErrorReason]]) -> str:
+    if not ranked:
         return "<p>No errors.</p>"
-    by_reason: dict[str, list[str]] = {}
-    for row in failed.select(["image_id", "error"]).to_pylist():
-        by_reason.setdefault(row["error"], []).append(str(row["image_id"]))
-    ranked = sorted(by_reason.items(), key=lambda item: (-len(item[1]), item[0]))
     rows = [
-        f"<tr><td class=reason>{html.escape(reason[:500])}</td><td>{len(ids)}</td>"
-        f"<td class=reason>{html.escape(', '.join(ids[:_EXAMPLES_PER_REASON]))}</td></tr>"
-        for reason, ids in ranked[:_MAX_REASONS]
+        f"<tr><td class=reason>{html.escape(reason[:500])}</td><td>{found.count}</td>"
+        f"<td class=reason>{html.escape(', '.join(found.examples))}</td></tr>"
+        for reason, found in ranked[:_MAX_REASONS]
     ]
     more = f"<p>... and {len(ranked) - _MAX_REASONS} more reasons.</p>" if len(ranked) > _MAX_REASONS else ""
     return f"<table><tr><th>reason</th><th>images</th><th>e.g.</th></tr>{''.join(rows)}</table>{more}"
@@ -109,13 +98,18 @@ def _errors_table(table: pa.Table) -> str:
 def render_report(
     *,
     run: CatalogRun,
-    table: pa.Table,
     summary: Mapping[str, Any],
+    errors: Sequence[tuple[str, ErrorReason]],
     page_uri: str,
     contact_sheet_uri: str | None,
     thumbnails: Sequence[tuple[Mapping[str, Any], str]],
 ) -> str:
-    """The report's HTML (no I/O): ``thumbnails`` are ``(result row, data URI)``."""
+    """The report's HTML (no I/O).
+
+    :param summary: the run's summary (:meth:`RunTally.summary <leapi_provider.catalog.tally.RunTally.summary>`).
+    :param errors: error reasons, the most frequent first.
+    :param thumbnails: ``(result row, data URI)`` pairs.
+    """
     sheet = (
         f'<p><a href="{html.escape(relative_link(contact_sheet_uri, page_uri))}">Contact sheet</a> '
         "(before/after, 1:1 zoomed crops)</p>"
@@ -130,7 +124,7 @@ def render_report(
             f'<div class=thumb><a href="{link}"><img src="{data_uri}" alt="{html.escape(str(row["image_id"]))}">'
             f"</a><br>{html.escape(caption)}</div>"
         )
-    enhanced = int(pc.sum(pc.equal(table["status"], ResultStatus.DONE.value)).as_py() or 0)
+    enhanced = summary["by_status"].get(ResultStatus.DONE.value, 0)
     title = f"LEAPI catalog run {run.dag_run_id}"
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{_STYLE}</style></head>
@@ -139,8 +133,8 @@ def render_report(
 <p><b>{summary["rows"]}</b> manifest rows · <b>{enhanced}</b> enhanced ·
 <b>{summary["credits_used"]}</b> credits used by this run</p>
 {sheet}
-<h2>Rows by status and preset</h2>{_status_table(table)}
-<h2>Errors by reason</h2>{_errors_table(table)}
+<h2>Rows by status and preset</h2>{_status_table(summary["by_status_and_preset"])}
+<h2>Errors by reason</h2>{_errors_table(errors)}
 <h2>Enhanced images</h2><div class=thumbs>{"".join(cards) or "<p>None this run.</p>"}</div>
 </body></html>
 """
@@ -149,28 +143,24 @@ def render_report(
 def write_html_report(
     settings: CatalogSettings,
     run: CatalogRun,
-    table: pa.Table,
+    tally: RunTally,
     summary: Mapping[str, Any],
     *,
     contact_sheet_uri: str | None,
 ) -> str:
-    """Render the run's report (thumbnails of up to :data:`REPORT_THUMBNAILS` ``done`` images) and write it
-    atomically beside the result table; returns its URI."""
+    """Render the run's report (thumbnails of up to :data:`REPORT_THUMBNAILS` ``done`` images, the first
+    by preset and image id) and write it atomically beside the result table; returns its URI."""
     from leapi_provider import manifests
 
-    done = table.filter(
-        pc.and_(pc.equal(table["status"], ResultStatus.DONE.value), pc.is_valid(table["output_uri"]))
-    )
-    rows = done.sort_by([("preset", "ascending"), ("image_id", "ascending")]).slice(0, REPORT_THUMBNAILS)
-    rows_list = rows.to_pylist()
+    rows_list = tally.picks().slice(0, REPORT_THUMBNAILS).to_pylist()
     with ThreadPoolExecutor(max_workers=8) as pool:
         data_uris = list(pool.map(lambda row: _thumbnail(settings, row["output_uri"]), rows_list))
     thumbnails = [(row, uri) for row, uri in zip(rows_list, data_uris, strict=True) if uri]
     page_uri = report_uri(settings, run)
     page = render_report(
         run=run,
-        table=table,
         summary=summary,
+        errors=tally.ranked_errors(),
         page_uri=page_uri,
         contact_sheet_uri=contact_sheet_uri,
         thumbnails=thumbnails,

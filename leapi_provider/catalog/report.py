@@ -10,17 +10,18 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from leapi_provider import manifests
 from leapi_provider.catalog.settings import CatalogSettings
 from leapi_provider.catalog.storage import CatalogRun, RunFolder, storage_path, uri_of
 from leapi_provider.manifests import ResultStatus
+from leapi_provider.manifests.locations import AtomicUpload
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -177,41 +178,100 @@ _FEED_COLUMNS = {
 }
 
 
-def write_feed_export(
-    settings: CatalogSettings, table: pa.Table, folder: RunFolder, run: CatalogRun
-) -> list[str]:
-    """Final image URL per ``image_id`` (``done`` and ``skipped_unchanged`` rows), as Parquet and CSV.
-
-    Built column by column (a catalog's feed has as many rows as images), and its four files (the run's
-    and ``latest``, each in both forms) written at once.
+class FeedExportWriter:
+    """The feed export: the final image URL per ``image_id`` (``done`` and ``skipped_unchanged`` rows), as
+    Parquet and CSV, the run's files and ``latest``'s, written as the result rows stream past
+    (:meth:`write` each part, then :meth:`commit`; leaving the ``with`` block uncommitted removes them).
     """
-    assert settings.export
-    rows = table.filter(
-        pc.and_(
-            pc.is_in(
-                table["status"], pa.array([ResultStatus.DONE.value, ResultStatus.SKIPPED_UNCHANGED.value])
-            ),
-            pc.is_valid(table["output_uri"]),
+
+    def __init__(self, settings: CatalogSettings, folder: RunFolder, run: CatalogRun):
+        assert settings.export
+        self.settings, self.folder = settings, folder
+        self._attributes: pa.Table | None = None
+        export_root = storage_path(settings.export, settings.aws_conn_id)
+        self._parquet: list[tuple[AtomicUpload, pq.ParquetWriter]] = []
+        self._csv: list[AtomicUpload] = []
+        for target, stem in (
+            (export_root / f"run_date={run.run_date}", f"feed-{run.key}"),
+            (export_root / "latest", "feed"),
+        ):
+            parquet = AtomicUpload(*manifests.resolve_location(target / f"{stem}.parquet"))
+            self._parquet.append((parquet, pq.ParquetWriter(parquet.handle, FEED_SCHEMA, compression="zstd")))
+            self._csv.append(AtomicUpload(*manifests.resolve_location(target / f"{stem}.csv")))
+        header = _feed_csv(FEED_SCHEMA.empty_table(), header=True)
+        for upload in self._csv:
+            upload.handle.write(header)
+        self.rows = 0
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for upload, writer in self._parquet:
+            writer.close()
+            upload.discard()
+        for upload in self._csv:
+            upload.discard()
+        self._parquet, self._csv = [], []
+
+    def write(self, results: pa.Table) -> None:
+        """Add the feed's rows of a part of the result rows (in their order)."""
+        rows = results.filter(
+            pc.and_(
+                pc.is_in(
+                    results["status"],
+                    pa.array([ResultStatus.DONE.value, ResultStatus.SKIPPED_UNCHANGED.value]),
+                ),
+                pc.is_valid(results["output_uri"]),
+            )
         )
-    ).sort_by("manifest_row")
-    columns = {name: rows[source] for name, source in _FEED_COLUMNS.items()}
-    columns["image_url"] = pa.array(_feed_urls(settings, rows["output_uri"].to_pylist()), pa.string())
-    columns["attributes"] = _feed_attributes(folder, rows["manifest_row"])
-    export_table = pa.table([columns[name].cast(FEED_SCHEMA.field(name).type) for name in FEED_SCHEMA.names],
-                            schema=FEED_SCHEMA)  # fmt: skip
-    images_root = uri_of(storage_path(settings.images, settings.aws_conn_id)).rstrip("/")
-    log.info("Feed export: %d images (images under %s)", export_table.num_rows, images_root)
-    csv_bytes = _feed_csv(export_table)
-    export_root = storage_path(settings.export, settings.aws_conn_id)
-    writes: list[Callable[[], str]] = []
-    for target, stem in (
-        (export_root / f"run_date={run.run_date}", f"feed-{run.key}"),
-        (export_root / "latest", "feed"),
-    ):
-        writes.append(partial(manifests.write_parquet_atomic, export_table, target / f"{stem}.parquet"))
-        writes.append(partial(manifests.write_bytes_atomic, csv_bytes, target / f"{stem}.csv"))
-    with ThreadPoolExecutor(max_workers=len(writes)) as pool:
-        return list(pool.map(lambda write: write(), writes))
+        if rows.num_rows == 0:
+            return
+        columns = {name: rows[source] for name, source in _FEED_COLUMNS.items()}
+        columns["image_url"] = pa.array(
+            _feed_urls(self.settings, rows["output_uri"].to_pylist()), pa.string()
+        )
+        columns["attributes"] = self._feed_attributes(rows["manifest_row"])
+        export_table = pa.table([columns[name].cast(FEED_SCHEMA.field(name).type) for name in FEED_SCHEMA.names],
+                                schema=FEED_SCHEMA)  # fmt: skip
+        csv_bytes = _feed_csv(export_table, header=False)
+        for (_, writer), upload in zip(self._parquet, self._csv, strict=True):
+            writer.write_table(export_table)
+            upload.handle.write(csv_bytes)
+        self.rows += export_table.num_rows
+
+    def commit(self) -> list[str]:
+        """Publish the four files at once: the run's Parquet and CSV, then ``latest``'s; their URIs."""
+        publishes: list[Callable[[], str]] = []
+        for (parquet, writer), csv_upload in zip(self._parquet, self._csv, strict=True):
+            writer.close()
+            publishes += [parquet.publish, csv_upload.publish]
+        self._parquet, self._csv = [], []
+        images_root = uri_of(storage_path(self.settings.images, self.settings.aws_conn_id)).rstrip("/")
+        log.info("Feed export: %d images (images under %s)", self.rows, images_root)
+        with ThreadPoolExecutor(max_workers=len(publishes)) as pool:
+            return list(pool.map(lambda publish: publish(), publishes))
+
+    def _feed_attributes(self, manifest_rows: pa.ChunkedArray) -> pa.Array:
+        """Each row's manifest attributes as a JSON object (null without any)."""
+        if self._attributes is None:
+            attributes = self.folder.attributes
+            self._attributes = (
+                manifests.read_parquet(attributes)
+                if attributes.exists()
+                else pa.table(
+                    {"manifest_row": pa.array([], pa.int64()), "attributes": pa.array([], pa.null())}
+                )
+            )
+        position = pc.index_in(manifest_rows, value_set=self._attributes["manifest_row"].combine_chunks())
+        found = self._attributes["attributes"].take(position)
+        as_json = [
+            json.dumps(dict(attrs) if isinstance(attrs, list) else attrs, default=str)
+            if attrs is not None
+            else None
+            for attrs in found.to_pylist()
+        ]
+        return pa.array(as_json, pa.string())
 
 
 def _feed_urls(settings: CatalogSettings, uris: list[str]) -> list[str]:
@@ -226,23 +286,9 @@ def _feed_urls(settings: CatalogSettings, uris: list[str]) -> list[str]:
     return urls
 
 
-def _feed_attributes(folder: RunFolder, manifest_rows: pa.ChunkedArray) -> pa.Array:
-    """Each row's manifest attributes as a JSON object (null without any)."""
-    if not folder.attributes.exists():
-        return pa.nulls(len(manifest_rows), pa.string())
-    extra = manifests.read_parquet(folder.attributes)
-    as_json = [
-        json.dumps(dict(attrs) if isinstance(attrs, list) else attrs, default=str)
-        if attrs is not None
-        else None
-        for attrs in extra["attributes"].to_pylist()
-    ]
-    position = pc.index_in(manifest_rows, value_set=extra["manifest_row"].combine_chunks())
-    return pa.array(as_json, pa.string()).take(position)
-
-
-def _feed_csv(export_table: pa.Table) -> bytes:
-    """The feed as CSV (``csv`` module dialect: quoted where needed, CRLF), times in ISO 8601."""
+def _feed_csv(export_table: pa.Table, *, header: bool) -> bytes:
+    """Rows of the feed as CSV (``csv`` module dialect: quoted where needed, CRLF), times in ISO 8601,
+    after the header line when ``header``."""
     text_columns = []
     for name in export_table.column_names:
         values = export_table[name].to_pylist()
@@ -251,6 +297,7 @@ def _feed_csv(export_table: pa.Table) -> bytes:
         text_columns.append(["" if v is None else v for v in values])
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(export_table.column_names)
+    if header:
+        writer.writerow(export_table.column_names)
     writer.writerows(zip(*text_columns, strict=True))
     return buffer.getvalue().encode()

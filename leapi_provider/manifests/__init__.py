@@ -5,7 +5,8 @@ location), one row per image, with the columns of :data:`MANIFEST_SCHEMA`. :func
 splits it into valid rows (each with its effective operation and a stable hash of it) and a rejects table
 with one reason per bad row; :func:`plan_batches` groups the valid rows by operation and cuts them into
 pipelines and mapped batches. A **result table** (:data:`RESULT_SCHEMA`) has one row per manifest row and is
-written partitioned by run date and preset with :func:`write_result_table`, atomically per file.
+written partitioned by run date and preset with :func:`write_result_table` (or, part by part, a
+:class:`ResultTableWriter`), atomically per file.
 
 Decisions (documented here once, referenced from ``docs/catalog.md``):
 
@@ -45,6 +46,7 @@ from leapi_provider.manifests.locations import (
     Location,
     read_json,
     read_parquet,
+    read_parquet_parts,
     resolve_location,
     write_bytes_atomic,
     write_json_atomic,
@@ -53,6 +55,7 @@ from leapi_provider.manifests.locations import (
 from leapi_provider.manifests.planning import PLAN_SCHEMA, Plan, plan_batches
 from leapi_provider.manifests.reading import ManifestTable, manifest_files, read_manifest
 from leapi_provider.manifests.results import (
+    ResultTableWriter,
     WrittenResults,
     conform_results,
     empty_results,
@@ -103,6 +106,7 @@ __all__ = [
     "Plan",
     "RejectCode",
     "ResultStatus",
+    "ResultTableWriter",
     "WrittenResults",
     "build_operation",
     "canonical_operation_json",
@@ -116,6 +120,7 @@ __all__ = [
     "read_json",
     "read_manifest",
     "read_parquet",
+    "read_parquet_parts",
     "read_result_tables",
     "rejects_as_results",
     "resolve_location",

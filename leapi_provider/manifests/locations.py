@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -23,6 +24,11 @@ log = logging.getLogger(__name__)
 
 
 Location = Any  # str | os.PathLike | airflow.sdk.ObjectStoragePath (anything with ``.fs`` and ``.path``)
+
+#: The buffer of a file written in pieces (:class:`AtomicUpload`), and so the part size of its multipart
+#: upload on object stores (S3's least part is 5 MiB; s3fs's default, 50 MiB, times a few open files is
+#: more memory than a streamed write should hold).
+STREAMED_PART_BYTES = 8 * 2**20
 
 
 def resolve_location(location: Location) -> tuple[AbstractFileSystem, str]:
@@ -64,26 +70,53 @@ def uri_on(fs: AbstractFileSystem, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
+class AtomicUpload:
+    """A file written in pieces under a hidden temporary name beside ``path`` (:attr:`handle`), then either
+    published under ``path`` whole (:meth:`publish`) or discarded (:meth:`discard`).
+
+    For files written as they are produced (a catalog's result table, a row group at a time), so that a
+    writer never holds the whole file.
+    """
+
+    def __init__(self, fs: AbstractFileSystem, path: str):
+        parent, _, name = path.rpartition("/")
+        self.fs, self.path = fs, path
+        self._temp = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
+        fs.makedirs(parent, exist_ok=True)
+        self.handle = fs.open(self._temp, "wb", block_size=STREAMED_PART_BYTES)
+
+    def publish(self) -> str:
+        """Close the file and move it into place; its URI. On failure the temporary file is removed."""
+        try:
+            self.handle.close()
+            if is_local_filesystem(self.fs):
+                os.replace(self._temp, self.path)
+            else:
+                self.fs.mv(self._temp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        return uri_on(self.fs, self.path)
+
+    def discard(self) -> None:
+        """Close and remove the temporary file (best effort: the error that led here is what matters)."""
+        try:
+            self.handle.close()
+            if self.fs.exists(self._temp):
+                self.fs.rm(self._temp)
+        except (OSError, ValueError):
+            log.warning("could not remove temporary file %s", self._temp)
+
+
 def atomic_write(fs: AbstractFileSystem, path: str, write: Any) -> str:
     """Run ``write(handle)`` into a hidden temporary file beside ``path``, then move it into place."""
-    parent, _, name = path.rpartition("/")
-    temp = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
-    fs.makedirs(parent, exist_ok=True)
+    upload = AtomicUpload(fs, path)
     try:
-        with fs.open(temp, "wb") as handle:
-            write(handle)
-        if is_local_filesystem(fs):
-            os.replace(temp, path)
-        else:
-            fs.mv(temp, path)
+        write(upload.handle)
     except BaseException:
-        try:
-            if fs.exists(temp):
-                fs.rm(temp)
-        except OSError:  # cleanup is best effort; the original error is what matters
-            log.warning("could not remove temporary file %s", temp)
+        upload.discard()
         raise
-    return uri_on(fs, path)
+    return upload.publish()
 
 
 def write_parquet_atomic(table: pa.Table, location: Location, *, compression: str = "zstd") -> str:
@@ -119,6 +152,17 @@ def read_parquet(location: Location) -> pa.Table:
     """
     fs, path = resolve_location(location)
     return pq.read_table(pa.BufferReader(fs.cat_file(path)))
+
+
+def read_parquet_parts(location: Location, *, rows: int) -> Iterator[pa.Table]:
+    """One Parquet file from any location, ``rows`` rows at a time: its bytes are fetched whole (as in
+    :func:`read_parquet`) but decoded a part at a time, so a large file is never held decoded."""
+    fs, path = resolve_location(location)
+    parquet = pq.ParquetFile(pa.BufferReader(fs.cat_file(path)))
+    if parquet.metadata.num_rows == 0:
+        yield parquet.schema_arrow.empty_table()
+    for batch in parquet.iter_batches(batch_size=rows):
+        yield pa.Table.from_batches([batch])
 
 
 def read_json(location: Location) -> Any:

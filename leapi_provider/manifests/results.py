@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +17,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from leapi_provider.manifests.arrays import as_plain
-from leapi_provider.manifests.locations import Location, arrow_filesystem, atomic_write, resolve_location
+from leapi_provider.manifests.locations import (
+    AtomicUpload,
+    Location,
+    arrow_filesystem,
+    atomic_write,
+    resolve_location,
+)
 from leapi_provider.manifests.schemas import (
     PRESETS,
     RESULT_FILE_SCHEMA,
@@ -78,6 +84,102 @@ class WrittenResults:
     rows: int
 
 
+#: The schema of each result file (the version mark of :data:`RESULT_SCHEMA` kept).
+_FILE_SCHEMA = RESULT_FILE_SCHEMA.with_metadata(RESULT_SCHEMA.metadata)
+
+
+class ResultTableWriter:
+    """Writes one run's result rows as they come, a row group per :meth:`write`, partitioned
+    ``run_date=YYYY-MM-DD/preset=NAME/`` under ``root``; :meth:`commit` publishes them.
+
+    What :func:`write_result_table` does for a whole table, for a run too large to hold: the writer keeps one
+    open file per preset and the counts by status, never the rows. Until :meth:`commit` the files are hidden
+    temporary files; leaving the ``with`` block without committing (an error, or a check that failed)
+    removes them, so no reader ever sees part of a run.
+
+    :param file_key: names the files (default: derived from ``dag_run_id``); pass something more stable
+        than the run id (a re-triggered run of the same logical date then replaces the same files).
+    """
+
+    def __init__(self, root: Location, *, dag_run_id: str, run_date: date | str, file_key: str | None = None):
+        self.fs, base = resolve_location(root)
+        self.base = base.rstrip("/")
+        self.dag_run_id = dag_run_id
+        self.day = run_date.isoformat() if isinstance(run_date, date) else str(run_date)
+        self.key = file_key or run_key(dag_run_id)
+        self.recorded_at = pa.scalar(datetime.now(UTC), TIMESTAMP_UTC)
+        self.rows = 0
+        self.status_counts: dict[str, int] = {}
+        self._files: dict[str, tuple[AtomicUpload, pq.ParquetWriter]] = {}
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.discard()
+
+    def write(self, results: pa.Table) -> None:
+        """Append rows (conformed to :data:`RESULT_SCHEMA`; ``recorded_at``, ``run_key`` and ``dag_run_id``
+        filled where null). Rows without a known preset go to ``preset=__unknown__``."""
+        results = conform_results(results)
+        for name, value in (
+            ("recorded_at", self.recorded_at),
+            ("run_key", pa.scalar(self.key)),
+            ("dag_run_id", pa.scalar(self.dag_run_id)),
+        ):
+            index = RESULT_SCHEMA.get_field_index(name)
+            results = results.set_column(index, name, pc.fill_null(results[name], value))
+        known = pc.fill_null(pc.is_in(results["preset"], pa.array(sorted(PRESETS))), False)
+        presets = pc.if_else(known, results["preset"], pa.scalar(UNKNOWN_PRESET_PARTITION))
+        for preset in sorted(set(pc.unique(presets).to_pylist())):
+            part = results.filter(pc.equal(presets, preset)).select(RESULT_FILE_SCHEMA.names)
+            self._writer(preset).write_table(part)
+        counts = results.group_by("status").aggregate([("status", "count")])
+        for status, count in zip(
+            counts["status"].to_pylist(), counts["status_count"].to_pylist(), strict=True
+        ):
+            self.status_counts[status] = self.status_counts.get(status, 0) + count
+        self.rows += results.num_rows
+
+    def _writer(self, preset: str) -> pq.ParquetWriter:
+        if preset not in self._files:
+            path = f"{self.base}/run_date={self.day}/preset={preset}/part-{self.key}.parquet"
+            upload = AtomicUpload(self.fs, path)
+            self._files[preset] = (upload, pq.ParquetWriter(upload.handle, _FILE_SCHEMA, compression="zstd"))
+        return self._files[preset][1]
+
+    def commit(self) -> WrittenResults:
+        """Publish the files (presets in name order), then the commit marker that lists them."""
+        files = []
+        for preset in sorted(self._files):
+            upload, writer = self._files[preset]
+            writer.close()
+            files.append(upload.publish())
+        self._files.clear()
+        payload = {
+            "dag_run_id": self.dag_run_id,
+            "run_key": self.key,
+            "run_date": self.day,
+            "rows": self.rows,
+            "files": files,
+            "status_counts": self.status_counts,
+            "committed_at": datetime.now(UTC).isoformat(),
+        }
+        data = json.dumps(payload, indent=2, sort_keys=True).encode()
+        path = f"{self.base}/_commits/run_date={self.day}/{self.key}.json"
+        marker = atomic_write(self.fs, path, lambda handle: handle.write(data))
+        return WrittenResults(files=files, commit_marker=marker, rows=self.rows)
+
+    def discard(self) -> None:
+        """Remove the files not yet published (nothing once :meth:`commit` has run)."""
+        for upload, writer in self._files.values():
+            try:
+                writer.close()
+            finally:
+                upload.discard()
+        self._files.clear()
+
+
 def write_result_table(
     results: pa.Table, root: Location, *, dag_run_id: str, run_date: date | str, file_key: str | None = None
 ) -> WrittenResults:
@@ -85,47 +187,14 @@ def write_result_table(
 
     Every file is written atomically (:func:`write_parquet_atomic`) under a name derived from the run id,
     so a retried write replaces the same files; pass ``file_key`` to name them after something more stable
-    than the run id (a re-triggered run of the same logical date then replaces them too). Rows without a preset (rejected before one was known) go to
-    ``preset=__unknown__``. The commit marker ``_commits/run_date=.../<run>.json`` lists the files and is
-    written last.
+    than the run id (a re-triggered run of the same logical date then replaces them too). Rows without a
+    preset (rejected before one was known) go to ``preset=__unknown__``. The commit marker
+    ``_commits/run_date=.../<run>.json`` lists the files and is written last. :class:`ResultTableWriter`
+    does the same for rows that come in parts.
     """
-    results = conform_results(results)
-    day = run_date.isoformat() if isinstance(run_date, date) else str(run_date)
-    key = file_key or run_key(dag_run_id)
-    now = pa.scalar(datetime.now(UTC), TIMESTAMP_UTC)
-    for name, value in (
-        ("recorded_at", now),
-        ("run_key", pa.scalar(key)),
-        ("dag_run_id", pa.scalar(dag_run_id)),
-    ):
-        index = RESULT_SCHEMA.get_field_index(name)
-        results = results.set_column(index, name, pc.fill_null(results[name], value))
-    known = pc.fill_null(pc.is_in(results["preset"], pa.array(sorted(PRESETS))), False)
-    presets = pc.if_else(known, results["preset"], pa.scalar(UNKNOWN_PRESET_PARTITION))
-    fs, base = resolve_location(root)
-    base = base.rstrip("/")
-    files: list[str] = []
-    for preset in sorted(set(pc.unique(presets).to_pylist())):
-        part = results.filter(pc.equal(presets, preset)).select(RESULT_FILE_SCHEMA.names)
-        path = f"{base}/run_date={day}/preset={preset}/part-{key}.parquet"
-        files.append(
-            atomic_write(fs, path, lambda handle, part=part: pq.write_table(part, handle, compression="zstd"))
-        )
-    counts = results.group_by("status").aggregate([("status", "count")])
-    payload = {
-        "dag_run_id": dag_run_id,
-        "run_key": key,
-        "run_date": day,
-        "rows": results.num_rows,
-        "files": files,
-        "status_counts": dict(
-            zip(counts["status"].to_pylist(), counts["status_count"].to_pylist(), strict=True)
-        ),
-        "committed_at": datetime.now(UTC).isoformat(),
-    }
-    data = json.dumps(payload, indent=2, sort_keys=True).encode()
-    marker = atomic_write(fs, f"{base}/_commits/run_date={day}/{key}.json", lambda handle: handle.write(data))
-    return WrittenResults(files=files, commit_marker=marker, rows=results.num_rows)
+    with ResultTableWriter(root, dag_run_id=dag_run_id, run_date=run_date, file_key=file_key) as writer:
+        writer.write(results)
+        return writer.commit()
 
 
 def read_result_tables(

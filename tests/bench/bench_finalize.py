@@ -1,17 +1,18 @@
 """Benchmark: the catalog's ``finalize`` step at 100,000 images, against moto's S3 server (issue #19: the run
-ends a few seconds after the last transfer, and finalize is what runs then).
+ends a few seconds after the last transfer, and finalize is what runs then; and its memory must not grow
+with the catalog).
 
-The run folder a 100,000-image run leaves (19 batches: their planned rows, result rows and submission
-records in parts, the plan) is written to moto first; then, in the same process and against the same
-server, two timings:
+The run folders a 25,000- and a 100,000-image run leave (19 batches each: their planned rows, result rows
+and submission records in parts, the plan) are written to moto first; then, against the same server:
 
 * **floor**: the I/O finalize cannot avoid, done plainly: read every batch's result file and write the
   result table once;
 * **finalize**: :func:`leapi_provider.catalog.finalize.finalize_run` with the feed export (the
-  ``marketplace_feed_etl`` DAG's), its phases timed.
+  ``marketplace_feed_etl`` DAG's), in a fresh process each time: its time, its steps' times, and its
+  memory (peak RSS, and its growth over the RSS of the imports). Once at 25,000 images, twice at 100,000.
 
-``LEAPI_BENCH_FINALIZE_IMAGES`` changes the size (default 100,000). The contact sheet is off (its 6 images'
-downloads are not what grows with the run).
+``LEAPI_BENCH_FINALIZE_IMAGES`` changes the larger size (default 100,000). The contact sheet is off (its 6
+images' downloads are not what grows with the run).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ import numpy as np
 import pyarrow as pa
 
 BATCHES = 19  # what the plan cuts 100,000 images into (docs/catalog.md, "Batch sizing")
+#: The smaller run measured first is this many times smaller (finalize's memory must not grow with the run).
+SIZE_RATIO = 4
+#: finalize's steps timed (those of the code under test).
+PHASES = ("_stream_rows", "_credits_used", "write_html_report")
 RECORD_PARTS_PER_BATCH = 6  # 526 pipelines a batch, 100 a part
 BUCKET = "bench"
 ROUNDS = 2
@@ -127,16 +132,16 @@ def _floor(settings: Any, run: Any) -> float:
 
 @contextmanager
 def _phase_timer(phases: dict[str, float]) -> Iterator[None]:
-    """Time finalize's steps (wall seconds each; the steps run partly at once)."""
+    """Time finalize's steps (wall seconds each; the steps run partly at once). A step the code under
+    test does not have (an older finalize) is left out."""
     from leapi_provider.catalog import finalize
 
     originals: dict[str, Callable[..., Any]] = {}
-    targets = {
-        name: finalize for name in ("_assemble", "_credits_used", "write_feed_export", "write_html_report")
-    }
-    targets["write_result_table"] = finalize.manifests  # type: ignore[assignment]
-    for name, module in targets.items():
-        originals[name] = original = getattr(module, name)
+    for name in PHASES:
+        original = getattr(finalize, name, None)
+        if original is None:
+            continue
+        originals[name] = original
 
         def timed(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
             started = time.perf_counter()
@@ -145,60 +150,121 @@ def _phase_timer(phases: dict[str, float]) -> Iterator[None]:
             finally:
                 phases[_name] = time.perf_counter() - started
 
-        setattr(module, name, functools.wraps(original)(timed))
+        setattr(finalize, name, functools.wraps(original)(timed))
     try:
         yield
     finally:
-        for name, module in targets.items():
-            setattr(module, name, originals[name])
+        for name, original in originals.items():
+            setattr(finalize, name, original)
+
+
+def _settings() -> Any:
+    from leapi_provider.catalog.settings import CatalogSettings
+
+    return CatalogSettings(
+        results=f"s3://{BUCKET}/results",
+        images=f"s3://{BUCKET}/images",
+        export=f"s3://{BUCKET}/export",
+        contact_sheet_images=0,
+    )
+
+
+def _run_of(images: int) -> Any:
+    from leapi_provider.catalog.storage import CatalogRun
+
+    key = f"manual__bench_{images}"
+    return CatalogRun("marketplace_feed_etl", key, "2026-12-04", key)
+
+
+def _finalize_in_child(environ: dict[str, str], images: int, answer: Any) -> None:
+    """In a fresh process: finalize the run of ``images`` images; its time, steps and memory (peak RSS,
+    and RSS before finalize started: the imports)."""
+    import resource
+
+    os.environ.update(environ)
+    from leapi_provider.catalog.finalize import finalize_run
+
+    settings, run = _settings(), _run_of(images)
+    before = _rss_bytes()
+    phases: dict[str, float] = {}
+    with _phase_timer(phases):
+        started = time.perf_counter()
+        result = finalize_run(settings, run, export_feed=True)
+        finalize_s = time.perf_counter() - started
+    assert result["summary"]["rows"] == images and result["summary"]["credits_used"] == images
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    answer.put({"finalize_s": finalize_s, "phases": phases, "rss_before": before, "rss_peak": peak})
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _measure_in_child(images: int) -> dict[str, Any]:
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    answer = spawn.Queue()
+    child = spawn.Process(target=_finalize_in_child, args=(dict(os.environ), images, answer))
+    child.start()
+    measured = answer.get(timeout=600)
+    child.join()
+    return measured
 
 
 def run() -> str:
     images = int(os.environ.get("LEAPI_BENCH_FINALIZE_IMAGES") or 100_000)
+    sizes = [images // SIZE_RATIO, images]
     with _moto():
-        from leapi_provider.catalog.finalize import finalize_run
-        from leapi_provider.catalog.settings import CatalogSettings
-        from leapi_provider.catalog.storage import CatalogRun
-
-        settings = CatalogSettings(
-            results=f"s3://{BUCKET}/results",
-            images=f"s3://{BUCKET}/images",
-            export=f"s3://{BUCKET}/export",
-            contact_sheet_images=0,
-        )
-        run = CatalogRun("marketplace_feed_etl", "manual__bench", "2026-12-04", "manual__bench")
-        _write_run_folder(settings, run, images)
+        settings = _settings()
+        for size in sizes:
+            _write_run_folder(settings, _run_of(size), size)
         rows = []
-        for _ in range(ROUNDS):
-            floor_s = _floor(settings, run)
-            phases: dict[str, float] = {}
-            with _phase_timer(phases):
-                started = time.perf_counter()
-                result = finalize_run(settings, run, export_feed=True)
-                finalize_s = time.perf_counter() - started
-            assert result["summary"]["rows"] == images and result["summary"]["credits_used"] == images
-            rows.append((floor_s, finalize_s, phases))
+        for size in [sizes[0], *[sizes[1]] * ROUNDS]:
+            floor_s = _floor(settings, _run_of(size))
+            rows.append((size, floor_s, _measure_in_child(size)))
+    return _render(images, rows)
+
+
+def _render(images: int, rows: list[tuple[int, float, dict[str, Any]]]) -> str:
+    gib = 2**30
+    small, large = rows[0][2], rows[-1][2]
     lines = [
         f"## The catalog's finalize: {images:,} images against moto's S3 server",
         "",
         (
             f"Command: `.venv/bin/python -m tests.bench finalize` (`LEAPI_BENCH_FINALIZE_IMAGES`, default 100,000). "
-            f"The run folder of a {images:,}-image run ({BATCHES} batches, their result files and submission records "
-            f"in {RECORD_PARTS_PER_BATCH} parts each) in moto; the floor reads the batches' results and writes the "
+            f"The run folder of a run ({BATCHES} batches, their result files and submission records in "
+            f"{RECORD_PARTS_PER_BATCH} parts each) in moto; the floor reads the batches' results and writes the "
             "table once; finalize also writes the feed export (Parquet and CSV, the run's and `latest`), the HTML "
-            "report and the credits. Each step's wall time (steps run partly at once)."
+            "report and the credits. Each finalize runs in a fresh process: its time, each step's wall time "
+            "(steps run partly at once), and its memory (peak RSS, and the growth over the RSS after its "
+            f"imports). A run of {images // SIZE_RATIO:,} images first: memory must not grow with the run."
         ),
         "",
-        "| round | floor (s) | finalize (s) | x floor | batches' files | credits (records) | result table | feed export | HTML report |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| images | floor (s) | finalize (s) | x floor | rows streamed (s) | credits (s) | HTML report (s) | peak RSS (GiB) | growth (GiB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for number, (floor_s, finalize_s, phases) in enumerate(rows, 1):
+    for size, floor_s, measured in rows:
+        phases = measured["phases"]
+        cells = [f"{phases[name]:.1f}" if name in phases else "-" for name in PHASES]
         lines.append(
-            f"| {number} | {floor_s:.1f} | {finalize_s:.1f} | {finalize_s / floor_s:.1f} | "
-            f"{phases['_assemble']:.1f} | {phases['_credits_used']:.1f} | {phases['write_result_table']:.1f} | "
-            f"{phases['write_feed_export']:.1f} | {phases['write_html_report']:.1f} |"
+            f"| {size:,} | {floor_s:.1f} | {measured['finalize_s']:.1f} | {measured['finalize_s'] / floor_s:.1f} | "
+            f"{' | '.join(cells)} | {measured['rss_peak'] / gib:.2f} | "
+            f"{(measured['rss_peak'] - measured['rss_before']) / gib:.2f} |"
         )
-    lines += ["", BEFORE]
+    growth = [(m["rss_peak"] - m["rss_before"]) / gib for m in (small, large)]
+    lines += [
+        "",
+        (
+            f"Memory growth over the imports, {images // SIZE_RATIO:,} -> {images:,} images: "
+            f"{growth[0]:.2f} -> {growth[1]:.2f} GiB ({growth[1] / max(growth[0], 1e-9):.1f}x for "
+            f"{SIZE_RATIO}x the images)."
+        ),
+        "",
+        BEFORE,
+    ]
     return "\n".join(lines) + "\n"
 
 

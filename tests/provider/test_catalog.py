@@ -225,6 +225,7 @@ def test_presigned_urls_are_mapped_back_to_their_uris_and_others_redacted() -> N
 def test_html_report_counts_groups_errors_and_links_thumbnails(tmp_path: Path) -> None:
     from leapi_provider import manifests
     from leapi_provider.catalog.html_report import relative_link, report_uri, write_html_report
+    from leapi_provider.catalog.tally import RunTally
 
     images = tmp_path / "images"
     images.mkdir()
@@ -240,7 +241,11 @@ def test_html_report_counts_groups_errors_and_links_thumbnails(tmp_path: Path) -
     settings = CatalogSettings(manifest="m", results=str(tmp_path / "results"), images=str(images))
     run = CatalogRun.of("dag", "run-1", datetime(2026, 7, 1, tzinfo=UTC))
 
-    uri = write_html_report(settings, run, table, {"rows": 4, "credits_used": 3}, contact_sheet_uri=None)
+    tally = RunTally(picks_per_preset=4)
+    tally.add(table.slice(0, 2))
+    tally.add(table.slice(2))
+
+    uri = write_html_report(settings, run, tally, tally.summary(credits_used=3), contact_sheet_uri=None)
 
     page = (tmp_path / "results" / "run_date=2026-07-01" / f"_report-{run.key}.html").read_text()
     assert uri.endswith(f"_report-{run.key}.html") and report_uri(settings, run).endswith(

@@ -525,13 +525,13 @@ def test_a_retried_write_replaces_its_own_files(tmp_path: Path) -> None:
 
 
 def test_a_failed_write_leaves_nothing_visible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write = pq.write_table
+    real_write = pq.ParquetWriter.write_table
 
-    def write_half_then_fail(table, where, **kwargs):
-        real_write(table.slice(0, 1), where, **kwargs)
+    def write_half_then_fail(writer, table, *args, **kwargs):
+        real_write(writer, table.slice(0, 1), *args, **kwargs)
         raise OSError("disk full")
 
-    monkeypatch.setattr(pq, "write_table", write_half_then_fail)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", write_half_then_fail)
     with pytest.raises(OSError, match="disk full"):
         write_result_table(_results(["a", "b"]), tmp_path, dag_run_id="run-1", run_date="2024-05-01")
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
