@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from leapi_provider import manifests
 from leapi_provider.catalog.batch import read_submitted
-from leapi_provider.catalog.html_report import REPORT_THUMBNAILS, write_html_report
+from leapi_provider.catalog.html_report import REPORT_THUMBNAILS, report_thumbnails, write_html_report
 from leapi_provider.catalog.plan import status_rows
 from leapi_provider.catalog.report import FeedExportWriter, contact_sheet
 from leapi_provider.catalog.settings import CatalogSettings
@@ -63,8 +63,8 @@ def finalize_run(settings: CatalogSettings, run: CatalogRun, *, export_feed: boo
     plan = manifests.read_json(folder.plan)
     results_root = storage_path(settings.results, settings.aws_conn_id)
     tally = RunTally(picks_per_preset=max(settings.contact_sheet_images, REPORT_THUMBNAILS))
-    # (the submission records are read beside the streamed rows: both mostly wait on the object store)
-    with ThreadPoolExecutor(max_workers=1) as pool, ExitStack() as files:
+    # (every step after the stream mostly waits on the object store: the independent ones run at once)
+    with ThreadPoolExecutor(max_workers=3) as pool, ExitStack() as files:
         credits = pool.submit(_credits_used, folder, plan["batches"])
         table = files.enter_context(
             manifests.ResultTableWriter(
@@ -81,11 +81,15 @@ def finalize_run(settings: CatalogSettings, run: CatalogRun, *, export_feed: boo
         mismatch = tally.mismatch(plan["counts"]["manifest_rows"])
         if mismatch:
             raise AirflowFailException(mismatch)
+        sheet = pool.submit(_write_contact_sheet, settings, run, tally, results_root)
+        thumbnails = pool.submit(report_thumbnails, settings, tally)
         written = table.commit()
         exported = feed.commit() if feed else []
         summary = tally.summary(credits_used=credits.result())
-    sheet_uri = _write_contact_sheet(settings, run, tally, results_root)
-    report = write_html_report(settings, run, tally, summary, contact_sheet_uri=sheet_uri)
+        sheet_uri = sheet.result()
+        report = write_html_report(
+            settings, run, tally, summary, contact_sheet_uri=sheet_uri, thumbnails=thumbnails.result()
+        )
     result = {
         "result_files": written.files,
         "commit_marker": written.commit_marker,

@@ -140,6 +140,15 @@ def render_report(
 """
 
 
+def report_thumbnails(settings: CatalogSettings, tally: RunTally) -> list[tuple[dict[str, Any], str]]:
+    """``(result row, data URI)`` of up to :data:`REPORT_THUMBNAILS` ``done`` images, the first by preset
+    and image id (an image that cannot be read is left out, logged)."""
+    rows = tally.picks().slice(0, REPORT_THUMBNAILS).to_pylist()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        data_uris = list(pool.map(lambda row: _thumbnail(settings, row["output_uri"]), rows))
+    return [(row, uri) for row, uri in zip(rows, data_uris, strict=True) if uri]
+
+
 def write_html_report(
     settings: CatalogSettings,
     run: CatalogRun,
@@ -147,15 +156,14 @@ def write_html_report(
     summary: Mapping[str, Any],
     *,
     contact_sheet_uri: str | None,
+    thumbnails: Sequence[tuple[Mapping[str, Any], str]] | None = None,
 ) -> str:
-    """Render the run's report (thumbnails of up to :data:`REPORT_THUMBNAILS` ``done`` images, the first
-    by preset and image id) and write it atomically beside the result table; returns its URI."""
+    """Render the run's report and write it atomically beside the result table; returns its URI.
+
+    :param thumbnails: what :func:`report_thumbnails` returns (read here when not given).
+    """
     from leapi_provider import manifests
 
-    rows_list = tally.picks().slice(0, REPORT_THUMBNAILS).to_pylist()
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        data_uris = list(pool.map(lambda row: _thumbnail(settings, row["output_uri"]), rows_list))
-    thumbnails = [(row, uri) for row, uri in zip(rows_list, data_uris, strict=True) if uri]
     page_uri = report_uri(settings, run)
     page = render_report(
         run=run,
@@ -163,6 +171,6 @@ def write_html_report(
         errors=tally.ranked_errors(),
         page_uri=page_uri,
         contact_sheet_uri=contact_sheet_uri,
-        thumbnails=thumbnails,
+        thumbnails=report_thumbnails(settings, tally) if thumbnails is None else thumbnails,
     )
     return manifests.write_bytes_atomic(page.encode(), storage_path(page_uri, settings.aws_conn_id))

@@ -11,8 +11,9 @@ and submission records in parts, the plan) are written to moto first; then, agai
   ``marketplace_feed_etl`` DAG's), in a fresh process each time: its time, its steps' times, and its
   memory (peak RSS, and its growth over the RSS of the imports). Once at 25,000 images, twice at 100,000.
 
-``LEAPI_BENCH_FINALIZE_IMAGES`` changes the larger size (default 100,000). The contact sheet is off (its 6
-images' downloads are not what grows with the run).
+``LEAPI_BENCH_FINALIZE_IMAGES`` changes the larger size (default 100,000). The images the contact sheet
+(6, the default) and the HTML report (48 thumbnails) show are in moto, sources and results, so both do
+their real work.
 """
 
 from __future__ import annotations
@@ -33,8 +34,16 @@ import pyarrow as pa
 BATCHES = 19  # what the plan cuts 100,000 images into (docs/catalog.md, "Batch sizing")
 #: The smaller run measured first is this many times smaller (finalize's memory must not grow with the run).
 SIZE_RATIO = 4
+#: Images the HTML report shows at most (leapi_provider.catalog.html_report.REPORT_THUMBNAILS).
+SHOWN_IMAGES = 48
 #: finalize's steps timed (those of the code under test).
-PHASES = ("_stream_rows", "_credits_used", "write_html_report")
+PHASES = {
+    "_stream_rows": "rows streamed (s)",
+    "_credits_used": "credits (s)",
+    "_write_contact_sheet": "contact sheet (s)",
+    "report_thumbnails": "report's thumbnails (s)",
+    "write_html_report": "HTML report (s)",
+}
 RECORD_PARTS_PER_BATCH = 6  # 526 pipelines a batch, 100 a part
 BUCKET = "bench"
 ROUNDS = 2
@@ -76,7 +85,7 @@ def _result_rows(rows: np.ndarray, finished: datetime) -> pa.Table:
             {
                 "image_id": f"sku-{i}",
                 "manifest_row": int(i),
-                "source_url": f"http://sources.example.com/{i}.jpg",
+                "source_url": f"s3://{BUCKET}/sources/sku-{i}.jpg",
                 "preset": "marketplace",
                 "status": "done",
                 "output_uri": f"s3://{BUCKET}/images/feed/marketplace/sku-{i}/{i:016x}.jpg",
@@ -110,7 +119,25 @@ def _write_run_folder(settings: Any, run: Any, images: int) -> None:
             record = pa.table({"manifest_row": part_rows, "newly_submitted": [True] * len(part_rows)})
             manifests.write_parquet_atomic(record, folder.submitted(index) / f"part-{part:05d}.parquet")
     manifests.write_parquet_atomic(manifests.empty_results(), folder.carried)
+    _write_shown_images(images)
     manifests.write_json_atomic({"batches": batch_uris, "counts": {"manifest_rows": images}}, folder.plan)
+
+
+def _write_shown_images(images: int) -> None:
+    """The source and the result of the images the contact sheet and the report pick (the first by
+    image id): small JPEGs, so both read, decode and draw real images."""
+    import io
+
+    import boto3
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (128, 96), "teal").save(buffer, format="JPEG")
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    for image_id in sorted(f"sku-{i}" for i in range(images))[:SHOWN_IMAGES]:
+        i = int(image_id.removeprefix("sku-"))
+        for key in (f"sources/{image_id}.jpg", f"images/feed/marketplace/{image_id}/{i:016x}.jpg"):
+            s3.put_object(Bucket=BUCKET, Key=key, Body=buffer.getvalue())
 
 
 def _floor(settings: Any, run: Any) -> float:
@@ -165,7 +192,6 @@ def _settings() -> Any:
         results=f"s3://{BUCKET}/results",
         images=f"s3://{BUCKET}/images",
         export=f"s3://{BUCKET}/export",
-        contact_sheet_images=0,
     )
 
 
@@ -243,8 +269,8 @@ def _render(images: int, rows: list[tuple[int, float, dict[str, Any]]]) -> str:
             f"imports). A run of {images // SIZE_RATIO:,} images first: memory must not grow with the run."
         ),
         "",
-        "| images | floor (s) | finalize (s) | x floor | rows streamed (s) | credits (s) | HTML report (s) | peak RSS (GiB) | growth (GiB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| images | floor (s) | finalize (s) | x floor | {' | '.join(PHASES.values())} | peak RSS (GiB) | growth (GiB) |",
+        "|" + "---:|" * (6 + len(PHASES)),
     ]
     for size, floor_s, measured in rows:
         phases = measured["phases"]
