@@ -115,28 +115,38 @@ def _stream_rows(
     plan's own rows, then each batch's rows, with ``error`` rows for the images of a batch that did not
     complete; returns those batches.
 
-    The batches' files are read a few ahead of the writes, never all at once: memory stays that of a few
-    batches, whatever the size of the catalog.
+    The batches' files are read a few ahead of the writes, never all at once, and each sink writes in a
+    thread of its own, at most a part behind the others: memory stays that of a few batches, whatever the
+    size of the catalog, and one sink's work (the feed's CSV) overlaps the others' and the reads.
     """
+    with ExitStack() as lanes_open:
+        lanes = [lanes_open.enter_context(ThreadPoolExecutor(max_workers=1)) for _ in sinks]
+        writing: list[Future[None] | None] = [None] * len(sinks)
 
-    def emit(part: pa.Table) -> None:
-        part = manifests.conform_results(part).sort_by("manifest_row")
-        for sink in sinks:
-            sink(part)
+        def emit(part: pa.Table) -> None:
+            part = manifests.conform_results(part).sort_by("manifest_row")
+            for lane_index, (lane, sink) in enumerate(zip(lanes, sinks, strict=True)):
+                previous = writing[lane_index]
+                if previous is not None:
+                    previous.result()
+                writing[lane_index] = lane.submit(sink, part)
 
-    for carried in manifests.read_parquet_parts(folder.carried, rows=_CARRIED_PART_ROWS):
-        emit(carried)
-    incomplete: list[int] = []
-    indexes = [batch_index_of(uri) for uri in plan["batches"]]
-    for index, (expected, got) in zip(
-        indexes, _read_ahead(partial(_batch_files, folder), indexes), strict=True
-    ):
-        emit(got)
-        missing = expected.filter(pc.invert(pc.is_in(expected["manifest_row"], got["manifest_row"])))
-        if missing.num_rows:
-            incomplete.append(index)
-            error = f"batch {index} did not complete (a task of it failed); re-run the DAG run"
-            emit(status_rows(missing, ResultStatus.ERROR, error=error, run=run))
+        for carried in manifests.read_parquet_parts(folder.carried, rows=_CARRIED_PART_ROWS):
+            emit(carried)
+        incomplete: list[int] = []
+        indexes = [batch_index_of(uri) for uri in plan["batches"]]
+        for index, (expected, got) in zip(
+            indexes, _read_ahead(partial(_batch_files, folder), indexes), strict=True
+        ):
+            emit(got)
+            missing = expected.filter(pc.invert(pc.is_in(expected["manifest_row"], got["manifest_row"])))
+            if missing.num_rows:
+                incomplete.append(index)
+                error = f"batch {index} did not complete (a task of it failed); re-run the DAG run"
+                emit(status_rows(missing, ResultStatus.ERROR, error=error, run=run))
+        for last in writing:
+            if last is not None:
+                last.result()
     return incomplete
 
 

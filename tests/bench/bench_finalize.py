@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-BATCHES = 19  # what the plan cuts 100,000 images into (docs/catalog.md, "Batch sizing")
+#: Images per batch: the plan cuts 100,000 images into 19 batches (docs/catalog.md, "Batch sizing"), and
+#: a larger catalog into more batches of about the same size, so a smaller run here has fewer batches.
+IMAGES_PER_BATCH = 5_264
 #: The smaller run measured first is this many times smaller (finalize's memory must not grow with the run).
 SIZE_RATIO = 4
 #: Images the HTML report shows at most (leapi_provider.catalog.html_report.REPORT_THUMBNAILS).
@@ -51,8 +53,11 @@ ROUNDS = 2
 #: writes, the feed export row by row and written file after file), measured right after the "after" run
 #: quoted in the closing note of issue #19, on the same machine.
 BEFORE = (
-    "Before (main at f67b24c, this bench file, 2026-12-04, load average 5-6): finalize 8.6 and 8.4 s "
-    "(floor 1.7 and 1.2 s); credits 5.0-5.9 s, feed export 5.7-6.4 s."
+    "Before (main at a34182b: the whole table assembled in memory, then written; this bench file, measured "
+    "2026-12-04 23:15 UTC, quiet machine): finalize 2.6 s at 25,000 images, 5.1 and 4.8 s at 100,000; peak RSS "
+    "0.43 GiB at 25,000, 0.67 GiB at 100,000 and 1.58 GiB at 400,000 images (growth over the imports 0.26 -> "
+    "0.50 GiB for 25,000 -> 100,000: 1.9x). Streamed, at 400,000 images (the same harness, one run): peak RSS "
+    "0.47 GiB, of which Arrow 28 MiB."
 )
 
 
@@ -110,7 +115,7 @@ def _write_run_folder(settings: Any, run: Any, images: int) -> None:
     folder = RunFolder(settings, run)
     finished = datetime(2026, 12, 4, tzinfo=UTC)
     batch_uris = []
-    for index, rows in enumerate(np.array_split(np.arange(images), BATCHES)):
+    for index, rows in enumerate(np.array_split(np.arange(images), _batches(images))):
         planned = pa.table({"manifest_row": rows, "image_id": [f"sku-{i}" for i in rows]})
         manifests.write_parquet_atomic(planned, folder.batch(index))
         batch_uris.append(uri_of(folder.batch(index)))
@@ -121,6 +126,10 @@ def _write_run_folder(settings: Any, run: Any, images: int) -> None:
     manifests.write_parquet_atomic(manifests.empty_results(), folder.carried)
     _write_shown_images(images)
     manifests.write_json_atomic({"batches": batch_uris, "counts": {"manifest_rows": images}}, folder.plan)
+
+
+def _batches(images: int) -> int:
+    return -(-images // IMAGES_PER_BATCH)
 
 
 def _write_shown_images(images: int) -> None:
@@ -140,14 +149,14 @@ def _write_shown_images(images: int) -> None:
             s3.put_object(Bucket=BUCKET, Key=key, Body=buffer.getvalue())
 
 
-def _floor(settings: Any, run: Any) -> float:
+def _floor(settings: Any, run: Any, images: int) -> float:
     """Read every batch's results and write the table once: the I/O finalize cannot avoid."""
     from leapi_provider import manifests
     from leapi_provider.catalog.storage import RunFolder, storage_path
 
     folder = RunFolder(settings, run)
     started = time.perf_counter()
-    table = pa.concat_tables([manifests.read_parquet(folder.results(i)) for i in range(BATCHES)])
+    table = pa.concat_tables([manifests.read_parquet(folder.results(i)) for i in range(_batches(images))])
     manifests.write_result_table(
         table,
         storage_path(settings.results, settings.aws_conn_id) / "_floor",
@@ -248,7 +257,7 @@ def run() -> str:
             _write_run_folder(settings, _run_of(size), size)
         rows = []
         for size in [sizes[0], *[sizes[1]] * ROUNDS]:
-            floor_s = _floor(settings, _run_of(size))
+            floor_s = _floor(settings, _run_of(size), size)
             rows.append((size, floor_s, _measure_in_child(size)))
     return _render(images, rows)
 
@@ -261,7 +270,8 @@ def _render(images: int, rows: list[tuple[int, float, dict[str, Any]]]) -> str:
         "",
         (
             f"Command: `.venv/bin/python -m tests.bench finalize` (`LEAPI_BENCH_FINALIZE_IMAGES`, default 100,000). "
-            f"The run folder of a run ({BATCHES} batches, their result files and submission records in "
+            f"The run folder of a run (batches of about {IMAGES_PER_BATCH:,} images: {_batches(images):,} at "
+            f"{images:,} images; their result files and submission records in "
             f"{RECORD_PARTS_PER_BATCH} parts each) in moto; the floor reads the batches' results and writes the "
             "table once; finalize also writes the feed export (Parquet and CSV, the run's and `latest`), the HTML "
             "report and the credits. Each finalize runs in a fresh process: its time, each step's wall time "
