@@ -23,6 +23,8 @@ own Airflow; every request the server saw (status reads and usage included) is c
 Sizes: ``LEAPI_BENCH_SCALE_IMAGES`` (default 100,000), ``LEAPI_BENCH_SCALE_DOCS_IMAGES`` (5,000),
 ``LEAPI_BENCH_SCALE_DOCS_RATE`` (300), ``LEAPI_BENCH_SCALE_WEBHOOK_IMAGES`` (100,000);
 ``LEAPI_BENCH_SCALE_CASES=scale,docs`` picks cases (``webhooks`` adds the webhook case, below);
+``LEAPI_BENCH_SCALE_BASELINES=fair,plain`` picks the scale case's baselines (empty: the DAG phase
+alone, for a change that only moves the DAG's own figures);
 ``LEAPI_BENCH_SCALE_WORKDIR`` keeps the work folder (logs, airflow.db, the raw ``results.json``).
 The measurement and report live in :mod:`tests.bench.scale_measure` and :mod:`tests.bench.scale_report`;
 ``python -m tests.bench.bench_scale --render results.json`` prints the report of a saved run.
@@ -399,16 +401,19 @@ def scale_case(bench: Bench, *, source_server: Any, variants: list[Variant], mot
         )
         facts["source_requests_after_dag"] = source_server.stats()
         bench.save()
-        _reset_bucket(moto)
-        facts["fair"] = run_fair_phase(
-            bench, server=server, moto=moto, rows=manifest_rows(sources, variants, images, "fair")
-        )
-        bench.save()
-        _reset_bucket(moto)
-        facts["plain"] = run_plain_phase(
-            bench, server=server, rows=manifest_rows(sources, variants, images, "plain")
-        )
-        bench.save()
+        baselines = os.environ.get("LEAPI_BENCH_SCALE_BASELINES", "fair,plain").split(",")
+        if "fair" in baselines:
+            _reset_bucket(moto)
+            facts["fair"] = run_fair_phase(
+                bench, server=server, moto=moto, rows=manifest_rows(sources, variants, images, "fair")
+            )
+            bench.save()
+        if "plain" in baselines:
+            _reset_bucket(moto)
+            facts["plain"] = run_plain_phase(
+                bench, server=server, rows=manifest_rows(sources, variants, images, "plain")
+            )
+            bench.save()
 
 
 def docs_case(
