@@ -277,10 +277,15 @@ def _model_table(dag: dict[str, Any], model: dict[str, float]) -> list[str]:
 def _scale_tables(scale: dict[str, Any]) -> list[str]:
     dag = scale.get("dag")
     lines: list[str] = []
-    if dag:
-        fair = scale.get("fair")
-        speed = dag["images"] / fair["seconds"] if fair and fair.get("seconds") else None
+    fair = scale.get("fair")
+    if dag and fair and fair.get("seconds"):
+        speed = dag["images"] / fair["seconds"]
         lines += _model_table(dag, _model_of(dag, engine_images_per_s=speed))
+    elif dag:
+        lines.append(
+            "The model is not compared here: its run time needs the engine's speed on this machine, which "
+            "the fair baseline measures, and this run had none."
+        )
     phases = [
         (name, scale[key])
         for name, key in (("DAG", "dag"), ("fair baseline", "fair"), ("plain baseline", "plain"))
