@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from leapi_provider import manifests
 from leapi_provider.catalog.settings import CatalogSettings
-from leapi_provider.catalog.storage import CatalogRun, RunFolder, storage_path, uri_of
+from leapi_provider.catalog.storage import CatalogRun, RunFolder, read_parquet_if_exists, storage_path, uri_of
 from leapi_provider.manifests import ResultStatus
 from leapi_provider.manifests.locations import AtomicUpload
 
@@ -186,8 +186,9 @@ class FeedExportWriter:
 
     def __init__(self, settings: CatalogSettings, folder: RunFolder, run: CatalogRun):
         assert settings.export
-        self.settings, self.folder = settings, folder
-        self._attributes: pa.Table | None = None
+        self.settings = settings
+        # (the manifest's extra columns, when it had any: a table of manifest_row and attributes)
+        self._attributes = read_parquet_if_exists(folder.attributes)
         export_root = storage_path(settings.export, settings.aws_conn_id)
         self._parquet: list[tuple[AtomicUpload, pq.ParquetWriter]] = []
         self._csv: list[AtomicUpload] = []
@@ -255,14 +256,7 @@ class FeedExportWriter:
     def _feed_attributes(self, manifest_rows: pa.ChunkedArray) -> pa.Array:
         """Each row's manifest attributes as a JSON object (null without any)."""
         if self._attributes is None:
-            attributes = self.folder.attributes
-            self._attributes = (
-                manifests.read_parquet(attributes)
-                if attributes.exists()
-                else pa.table(
-                    {"manifest_row": pa.array([], pa.int64()), "attributes": pa.array([], pa.null())}
-                )
-            )
+            return pa.nulls(len(manifest_rows), pa.string())
         position = pc.index_in(manifest_rows, value_set=self._attributes["manifest_row"].combine_chunks())
         found = self._attributes["attributes"].take(position)
         as_json = [
